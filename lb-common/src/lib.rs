@@ -1,0 +1,206 @@
+//! Types shared by the lbd XDP program (`lb-ebpf`) and userspace (`lb-daemon`).
+//!
+//! Everything here crosses the kernel boundary through BPF maps, so every type is `#[repr(C)]`,
+//! made of fixed-width fields with explicit padding, and carries a size assertion. Fields that hold
+//! bytes in network order say so with a `_be` suffix: such a field holds the wire bytes in memory
+//! order (userspace builds it with `u32::from_ne_bytes(ip.octets())` and `port.to_be()`).
+//!
+//! Modules: [`hash`] (the flow hash and the Maglev permutation hash, pure functions used on both
+//! sides so both VRRP nodes and the tests pick the same backend as the data path).
+#![no_std]
+
+pub mod hash;
+
+/// Maglev lookup table size per service: a prime well above 100 × the largest backend count.
+pub const MAGLEV_M: u32 = 65537;
+/// Most services (VIP, port, protocol) one lbd node balances.
+pub const MAX_SERVICES: u32 = 32;
+/// Maglev tables: two per service, so a new table is written aside and switched in atomically.
+pub const MAX_RINGS: u32 = 2 * MAX_SERVICES;
+/// Most backends across all services (backend ids are `0..MAX_BACKENDS`).
+pub const MAX_BACKENDS: u32 = 1024;
+/// Default capacity of the connection table (flows); `[daemon] conntrack_max` overrides it.
+pub const CONNTRACK_DEFAULT_MAX: u32 = 262_144;
+/// Maglev slot value meaning "no backend" (a service whose backends are all out of rotation).
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// IP protocol numbers the data path balances.
+pub const IPPROTO_TCP: u8 = 6;
+/// UDP.
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Key of the VIPS map: a virtual service (VIP, port, protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    /// Virtual IPv4 address, network order.
+    pub addr_be: u32,
+    /// Virtual port, network order.
+    pub port_be: u16,
+    /// IP protocol ([`IPPROTO_TCP`] or [`IPPROTO_UDP`]).
+    pub proto: u8,
+    /// Explicit padding, always zero.
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<VipKey>() == 8);
+
+/// [`VipInfo::flags`]: the flow key is the client address only (persistence; IPVS `sh`).
+pub const VIP_FLAG_SRC_ONLY: u32 = 1;
+
+/// Value of the VIPS map: which service a VIP is and which Maglev table it uses now.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipInfo {
+    /// Service id, index of the service counters (`0..MAX_SERVICES`).
+    pub service_id: u32,
+    /// Maglev table in use (`0..MAX_RINGS`); the slot of a hash is `ring * MAGLEV_M + hash % MAGLEV_M`.
+    pub ring: u32,
+    /// `VIP_FLAG_*` bits.
+    pub flags: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<VipInfo>() == 16);
+
+/// Backend state (Cilium's ACTIVE / TERMINATING / QUARANTINED / MAINTENANCE, plus removed).
+///
+/// Only `ACTIVE` backends are in a Maglev table, so only they get new flows. Established flows
+/// stay with a draining, maintenance or removed backend until they end; a `DOWN` backend (failed
+/// health checks) loses its flows at once, so its clients are re-balanced instead of timing out.
+pub mod backend_state {
+    /// In rotation.
+    pub const ACTIVE: u32 = 0;
+    /// Out of rotation by an operator's drain; established flows go on.
+    pub const DRAINING: u32 = 1;
+    /// Failed health checks: out of rotation, its flows are re-balanced.
+    pub const DOWN: u32 = 2;
+    /// Out of rotation by an operator; established flows go on.
+    pub const MAINTENANCE: u32 = 3;
+    /// Removed from the config; kept until its established flows end.
+    pub const REMOVED: u32 = 4;
+}
+
+/// Value of the BACKENDS map (index = backend id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// Backend MAC address: the new destination MAC of forwarded frames.
+    pub mac: [u8; 6],
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 2],
+    /// Backend IPv4 address, network order (for userspace and diagnostics).
+    pub addr_be: u32,
+    /// One of [`backend_state`].
+    pub state: u32,
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 16);
+
+/// Key of the CONNTRACK map: a flow as the client sends it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Client address, network order.
+    pub src_be: u32,
+    /// VIP, network order.
+    pub dst_be: u32,
+    /// Client port, network order (zero for client-address-only services).
+    pub sport_be: u16,
+    /// VIP port, network order.
+    pub dport_be: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
+
+/// [`FlowState::flags`]: a FIN or RST was seen from the client; the flow is ending.
+pub const FLOW_FLAG_CLOSING: u32 = 1;
+
+/// Value of the CONNTRACK map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowState {
+    /// Backend id the flow is pinned to.
+    pub backend_id: u32,
+    /// `FLOW_FLAG_*` bits.
+    pub flags: u32,
+    /// Last packet seen, `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE), refreshed at most once a second.
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<FlowState>() == 16);
+
+/// Value of the per-CPU STATS map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes (whole frames).
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+
+/// Why the data path let a packet go to the kernel (`XDP_PASS`) or dropped it. Index into STATS.
+pub mod reason {
+    /// ARP: the kernel answers for the VIP.
+    pub const PASS_ARP: u32 = 0;
+    /// An ethertype other than IPv4 and ARP (IPv6, VLAN, LLDP...).
+    pub const PASS_NOT_IPV4: u32 = 1;
+    /// A header shorter than it must be (Ethernet, IPv4, TCP or UDP).
+    pub const PASS_TRUNCATED: u32 = 2;
+    /// IPv4 version or header length field invalid.
+    pub const PASS_BAD_IP_HEADER: u32 = 3;
+    /// IPv4 header with options (IHL > 5).
+    pub const PASS_IP_OPTIONS: u32 = 4;
+    /// An IPv4 fragment (MF set or a non-zero offset).
+    pub const PASS_FRAGMENT: u32 = 5;
+    /// ICMP.
+    pub const PASS_ICMP: u32 = 6;
+    /// An IP protocol other than TCP, UDP and ICMP.
+    pub const PASS_OTHER_PROTO: u32 = 7;
+    /// A frame not addressed to this node's MAC (flooded by a switch; another node's to forward).
+    pub const PASS_OTHER_MAC: u32 = 8;
+    /// Not a configured VIP, port and protocol.
+    pub const PASS_NOT_VIP: u32 = 9;
+    /// A VIP whose service has no backend in rotation: dropped.
+    pub const DROP_NO_BACKEND: u32 = 10;
+    /// A backend id the BACKENDS map does not hold (a table update in flight): dropped.
+    pub const DROP_BAD_BACKEND: u32 = 11;
+    /// Number of reasons.
+    pub const COUNT: u32 = 12;
+    /// Names for userspace (metrics, `lbctl status`), indexed by reason.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "pass_arp",
+        "pass_not_ipv4",
+        "pass_truncated",
+        "pass_bad_ip_header",
+        "pass_ip_options",
+        "pass_fragment",
+        "pass_icmp",
+        "pass_other_proto",
+        "pass_other_mac",
+        "pass_not_vip",
+        "drop_no_backend",
+        "drop_bad_backend",
+    ];
+}
+
+/// STATS index of the first service counter (service `s` is at `STATS_SERVICE_BASE + s`).
+pub const STATS_SERVICE_BASE: u32 = reason::COUNT;
+/// STATS index of the first backend counter (backend `b` is at `STATS_BACKEND_BASE + b`).
+pub const STATS_BACKEND_BASE: u32 = STATS_SERVICE_BASE + MAX_SERVICES;
+/// Entries in the STATS map.
+pub const STATS_LEN: u32 = STATS_BACKEND_BASE + MAX_BACKENDS;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is repr(C), made of integers and byte arrays, with explicit padding: any
+    // bit pattern is valid and there are no implicit padding bytes.
+    unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::VipInfo {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::Counter {}
+}

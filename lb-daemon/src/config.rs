@@ -1,0 +1,522 @@
+//! The TOML config: a raw serde layer (`deny_unknown_fields`) converted into validated types.
+//! Every error names the key path, the value and what is allowed, e.g.
+//! `service[0].backends[2].addr: "10.0.0.x" is not an IPv4 address (expected 198.18.0.21 or 198.18.0.21:80)`.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+/// Default control socket path.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/lbd/lbd.sock";
+/// Default directory for runtime state.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/lbd";
+/// Default metrics address.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9300";
+/// Largest backend weight.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// A config error: the key path and what is wrong with its value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// Key path, e.g. `service[0].backends[1].weight`.
+    pub path: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// Which data path forwards packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Datapath {
+    /// XDP in native (driver) mode, falling back to generic mode with the reason logged.
+    Auto,
+    /// XDP in native mode only: an error when the driver cannot run it.
+    Xdp,
+    /// XDP in generic (skb) mode only: for drivers without native XDP, and for tests.
+    XdpGeneric,
+}
+
+impl fmt::Display for Datapath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Datapath::Auto => "auto",
+            Datapath::Xdp => "xdp",
+            Datapath::XdpGeneric => "xdp-generic",
+        })
+    }
+}
+
+/// Transport protocol of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Proto {
+    /// IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => lb_common::IPPROTO_TCP,
+            Proto::Udp => lb_common::IPPROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// How a service picks a backend for a new flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    /// Maglev consistent hashing on the 5-tuple.
+    Maglev,
+    /// Maglev on the client address only: one client, one backend (IPVS `sh`).
+    Sh,
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scheduler::Maglev => "maglev",
+            Scheduler::Sh => "sh",
+        })
+    }
+}
+
+/// The whole validated config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `[daemon]`.
+    pub daemon: DaemonConfig,
+    /// `[[service]]`, in file order.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    /// Interface the XDP program attaches to (clients and backends are reached through it).
+    pub interface: String,
+    /// Data path.
+    pub datapath: Datapath,
+    /// Control socket path (root-only).
+    pub control_socket: PathBuf,
+    /// Directory for runtime state.
+    pub state_dir: PathBuf,
+    /// Metrics HTTP address.
+    pub metrics_addr: SocketAddr,
+    /// Connection table capacity in flows.
+    pub conntrack_max: u32,
+}
+
+/// `[[service]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// Name (given, or `proto/vip:port`).
+    pub name: String,
+    /// Virtual IP and port.
+    pub vip: SocketAddrV4,
+    /// Protocol.
+    pub proto: Proto,
+    /// Scheduler.
+    pub scheduler: Scheduler,
+    /// Backends, in file order.
+    pub backends: Vec<BackendConfig>,
+}
+
+impl ServiceConfig {
+    /// The identity of a service: what the data path matches on.
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey {
+            vip: self.vip,
+            proto: self.proto,
+        }
+    }
+}
+
+/// A service's identity: VIP, port and protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    /// VIP and port.
+    pub vip: SocketAddrV4,
+    /// Protocol.
+    pub proto: Proto,
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.proto, self.vip)
+    }
+}
+
+/// A backend of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Backend address; in direct routing the port is the VIP's.
+    pub addr: Ipv4Addr,
+    /// Relative weight, 1..=MAX_WEIGHT.
+    pub weight: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    daemon: RawDaemon,
+    #[serde(default)]
+    service: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    interface: String,
+    datapath: Option<String>,
+    control_socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    metrics_addr: Option<String>,
+    conntrack_max: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Option<String>,
+    vip: String,
+    proto: Option<String>,
+    scheduler: Option<String>,
+    #[serde(default)]
+    backends: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    addr: String,
+    weight: Option<i64>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(path.display().to_string(), format!("cannot read: {e}")))?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // toml's message already names the key and shows the line; keep it on one line.
+            let msg = e.message().to_string();
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1;
+                    format!("line {line}")
+                })
+                .unwrap_or_else(|| "config".into());
+            err(at, msg)
+        })?;
+        raw.validate()
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let d = self.daemon;
+        if d.interface.is_empty() || d.interface.len() > 15 || d.interface.contains(['/', ' ']) {
+            return Err(err(
+                "daemon.interface",
+                format!(
+                    "{:?} is not an interface name (1 to 15 characters, no '/' or space)",
+                    d.interface
+                ),
+            ));
+        }
+        let datapath = match d.datapath.as_deref().unwrap_or("auto") {
+            "auto" => Datapath::Auto,
+            "xdp" => Datapath::Xdp,
+            "xdp-generic" => Datapath::XdpGeneric,
+            other => {
+                return Err(err(
+                    "daemon.datapath",
+                    format!("{other:?} is not a data path (allowed: auto, xdp, xdp-generic)"),
+                ));
+            }
+        };
+        let metrics = d.metrics_addr.as_deref().unwrap_or(DEFAULT_METRICS_ADDR);
+        let metrics_addr = metrics.parse().map_err(|_| {
+            err(
+                "daemon.metrics_addr",
+                format!("{metrics:?} is not an IP:port (e.g. 127.0.0.1:9300)"),
+            )
+        })?;
+        let conntrack_max = match d.conntrack_max {
+            None => lb_common::CONNTRACK_DEFAULT_MAX,
+            Some(n) if (1024..=16_777_216).contains(&n) => n as u32,
+            Some(n) => {
+                return Err(err(
+                    "daemon.conntrack_max",
+                    format!("{n} is out of range (allowed: 1024 to 16777216 flows)"),
+                ));
+            }
+        };
+        let daemon = DaemonConfig {
+            interface: d.interface,
+            datapath,
+            control_socket: d
+                .control_socket
+                .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
+            state_dir: d.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            metrics_addr,
+            conntrack_max,
+        };
+
+        if self.service.len() > lb_common::MAX_SERVICES as usize {
+            return Err(err(
+                "service",
+                format!(
+                    "{} services configured; at most {} are supported",
+                    self.service.len(),
+                    lb_common::MAX_SERVICES
+                ),
+            ));
+        }
+        let mut services = Vec::with_capacity(self.service.len());
+        let mut keys = BTreeSet::new();
+        let mut names = BTreeSet::new();
+        let mut total_backends = 0usize;
+        for (i, s) in self.service.into_iter().enumerate() {
+            let svc = s.validate(&format!("service[{i}]"))?;
+            if !keys.insert(svc.key()) {
+                return Err(err(
+                    format!("service[{i}].vip"),
+                    format!("{} is configured twice", svc.key()),
+                ));
+            }
+            if !names.insert(svc.name.clone()) {
+                return Err(err(
+                    format!("service[{i}].name"),
+                    format!("{:?} is used by another service", svc.name),
+                ));
+            }
+            total_backends += svc.backends.len();
+            services.push(svc);
+        }
+        // Half of the backend ids stay free for backends that leave with flows still open.
+        let limit = lb_common::MAX_BACKENDS as usize / 2;
+        if total_backends > limit {
+            return Err(err(
+                "service",
+                format!("{total_backends} backends configured in all; at most {limit} are supported"),
+            ));
+        }
+        Ok(Config { daemon, services })
+    }
+}
+
+impl RawService {
+    fn validate(self, path: &str) -> Result<ServiceConfig, ConfigError> {
+        let proto = match self.proto.as_deref().unwrap_or("tcp") {
+            "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            other => {
+                return Err(err(
+                    format!("{path}.proto"),
+                    format!("{other:?} is not a protocol (allowed: tcp, udp)"),
+                ));
+            }
+        };
+        let vip: SocketAddrV4 = self.vip.parse().map_err(|_| {
+            err(
+                format!("{path}.vip"),
+                format!("{:?} is not an IPv4 address and port (e.g. 198.18.0.100:80)", self.vip),
+            )
+        })?;
+        if vip.port() == 0 || vip.ip().is_unspecified() || vip.ip().is_multicast() || vip.ip().is_broadcast() {
+            return Err(err(
+                format!("{path}.vip"),
+                format!("{vip} cannot be a VIP (needs a unicast address and a non-zero port)"),
+            ));
+        }
+        let scheduler = match self.scheduler.as_deref().unwrap_or("maglev") {
+            "maglev" => Scheduler::Maglev,
+            "sh" => Scheduler::Sh,
+            other => {
+                return Err(err(
+                    format!("{path}.scheduler"),
+                    format!("{other:?} is not a scheduler of the XDP data path (allowed: maglev, sh)"),
+                ));
+            }
+        };
+        let name = match self.name {
+            Some(n) if n.is_empty() || n.len() > 64 || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) => {
+                return Err(err(
+                    format!("{path}.name"),
+                    format!("{n:?} is not a service name (1 to 64 of A-Z a-z 0-9 - _ .)"),
+                ));
+            }
+            Some(n) => n,
+            None => format!("{proto}/{vip}"),
+        };
+        let mut backends: Vec<BackendConfig> = Vec::with_capacity(self.backends.len());
+        for (j, b) in self.backends.into_iter().enumerate() {
+            let bpath = format!("{path}.backends[{j}]");
+            let addr = parse_backend_addr(&b.addr, vip.port())
+                .map_err(|m| err(format!("{bpath}.addr"), m))?;
+            if backends.iter().any(|o| o.addr == addr) {
+                return Err(err(
+                    format!("{bpath}.addr"),
+                    format!("{addr} is listed twice in this service"),
+                ));
+            }
+            let weight = match b.weight {
+                None => 1,
+                Some(w) if (1..=MAX_WEIGHT as i64).contains(&w) => w as u32,
+                Some(w) => {
+                    return Err(err(
+                        format!("{bpath}.weight"),
+                        format!("{w} is out of range (allowed: 1 to {MAX_WEIGHT})"),
+                    ));
+                }
+            };
+            backends.push(BackendConfig { addr, weight });
+        }
+        Ok(ServiceConfig {
+            name,
+            vip,
+            proto,
+            scheduler,
+            backends,
+        })
+    }
+}
+
+/// Parses a backend address: an IPv4 address, or IPv4:port where the port must be the VIP's
+/// (direct routing forwards frames unchanged, so it cannot change ports).
+pub fn parse_backend_addr(text: &str, vip_port: u16) -> Result<Ipv4Addr, String> {
+    let (ip, port) = match text.parse::<SocketAddrV4>() {
+        Ok(sa) => (*sa.ip(), Some(sa.port())),
+        Err(_) => match text.parse::<Ipv4Addr>() {
+            Ok(ip) => (ip, None),
+            Err(_) => {
+                return Err(format!(
+                    "{text:?} is not an IPv4 address (expected e.g. 198.18.0.21 or 198.18.0.21:{vip_port})"
+                ));
+            }
+        },
+    };
+    if let Some(p) = port
+        && p != vip_port
+    {
+        return Err(format!(
+            "port {p} differs from the VIP port {vip_port}; direct routing cannot change ports (omit the port or use {vip_port})"
+        ));
+    }
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback() {
+        return Err(format!("{ip} cannot be a backend (needs a unicast address on the network)"));
+    }
+    Ok(ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[daemon]
+interface = "eth0"
+datapath = "xdp-generic"
+control_socket = "/tmp/x.sock"
+
+[[service]]
+name = "web"
+vip = "198.18.0.100:80"
+backends = [ { addr = "198.18.0.21:80", weight = 2 }, { addr = "198.18.0.22" } ]
+
+[[service]]
+vip = "198.18.0.100:5353"
+proto = "udp"
+scheduler = "sh"
+backends = [ { addr = "198.18.0.21" } ]
+"#;
+
+    #[test]
+    fn good_config_parses() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.daemon.interface, "eth0");
+        assert_eq!(c.daemon.datapath, Datapath::XdpGeneric);
+        assert_eq!(c.daemon.conntrack_max, lb_common::CONNTRACK_DEFAULT_MAX);
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.services[0].name, "web");
+        assert_eq!(c.services[0].backends[0].weight, 2);
+        assert_eq!(c.services[0].backends[1].weight, 1);
+        assert_eq!(c.services[1].name, "udp/198.18.0.100:5353");
+        assert_eq!(c.services[1].scheduler, Scheduler::Sh);
+    }
+
+    /// Each bad config and the message it must give: the key path, the value, what is allowed.
+    #[test]
+    fn bad_configs_name_key_and_value() {
+        let svc = |extra: &str| {
+            format!("[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"198.18.0.100:80\"\n{extra}\n")
+        };
+        let cases: Vec<(String, &str)> = vec![
+            ("".into(), "missing field `daemon`"),
+            ("[daemon]\n".into(), "missing field `interface`"),
+            ("[daemon]\ninterface = \"eth0\"\nbogus = 1\n".into(), "unknown field `bogus`"),
+            ("[daemon]\ninterface = \"\"\n".into(), "daemon.interface: \"\" is not an interface name"),
+            ("[daemon]\ninterface = \"eth0\"\ndatapath = \"dpdk\"\n".into(), "daemon.datapath: \"dpdk\" is not a data path (allowed: auto, xdp, xdp-generic)"),
+            ("[daemon]\ninterface = \"eth0\"\nmetrics_addr = \"localhost\"\n".into(), "daemon.metrics_addr: \"localhost\" is not an IP:port"),
+            ("[daemon]\ninterface = \"eth0\"\nconntrack_max = 5\n".into(), "daemon.conntrack_max: 5 is out of range (allowed: 1024 to 16777216 flows)"),
+            ("[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"198.18.0.100\"\n".into(), "service[0].vip: \"198.18.0.100\" is not an IPv4 address and port"),
+            ("[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"0.0.0.0:80\"\n".into(), "service[0].vip: 0.0.0.0:80 cannot be a VIP"),
+            (svc("proto = \"sctp\""), "service[0].proto: \"sctp\" is not a protocol (allowed: tcp, udp)"),
+            (svc("scheduler = \"rr\""), "service[0].scheduler: \"rr\" is not a scheduler of the XDP data path (allowed: maglev, sh)"),
+            (svc("name = \"a b\""), "service[0].name: \"a b\" is not a service name"),
+            (svc("backends = [ { addr = \"10.0.0.x\" } ]"), "service[0].backends[0].addr: \"10.0.0.x\" is not an IPv4 address"),
+            (svc("backends = [ { addr = \"198.18.0.21:8080\" } ]"), "service[0].backends[0].addr: port 8080 differs from the VIP port 80"),
+            (svc("backends = [ { addr = \"127.0.0.1\" } ]"), "service[0].backends[0].addr: 127.0.0.1 cannot be a backend"),
+            (svc("backends = [ { addr = \"198.18.0.21\", weight = 0 } ]"), "service[0].backends[0].weight: 0 is out of range (allowed: 1 to 1000)"),
+            (svc("backends = [ { addr = \"198.18.0.21\", weight = 1001 } ]"), "service[0].backends[0].weight: 1001 is out of range"),
+            (svc("backends = [ { addr = \"198.18.0.21\" }, { addr = \"198.18.0.21:80\" } ]"), "service[0].backends[1].addr: 198.18.0.21 is listed twice"),
+            (svc("backends = [ { adr = \"198.18.0.21\" } ]"), "unknown field `adr`"),
+            (format!("{}[[service]]\nvip = \"198.18.0.100:80\"\n", svc("")), "service[1].vip: tcp/198.18.0.100:80 is configured twice"),
+            (format!("{}[[service]]\nname = \"x\"\nvip = \"198.18.0.100:81\"\n", svc("name = \"x\"")), "service[1].name: \"x\" is used by another service"),
+        ];
+        for (text, want) in cases {
+            let got = Config::parse(&text).expect_err(&text).to_string();
+            assert!(got.contains(want), "config:\n{text}\nwant: {want}\ngot:  {got}");
+        }
+    }
+
+    #[test]
+    fn toml_errors_carry_the_line() {
+        let e = Config::parse("[daemon]\ninterface = \"eth0\"\nbogus = 1\n").unwrap_err();
+        assert_eq!(e.path, "line 3");
+    }
+}

@@ -1,0 +1,483 @@
+//! The balancer's model: services and backends with stable ids, turned into data path writes.
+//!
+//! The engine owns the mapping from config to the shared tables (VIPS, RINGS, BACKENDS) and
+//! writes them through the [`Dataplane`] trait, so the same logic drives the XDP maps, the
+//! fixture tests and (later) the userspace proxy. Its rules:
+//! - ids are stable: a service keeps its id and a backend its id across reloads, so connection
+//!   table entries (flow → backend id) stay valid when the table changes;
+//! - a new Maglev table is written into the service's idle ring, then the VIPS entry is switched
+//!   to it in one map update, so no packet sees a half-written table;
+//! - a backend that leaves the config is marked REMOVED (no new flows, established ones go on)
+//!   and its id is freed only once no flow uses it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
+};
+
+use lb_common::{
+    Backend, MAGLEV_M, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, VIP_FLAG_SRC_ONLY, VipInfo, VipKey,
+    backend_state,
+};
+
+use crate::{
+    config::{Config, Scheduler, ServiceConfig, ServiceKey},
+    maglev,
+};
+
+/// Errors from the engine or the data path under it.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// All ids of a kind are in use.
+    #[error("no free {kind} id: {max} are in use (backends that left keep their id until their flows end)")]
+    NoFreeId {
+        /// "service" or "backend".
+        kind: &'static str,
+        /// The limit.
+        max: u32,
+    },
+    /// The data path refused a write.
+    #[error("data path update failed: {0}")]
+    Dataplane(String),
+}
+
+/// Writes to the shared tables. Implemented by the XDP maps and by test fakes.
+pub trait Dataplane {
+    /// Sets BACKENDS[id].
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), EngineError>;
+    /// Writes a whole Maglev table into ring `ring` (`MAGLEV_M` backend ids).
+    fn write_ring(&mut self, ring: u32, table: &[u32]) -> Result<(), EngineError>;
+    /// Inserts or replaces a VIPS entry.
+    fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), EngineError>;
+    /// Removes a VIPS entry.
+    fn remove_vip(&mut self, key: &VipKey) -> Result<(), EngineError>;
+}
+
+/// Administrative state of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Admin {
+    /// In rotation (when its MAC is known).
+    Active,
+    /// Gone from the config; kept while flows use it.
+    Removed,
+}
+
+/// A backend as the engine tracks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendRec {
+    /// Stable id: BACKENDS index and STATS index offset.
+    pub id: u32,
+    /// Address.
+    pub addr: Ipv4Addr,
+    /// Weight.
+    pub weight: u32,
+    /// Administrative state.
+    pub admin: Admin,
+    /// Resolved MAC; a backend without one is out of rotation.
+    pub mac: Option<[u8; 6]>,
+}
+
+impl BackendRec {
+    /// The state the data path sees.
+    pub fn dataplane_state(&self) -> u32 {
+        match self.admin {
+            Admin::Active => backend_state::ACTIVE,
+            Admin::Removed => backend_state::REMOVED,
+        }
+    }
+
+    /// Whether the backend takes new flows.
+    pub fn in_rotation(&self) -> bool {
+        self.admin == Admin::Active && self.mac.is_some()
+    }
+}
+
+/// A service as the engine tracks it.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// Stable id (STATS index offset; rings `2*id` and `2*id+1`).
+    pub id: u32,
+    /// Its config.
+    pub config: ServiceConfig,
+    /// The ring in use now.
+    pub ring: u32,
+    /// The table in the ring in use (backend ids), empty before the first write.
+    pub table: Vec<u32>,
+    /// Backends, including removed ones that still carry flows, by address.
+    pub backends: BTreeMap<Ipv4Addr, BackendRec>,
+}
+
+impl Service {
+    /// The VIPS key of this service.
+    pub fn vip_key(&self) -> VipKey {
+        vip_key(&self.config.key())
+    }
+}
+
+/// The VIPS key of a service.
+pub fn vip_key(key: &ServiceKey) -> VipKey {
+    VipKey {
+        addr_be: u32::from_ne_bytes(key.vip.ip().octets()),
+        port_be: key.vip.port().to_be(),
+        proto: key.proto.number(),
+        _pad: 0,
+    }
+}
+
+/// The engine.
+#[derive(Debug, Default)]
+pub struct Engine {
+    services: BTreeMap<ServiceKey, Service>,
+    free_service_ids: BTreeSet<u32>,
+    free_backend_ids: BTreeSet<u32>,
+}
+
+/// What one [`Engine::apply`] changed, for the log.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Services added.
+    pub services_added: usize,
+    /// Services removed.
+    pub services_removed: usize,
+    /// Backends added.
+    pub backends_added: usize,
+    /// Backends marked removed.
+    pub backends_removed: usize,
+    /// Maglev tables rewritten.
+    pub tables_written: usize,
+}
+
+impl Engine {
+    /// An empty engine: all ids free.
+    pub fn new() -> Engine {
+        Engine {
+            services: BTreeMap::new(),
+            free_service_ids: (0..MAX_SERVICES).collect(),
+            free_backend_ids: (0..MAX_BACKENDS).collect(),
+        }
+    }
+
+    /// Services, by key.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+
+    /// Makes the data path match `config`. `macs` holds the resolved MAC of each backend address
+    /// known so far; backends without one stay out of rotation until a later apply.
+    pub fn apply(
+        &mut self,
+        config: &Config,
+        macs: &HashMap<Ipv4Addr, [u8; 6]>,
+        dp: &mut dyn Dataplane,
+    ) -> Result<ApplyReport, EngineError> {
+        let mut report = ApplyReport::default();
+        let wanted: BTreeSet<ServiceKey> = config.services.iter().map(|s| s.key()).collect();
+
+        // Services gone from the config: unmatch the VIP first, then free their ids. Their flows
+        // can no longer match (VIPS is looked up before the connection table).
+        let gone: Vec<ServiceKey> = self.services.keys().filter(|k| !wanted.contains(k)).copied().collect();
+        for key in gone {
+            if let Some(svc) = self.services.remove(&key) {
+                dp.remove_vip(&svc.vip_key())?;
+                for b in svc.backends.values() {
+                    self.free_backend(b.id, dp)?;
+                }
+                self.free_service_ids.insert(svc.id);
+                report.services_removed += 1;
+            }
+        }
+
+        for sc in &config.services {
+            let key = sc.key();
+            if !self.services.contains_key(&key) {
+                let id = take_id(&mut self.free_service_ids, "service", MAX_SERVICES)?;
+                self.services.insert(
+                    key,
+                    Service {
+                        id,
+                        config: sc.clone(),
+                        ring: 2 * id,
+                        table: Vec::new(),
+                        backends: BTreeMap::new(),
+                    },
+                );
+                report.services_added += 1;
+            }
+            let Some(svc) = self.services.get_mut(&key) else {
+                continue;
+            };
+            svc.config = sc.clone();
+            // Backends: update or add those in the config, mark the others removed.
+            let listed: BTreeSet<Ipv4Addr> = sc.backends.iter().map(|b| b.addr).collect();
+            for b in &sc.backends {
+                let rec = match svc.backends.get_mut(&b.addr) {
+                    Some(rec) => rec,
+                    None => {
+                        let id = take_id(&mut self.free_backend_ids, "backend", MAX_BACKENDS)?;
+                        report.backends_added += 1;
+                        svc.backends.entry(b.addr).or_insert(BackendRec {
+                            id,
+                            addr: b.addr,
+                            weight: b.weight,
+                            admin: Admin::Active,
+                            mac: None,
+                        })
+                    }
+                };
+                rec.weight = b.weight;
+                rec.admin = Admin::Active;
+                if let Some(mac) = macs.get(&b.addr) {
+                    rec.mac = Some(*mac);
+                }
+            }
+            for rec in svc.backends.values_mut() {
+                if !listed.contains(&rec.addr) && rec.admin != Admin::Removed {
+                    rec.admin = Admin::Removed;
+                    report.backends_removed += 1;
+                }
+            }
+            // BACKENDS entries before the table that points at them.
+            for rec in svc.backends.values() {
+                dp.set_backend(rec.id, &backend_value(rec))?;
+            }
+            if write_table(svc, dp)? {
+                report.tables_written += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Frees removed backends that no flow uses any more. `flows_of(id)` counts the flows in
+    /// the connection table pinned to a backend id (the caller deletes them on free).
+    pub fn reap_removed(
+        &mut self,
+        flows_of: impl Fn(u32) -> u64,
+        dp: &mut dyn Dataplane,
+    ) -> Result<Vec<u32>, EngineError> {
+        let mut freed = Vec::new();
+        for svc in self.services.values_mut() {
+            let idle: Vec<Ipv4Addr> = svc
+                .backends
+                .values()
+                .filter(|b| b.admin == Admin::Removed && flows_of(b.id) == 0)
+                .map(|b| b.addr)
+                .collect();
+            for addr in idle {
+                if let Some(b) = svc.backends.remove(&addr) {
+                    freed.push(b.id);
+                }
+            }
+        }
+        for &id in &freed {
+            self.free_backend(id, dp)?;
+        }
+        Ok(freed)
+    }
+
+    fn free_backend(&mut self, id: u32, dp: &mut dyn Dataplane) -> Result<(), EngineError> {
+        dp.set_backend(
+            id,
+            &Backend {
+                mac: [0; 6],
+                _pad: [0; 2],
+                addr_be: 0,
+                state: backend_state::REMOVED,
+            },
+        )?;
+        self.free_backend_ids.insert(id);
+        Ok(())
+    }
+}
+
+fn take_id(free: &mut BTreeSet<u32>, kind: &'static str, max: u32) -> Result<u32, EngineError> {
+    free.pop_first().ok_or(EngineError::NoFreeId { kind, max })
+}
+
+fn backend_value(rec: &BackendRec) -> Backend {
+    Backend {
+        mac: rec.mac.unwrap_or([0; 6]),
+        _pad: [0; 2],
+        addr_be: u32::from_ne_bytes(rec.addr.octets()),
+        state: rec.dataplane_state(),
+    }
+}
+
+/// Rebuilds the service's Maglev table; when it differs, writes it to the idle ring and switches
+/// VIPS to it. Returns whether a table was written.
+fn write_table(svc: &mut Service, dp: &mut dyn Dataplane) -> Result<bool, EngineError> {
+    let members: Vec<&BackendRec> = svc.backends.values().filter(|b| b.in_rotation()).collect();
+    let names: Vec<String> = members.iter().map(|b| b.addr.to_string()).collect();
+    let entries: Vec<maglev::Entry> = members
+        .iter()
+        .zip(&names)
+        .map(|(b, n)| maglev::Entry {
+            name: n,
+            weight: b.weight,
+        })
+        .collect();
+    let table: Vec<u32> = if entries.is_empty() {
+        vec![NO_BACKEND; MAGLEV_M as usize]
+    } else {
+        maglev::build(&entries, MAGLEV_M)
+            .into_iter()
+            .map(|i| members[i as usize].id)
+            .collect()
+    };
+    let flags = match svc.config.scheduler {
+        Scheduler::Maglev => 0,
+        Scheduler::Sh => VIP_FLAG_SRC_ONLY,
+    };
+    let info_now = VipInfo {
+        service_id: svc.id,
+        ring: svc.ring,
+        flags,
+        _pad: 0,
+    };
+    if table == svc.table {
+        // Same table; the flags may still have changed (scheduler maglev <-> sh).
+        dp.set_vip(&svc.vip_key(), &info_now)?;
+        return Ok(false);
+    }
+    let idle = if svc.table.is_empty() {
+        svc.ring
+    } else {
+        svc.ring ^ 1
+    };
+    dp.write_ring(idle, &table)?;
+    dp.set_vip(
+        &svc.vip_key(),
+        &VipInfo {
+            ring: idle,
+            ..info_now
+        },
+    )?;
+    svc.ring = idle;
+    svc.table = table;
+    Ok(true)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// An in-memory data path: what the maps would hold.
+    #[derive(Default)]
+    pub struct FakeDataplane {
+        pub backends: HashMap<u32, Backend>,
+        pub rings: HashMap<u32, Vec<u32>>,
+        pub vips: HashMap<VipKey, VipInfo>,
+        pub ring_writes: usize,
+    }
+
+    impl Dataplane for FakeDataplane {
+        fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), EngineError> {
+            self.backends.insert(id, *b);
+            Ok(())
+        }
+        fn write_ring(&mut self, ring: u32, table: &[u32]) -> Result<(), EngineError> {
+            self.rings.insert(ring, table.to_vec());
+            self.ring_writes += 1;
+            Ok(())
+        }
+        fn set_vip(&mut self, k: &VipKey, v: &VipInfo) -> Result<(), EngineError> {
+            self.vips.insert(*k, *v);
+            Ok(())
+        }
+        fn remove_vip(&mut self, k: &VipKey) -> Result<(), EngineError> {
+            self.vips.remove(k);
+            Ok(())
+        }
+    }
+
+    fn config(backends: &[&str]) -> Config {
+        let list: Vec<String> = backends.iter().map(|b| format!("{{ addr = \"{b}\" }}")).collect();
+        Config::parse(&format!(
+            "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"198.18.0.100:80\"\nbackends = [{}]\n",
+            list.join(", ")
+        ))
+        .unwrap()
+    }
+
+    fn macs() -> HashMap<Ipv4Addr, [u8; 6]> {
+        (1..=30).map(|i| (Ipv4Addr::new(198, 18, 0, i), [2, 0, 0, 0, 0, i])).collect()
+    }
+
+    fn live_table(dp: &FakeDataplane) -> (VipInfo, Vec<u32>) {
+        let info = *dp.vips.values().next().unwrap();
+        (info, dp.rings[&info.ring].clone())
+    }
+
+    #[test]
+    fn ids_are_stable_and_tables_switch_rings() {
+        let mut e = Engine::new();
+        let mut dp = FakeDataplane::default();
+        e.apply(&config(&["198.18.0.21", "198.18.0.22", "198.18.0.23"]), &macs(), &mut dp).unwrap();
+        let (info1, t1) = live_table(&dp);
+        let ids1: BTreeSet<u32> = t1.iter().copied().collect();
+        assert_eq!(ids1.len(), 3);
+
+        // Same config again: nothing rewritten.
+        let r = e.apply(&config(&["198.18.0.21", "198.18.0.22", "198.18.0.23"]), &macs(), &mut dp).unwrap();
+        assert_eq!(r.tables_written, 0);
+
+        // One backend leaves: the new table goes to the other ring; the others keep their ids.
+        let r = e.apply(&config(&["198.18.0.21", "198.18.0.22"]), &macs(), &mut dp).unwrap();
+        assert_eq!(r.backends_removed, 1);
+        let (info2, t2) = live_table(&dp);
+        assert_eq!(info2.ring, info1.ring ^ 1);
+        let ids2: BTreeSet<u32> = t2.iter().copied().collect();
+        assert!(ids2.is_subset(&ids1) && ids2.len() == 2);
+        let gone = *ids1.difference(&ids2).next().unwrap();
+        assert_eq!(dp.backends[&gone].state, backend_state::REMOVED);
+        assert_eq!(dp.backends[&gone].mac, [2, 0, 0, 0, 0, 23], "a removed backend still forwards its flows");
+
+        // Its id is kept while it has flows, freed when they end.
+        assert!(e.reap_removed(|id| u64::from(id == gone), &mut dp).unwrap().is_empty());
+        assert_eq!(e.reap_removed(|_| 0, &mut dp).unwrap(), vec![gone]);
+    }
+
+    #[test]
+    fn backend_without_mac_stays_out_of_rotation() {
+        let mut e = Engine::new();
+        let mut dp = FakeDataplane::default();
+        let mut m = macs();
+        m.remove(&Ipv4Addr::new(198, 18, 0, 22));
+        e.apply(&config(&["198.18.0.21", "198.18.0.22"]), &m, &mut dp).unwrap();
+        let (_, t) = live_table(&dp);
+        assert_eq!(t.iter().copied().collect::<BTreeSet<_>>().len(), 1);
+        e.apply(&config(&["198.18.0.21", "198.18.0.22"]), &macs(), &mut dp).unwrap();
+        let (_, t) = live_table(&dp);
+        assert_eq!(t.iter().copied().collect::<BTreeSet<_>>().len(), 2);
+    }
+
+    #[test]
+    fn empty_service_has_no_backend_and_removed_service_unmatches() {
+        let mut e = Engine::new();
+        let mut dp = FakeDataplane::default();
+        e.apply(&config(&[]), &macs(), &mut dp).unwrap();
+        let (_, t) = live_table(&dp);
+        assert!(t.iter().all(|&x| x == NO_BACKEND));
+        let none = Config::parse("[daemon]\ninterface = \"eth0\"\n").unwrap();
+        let r = e.apply(&none, &macs(), &mut dp).unwrap();
+        assert_eq!(r.services_removed, 1);
+        assert!(dp.vips.is_empty());
+    }
+
+    #[test]
+    fn two_nodes_build_identical_tables() {
+        let (mut a, mut b) = (Engine::new(), Engine::new());
+        let (mut da, mut db) = (FakeDataplane::default(), FakeDataplane::default());
+        a.apply(&config(&["198.18.0.21", "198.18.0.22", "198.18.0.23"]), &macs(), &mut da).unwrap();
+        b.apply(&config(&["198.18.0.23", "198.18.0.21", "198.18.0.22"]), &macs(), &mut db).unwrap();
+        let addr = |e: &Engine, id: u32| {
+            e.services().next().unwrap().backends.values().find(|r| r.id == id).unwrap().addr
+        };
+        let (_, ta) = live_table(&da);
+        let (_, tb) = live_table(&db);
+        for (x, y) in ta.iter().zip(&tb) {
+            assert_eq!(addr(&a, *x), addr(&b, *y));
+        }
+    }
+}

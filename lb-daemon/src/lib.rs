@@ -1,0 +1,5 @@
+//! lbd
+pub mod config;
+pub mod engine;
+pub mod maglev;
+pub mod xdp;

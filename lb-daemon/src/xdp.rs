@@ -1,0 +1,312 @@
+//! The XDP data path: load the embedded programs, attach them, and read and write their maps.
+
+use std::collections::HashMap;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode},
+};
+use lb_common::{
+    Backend, Counter, FLOW_FLAG_CLOSING, FlowKey, FlowState, MAGLEV_M, STATS_LEN, VipInfo, VipKey,
+};
+
+use crate::engine::{Dataplane, EngineError};
+
+/// The compiled XDP programs (`lb-ebpf`), embedded at build time.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// Name of the balancer program in the object.
+pub const PROG_LBD: &str = "lbd_xdp";
+/// Name of the bare MAC-rewrite program (benchmark floor).
+pub const PROG_BARE: &str = "bare_tx";
+/// Name of the pass-everything program (veth peers in tests).
+pub const PROG_PASS: &str = "xdp_pass";
+
+/// Errors of the XDP data path.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    /// Loading the object or a program failed.
+    #[error("loading the XDP programs failed: {0}")]
+    Load(String),
+    /// A map is missing or has the wrong type.
+    #[error("map {0}: {1}")]
+    Map(&'static str, String),
+    /// Attaching failed.
+    #[error("attaching XDP in {mode} mode to {interface} failed: {reason}")]
+    Attach {
+        /// Interface name.
+        interface: String,
+        /// "native" or "generic".
+        mode: &'static str,
+        /// Kernel's answer.
+        reason: String,
+    },
+}
+
+/// Attach mode actually in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachMode {
+    /// Native (driver) mode.
+    Native,
+    /// Generic (skb) mode.
+    Generic,
+}
+
+impl AttachMode {
+    /// Human name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        }
+    }
+
+    fn aya(self) -> XdpMode {
+        match self {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Generic => XdpMode::Skb,
+        }
+    }
+}
+
+/// Loads the object with this node's MAC and the connection table size, and loads (verifies)
+/// the programs named in `programs`.
+pub fn load(own_mac: [u8; 6], bare_dst_mac: [u8; 6], conntrack_max: u32, programs: &[&str]) -> Result<Ebpf, XdpError> {
+    let mut ebpf = EbpfLoader::new()
+        .override_global("OWN_MAC", &own_mac, true)
+        .override_global("BARE_DST_MAC", &bare_dst_mac, true)
+        .map_max_entries("CONNTRACK", conntrack_max)
+        .load(EBPF_OBJECT)
+        .map_err(|e| XdpError::Load(format!("{e:#}")))?;
+    for name in programs {
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or_else(|| XdpError::Load(format!("program {name} missing from the object")))?
+            .try_into()
+            .map_err(|e| XdpError::Load(format!("{name}: {e}")))?;
+        prog.load().map_err(|e| XdpError::Load(format!("{name}: {}", verifier_error(&e))))?;
+    }
+    Ok(ebpf)
+}
+
+fn verifier_error(e: &aya::programs::ProgramError) -> String {
+    // The verifier log is long; its last lines say why.
+    let text = format!("{e:#}");
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
+/// Attaches a loaded program to an interface index in one mode.
+pub fn attach(ebpf: &mut Ebpf, program: &str, interface: &str, ifindex: u32, mode: AttachMode) -> Result<(), XdpError> {
+    let attach_err = |reason: String| XdpError::Attach {
+        interface: interface.to_string(),
+        mode: mode.as_str(),
+        reason,
+    };
+    let prog: &mut Xdp = ebpf
+        .program_mut(program)
+        .ok_or_else(|| attach_err(format!("program {program} missing")))?
+        .try_into()
+        .map_err(|e| attach_err(format!("{e}")))?;
+    prog.attach_to_if_index(ifindex, mode.aya())
+        .map(|_| ())
+        .map_err(|e| attach_err(format!("{e:#}")))
+}
+
+/// The balancer's maps, taken out of the loaded object.
+pub struct XdpMaps {
+    vips: BpfHashMap<MapData, VipKey, VipInfo>,
+    rings: Array<MapData, u32>,
+    backends: Array<MapData, Backend>,
+    conntrack: BpfHashMap<MapData, FlowKey, FlowState>,
+    stats: PerCpuArray<MapData, Counter>,
+}
+
+/// Flows per backend id, from one pass over the connection table.
+#[derive(Debug, Default, Clone)]
+pub struct FlowCounts {
+    /// Open flows (no FIN or RST seen yet, not idle past their timeout), by backend id.
+    pub active: HashMap<u32, u64>,
+    /// Closing flows (FIN or RST seen), by backend id.
+    pub closing: HashMap<u32, u64>,
+    /// Entries in the table after the pass.
+    pub entries: u64,
+    /// Entries deleted by this pass (idle past their timeout, or of a freed backend).
+    pub expired: u64,
+}
+
+/// Idle timeouts of connection table entries (IPVS defaults: tcp 900 s, tcpfin 120 s, udp 300 s).
+#[derive(Debug, Clone, Copy)]
+pub struct FlowTimeouts {
+    /// An open TCP flow.
+    pub tcp_ns: u64,
+    /// A TCP flow after FIN or RST.
+    pub tcp_closing_ns: u64,
+    /// A UDP flow.
+    pub udp_ns: u64,
+}
+
+impl Default for FlowTimeouts {
+    fn default() -> Self {
+        const S: u64 = 1_000_000_000;
+        FlowTimeouts {
+            tcp_ns: 900 * S,
+            tcp_closing_ns: 120 * S,
+            udp_ns: 300 * S,
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`.
+pub fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid pointer to a timespec; this clock id always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, XdpError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| XdpError::Map(name, "missing from the object".into()))?;
+    T::try_from(map).map_err(|e| XdpError::Map(name, e.to_string()))
+}
+
+impl XdpMaps {
+    /// Takes the maps out of a loaded object.
+    pub fn new(ebpf: &mut Ebpf) -> Result<XdpMaps, XdpError> {
+        Ok(XdpMaps {
+            vips: take(ebpf, "VIPS")?,
+            rings: take(ebpf, "RINGS")?,
+            backends: take(ebpf, "BACKENDS")?,
+            conntrack: take(ebpf, "CONNTRACK")?,
+            stats: take(ebpf, "STATS")?,
+        })
+    }
+
+    /// Sums the per-CPU counters: index → counter (reasons, then services, then backends).
+    pub fn read_stats(&self) -> Result<Vec<Counter>, XdpError> {
+        let mut out = vec![Counter::default(); STATS_LEN as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = self
+                .stats
+                .get(&(i as u32), 0)
+                .map_err(|e| XdpError::Map("STATS", e.to_string()))?;
+            for c in per_cpu.iter() {
+                slot.packets += c.packets;
+                slot.bytes += c.bytes;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One pass over the connection table: counts flows per backend and deletes entries idle
+    /// past their timeout and entries whose backend `is_dead` (freed or of a removed service).
+    pub fn scan_flows(&mut self, now_ns: u64, t: FlowTimeouts, is_dead: impl Fn(&FlowKey, u32) -> bool) -> FlowCounts {
+        let mut counts = FlowCounts::default();
+        let mut doomed = Vec::new();
+        for item in self.conntrack.iter() {
+            // An entry can vanish under us (LRU eviction): skip it.
+            let Ok((key, st)) = item else { continue };
+            let closing = st.flags & FLOW_FLAG_CLOSING != 0;
+            let timeout = match (key.proto, closing) {
+                (lb_common::IPPROTO_UDP, _) => t.udp_ns,
+                (_, true) => t.tcp_closing_ns,
+                (_, false) => t.tcp_ns,
+            };
+            if now_ns.saturating_sub(st.last_seen_ns) > timeout || is_dead(&key, st.backend_id) {
+                doomed.push(key);
+                continue;
+            }
+            let map = if closing { &mut counts.closing } else { &mut counts.active };
+            *map.entry(st.backend_id).or_default() += 1;
+            counts.entries += 1;
+        }
+        for key in doomed {
+            if self.conntrack.remove(&key).is_ok() {
+                counts.expired += 1;
+            }
+        }
+        counts
+    }
+
+    /// Looks up one flow (tests and diagnostics).
+    pub fn flow(&self, key: &FlowKey) -> Option<FlowState> {
+        self.conntrack.get(key, 0).ok()
+    }
+}
+
+impl Dataplane for XdpMaps {
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), EngineError> {
+        self.backends
+            .set(id, backend, 0)
+            .map_err(|e| EngineError::Dataplane(format!("BACKENDS[{id}]: {e}")))
+    }
+
+    fn write_ring(&mut self, ring: u32, table: &[u32]) -> Result<(), EngineError> {
+        let base = ring * MAGLEV_M;
+        for (slot, id) in table.iter().enumerate() {
+            self.rings
+                .set(base + slot as u32, id, 0)
+                .map_err(|e| EngineError::Dataplane(format!("RINGS[{ring}][{slot}]: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), EngineError> {
+        self.vips
+            .insert(key, info, 0)
+            .map_err(|e| EngineError::Dataplane(format!("VIPS insert: {e}")))
+    }
+
+    fn remove_vip(&mut self, key: &VipKey) -> Result<(), EngineError> {
+        match self.vips.remove(key) {
+            Ok(()) => Ok(()),
+            // Already gone is what we wanted.
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(EngineError::Dataplane(format!("VIPS remove: {e}"))),
+        }
+    }
+}
+
+/// Result of one `BPF_PROG_TEST_RUN`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestRunOutput {
+    /// XDP action returned by the program.
+    pub action: u32,
+    /// The packet as the program left it.
+    pub packet: Vec<u8>,
+    /// Mean run time per repeat, as the kernel measured it.
+    pub ns_per_run: u64,
+}
+
+/// Runs a loaded XDP program on one packet through `BPF_PROG_TEST_RUN`, `repeat` times.
+/// Serves both the fixture tests (repeat 1) and the per-packet benchmark.
+pub fn test_run(ebpf: &Ebpf, program: &str, packet: &[u8], repeat: u32) -> Result<TestRunOutput, XdpError> {
+    use aya::programs::{TestRun as _, TestRunOptions};
+    let prog: &Xdp = ebpf
+        .program(program)
+        .ok_or_else(|| XdpError::Load(format!("program {program} missing")))?
+        .try_into()
+        .map_err(|e| XdpError::Load(format!("{program}: {e}")))?;
+    let mut out = vec![0u8; packet.len() + 256];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .map_err(|e| XdpError::Load(format!("test run of {program}: {e:#}")))?;
+    out.truncate(r.data_size_out as usize);
+    Ok(TestRunOutput {
+        action: r.return_value,
+        packet: out,
+        ns_per_run: r.duration.as_nanos() as u64,
+    })
+}

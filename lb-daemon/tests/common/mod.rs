@@ -1,0 +1,122 @@
+//! Shared by the XDP program tests: the privilege rule and frame builders.
+#![allow(dead_code)]
+
+use etherparse::PacketBuilder;
+
+/// Tests that need root (BPF_PROG_TEST_RUN) call this first: under CI they fail loudly without
+/// the privilege; elsewhere they say why they skip.
+pub fn have_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{test}: needs root (CAP_BPF, CAP_NET_ADMIN) and CI=true: refusing to skip");
+        }
+        eprintln!("{test}: skipped: needs root (CAP_BPF, CAP_NET_ADMIN)");
+    }
+    root
+}
+
+pub const OWN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
+pub const VIP: [u8; 4] = [198, 18, 0, 100];
+pub const CLIENT: [u8; 4] = [198, 18, 0, 10];
+
+/// A TCP segment from the client to `dst:dport` with the given flags, addressed to `dst_mac`.
+pub fn tcp(dst_mac: [u8; 6], src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool, fin: bool) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, dst_mac)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 64240);
+    if syn {
+        b = b.syn();
+    } else {
+        b = b.ack(1);
+    }
+    if fin {
+        b = b.fin();
+    }
+    let payload: &[u8] = if syn { &[] } else { b"GET / HTTP/1.1\r\n\r\n" };
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).expect("write frame");
+    out
+}
+
+/// A UDP datagram from the client.
+pub fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, OWN_MAC).ipv4(src, dst, 64).udp(sport, dport);
+    let mut out = Vec::new();
+    b.write(&mut out, b"query").expect("write frame");
+    out
+}
+
+/// An ICMP echo request to `dst`.
+pub fn icmp(dst: [u8; 4]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, OWN_MAC).ipv4(CLIENT, dst, 64).icmpv4_echo_request(1, 1);
+    let mut out = Vec::new();
+    b.write(&mut out, b"ping").expect("write frame");
+    out
+}
+
+/// An ARP request "who has VIP" (broadcast).
+pub fn arp_request() -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&CLIENT);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&VIP);
+    f.resize(60, 0);
+    f
+}
+
+/// An IPv6 frame (TCP to some address).
+pub fn ipv6() -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, OWN_MAC)
+        .ipv6([0xfd; 16], [0xfe; 16], 64)
+        .tcp(1, 80, 0, 100);
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).expect("write frame");
+    out
+}
+
+/// Recomputes the IPv4 header checksum of an Ethernet frame after a test edited the header.
+pub fn fix_ip_checksum(frame: &mut [u8]) {
+    let ihl = (frame[14] & 0x0f) as usize * 4;
+    frame[24] = 0;
+    frame[25] = 0;
+    let mut sum = 0u32;
+    for c in frame[14..14 + ihl].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let ck = !(sum as u16);
+    frame[24..26].copy_from_slice(&ck.to_be_bytes());
+}
+
+/// Inserts 4 bytes of IPv4 options (NOPs + end) into a frame, fixing IHL and lengths.
+pub fn with_ip_options(mut frame: Vec<u8>) -> Vec<u8> {
+    frame.splice(34..34, [1u8, 1, 1, 0]);
+    frame[14] = 0x46;
+    let tot = u16::from_be_bytes([frame[16], frame[17]]) + 4;
+    frame[16..18].copy_from_slice(&tot.to_be_bytes());
+    fix_ip_checksum(&mut frame);
+    frame
+}
+
+/// Sets the fragment field (flags + offset in 8-byte units) of a frame.
+pub fn with_frag(mut frame: Vec<u8>, more_fragments: bool, offset: u16) -> Vec<u8> {
+    let v = if more_fragments { 0x2000 } else { 0 } | (offset & 0x1fff);
+    frame[20..22].copy_from_slice(&v.to_be_bytes());
+    fix_ip_checksum(&mut frame);
+    frame
+}
+
+/// Sets the IP protocol field of a frame.
+pub fn with_proto(mut frame: Vec<u8>, proto: u8) -> Vec<u8> {
+    frame[23] = proto;
+    fix_ip_checksum(&mut frame);
+    frame
+}

@@ -1,0 +1,246 @@
+//! The XDP program through BPF_PROG_TEST_RUN, Katran style: a table of
+//! (description, input frame, expected action, expected output frame), then the counters.
+//! The maps are filled by the same engine the daemon uses.
+
+mod common;
+
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use aya::Ebpf;
+use common::*;
+use lb_common::{FlowKey, IPPROTO_TCP, MAGLEV_M, STATS_BACKEND_BASE, STATS_SERVICE_BASE, reason};
+use lb_daemon::{
+    config::Config,
+    engine::Engine,
+    xdp::{self, PROG_LBD, XdpMaps},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+fn config(web_backends: &[u8]) -> Config {
+    let list: Vec<String> = web_backends.iter().map(|b| format!("{{ addr = \"198.18.0.{b}\" }}")).collect();
+    Config::parse(&format!(
+        r#"
+[daemon]
+interface = "eth0"
+[[service]]
+name = "web"
+vip = "198.18.0.100:80"
+backends = [{}]
+[[service]]
+name = "dns"
+vip = "198.18.0.100:5353"
+proto = "udp"
+backends = [ {{ addr = "198.18.0.21" }}, {{ addr = "198.18.0.22" }} ]
+[[service]]
+name = "empty"
+vip = "198.18.0.100:8080"
+"#,
+        list.join(", ")
+    ))
+    .expect("fixture config")
+}
+
+fn mac_of(last: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, last]
+}
+
+fn macs() -> HashMap<Ipv4Addr, [u8; 6]> {
+    (20..=30).map(|i| (Ipv4Addr::new(198, 18, 0, i), mac_of(i))).collect()
+}
+
+struct Bed {
+    ebpf: Ebpf,
+    maps: XdpMaps,
+    engine: Engine,
+}
+
+impl Bed {
+    fn new(web_backends: &[u8]) -> Bed {
+        let mut ebpf = xdp::load(OWN_MAC, [0; 6], 4096, &[PROG_LBD]).expect("load XDP programs");
+        let mut maps = XdpMaps::new(&mut ebpf).expect("maps");
+        let mut engine = Engine::new();
+        engine.apply(&config(web_backends), &macs(), &mut maps).expect("apply config");
+        Bed { ebpf, maps, engine }
+    }
+
+    fn run(&self, frame: &[u8]) -> xdp::TestRunOutput {
+        xdp::test_run(&self.ebpf, PROG_LBD, frame, 1).expect("test run")
+    }
+
+    /// The backend the live Maglev table of the web service gives a TCP flow from the client.
+    fn maglev_choice(&self, sport: u16) -> Ipv4Addr {
+        let svc = self.engine.services().find(|s| s.config.name == "web").expect("web service");
+        let key = FlowKey {
+            src_be: u32::from_ne_bytes(CLIENT),
+            dst_be: u32::from_ne_bytes(VIP),
+            sport_be: sport.to_be(),
+            dport_be: 80u16.to_be(),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        let slot = lb_common::hash::flow_hash(&key) % MAGLEV_M;
+        let id = svc.table[slot as usize];
+        svc.backends.values().find(|b| b.id == id).expect("backend of slot").addr
+    }
+
+    fn backend_id(&self, service: &str, addr: u8) -> u32 {
+        let svc = self.engine.services().find(|s| s.config.name == service).expect("service");
+        svc.backends[&Ipv4Addr::new(198, 18, 0, addr)].id
+    }
+
+    fn service_id(&self, service: &str) -> u32 {
+        self.engine.services().find(|s| s.config.name == service).expect("service").id
+    }
+}
+
+/// The frame a TX verdict must produce: the backend's MAC as destination, ours as source,
+/// everything from the EtherType on untouched.
+fn forwarded(input: &[u8], backend: Ipv4Addr) -> Vec<u8> {
+    let mut out = input.to_vec();
+    out[0..6].copy_from_slice(&mac_of(backend.octets()[3]));
+    out[6..12].copy_from_slice(&OWN_MAC);
+    out
+}
+
+fn backend_of(output: &[u8]) -> u8 {
+    assert_eq!(&output[6..12], &OWN_MAC, "source MAC must be the node's own");
+    output[5]
+}
+
+#[test]
+fn fixtures_table() {
+    if !have_root("fixtures_table") {
+        return;
+    }
+    let bed = Bed::new(&[21, 22, 23]);
+    let syn = tcp(OWN_MAC, CLIENT, 40000, VIP, 80, true, false);
+    let chosen = bed.maglev_choice(40000);
+
+    struct Case {
+        what: &'static str,
+        input: Vec<u8>,
+        action: u32,
+        output: Vec<u8>,
+    }
+    let pass = |what, input: Vec<u8>| Case { what, output: input.clone(), input, action: XDP_PASS };
+    let mut short_tcp = tcp(OWN_MAC, CLIENT, 40001, VIP, 80, true, false);
+    short_tcp.truncate(14 + 20 + 10);
+    let mut short_ip = tcp(OWN_MAC, CLIENT, 40001, VIP, 80, true, false);
+    short_ip.truncate(14 + 12);
+    let cases = vec![
+        Case { what: "TCP SYN to the VIP goes to the Maglev backend", input: syn.clone(), action: XDP_TX, output: forwarded(&syn, chosen) },
+        Case {
+            what: "the same flow again (ACK with data) goes to the same backend",
+            input: tcp(OWN_MAC, CLIENT, 40000, VIP, 80, false, false),
+            action: XDP_TX,
+            output: forwarded(&tcp(OWN_MAC, CLIENT, 40000, VIP, 80, false, false), chosen),
+        },
+        pass("a non-VIP address passes", tcp(OWN_MAC, CLIENT, 40000, [198, 18, 0, 99], 80, true, false)),
+        pass("the VIP on an unconfigured port passes", tcp(OWN_MAC, CLIENT, 40000, VIP, 81, true, false)),
+        pass("UDP to a TCP-only port passes", udp(CLIENT, 5000, VIP, 80)),
+        pass("a frame for another MAC passes (flooded, not ours)", tcp(mac_of(0x03), CLIENT, 40000, VIP, 80, true, false)),
+        pass("ARP passes", arp_request()),
+        pass("ICMP to the VIP passes", icmp(VIP)),
+        pass("IPv6 passes", ipv6()),
+        pass("GRE to the VIP passes", with_proto(tcp(OWN_MAC, CLIENT, 40000, VIP, 80, true, false), 47)),
+        pass("a first fragment (MF) passes", with_frag(tcp(OWN_MAC, CLIENT, 40000, VIP, 80, false, false), true, 0)),
+        pass("a later fragment (offset) passes", with_frag(tcp(OWN_MAC, CLIENT, 40000, VIP, 80, false, false), false, 8)),
+        pass("IPv4 options pass", with_ip_options(tcp(OWN_MAC, CLIENT, 40000, VIP, 80, true, false))),
+        pass("a truncated TCP header passes", short_tcp),
+        pass("a truncated IPv4 header passes", short_ip),
+        Case { what: "a VIP with no backend drops", input: tcp(OWN_MAC, CLIENT, 40000, VIP, 8080, true, false), action: XDP_DROP, output: tcp(OWN_MAC, CLIENT, 40000, VIP, 8080, true, false) },
+    ];
+    for c in &cases {
+        let got = bed.run(&c.input);
+        assert_eq!(got.action, c.action, "{}: action", c.what);
+        assert_eq!(got.packet, c.output, "{}: output frame", c.what);
+    }
+
+    // UDP service: forwarded, and the same datagram flow sticks.
+    let q = udp(CLIENT, 5000, VIP, 5353);
+    let first = bed.run(&q);
+    assert_eq!(first.action, XDP_TX, "UDP to the VIP");
+    let b = backend_of(&first.packet);
+    assert!([21, 22].contains(&b), "UDP backend {b} not in the dns service");
+    assert_eq!(first.packet, forwarded(&q, Ipv4Addr::new(198, 18, 0, b)));
+    assert_eq!(backend_of(&bed.run(&q).packet), b, "UDP flow sticks");
+
+    // Counters: one per reason per case above, plus the services and backends.
+    let stats = bed.maps.read_stats().expect("stats");
+    let want = [
+        (reason::PASS_NOT_VIP, 3),
+        (reason::PASS_OTHER_MAC, 1),
+        (reason::PASS_ARP, 1),
+        (reason::PASS_ICMP, 1),
+        (reason::PASS_NOT_IPV4, 1),
+        (reason::PASS_OTHER_PROTO, 1),
+        (reason::PASS_FRAGMENT, 2),
+        (reason::PASS_IP_OPTIONS, 1),
+        (reason::PASS_TRUNCATED, 2),
+        (reason::DROP_NO_BACKEND, 1),
+        (reason::DROP_BAD_BACKEND, 0),
+        (reason::PASS_BAD_IP_HEADER, 0),
+    ];
+    for (r, n) in want {
+        assert_eq!(stats[r as usize].packets, n, "counter {}", reason::NAMES[r as usize]);
+    }
+    let web = STATS_SERVICE_BASE + bed.service_id("web");
+    assert_eq!(stats[web as usize].packets, 2, "web service packets");
+    assert_eq!(stats[web as usize].bytes, (syn.len() + cases[1].input.len()) as u64, "web service bytes");
+    let dns = STATS_SERVICE_BASE + bed.service_id("dns");
+    assert_eq!(stats[dns as usize].packets, 2, "dns service packets");
+    let chosen_id = STATS_BACKEND_BASE + bed.backend_id("web", chosen.octets()[3]);
+    assert_eq!(stats[chosen_id as usize].packets, 2, "packets of the chosen web backend");
+}
+
+#[test]
+fn established_flows_keep_their_backend_when_the_table_changes() {
+    if !have_root("established_flows_keep_their_backend_when_the_table_changes") {
+        return;
+    }
+    let mut bed = Bed::new(&[21, 22, 23]);
+    let ports: Vec<u16> = (41000..41300).collect();
+    let mut before = HashMap::new();
+    for &p in &ports {
+        let out = bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, true, false));
+        assert_eq!(out.action, XDP_TX);
+        let b = backend_of(&out.packet);
+        assert_eq!(Ipv4Addr::new(198, 18, 0, b), bed.maglev_choice(p), "port {p}: SYN follows Maglev");
+        before.insert(p, b);
+    }
+    for b in [21, 22, 23] {
+        assert!(before.values().any(|&x| x == b), "backend {b} got none of 300 flows");
+    }
+
+    // Backend .23 leaves, .24 joins: the table changes under established flows.
+    let Bed { maps, engine, .. } = &mut bed;
+    let report = engine.apply(&config(&[21, 22, 24]), &macs(), maps).expect("apply new config");
+    assert_eq!((report.backends_added, report.backends_removed, report.tables_written), (1, 1, 1));
+
+    for &p in &ports {
+        let out = bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, false, false));
+        assert_eq!(out.action, XDP_TX);
+        assert_eq!(backend_of(&out.packet), before[&p], "port {p}: an established flow keeps its backend");
+    }
+    let mut new_on = HashMap::<u8, u32>::new();
+    for p in 42000..42300u16 {
+        let out = bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, true, false));
+        let b = backend_of(&out.packet);
+        assert_eq!(Ipv4Addr::new(198, 18, 0, b), bed.maglev_choice(p), "port {p}: a new flow follows the new table");
+        *new_on.entry(b).or_default() += 1;
+    }
+    assert!(!new_on.contains_key(&23), "the removed backend got new flows: {new_on:?}");
+    assert!(new_on.contains_key(&24), "the added backend got no new flow: {new_on:?}");
+
+    // A FIN marks the flow closing in the connection table; the scan counts it so.
+    let p = ports[0];
+    bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, false, true));
+    let counts = bed.maps.scan_flows(xdp::coarse_now_ns(), Default::default(), |_, _| false);
+    let id = bed.backend_id("web", before[&p]);
+    assert_eq!(counts.closing.get(&id).copied().unwrap_or(0), 1, "one closing flow on backend {}", before[&p]);
+    assert_eq!(counts.entries, 600, "flows in the table: 300 before the change, 300 after");
+    assert_eq!(counts.active.values().sum::<u64>(), 599, "open flows: all but the closing one");
+}

@@ -1,0 +1,206 @@
+//! The balancer: parse, match a VIP, find the flow's backend (connection table first, Maglev
+//! for a new flow), rewrite the MACs and send the frame back out (LVS direct routing).
+//!
+//! Anything that is not a well-formed, unfragmented IPv4 TCP/UDP packet for a VIP addressed to
+//! this node's MAC goes to the kernel untouched (`XDP_PASS`) and is counted with its reason.
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use lb_common::{
+    FLOW_FLAG_CLOSING, FlowKey, FlowState, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_M, NO_BACKEND,
+    STATS_BACKEND_BASE, STATS_SERVICE_BASE, VIP_FLAG_SRC_ONLY, VipKey, backend_state,
+    hash::{flow_hash, maglev_slot},
+    reason,
+};
+
+use crate::{
+    maps::{BACKENDS, CONNTRACK, RINGS, STATS, VIPS},
+    parse::{
+        ETH_LEN, ETH_P_ARP_BE, ETH_P_IP_BE, EthHdr, IPV4_LEN, Ipv4Hdr, TCP_FIN, TCP_RST, TcpHdr,
+        UdpHdr, global_mac, ptr_at, rewrite_macs,
+    },
+};
+
+/// This node's MAC on the attached interface, set by userspace at load time.
+#[unsafe(no_mangle)]
+pub static OWN_MAC: [u8; 6] = [0; 6];
+
+/// Destination MAC of the `bare_tx` benchmark program, set by userspace at load time.
+#[unsafe(no_mangle)]
+pub static BARE_DST_MAC: [u8; 6] = [0; 6];
+
+/// How often a flow's last-seen time is refreshed: once a second keeps the write (and its
+/// cache-line traffic between CPUs) off most packets.
+const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
+
+/// The frame goes to a backend: which service and backend to count it for.
+struct Forward {
+    service_id: u32,
+    backend_id: u32,
+}
+
+/// The frame does not go to a backend: the action and the reason counter.
+struct Skip {
+    action: u32,
+    reason: u32,
+}
+
+const fn pass(reason: u32) -> Skip {
+    Skip {
+        action: xdp_action::XDP_PASS,
+        reason,
+    }
+}
+
+const fn drop(reason: u32) -> Skip {
+    Skip {
+        action: xdp_action::XDP_DROP,
+        reason,
+    }
+}
+
+/// Entry point body: balance, then count once with the outcome.
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    match balance(ctx) {
+        Ok(fwd) => {
+            count(STATS_SERVICE_BASE + fwd.service_id, len);
+            count(STATS_BACKEND_BASE + fwd.backend_id, len);
+            xdp_action::XDP_TX
+        }
+        Err(skip) => {
+            count(skip.reason, len);
+            skip.action
+        }
+    }
+}
+
+#[inline(always)]
+fn count(index: u32, len: u64) {
+    if let Some(c) = STATS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU value: no other CPU writes it, and XDP does not preempt itself.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += len;
+        }
+    }
+}
+
+#[inline(always)]
+fn balance(ctx: &XdpContext) -> Result<Forward, Skip> {
+    let truncated = pass(reason::PASS_TRUNCATED);
+    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(truncated)?;
+    // SAFETY (all header reads below): ptr_at checked that the whole header is in the packet.
+    let ethertype = unsafe { (*eth).ethertype_be };
+    if ethertype != ETH_P_IP_BE {
+        return Err(pass(if ethertype == ETH_P_ARP_BE {
+            reason::PASS_ARP
+        } else {
+            reason::PASS_NOT_IPV4
+        }));
+    }
+    let own = global_mac(&OWN_MAC);
+    if unsafe { (*eth).dst } != own {
+        return Err(pass(reason::PASS_OTHER_MAC));
+    }
+
+    let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_LEN).ok_or(pass(reason::PASS_TRUNCATED))?;
+    let version_ihl = unsafe { (*ip).version_ihl };
+    if version_ihl != 0x45 {
+        return Err(pass(if version_ihl >> 4 == 4 && version_ihl & 0x0f > 5 {
+            reason::PASS_IP_OPTIONS
+        } else {
+            reason::PASS_BAD_IP_HEADER
+        }));
+    }
+    // More-fragments bit or a fragment offset: only the first fragment has ports.
+    if unsafe { (*ip).frag_off_be } & 0x3fffu16.to_be() != 0 {
+        return Err(pass(reason::PASS_FRAGMENT));
+    }
+    let proto = unsafe { (*ip).proto };
+    let l4 = ETH_LEN + IPV4_LEN;
+    let (sport_be, dport_be, tcp_flags) = match proto {
+        IPPROTO_TCP => {
+            let tcp: *const TcpHdr = ptr_at(ctx, l4).ok_or(pass(reason::PASS_TRUNCATED))?;
+            unsafe { ((*tcp).sport_be, (*tcp).dport_be, (*tcp).flags) }
+        }
+        IPPROTO_UDP => {
+            let udp: *const UdpHdr = ptr_at(ctx, l4).ok_or(pass(reason::PASS_TRUNCATED))?;
+            unsafe { ((*udp).sport_be, (*udp).dport_be, 0) }
+        }
+        1 => return Err(pass(reason::PASS_ICMP)),
+        _ => return Err(pass(reason::PASS_OTHER_PROTO)),
+    };
+    let daddr = u32::from_ne_bytes(unsafe { (*ip).daddr });
+    let vip_key = VipKey {
+        addr_be: daddr,
+        port_be: dport_be,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: VIPS values are plain integers; a concurrent update yields old or new values.
+    let vip = unsafe { VIPS.get(&vip_key) }.ok_or(pass(reason::PASS_NOT_VIP))?;
+
+    let flow = FlowKey {
+        src_be: u32::from_ne_bytes(unsafe { (*ip).saddr }),
+        dst_be: daddr,
+        sport_be: if vip.flags & VIP_FLAG_SRC_ONLY != 0 {
+            0
+        } else {
+            sport_be
+        },
+        dport_be,
+        proto,
+        _pad: [0; 3],
+    };
+    let closing = if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        FLOW_FLAG_CLOSING
+    } else {
+        0
+    };
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+
+    // An established flow keeps its backend, unless health checks took that backend down.
+    if let Some(state) = CONNTRACK.get_ptr_mut(&flow) {
+        let id = unsafe { (*state).backend_id };
+        if let Some(backend) = BACKENDS.get(id)
+            && backend.state != backend_state::DOWN
+        {
+            unsafe {
+                if now.wrapping_sub((*state).last_seen_ns) > LAST_SEEN_GRANULARITY_NS
+                    || (*state).flags | closing != (*state).flags
+                {
+                    (*state).last_seen_ns = now;
+                    (*state).flags |= closing;
+                }
+            }
+            rewrite_macs(ctx, &backend.mac).ok_or(pass(reason::PASS_TRUNCATED))?;
+            return Ok(Forward {
+                service_id: vip.service_id,
+                backend_id: id,
+            });
+        }
+    }
+
+    // A new flow (or one whose backend is down): Maglev picks, the connection table remembers.
+    let slot = vip.ring * MAGLEV_M + maglev_slot(flow_hash(&flow));
+    let id = *RINGS.get(slot).ok_or(drop(reason::DROP_NO_BACKEND))?;
+    if id == NO_BACKEND {
+        return Err(drop(reason::DROP_NO_BACKEND));
+    }
+    let backend = BACKENDS.get(id).ok_or(drop(reason::DROP_BAD_BACKEND))?;
+    let state = FlowState {
+        backend_id: id,
+        flags: closing,
+        last_seen_ns: now,
+    };
+    // A full table evicts its least recently used flow; an error here only costs the flow its
+    // pinning, so the packet still goes out.
+    let _ = CONNTRACK.insert(&flow, &state, 0);
+    rewrite_macs(ctx, &backend.mac).ok_or(pass(reason::PASS_TRUNCATED))?;
+    Ok(Forward {
+        service_id: vip.service_id,
+        backend_id: id,
+    })
+}

@@ -1,0 +1,44 @@
+//! lbd's XDP programs. Entry points only; the work is in the modules:
+//! [`parse`] (bounds-checked header access), [`maps`] (every map, one comment each) and
+//! [`balancer`] (VIP match, flow lookup, Maglev selection, MAC rewrite, counters).
+#![no_std]
+#![no_main]
+
+mod balancer;
+mod maps;
+mod parse;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+/// The balancer: VIP traffic goes to a backend (LVS direct routing), the rest to the kernel.
+#[xdp]
+pub fn lbd_xdp(ctx: XdpContext) -> u32 {
+    balancer::run(&ctx)
+}
+
+/// The floor for benchmarks: set the destination MAC to `BARE_DST_MAC`, the source MAC to the
+/// old destination, and send the frame back out. What any direct-routing balancer must do at least.
+#[xdp]
+pub fn bare_tx(ctx: XdpContext) -> u32 {
+    match parse::rewrite_macs(&ctx, &parse::global_mac(&balancer::BARE_DST_MAC)) {
+        Some(()) => xdp_action::XDP_TX,
+        None => xdp_action::XDP_PASS,
+    }
+}
+
+/// Accepts everything. Attached to the peer of a veth that runs `lbd_xdp` in native mode:
+/// veth delivers native `XDP_TX` frames only when its peer has an XDP program.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,36 @@
+//! Every map of the data path, one comment each. Keys and values are `lb-common` types, the
+//! same definitions userspace uses, so the two sides cannot drift.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    Backend, CONNTRACK_DEFAULT_MAX, Counter, FlowKey, FlowState, MAGLEV_M, MAX_BACKENDS, MAX_RINGS,
+    MAX_SERVICES, STATS_LEN, VipInfo, VipKey,
+};
+
+/// BPF_F_NO_COMMON_LRU: per-CPU LRU lists over one shared table (no global LRU lock).
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
+/// VIPS: (VIP, port, protocol) → service id and the Maglev table it uses now.
+#[map]
+pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// RINGS: the Maglev tables, `MAX_RINGS` of `MAGLEV_M` slots each, slot → backend id.
+#[map]
+pub static RINGS: Array<u32> = Array::with_max_entries(MAX_RINGS * MAGLEV_M, 0);
+
+/// BACKENDS: backend id → MAC, address and state.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// CONNTRACK: flow (5-tuple, or client address only) → backend id; LRU so old flows age out.
+/// Userspace sizes it from `[daemon] conntrack_max` before loading.
+#[map]
+pub static CONNTRACK: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(CONNTRACK_DEFAULT_MAX, BPF_F_NO_COMMON_LRU);
+
+/// STATS: per-CPU packet and byte counters: pass/drop reasons, then services, then backends.
+#[map]
+pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_LEN, 0);
