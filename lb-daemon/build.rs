@@ -21,6 +21,7 @@ fn main() -> anyhow::Result<()> {
         root_dir: root_dir.as_str(),
         ..Default::default()
     };
-    aya_build::build_ebpf([package], Toolchain::default())
-        .context("building the XDP programs needs nightly rust-src and bpf-linker: run `cargo xtask setup`")
+    aya_build::build_ebpf([package], Toolchain::default()).context(
+        "building the XDP programs needs nightly rust-src and bpf-linker: run `cargo xtask setup`",
+    )
 }

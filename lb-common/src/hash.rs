@@ -82,8 +82,14 @@ mod tests {
 
     #[test]
     fn bytes_hash_depends_on_seed_and_content() {
-        assert_ne!(bytes_hash(1, b"198.18.0.21:80"), bytes_hash(2, b"198.18.0.21:80"));
-        assert_ne!(bytes_hash(1, b"198.18.0.21:80"), bytes_hash(1, b"198.18.0.22:80"));
+        assert_ne!(
+            bytes_hash(1, b"198.18.0.21:80"),
+            bytes_hash(2, b"198.18.0.21:80")
+        );
+        assert_ne!(
+            bytes_hash(1, b"198.18.0.21:80"),
+            bytes_hash(1, b"198.18.0.22:80")
+        );
         assert_ne!(bytes_hash(1, b""), bytes_hash(1, b"\0"));
     }
 }

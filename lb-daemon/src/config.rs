@@ -235,7 +235,11 @@ impl Config {
             let at = e
                 .span()
                 .map(|s| {
-                    let line = text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1;
+                    let line = text.as_bytes()[..s.start.min(text.len())]
+                        .iter()
+                        .filter(|&&b| b == b'\n')
+                        .count()
+                        + 1;
                     format!("line {line}")
                 })
                 .unwrap_or_else(|| "config".into());
@@ -332,7 +336,9 @@ impl RawConfig {
         if total_backends > limit {
             return Err(err(
                 "service",
-                format!("{total_backends} backends configured in all; at most {limit} are supported"),
+                format!(
+                    "{total_backends} backends configured in all; at most {limit} are supported"
+                ),
             ));
         }
         Ok(Config { daemon, services })
@@ -354,10 +360,17 @@ impl RawService {
         let vip: SocketAddrV4 = self.vip.parse().map_err(|_| {
             err(
                 format!("{path}.vip"),
-                format!("{:?} is not an IPv4 address and port (e.g. 198.18.0.100:80)", self.vip),
+                format!(
+                    "{:?} is not an IPv4 address and port (e.g. 198.18.0.100:80)",
+                    self.vip
+                ),
             )
         })?;
-        if vip.port() == 0 || vip.ip().is_unspecified() || vip.ip().is_multicast() || vip.ip().is_broadcast() {
+        if vip.port() == 0
+            || vip.ip().is_unspecified()
+            || vip.ip().is_multicast()
+            || vip.ip().is_broadcast()
+        {
             return Err(err(
                 format!("{path}.vip"),
                 format!("{vip} cannot be a VIP (needs a unicast address and a non-zero port)"),
@@ -369,12 +382,20 @@ impl RawService {
             other => {
                 return Err(err(
                     format!("{path}.scheduler"),
-                    format!("{other:?} is not a scheduler of the XDP data path (allowed: maglev, sh)"),
+                    format!(
+                        "{other:?} is not a scheduler of the XDP data path (allowed: maglev, sh)"
+                    ),
                 ));
             }
         };
         let name = match self.name {
-            Some(n) if n.is_empty() || n.len() > 64 || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) => {
+            Some(n)
+                if n.is_empty()
+                    || n.len() > 64
+                    || !n
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) =>
+            {
                 return Err(err(
                     format!("{path}.name"),
                     format!("{n:?} is not a service name (1 to 64 of A-Z a-z 0-9 - _ .)"),
@@ -438,7 +459,9 @@ pub fn parse_backend_addr(text: &str, vip_port: u16) -> Result<Ipv4Addr, String>
         ));
     }
     if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback() {
-        return Err(format!("{ip} cannot be a backend (needs a unicast address on the network)"));
+        return Err(format!(
+            "{ip} cannot be a backend (needs a unicast address on the network)"
+        ));
     }
     Ok(ip)
 }
@@ -483,34 +506,99 @@ backends = [ { addr = "198.18.0.21" } ]
     #[test]
     fn bad_configs_name_key_and_value() {
         let svc = |extra: &str| {
-            format!("[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"198.18.0.100:80\"\n{extra}\n")
+            format!(
+                "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"198.18.0.100:80\"\n{extra}\n"
+            )
         };
         let cases: Vec<(String, &str)> = vec![
             ("".into(), "missing field `daemon`"),
             ("[daemon]\n".into(), "missing field `interface`"),
-            ("[daemon]\ninterface = \"eth0\"\nbogus = 1\n".into(), "unknown field `bogus`"),
-            ("[daemon]\ninterface = \"\"\n".into(), "daemon.interface: \"\" is not an interface name"),
-            ("[daemon]\ninterface = \"eth0\"\ndatapath = \"dpdk\"\n".into(), "daemon.datapath: \"dpdk\" is not a data path (allowed: auto, xdp, xdp-generic)"),
-            ("[daemon]\ninterface = \"eth0\"\nmetrics_addr = \"localhost\"\n".into(), "daemon.metrics_addr: \"localhost\" is not an IP:port"),
-            ("[daemon]\ninterface = \"eth0\"\nconntrack_max = 5\n".into(), "daemon.conntrack_max: 5 is out of range (allowed: 1024 to 16777216 flows)"),
-            ("[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"198.18.0.100\"\n".into(), "service[0].vip: \"198.18.0.100\" is not an IPv4 address and port"),
-            ("[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"0.0.0.0:80\"\n".into(), "service[0].vip: 0.0.0.0:80 cannot be a VIP"),
-            (svc("proto = \"sctp\""), "service[0].proto: \"sctp\" is not a protocol (allowed: tcp, udp)"),
-            (svc("scheduler = \"rr\""), "service[0].scheduler: \"rr\" is not a scheduler of the XDP data path (allowed: maglev, sh)"),
-            (svc("name = \"a b\""), "service[0].name: \"a b\" is not a service name"),
-            (svc("backends = [ { addr = \"10.0.0.x\" } ]"), "service[0].backends[0].addr: \"10.0.0.x\" is not an IPv4 address"),
-            (svc("backends = [ { addr = \"198.18.0.21:8080\" } ]"), "service[0].backends[0].addr: port 8080 differs from the VIP port 80"),
-            (svc("backends = [ { addr = \"127.0.0.1\" } ]"), "service[0].backends[0].addr: 127.0.0.1 cannot be a backend"),
-            (svc("backends = [ { addr = \"198.18.0.21\", weight = 0 } ]"), "service[0].backends[0].weight: 0 is out of range (allowed: 1 to 1000)"),
-            (svc("backends = [ { addr = \"198.18.0.21\", weight = 1001 } ]"), "service[0].backends[0].weight: 1001 is out of range"),
-            (svc("backends = [ { addr = \"198.18.0.21\" }, { addr = \"198.18.0.21:80\" } ]"), "service[0].backends[1].addr: 198.18.0.21 is listed twice"),
-            (svc("backends = [ { adr = \"198.18.0.21\" } ]"), "unknown field `adr`"),
-            (format!("{}[[service]]\nvip = \"198.18.0.100:80\"\n", svc("")), "service[1].vip: tcp/198.18.0.100:80 is configured twice"),
-            (format!("{}[[service]]\nname = \"x\"\nvip = \"198.18.0.100:81\"\n", svc("name = \"x\"")), "service[1].name: \"x\" is used by another service"),
+            (
+                "[daemon]\ninterface = \"eth0\"\nbogus = 1\n".into(),
+                "unknown field `bogus`",
+            ),
+            (
+                "[daemon]\ninterface = \"\"\n".into(),
+                "daemon.interface: \"\" is not an interface name",
+            ),
+            (
+                "[daemon]\ninterface = \"eth0\"\ndatapath = \"dpdk\"\n".into(),
+                "daemon.datapath: \"dpdk\" is not a data path (allowed: auto, xdp, xdp-generic)",
+            ),
+            (
+                "[daemon]\ninterface = \"eth0\"\nmetrics_addr = \"localhost\"\n".into(),
+                "daemon.metrics_addr: \"localhost\" is not an IP:port",
+            ),
+            (
+                "[daemon]\ninterface = \"eth0\"\nconntrack_max = 5\n".into(),
+                "daemon.conntrack_max: 5 is out of range (allowed: 1024 to 16777216 flows)",
+            ),
+            (
+                "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"198.18.0.100\"\n".into(),
+                "service[0].vip: \"198.18.0.100\" is not an IPv4 address and port",
+            ),
+            (
+                "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"0.0.0.0:80\"\n".into(),
+                "service[0].vip: 0.0.0.0:80 cannot be a VIP",
+            ),
+            (
+                svc("proto = \"sctp\""),
+                "service[0].proto: \"sctp\" is not a protocol (allowed: tcp, udp)",
+            ),
+            (
+                svc("scheduler = \"rr\""),
+                "service[0].scheduler: \"rr\" is not a scheduler of the XDP data path (allowed: maglev, sh)",
+            ),
+            (
+                svc("name = \"a b\""),
+                "service[0].name: \"a b\" is not a service name",
+            ),
+            (
+                svc("backends = [ { addr = \"10.0.0.x\" } ]"),
+                "service[0].backends[0].addr: \"10.0.0.x\" is not an IPv4 address",
+            ),
+            (
+                svc("backends = [ { addr = \"198.18.0.21:8080\" } ]"),
+                "service[0].backends[0].addr: port 8080 differs from the VIP port 80",
+            ),
+            (
+                svc("backends = [ { addr = \"127.0.0.1\" } ]"),
+                "service[0].backends[0].addr: 127.0.0.1 cannot be a backend",
+            ),
+            (
+                svc("backends = [ { addr = \"198.18.0.21\", weight = 0 } ]"),
+                "service[0].backends[0].weight: 0 is out of range (allowed: 1 to 1000)",
+            ),
+            (
+                svc("backends = [ { addr = \"198.18.0.21\", weight = 1001 } ]"),
+                "service[0].backends[0].weight: 1001 is out of range",
+            ),
+            (
+                svc("backends = [ { addr = \"198.18.0.21\" }, { addr = \"198.18.0.21:80\" } ]"),
+                "service[0].backends[1].addr: 198.18.0.21 is listed twice",
+            ),
+            (
+                svc("backends = [ { adr = \"198.18.0.21\" } ]"),
+                "unknown field `adr`",
+            ),
+            (
+                format!("{}[[service]]\nvip = \"198.18.0.100:80\"\n", svc("")),
+                "service[1].vip: tcp/198.18.0.100:80 is configured twice",
+            ),
+            (
+                format!(
+                    "{}[[service]]\nname = \"x\"\nvip = \"198.18.0.100:81\"\n",
+                    svc("name = \"x\"")
+                ),
+                "service[1].name: \"x\" is used by another service",
+            ),
         ];
         for (text, want) in cases {
             let got = Config::parse(&text).expect_err(&text).to_string();
-            assert!(got.contains(want), "config:\n{text}\nwant: {want}\ngot:  {got}");
+            assert!(
+                got.contains(want),
+                "config:\n{text}\nwant: {want}\ngot:  {got}"
+            );
         }
     }
 

@@ -29,7 +29,9 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// All ids of a kind are in use.
-    #[error("no free {kind} id: {max} are in use (backends that left keep their id until their flows end)")]
+    #[error(
+        "no free {kind} id: {max} are in use (backends that left keep their id until their flows end)"
+    )]
     NoFreeId {
         /// "service" or "backend".
         kind: &'static str,
@@ -176,7 +178,12 @@ impl Engine {
 
         // Services gone from the config: unmatch the VIP first, then free their ids. Their flows
         // can no longer match (VIPS is looked up before the connection table).
-        let gone: Vec<ServiceKey> = self.services.keys().filter(|k| !wanted.contains(k)).copied().collect();
+        let gone: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .copied()
+            .collect();
         for key in gone {
             if let Some(svc) = self.services.remove(&key) {
                 dp.remove_vip(&svc.vip_key())?;
@@ -392,7 +399,10 @@ pub(crate) mod tests {
     }
 
     fn config(backends: &[&str]) -> Config {
-        let list: Vec<String> = backends.iter().map(|b| format!("{{ addr = \"{b}\" }}")).collect();
+        let list: Vec<String> = backends
+            .iter()
+            .map(|b| format!("{{ addr = \"{b}\" }}"))
+            .collect();
         Config::parse(&format!(
             "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"198.18.0.100:80\"\nbackends = [{}]\n",
             list.join(", ")
@@ -401,7 +411,9 @@ pub(crate) mod tests {
     }
 
     fn macs() -> HashMap<Ipv4Addr, [u8; 6]> {
-        (1..=30).map(|i| (Ipv4Addr::new(198, 18, 0, i), [2, 0, 0, 0, 0, i])).collect()
+        (1..=30)
+            .map(|i| (Ipv4Addr::new(198, 18, 0, i), [2, 0, 0, 0, 0, i]))
+            .collect()
     }
 
     fn live_table(dp: &FakeDataplane) -> (VipInfo, Vec<u32>) {
@@ -413,17 +425,30 @@ pub(crate) mod tests {
     fn ids_are_stable_and_tables_switch_rings() {
         let mut e = Engine::new();
         let mut dp = FakeDataplane::default();
-        e.apply(&config(&["198.18.0.21", "198.18.0.22", "198.18.0.23"]), &macs(), &mut dp).unwrap();
+        e.apply(
+            &config(&["198.18.0.21", "198.18.0.22", "198.18.0.23"]),
+            &macs(),
+            &mut dp,
+        )
+        .unwrap();
         let (info1, t1) = live_table(&dp);
         let ids1: BTreeSet<u32> = t1.iter().copied().collect();
         assert_eq!(ids1.len(), 3);
 
         // Same config again: nothing rewritten.
-        let r = e.apply(&config(&["198.18.0.21", "198.18.0.22", "198.18.0.23"]), &macs(), &mut dp).unwrap();
+        let r = e
+            .apply(
+                &config(&["198.18.0.21", "198.18.0.22", "198.18.0.23"]),
+                &macs(),
+                &mut dp,
+            )
+            .unwrap();
         assert_eq!(r.tables_written, 0);
 
         // One backend leaves: the new table goes to the other ring; the others keep their ids.
-        let r = e.apply(&config(&["198.18.0.21", "198.18.0.22"]), &macs(), &mut dp).unwrap();
+        let r = e
+            .apply(&config(&["198.18.0.21", "198.18.0.22"]), &macs(), &mut dp)
+            .unwrap();
         assert_eq!(r.backends_removed, 1);
         let (info2, t2) = live_table(&dp);
         assert_eq!(info2.ring, info1.ring ^ 1);
@@ -431,10 +456,18 @@ pub(crate) mod tests {
         assert!(ids2.is_subset(&ids1) && ids2.len() == 2);
         let gone = *ids1.difference(&ids2).next().unwrap();
         assert_eq!(dp.backends[&gone].state, backend_state::REMOVED);
-        assert_eq!(dp.backends[&gone].mac, [2, 0, 0, 0, 0, 23], "a removed backend still forwards its flows");
+        assert_eq!(
+            dp.backends[&gone].mac,
+            [2, 0, 0, 0, 0, 23],
+            "a removed backend still forwards its flows"
+        );
 
         // Its id is kept while it has flows, freed when they end.
-        assert!(e.reap_removed(|id| u64::from(id == gone), &mut dp).unwrap().is_empty());
+        assert!(
+            e.reap_removed(|id| u64::from(id == gone), &mut dp)
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(e.reap_removed(|_| 0, &mut dp).unwrap(), vec![gone]);
     }
 
@@ -444,10 +477,12 @@ pub(crate) mod tests {
         let mut dp = FakeDataplane::default();
         let mut m = macs();
         m.remove(&Ipv4Addr::new(198, 18, 0, 22));
-        e.apply(&config(&["198.18.0.21", "198.18.0.22"]), &m, &mut dp).unwrap();
+        e.apply(&config(&["198.18.0.21", "198.18.0.22"]), &m, &mut dp)
+            .unwrap();
         let (_, t) = live_table(&dp);
         assert_eq!(t.iter().copied().collect::<BTreeSet<_>>().len(), 1);
-        e.apply(&config(&["198.18.0.21", "198.18.0.22"]), &macs(), &mut dp).unwrap();
+        e.apply(&config(&["198.18.0.21", "198.18.0.22"]), &macs(), &mut dp)
+            .unwrap();
         let (_, t) = live_table(&dp);
         assert_eq!(t.iter().copied().collect::<BTreeSet<_>>().len(), 2);
     }
@@ -469,10 +504,27 @@ pub(crate) mod tests {
     fn two_nodes_build_identical_tables() {
         let (mut a, mut b) = (Engine::new(), Engine::new());
         let (mut da, mut db) = (FakeDataplane::default(), FakeDataplane::default());
-        a.apply(&config(&["198.18.0.21", "198.18.0.22", "198.18.0.23"]), &macs(), &mut da).unwrap();
-        b.apply(&config(&["198.18.0.23", "198.18.0.21", "198.18.0.22"]), &macs(), &mut db).unwrap();
+        a.apply(
+            &config(&["198.18.0.21", "198.18.0.22", "198.18.0.23"]),
+            &macs(),
+            &mut da,
+        )
+        .unwrap();
+        b.apply(
+            &config(&["198.18.0.23", "198.18.0.21", "198.18.0.22"]),
+            &macs(),
+            &mut db,
+        )
+        .unwrap();
         let addr = |e: &Engine, id: u32| {
-            e.services().next().unwrap().backends.values().find(|r| r.id == id).unwrap().addr
+            e.services()
+                .next()
+                .unwrap()
+                .backends
+                .values()
+                .find(|r| r.id == id)
+                .unwrap()
+                .addr
         };
         let (_, ta) = live_table(&da);
         let (_, tb) = live_table(&db);

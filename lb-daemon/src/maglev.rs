@@ -74,7 +74,9 @@ mod tests {
     use lb_common::MAGLEV_M;
 
     fn names(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("10.0.{}.{}:80", i / 200, i % 200 + 1)).collect()
+        (0..n)
+            .map(|i| format!("10.0.{}.{}:80", i / 200, i % 200 + 1))
+            .collect()
     }
 
     fn entries<'a>(names: &'a [String], weights: &[u32]) -> Vec<Entry<'a>> {
@@ -119,13 +121,21 @@ mod tests {
             let n = names(count);
             let t = build(&entries(&n, &vec![1; count]), MAGLEV_M);
             assert_eq!(t.len(), MAGLEV_M as usize);
-            assert!(t.iter().all(|&s| (s as usize) < count), "hole with {count} backends");
+            assert!(
+                t.iter().all(|&s| (s as usize) < count),
+                "hole with {count} backends"
+            );
         }
     }
 
     #[test]
     fn shares_follow_weights_within_5_percent() {
-        for weights in [vec![1, 1, 1], vec![1, 2, 3, 4], vec![5, 1, 1, 1, 1, 1], vec![100, 1, 50, 7]] {
+        for weights in [
+            vec![1, 1, 1],
+            vec![1, 2, 3, 4],
+            vec![5, 1, 1, 1, 1, 1],
+            vec![100, 1, 50, 7],
+        ] {
             let n = names(weights.len());
             let t = build(&entries(&n, &weights), MAGLEV_M);
             let total: u32 = weights.iter().sum();
@@ -145,7 +155,12 @@ mod tests {
         let all = entries(&n, &[1; 10]);
         let before = build(&all, MAGLEV_M);
         for gone in 0..10 {
-            let rest: Vec<Entry> = all.iter().enumerate().filter(|(i, _)| *i != gone).map(|(_, e)| e.clone()).collect();
+            let rest: Vec<Entry> = all
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != gone)
+                .map(|(_, e)| e.clone())
+                .collect();
             let after = build(&rest, MAGLEV_M);
             let moved = before
                 .iter()
@@ -153,7 +168,10 @@ mod tests {
                 .filter(|(b, a)| all[**b as usize].name != rest[**a as usize].name)
                 .count();
             let limit = (0.1 + 0.01) * MAGLEV_M as f64;
-            assert!(moved as f64 <= limit, "removing {gone}: {moved} slots moved, limit {limit:.0}");
+            assert!(
+                moved as f64 <= limit,
+                "removing {gone}: {moved} slots moved, limit {limit:.0}"
+            );
         }
     }
 

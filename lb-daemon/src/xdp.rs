@@ -73,7 +73,12 @@ impl AttachMode {
 
 /// Loads the object with this node's MAC and the connection table size, and loads (verifies)
 /// the programs named in `programs`.
-pub fn load(own_mac: [u8; 6], bare_dst_mac: [u8; 6], conntrack_max: u32, programs: &[&str]) -> Result<Ebpf, XdpError> {
+pub fn load(
+    own_mac: [u8; 6],
+    bare_dst_mac: [u8; 6],
+    conntrack_max: u32,
+    programs: &[&str],
+) -> Result<Ebpf, XdpError> {
     let mut ebpf = EbpfLoader::new()
         .override_global("OWN_MAC", &own_mac, true)
         .override_global("BARE_DST_MAC", &bare_dst_mac, true)
@@ -86,7 +91,8 @@ pub fn load(own_mac: [u8; 6], bare_dst_mac: [u8; 6], conntrack_max: u32, program
             .ok_or_else(|| XdpError::Load(format!("program {name} missing from the object")))?
             .try_into()
             .map_err(|e| XdpError::Load(format!("{name}: {e}")))?;
-        prog.load().map_err(|e| XdpError::Load(format!("{name}: {}", verifier_error(&e))))?;
+        prog.load()
+            .map_err(|e| XdpError::Load(format!("{name}: {}", verifier_error(&e))))?;
     }
     Ok(ebpf)
 }
@@ -99,7 +105,13 @@ fn verifier_error(e: &aya::programs::ProgramError) -> String {
 }
 
 /// Attaches a loaded program to an interface index in one mode.
-pub fn attach(ebpf: &mut Ebpf, program: &str, interface: &str, ifindex: u32, mode: AttachMode) -> Result<(), XdpError> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    program: &str,
+    interface: &str,
+    ifindex: u32,
+    mode: AttachMode,
+) -> Result<(), XdpError> {
     let attach_err = |reason: String| XdpError::Attach {
         interface: interface.to_string(),
         mode: mode.as_str(),
@@ -161,7 +173,10 @@ impl Default for FlowTimeouts {
 
 /// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`.
 pub fn coarse_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid pointer to a timespec; this clock id always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -207,7 +222,12 @@ impl XdpMaps {
 
     /// One pass over the connection table: counts flows per backend and deletes entries idle
     /// past their timeout and entries whose backend `is_dead` (freed or of a removed service).
-    pub fn scan_flows(&mut self, now_ns: u64, t: FlowTimeouts, is_dead: impl Fn(&FlowKey, u32) -> bool) -> FlowCounts {
+    pub fn scan_flows(
+        &mut self,
+        now_ns: u64,
+        t: FlowTimeouts,
+        is_dead: impl Fn(&FlowKey, u32) -> bool,
+    ) -> FlowCounts {
         let mut counts = FlowCounts::default();
         let mut doomed = Vec::new();
         for item in self.conntrack.iter() {
@@ -223,7 +243,11 @@ impl XdpMaps {
                 doomed.push(key);
                 continue;
             }
-            let map = if closing { &mut counts.closing } else { &mut counts.active };
+            let map = if closing {
+                &mut counts.closing
+            } else {
+                &mut counts.active
+            };
             *map.entry(st.backend_id).or_default() += 1;
             counts.entries += 1;
         }
@@ -287,7 +311,12 @@ pub struct TestRunOutput {
 
 /// Runs a loaded XDP program on one packet through `BPF_PROG_TEST_RUN`, `repeat` times.
 /// Serves both the fixture tests (repeat 1) and the per-packet benchmark.
-pub fn test_run(ebpf: &Ebpf, program: &str, packet: &[u8], repeat: u32) -> Result<TestRunOutput, XdpError> {
+pub fn test_run(
+    ebpf: &Ebpf,
+    program: &str,
+    packet: &[u8],
+    repeat: u32,
+) -> Result<TestRunOutput, XdpError> {
     use aya::programs::{TestRun as _, TestRunOptions};
     let prog: &Xdp = ebpf
         .program(program)

@@ -20,7 +20,10 @@ const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 
 fn config(web_backends: &[u8]) -> Config {
-    let list: Vec<String> = web_backends.iter().map(|b| format!("{{ addr = \"198.18.0.{b}\" }}")).collect();
+    let list: Vec<String> = web_backends
+        .iter()
+        .map(|b| format!("{{ addr = \"198.18.0.{b}\" }}"))
+        .collect();
     Config::parse(&format!(
         r#"
 [daemon]
@@ -48,7 +51,9 @@ fn mac_of(last: u8) -> [u8; 6] {
 }
 
 fn macs() -> HashMap<Ipv4Addr, [u8; 6]> {
-    (20..=30).map(|i| (Ipv4Addr::new(198, 18, 0, i), mac_of(i))).collect()
+    (20..=30)
+        .map(|i| (Ipv4Addr::new(198, 18, 0, i), mac_of(i)))
+        .collect()
 }
 
 struct Bed {
@@ -62,7 +67,9 @@ impl Bed {
         let mut ebpf = xdp::load(OWN_MAC, [0; 6], 4096, &[PROG_LBD]).expect("load XDP programs");
         let mut maps = XdpMaps::new(&mut ebpf).expect("maps");
         let mut engine = Engine::new();
-        engine.apply(&config(web_backends), &macs(), &mut maps).expect("apply config");
+        engine
+            .apply(&config(web_backends), &macs(), &mut maps)
+            .expect("apply config");
         Bed { ebpf, maps, engine }
     }
 
@@ -72,7 +79,11 @@ impl Bed {
 
     /// The backend the live Maglev table of the web service gives a TCP flow from the client.
     fn maglev_choice(&self, sport: u16) -> Ipv4Addr {
-        let svc = self.engine.services().find(|s| s.config.name == "web").expect("web service");
+        let svc = self
+            .engine
+            .services()
+            .find(|s| s.config.name == "web")
+            .expect("web service");
         let key = FlowKey {
             src_be: u32::from_ne_bytes(CLIENT),
             dst_be: u32::from_ne_bytes(VIP),
@@ -83,16 +94,28 @@ impl Bed {
         };
         let slot = lb_common::hash::flow_hash(&key) % MAGLEV_M;
         let id = svc.table[slot as usize];
-        svc.backends.values().find(|b| b.id == id).expect("backend of slot").addr
+        svc.backends
+            .values()
+            .find(|b| b.id == id)
+            .expect("backend of slot")
+            .addr
     }
 
     fn backend_id(&self, service: &str, addr: u8) -> u32 {
-        let svc = self.engine.services().find(|s| s.config.name == service).expect("service");
+        let svc = self
+            .engine
+            .services()
+            .find(|s| s.config.name == service)
+            .expect("service");
         svc.backends[&Ipv4Addr::new(198, 18, 0, addr)].id
     }
 
     fn service_id(&self, service: &str) -> u32 {
-        self.engine.services().find(|s| s.config.name == service).expect("service").id
+        self.engine
+            .services()
+            .find(|s| s.config.name == service)
+            .expect("service")
+            .id
     }
 }
 
@@ -106,7 +129,11 @@ fn forwarded(input: &[u8], backend: Ipv4Addr) -> Vec<u8> {
 }
 
 fn backend_of(output: &[u8]) -> u8 {
-    assert_eq!(&output[6..12], &OWN_MAC, "source MAC must be the node's own");
+    assert_eq!(
+        &output[6..12],
+        &OWN_MAC,
+        "source MAC must be the node's own"
+    );
     output[5]
 }
 
@@ -125,33 +152,69 @@ fn fixtures_table() {
         action: u32,
         output: Vec<u8>,
     }
-    let pass = |what, input: Vec<u8>| Case { what, output: input.clone(), input, action: XDP_PASS };
+    let pass = |what, input: Vec<u8>| Case {
+        what,
+        output: input.clone(),
+        input,
+        action: XDP_PASS,
+    };
     let mut short_tcp = tcp(OWN_MAC, CLIENT, 40001, VIP, 80, true, false);
     short_tcp.truncate(14 + 20 + 10);
     let mut short_ip = tcp(OWN_MAC, CLIENT, 40001, VIP, 80, true, false);
     short_ip.truncate(14 + 12);
     let cases = vec![
-        Case { what: "TCP SYN to the VIP goes to the Maglev backend", input: syn.clone(), action: XDP_TX, output: forwarded(&syn, chosen) },
+        Case {
+            what: "TCP SYN to the VIP goes to the Maglev backend",
+            input: syn.clone(),
+            action: XDP_TX,
+            output: forwarded(&syn, chosen),
+        },
         Case {
             what: "the same flow again (ACK with data) goes to the same backend",
             input: tcp(OWN_MAC, CLIENT, 40000, VIP, 80, false, false),
             action: XDP_TX,
             output: forwarded(&tcp(OWN_MAC, CLIENT, 40000, VIP, 80, false, false), chosen),
         },
-        pass("a non-VIP address passes", tcp(OWN_MAC, CLIENT, 40000, [198, 18, 0, 99], 80, true, false)),
-        pass("the VIP on an unconfigured port passes", tcp(OWN_MAC, CLIENT, 40000, VIP, 81, true, false)),
+        pass(
+            "a non-VIP address passes",
+            tcp(OWN_MAC, CLIENT, 40000, [198, 18, 0, 99], 80, true, false),
+        ),
+        pass(
+            "the VIP on an unconfigured port passes",
+            tcp(OWN_MAC, CLIENT, 40000, VIP, 81, true, false),
+        ),
         pass("UDP to a TCP-only port passes", udp(CLIENT, 5000, VIP, 80)),
-        pass("a frame for another MAC passes (flooded, not ours)", tcp(mac_of(0x03), CLIENT, 40000, VIP, 80, true, false)),
+        pass(
+            "a frame for another MAC passes (flooded, not ours)",
+            tcp(mac_of(0x03), CLIENT, 40000, VIP, 80, true, false),
+        ),
         pass("ARP passes", arp_request()),
         pass("ICMP to the VIP passes", icmp(VIP)),
         pass("IPv6 passes", ipv6()),
-        pass("GRE to the VIP passes", with_proto(tcp(OWN_MAC, CLIENT, 40000, VIP, 80, true, false), 47)),
-        pass("a first fragment (MF) passes", with_frag(tcp(OWN_MAC, CLIENT, 40000, VIP, 80, false, false), true, 0)),
-        pass("a later fragment (offset) passes", with_frag(tcp(OWN_MAC, CLIENT, 40000, VIP, 80, false, false), false, 8)),
-        pass("IPv4 options pass", with_ip_options(tcp(OWN_MAC, CLIENT, 40000, VIP, 80, true, false))),
+        pass(
+            "GRE to the VIP passes",
+            with_proto(tcp(OWN_MAC, CLIENT, 40000, VIP, 80, true, false), 47),
+        ),
+        pass(
+            "a first fragment (MF) passes",
+            with_frag(tcp(OWN_MAC, CLIENT, 40000, VIP, 80, false, false), true, 0),
+        ),
+        pass(
+            "a later fragment (offset) passes",
+            with_frag(tcp(OWN_MAC, CLIENT, 40000, VIP, 80, false, false), false, 8),
+        ),
+        pass(
+            "IPv4 options pass",
+            with_ip_options(tcp(OWN_MAC, CLIENT, 40000, VIP, 80, true, false)),
+        ),
         pass("a truncated TCP header passes", short_tcp),
         pass("a truncated IPv4 header passes", short_ip),
-        Case { what: "a VIP with no backend drops", input: tcp(OWN_MAC, CLIENT, 40000, VIP, 8080, true, false), action: XDP_DROP, output: tcp(OWN_MAC, CLIENT, 40000, VIP, 8080, true, false) },
+        Case {
+            what: "a VIP with no backend drops",
+            input: tcp(OWN_MAC, CLIENT, 40000, VIP, 8080, true, false),
+            action: XDP_DROP,
+            output: tcp(OWN_MAC, CLIENT, 40000, VIP, 8080, true, false),
+        },
     ];
     for c in &cases {
         let got = bed.run(&c.input);
@@ -164,7 +227,10 @@ fn fixtures_table() {
     let first = bed.run(&q);
     assert_eq!(first.action, XDP_TX, "UDP to the VIP");
     let b = backend_of(&first.packet);
-    assert!([21, 22].contains(&b), "UDP backend {b} not in the dns service");
+    assert!(
+        [21, 22].contains(&b),
+        "UDP backend {b} not in the dns service"
+    );
     assert_eq!(first.packet, forwarded(&q, Ipv4Addr::new(198, 18, 0, b)));
     assert_eq!(backend_of(&bed.run(&q).packet), b, "UDP flow sticks");
 
@@ -185,15 +251,27 @@ fn fixtures_table() {
         (reason::PASS_BAD_IP_HEADER, 0),
     ];
     for (r, n) in want {
-        assert_eq!(stats[r as usize].packets, n, "counter {}", reason::NAMES[r as usize]);
+        assert_eq!(
+            stats[r as usize].packets,
+            n,
+            "counter {}",
+            reason::NAMES[r as usize]
+        );
     }
     let web = STATS_SERVICE_BASE + bed.service_id("web");
     assert_eq!(stats[web as usize].packets, 2, "web service packets");
-    assert_eq!(stats[web as usize].bytes, (syn.len() + cases[1].input.len()) as u64, "web service bytes");
+    assert_eq!(
+        stats[web as usize].bytes,
+        (syn.len() + cases[1].input.len()) as u64,
+        "web service bytes"
+    );
     let dns = STATS_SERVICE_BASE + bed.service_id("dns");
     assert_eq!(stats[dns as usize].packets, 2, "dns service packets");
     let chosen_id = STATS_BACKEND_BASE + bed.backend_id("web", chosen.octets()[3]);
-    assert_eq!(stats[chosen_id as usize].packets, 2, "packets of the chosen web backend");
+    assert_eq!(
+        stats[chosen_id as usize].packets, 2,
+        "packets of the chosen web backend"
+    );
 }
 
 #[test]
@@ -208,39 +286,83 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
         let out = bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, true, false));
         assert_eq!(out.action, XDP_TX);
         let b = backend_of(&out.packet);
-        assert_eq!(Ipv4Addr::new(198, 18, 0, b), bed.maglev_choice(p), "port {p}: SYN follows Maglev");
+        assert_eq!(
+            Ipv4Addr::new(198, 18, 0, b),
+            bed.maglev_choice(p),
+            "port {p}: SYN follows Maglev"
+        );
         before.insert(p, b);
     }
     for b in [21, 22, 23] {
-        assert!(before.values().any(|&x| x == b), "backend {b} got none of 300 flows");
+        assert!(
+            before.values().any(|&x| x == b),
+            "backend {b} got none of 300 flows"
+        );
     }
 
     // Backend .23 leaves, .24 joins: the table changes under established flows.
     let Bed { maps, engine, .. } = &mut bed;
-    let report = engine.apply(&config(&[21, 22, 24]), &macs(), maps).expect("apply new config");
-    assert_eq!((report.backends_added, report.backends_removed, report.tables_written), (1, 1, 1));
+    let report = engine
+        .apply(&config(&[21, 22, 24]), &macs(), maps)
+        .expect("apply new config");
+    assert_eq!(
+        (
+            report.backends_added,
+            report.backends_removed,
+            report.tables_written
+        ),
+        (1, 1, 1)
+    );
 
     for &p in &ports {
         let out = bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, false, false));
         assert_eq!(out.action, XDP_TX);
-        assert_eq!(backend_of(&out.packet), before[&p], "port {p}: an established flow keeps its backend");
+        assert_eq!(
+            backend_of(&out.packet),
+            before[&p],
+            "port {p}: an established flow keeps its backend"
+        );
     }
     let mut new_on = HashMap::<u8, u32>::new();
     for p in 42000..42300u16 {
         let out = bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, true, false));
         let b = backend_of(&out.packet);
-        assert_eq!(Ipv4Addr::new(198, 18, 0, b), bed.maglev_choice(p), "port {p}: a new flow follows the new table");
+        assert_eq!(
+            Ipv4Addr::new(198, 18, 0, b),
+            bed.maglev_choice(p),
+            "port {p}: a new flow follows the new table"
+        );
         *new_on.entry(b).or_default() += 1;
     }
-    assert!(!new_on.contains_key(&23), "the removed backend got new flows: {new_on:?}");
-    assert!(new_on.contains_key(&24), "the added backend got no new flow: {new_on:?}");
+    assert!(
+        !new_on.contains_key(&23),
+        "the removed backend got new flows: {new_on:?}"
+    );
+    assert!(
+        new_on.contains_key(&24),
+        "the added backend got no new flow: {new_on:?}"
+    );
 
     // A FIN marks the flow closing in the connection table; the scan counts it so.
     let p = ports[0];
     bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, false, true));
-    let counts = bed.maps.scan_flows(xdp::coarse_now_ns(), Default::default(), |_, _| false);
+    let counts = bed
+        .maps
+        .scan_flows(xdp::coarse_now_ns(), Default::default(), |_, _| false);
     let id = bed.backend_id("web", before[&p]);
-    assert_eq!(counts.closing.get(&id).copied().unwrap_or(0), 1, "one closing flow on backend {}", before[&p]);
-    assert_eq!(counts.entries, 600, "flows in the table: 300 before the change, 300 after");
-    assert_eq!(counts.active.values().sum::<u64>(), 599, "open flows: all but the closing one");
+    assert_eq!(
+        counts.closing.get(&id).copied().unwrap_or(0),
+        1,
+        "one closing flow on backend {}",
+        before[&p]
+    );
+    assert_eq!(
+        counts.entries, 600,
+        "flows in the table: 300 before the change, 300 after"
+    );
+    assert_eq!(
+        counts.active.values().sum::<u64>(),
+        599,
+        "open flows: all but the closing one"
+    );
 }

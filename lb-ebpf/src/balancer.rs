@@ -139,7 +139,7 @@ fn balance(ctx: &XdpContext) -> Result<Forward, Skip> {
         _pad: 0,
     };
     // SAFETY: VIPS values are plain integers; a concurrent update yields old or new values.
-    let vip = unsafe { VIPS.get(&vip_key) }.ok_or(pass(reason::PASS_NOT_VIP))?;
+    let vip = unsafe { VIPS.get(vip_key) }.ok_or(pass(reason::PASS_NOT_VIP))?;
 
     let flow = FlowKey {
         src_be: u32::from_ne_bytes(unsafe { (*ip).saddr }),
@@ -162,7 +162,7 @@ fn balance(ctx: &XdpContext) -> Result<Forward, Skip> {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
 
     // An established flow keeps its backend, unless health checks took that backend down.
-    if let Some(state) = CONNTRACK.get_ptr_mut(&flow) {
+    if let Some(state) = CONNTRACK.get_ptr_mut(flow) {
         let id = unsafe { (*state).backend_id };
         if let Some(backend) = BACKENDS.get(id)
             && backend.state != backend_state::DOWN
@@ -197,7 +197,7 @@ fn balance(ctx: &XdpContext) -> Result<Forward, Skip> {
     };
     // A full table evicts its least recently used flow; an error here only costs the flow its
     // pinning, so the packet still goes out.
-    let _ = CONNTRACK.insert(&flow, &state, 0);
+    let _ = CONNTRACK.insert(flow, state, 0);
     rewrite_macs(ctx, &backend.mac).ok_or(pass(reason::PASS_TRUNCATED))?;
     Ok(Forward {
         service_id: vip.service_id,

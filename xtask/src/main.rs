@@ -1,1 +1,251 @@
-fn main() {}
+//! `cargo xtask`: the jobs around the build.
+//!
+//! - `setup`: installs what the project needs, idempotently (apt packages, the nightly
+//!   toolchain with rust-src, bpf-linker built against LLVM 22, rustfmt and clippy).
+//! - `test`: set-up if anything is missing, then fmt, clippy (userspace and eBPF), and every
+//!   test: unit, XDP program tests (BPF_PROG_TEST_RUN) and network-namespace end-to-end tests.
+//! - `demo`: builds and runs the live demo in network namespaces.
+//! - `bench`: builds and runs the benchmarks; prints `name: value` lines.
+//!
+//! xtask itself depends on nothing that needs the eBPF toolchain, so it builds on a fresh machine.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+
+/// Debian packages: the eBPF toolchain (LLVM 22 for bpf-linker), the namespace harness, and the
+/// peers the tests and benchmarks compare against.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "clang-22",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "bpftool",
+    "ethtool",
+    "iproute2",
+    "iputils-ping",
+    "iputils-arping",
+    "tcpdump",
+    "curl",
+    "keepalived",
+    "haproxy",
+    "iperf3",
+    "wrk",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup(),
+        Some("test") => test(),
+        Some("demo") => demo(&args[1..]),
+        Some("bench") => bench(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask <setup|test|demo|bench>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+/// Runs a command from the workspace root, echoing it; fails with its exit status.
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {}", describe(cmd));
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot start {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("{} failed ({status})", describe(cmd));
+    }
+    Ok(())
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// What is missing, as human-readable items; empty when the machine is ready.
+fn missing() -> Vec<String> {
+    let mut out = Vec::new();
+    let apt: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output("dpkg-query", &["-W", "-f=${Status}", p])
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if !apt.is_empty() {
+        out.push(format!("apt: {}", apt.join(" ")));
+    }
+    let nightly = output("rustup", &["toolchain", "list"])
+        .is_some_and(|s| s.lines().any(|l| l.starts_with("nightly")));
+    if !nightly {
+        out.push("rustup: nightly toolchain".into());
+    }
+    let src = output("rustup", &["+nightly", "component", "list", "--installed"])
+        .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
+    if !src {
+        out.push("rustup: nightly rust-src".into());
+    }
+    let stable = output("rustup", &["component", "list", "--installed"]).unwrap_or_default();
+    for c in ["clippy", "rustfmt"] {
+        if !stable.lines().any(|l| l.starts_with(c)) {
+            out.push(format!("rustup: {c}"));
+        }
+    }
+    let nightly_components =
+        output("rustup", &["+nightly", "component", "list", "--installed"]).unwrap_or_default();
+    if !nightly_components.lines().any(|l| l.starts_with("clippy")) {
+        out.push("rustup: nightly clippy".into());
+    }
+    let linker =
+        output("bpf-linker", &["--version"]).is_some_and(|v| v.contains(BPF_LINKER_VERSION));
+    if !linker {
+        out.push(format!("cargo: bpf-linker {BPF_LINKER_VERSION}"));
+    }
+    out
+}
+
+fn setup() -> anyhow::Result<()> {
+    let todo = missing();
+    if todo.is_empty() {
+        eprintln!("setup: everything is installed");
+        return Ok(());
+    }
+    eprintln!("setup: installing: {}", todo.join("; "));
+    if todo.iter().any(|t| t.starts_with("apt:")) {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(APT_PACKAGES)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if todo.iter().any(|t| t == "rustup: nightly toolchain") {
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    if todo.iter().any(|t| t.starts_with("rustup:")) {
+        run(Command::new("rustup").args(["component", "add", "clippy", "rustfmt"]))?;
+        run(Command::new("rustup").args(["+nightly", "component", "add", "rust-src", "clippy"]))?;
+    }
+    if todo.iter().any(|t| t.starts_with("cargo: bpf-linker")) {
+        // bpf-linker's default feature targets LLVM 23; rustc nightly here uses LLVM 22.
+        run(cargo()
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--force",
+            ])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    let left = missing();
+    if !left.is_empty() {
+        bail!("still missing after set-up: {}", left.join("; "));
+    }
+    eprintln!("setup: done");
+    Ok(())
+}
+
+fn test() -> anyhow::Result<()> {
+    setup()?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "lb-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The eBPF crate as the template checks it: no unwinding, so panic=abort for the host build.
+    run(cargo()
+        .args(["+nightly", "clippy", "-p", "lb-ebpf", "--all-targets", "--"])
+        .args(["-D", "warnings", "-C", "panic=abort", "-Zpanic_abort_tests"]))?;
+    // The end-to-end tests start these binaries.
+    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
+    Ok(())
+}
+
+fn demo(args: &[String]) -> anyhow::Result<()> {
+    setup()?;
+    run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "lbd-tests",
+            "--bin",
+            "lbd-demo",
+            "--",
+        ])
+        .args(args))
+}
+
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    setup()?;
+    run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "lbd-tests",
+            "--bin",
+            "lbd-bench",
+            "--",
+        ])
+        .args(args))
+}

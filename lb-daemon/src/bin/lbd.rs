@@ -1,1 +1,63 @@
-fn main() {}
+//! `lbd`: the load balancer daemon.
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::Parser;
+use lb_daemon::{config::Config, daemon};
+
+/// Layer-4 load balancer: XDP direct routing with Maglev hashing.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Config file.
+    #[arg(long, short, value_name = "FILE", default_value = "/etc/lbd/lbd.toml")]
+    config: PathBuf,
+    /// Validate the config file and exit.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LBD_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Some(path) = args.check_config {
+        return match Config::load(&path) {
+            Ok(c) => {
+                let backends: usize = c.services.iter().map(|s| s.backends.len()).sum();
+                println!(
+                    "{}: ok ({} services, {backends} backends)",
+                    path.display(),
+                    c.services.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match run(args.config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lbd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path).with_context(|| format!("config {}", path.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(daemon::run(path, config))
+}

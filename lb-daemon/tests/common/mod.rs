@@ -23,7 +23,15 @@ pub const VIP: [u8; 4] = [198, 18, 0, 100];
 pub const CLIENT: [u8; 4] = [198, 18, 0, 10];
 
 /// A TCP segment from the client to `dst:dport` with the given flags, addressed to `dst_mac`.
-pub fn tcp(dst_mac: [u8; 6], src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool, fin: bool) -> Vec<u8> {
+pub fn tcp(
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    syn: bool,
+    fin: bool,
+) -> Vec<u8> {
     let mut b = PacketBuilder::ethernet2(CLIENT_MAC, dst_mac)
         .ipv4(src, dst, 64)
         .tcp(sport, dport, 1000, 64240);
@@ -43,7 +51,9 @@ pub fn tcp(dst_mac: [u8; 6], src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16,
 
 /// A UDP datagram from the client.
 pub fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, OWN_MAC).ipv4(src, dst, 64).udp(sport, dport);
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, OWN_MAC)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport);
     let mut out = Vec::new();
     b.write(&mut out, b"query").expect("write frame");
     out
@@ -51,7 +61,9 @@ pub fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
 
 /// An ICMP echo request to `dst`.
 pub fn icmp(dst: [u8; 4]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, OWN_MAC).ipv4(CLIENT, dst, 64).icmpv4_echo_request(1, 1);
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, OWN_MAC)
+        .ipv4(CLIENT, dst, 64)
+        .icmpv4_echo_request(1, 1);
     let mut out = Vec::new();
     b.write(&mut out, b"ping").expect("write frame");
     out

@@ -1,0 +1,176 @@
+//! Netlink look-ups: the interface (index, MAC) and backends' MACs from the neighbour table.
+//!
+//! A backend's MAC is read from the kernel's neighbour table, never guessed. A backend missing
+//! from it is made resolvable by sending it one empty UDP datagram (port 9, discard): the kernel
+//! then ARPs for it. The data path never lets the kernel send to backends, so entries only go
+//! STALE, which still holds the address; a backend that changes its MAC announces it by
+//! gratuitous ARP, which updates the entry, and the periodic refresh picks that up.
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use futures::TryStreamExt as _;
+use rtnetlink::{
+    Handle,
+    packet_route::{
+        AddressFamily,
+        link::LinkAttribute,
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
+    },
+};
+
+/// Errors of the netlink look-ups.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// Opening the netlink socket failed.
+    #[error("netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+    /// The interface does not exist.
+    #[error("interface {0:?} not found (see `ip link`)")]
+    NoInterface(String),
+    /// The interface has no Ethernet address.
+    #[error(
+        "interface {0:?} has no Ethernet MAC address; direct routing needs an Ethernet interface"
+    )]
+    NoMac(String),
+    /// A netlink request failed.
+    #[error("netlink: {0}")]
+    Netlink(#[from] rtnetlink::Error),
+}
+
+/// An interface: index and MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// ifindex.
+    pub index: u32,
+    /// MAC address.
+    pub mac: [u8; 6],
+}
+
+/// Opens a netlink connection and spawns its driver on the current tokio runtime.
+pub fn connect() -> Result<Handle, NetError> {
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// Looks up an interface by name.
+pub async fn link(handle: &Handle, name: &str) -> Result<Link, NetError> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    let msg = match links.try_next().await {
+        Ok(Some(m)) => m,
+        Ok(None) | Err(rtnetlink::Error::NetlinkError(_)) => {
+            return Err(NetError::NoInterface(name.into()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mac = msg
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(b) if b.len() == 6 => Some([b[0], b[1], b[2], b[3], b[4], b[5]]),
+            _ => None,
+        })
+        .ok_or_else(|| NetError::NoMac(name.into()))?;
+    Ok(Link {
+        index: msg.header.index,
+        mac,
+    })
+}
+
+/// IPv4 neighbours with a usable MAC on one interface.
+pub async fn neighbours(
+    handle: &Handle,
+    ifindex: u32,
+) -> Result<HashMap<Ipv4Addr, [u8; 6]>, NetError> {
+    let mut out = HashMap::new();
+    let mut stream = handle
+        .neighbours()
+        .get()
+        .set_address_family(AddressFamily::Inet)
+        .execute();
+    while let Some(msg) = stream.try_next().await? {
+        if msg.header.ifindex != ifindex
+            || matches!(
+                msg.header.state,
+                NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
+            )
+        {
+            continue;
+        }
+        let mut ip = None;
+        let mut mac = None;
+        for a in &msg.attributes {
+            match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => ip = Some(*v4),
+                NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+                    mac = Some([b[0], b[1], b[2], b[3], b[4], b[5]]);
+                }
+                _ => {}
+            }
+        }
+        if let (Some(ip), Some(mac)) = (ip, mac)
+            && mac != [0; 6]
+        {
+            out.insert(ip, mac);
+        }
+    }
+    Ok(out)
+}
+
+/// Makes the kernel ARP for `ip` by sending it one empty datagram to the discard port, out of
+/// `interface`.
+fn provoke_arp(interface: &str, ip: Ipv4Addr) -> std::io::Result<()> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    sock.bind_device(Some(interface.as_bytes()))?;
+    sock.set_nonblocking(true)?;
+    sock.send_to(&[], &SocketAddrV4::new(ip, 9).into())?;
+    Ok(())
+}
+
+/// Resolves the MACs of `ips` on the interface, waiting up to `wait` for ARP answers.
+/// Returns what it found; the caller keeps unresolved backends out of rotation and retries.
+pub async fn resolve(
+    handle: &Handle,
+    interface: &str,
+    ifindex: u32,
+    ips: &[Ipv4Addr],
+    wait: Duration,
+) -> Result<HashMap<Ipv4Addr, [u8; 6]>, NetError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut provoked = false;
+    loop {
+        let known = neighbours(handle, ifindex).await?;
+        let missing: Vec<Ipv4Addr> = ips
+            .iter()
+            .filter(|ip| !known.contains_key(ip))
+            .copied()
+            .collect();
+        if missing.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(known
+                .into_iter()
+                .filter(|(ip, _)| ips.contains(ip))
+                .collect());
+        }
+        if !provoked {
+            for ip in &missing {
+                if let Err(e) = provoke_arp(interface, *ip) {
+                    tracing::warn!(backend = %ip, error = %e, "cannot send the datagram that makes the kernel ARP for a backend");
+                }
+            }
+            provoked = true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Formats a MAC address.
+pub fn mac_string(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
