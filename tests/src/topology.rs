@@ -1,0 +1,556 @@
+//! The test network: one switch, a client, lbd nodes and backends, each host in its own namespace.
+//!
+//! ```text
+//!                       namespace lbdt-<tag>-br: bridge br0
+//!        vc        vl1        vl2        vb1        vb2        vb3      (bridge-side veth ends)
+//!        |          |          |          |          |          |
+//!      eth0       eth0       eth0       eth0       eth0       eth0      (one namespace each)
+//!     client      lbd1       lbd2        b1         b2         b3
+//!   198.18.0.10  .0.2       .0.3       .0.21      .0.22      .0.23     /24;  VIP 198.18.0.100
+//! ```
+//! - MACs are deterministic and locally administered: a host's `eth0` is `02:00:00:00:00:<last octet>`
+//!   ([`Host::mac`]); its bridge-side end is `02:00:00:00:01:<last octet>`; `br0` is `02:00:00:00:ff:01`.
+//! - Backends are set up for direct routing: the VIP as /32 on `lo`, `arp_ignore=1` and `arp_announce=2`
+//!   (`all` and `eth0`), so they accept VIP traffic but never answer ARP for it.
+//! - The client's `eth0` has TX checksum offload off (native XDP on veth loses partial checksums); see
+//!   [`Topology::set_tx_offload`].
+//! - The VIP on an lbd node is added and removed by the test ([`Topology::add_vip`]), later by VRRP.
+//! - IPv6 is disabled in every namespace, so captures only hold the test's traffic.
+//! - For native-mode XDP on an lbd node's `eth0`, its bridge-side peer ([`Topology::bridge_port_of`] in
+//!   [`Topology::bridge_ns`]) needs an XDP program too (a plain `XDP_PASS` one); the harness user attaches it.
+//!
+//! Dropping the [`Topology`] deletes every namespace (killing what runs inside); building first sweeps
+//! leftovers with the same tag and those of dead test processes.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::capture::{Capture, garp_frame};
+use crate::netns::{self, Netns, Spawned};
+use crate::{Mac, NS_PREFIX};
+
+/// The virtual IP the lbd nodes serve.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+/// The test subnet (`/24`).
+pub const SUBNET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
+/// Prefix length of [`SUBNET`].
+pub const PREFIX_LEN: u8 = 24;
+/// TCP port `lbd-test-backend` serves HTTP on in a topology.
+pub const HTTP_PORT: u16 = 80;
+/// UDP port `lbd-test-backend` answers on in a topology (on the VIP and on the backend's own address).
+pub const UDP_PORT: u16 = 5353;
+/// The bridge in the bridge namespace.
+pub const BRIDGE: &str = "br0";
+/// The interface name of every host.
+pub const HOST_IF: &str = "eth0";
+/// Most lbd nodes a topology can have (addresses .2 to .9).
+pub const MAX_LBD_NODES: u8 = 8;
+/// Most backends a topology can have (addresses .21 to .29).
+pub const MAX_BACKENDS: u8 = 9;
+/// How long [`Topology::start_backend`] waits for `ready`.
+pub const BACKEND_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The MAC of `br0`.
+pub const BRIDGE_MAC: Mac = Mac([0x02, 0, 0, 0, 0xff, 0x01]);
+
+/// A host of the topology. Indices start at 1: `Lbd(1)` is `lbd1`, `Backend(1)` is `b1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Host {
+    /// The client, 198.18.0.10.
+    Client,
+    /// lbd node `n`, 198.18.0.(1+n).
+    Lbd(u8),
+    /// Backend `n`, 198.18.0.(20+n).
+    Backend(u8),
+}
+
+impl Host {
+    /// The role name, used in namespace names and as the backend's name: `client`, `lbd1`, `b1`.
+    pub fn role(self) -> String {
+        match self {
+            Host::Client => "client".to_owned(),
+            Host::Lbd(n) => format!("lbd{n}"),
+            Host::Backend(n) => format!("b{n}"),
+        }
+    }
+
+    /// Last octet of the host's address.
+    fn octet(self) -> u8 {
+        match self {
+            Host::Client => 10,
+            Host::Lbd(n) => n.saturating_add(1),
+            Host::Backend(n) => n.saturating_add(20),
+        }
+    }
+
+    /// The host's address on `eth0`.
+    pub fn ip(self) -> Ipv4Addr {
+        let [a, b, c, _] = SUBNET.octets();
+        Ipv4Addr::new(a, b, c, self.octet())
+    }
+
+    /// The MAC of the host's `eth0`: `02:00:00:00:00:<last octet of ip>`.
+    pub fn mac(self) -> Mac {
+        Mac([0x02, 0, 0, 0, 0, self.octet()])
+    }
+
+    /// The MAC of the bridge-side end of the host's veth: `02:00:00:00:01:<last octet of ip>`.
+    pub fn bridge_port_mac(self) -> Mac {
+        Mac([0x02, 0, 0, 0, 0x01, self.octet()])
+    }
+
+    /// The name of the bridge-side end of the host's veth: `vc`, `vl1`, `vb1`.
+    pub fn bridge_port(self) -> String {
+        match self {
+            Host::Client => "vc".to_owned(),
+            Host::Lbd(n) => format!("vl{n}"),
+            Host::Backend(n) => format!("vb{n}"),
+        }
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.role())
+    }
+}
+
+/// Configures and builds a [`Topology`]; see [`Topology::builder`].
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct TopologyBuilder {
+    tag: String,
+    lbd_nodes: u8,
+    backends: u8,
+    fail_at: Option<Host>,
+}
+
+impl TopologyBuilder {
+    /// Number of lbd nodes (0 to [`MAX_LBD_NODES`], default 1).
+    pub fn lbd_nodes(mut self, n: u8) -> Self {
+        self.lbd_nodes = n;
+        self
+    }
+
+    /// Number of backends (0 to [`MAX_BACKENDS`], default 3).
+    pub fn backends(mut self, n: u8) -> Self {
+        self.backends = n;
+        self
+    }
+
+    /// Makes [`build`](Self::build) fail right after `host`'s namespace and link exist, to test that a
+    /// half-built topology cleans up after itself.
+    pub fn inject_failure_at(mut self, host: Host) -> Self {
+        self.fail_at = Some(host);
+        self
+    }
+
+    /// The hosts the topology will have, client first, then lbd nodes, then backends.
+    pub fn hosts(&self) -> Vec<Host> {
+        let mut hosts = vec![Host::Client];
+        hosts.extend((1..=self.lbd_nodes).map(Host::Lbd));
+        hosts.extend((1..=self.backends).map(Host::Backend));
+        hosts
+    }
+
+    /// Creates the namespaces, the bridge, the links and the addresses. On error everything made so far is
+    /// removed again; the error names the command that failed.
+    pub fn build(self) -> Result<Topology> {
+        let tag = &self.tag;
+        ensure!(
+            !tag.is_empty()
+                && tag.len() <= 24
+                && tag
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !tag.starts_with('-')
+                && !tag.ends_with('-'),
+            "invalid topology tag {tag:?}: use 1-24 characters from [a-z0-9-], not starting or ending with '-'"
+        );
+        ensure!(
+            self.lbd_nodes <= MAX_LBD_NODES,
+            "at most {MAX_LBD_NODES} lbd nodes, not {}",
+            self.lbd_nodes
+        );
+        ensure!(
+            self.backends <= MAX_BACKENDS,
+            "at most {MAX_BACKENDS} backends, not {}",
+            self.backends
+        );
+
+        netns::sweep(&format!("{NS_PREFIX}{tag}-"))
+            .with_context(|| format!("removing leftovers of tag {tag}"))?;
+        if let Err(e) = netns::sweep_orphans() {
+            eprintln!("lbd-tests: could not remove namespaces of dead test processes: {e:#}");
+        }
+
+        let bridge = Netns::new(tag, "br")?;
+        let mut topo = Topology {
+            tag: tag.clone(),
+            hosts: Vec::new(),
+            bridge,
+        };
+        let br = &topo.bridge;
+        disable_ipv6(br)?;
+        // Bridged frames must not pass through the bridge namespace's netfilter (if br_netfilter is loaded).
+        for key in [
+            "net/bridge/bridge-nf-call-iptables",
+            "net/bridge/bridge-nf-call-arptables",
+        ] {
+            if Path::new("/proc/sys").join(key).exists() {
+                br.set_sysctl(key, "0")?;
+            }
+        }
+        br.ip(&["link", "set", "lo", "up"])?;
+        let bridge_mac = BRIDGE_MAC.to_string();
+        br.ip(&[
+            "link",
+            "add",
+            BRIDGE,
+            "address",
+            &bridge_mac,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "mcast_snooping",
+            "0",
+        ])?;
+        br.ip(&["link", "set", BRIDGE, "up"])?;
+
+        for host in self.hosts() {
+            let ns = Netns::new(tag, &host.role())?;
+            let node = topo.add_host(host, ns)?;
+            if self.fail_at == Some(host) {
+                bail!("injected failure after creating {node} (topology {tag})");
+            }
+            topo.configure(host)
+                .with_context(|| format!("configuring {host} of topology {tag}"))?;
+        }
+        Ok(topo)
+    }
+}
+
+/// Disables IPv6 in `ns` (existing and future interfaces), if the kernel has IPv6 at all.
+fn disable_ipv6(ns: &Netns) -> Result<()> {
+    if !Path::new("/proc/sys/net/ipv6").exists() {
+        return Ok(());
+    }
+    ns.set_sysctl("net/ipv6/conf/default/disable_ipv6", "1")?;
+    ns.set_sysctl("net/ipv6/conf/all/disable_ipv6", "1")?;
+    Ok(())
+}
+
+/// One host: its role and namespace.
+#[derive(Debug)]
+struct Node {
+    host: Host,
+    ns: Netns,
+}
+
+/// A built test network; dropping it deletes every namespace it made. See the [module docs](self).
+#[derive(Debug)]
+pub struct Topology {
+    tag: String,
+    /// Dropped before `bridge` (field order).
+    hosts: Vec<Node>,
+    bridge: Netns,
+}
+
+impl Topology {
+    /// A builder for the topology tagged `tag` (namespaces `lbdt-<tag>-*`; use [`crate::test_tag`]), with one
+    /// lbd node and three backends unless told otherwise.
+    pub fn builder(tag: &str) -> TopologyBuilder {
+        TopologyBuilder {
+            tag: tag.to_owned(),
+            lbd_nodes: 1,
+            backends: 3,
+            fail_at: None,
+        }
+    }
+
+    /// Creates `host`'s veth pair (bridge end enslaved to br0, other end `eth0` in `ns`) and records the host.
+    fn add_host(&mut self, host: Host, ns: Netns) -> Result<String> {
+        let port = host.bridge_port();
+        let port_mac = host.bridge_port_mac().to_string();
+        let mac = host.mac().to_string();
+        let name = ns.name().to_owned();
+        self.hosts.push(Node { host, ns });
+        let br = &self.bridge;
+        disable_ipv6(&self.hosts[self.hosts.len() - 1].ns)?;
+        br.ip(&[
+            "link", "add", &port, "address", &port_mac, "type", "veth", "peer", "name", HOST_IF,
+            "address", &mac, "netns", &name,
+        ])?;
+        br.ip(&["link", "set", &port, "master", BRIDGE])?;
+        br.ip(&["link", "set", &port, "up"])?;
+        Ok(name)
+    }
+
+    /// Addresses, links up and the role's settings for `host`.
+    fn configure(&self, host: Host) -> Result<()> {
+        let ns = self.ns(host);
+        let cidr = format!("{}/{PREFIX_LEN}", host.ip());
+        ns.ip(&["link", "set", "lo", "up"])?;
+        ns.ip(&["addr", "add", &cidr, "dev", HOST_IF])?;
+        ns.ip(&["link", "set", HOST_IF, "up"])?;
+        match host {
+            Host::Client => self.set_tx_offload(Host::Client, false)?,
+            Host::Lbd(_) => {}
+            Host::Backend(_) => {
+                ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+                for scope in ["all", HOST_IF] {
+                    ns.set_sysctl(&format!("net/ipv4/conf/{scope}/arp_ignore"), "1")?;
+                    ns.set_sysctl(&format!("net/ipv4/conf/{scope}/arp_announce"), "2")?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The tag the namespaces are named with.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Every host, client first, then lbd nodes, then backends.
+    pub fn hosts(&self) -> Vec<Host> {
+        self.hosts.iter().map(|n| n.host).collect()
+    }
+
+    /// The lbd nodes.
+    pub fn lbd_nodes(&self) -> Vec<Host> {
+        self.hosts()
+            .into_iter()
+            .filter(|h| matches!(h, Host::Lbd(_)))
+            .collect()
+    }
+
+    /// The backends.
+    pub fn backends(&self) -> Vec<Host> {
+        self.hosts()
+            .into_iter()
+            .filter(|h| matches!(h, Host::Backend(_)))
+            .collect()
+    }
+
+    /// The namespace of `host`, or an error if the topology has no such host.
+    pub fn try_ns(&self, host: Host) -> Result<&Netns> {
+        self.hosts
+            .iter()
+            .find(|n| n.host == host)
+            .map(|n| &n.ns)
+            .with_context(|| format!("topology {} has no host {host}", self.tag))
+    }
+
+    /// The namespace of `host`.
+    ///
+    /// # Panics
+    /// If the topology has no such host (a bug in the test); use [`try_ns`](Self::try_ns) to check.
+    pub fn ns(&self, host: Host) -> &Netns {
+        match self.try_ns(host) {
+            Ok(ns) => ns,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The client's namespace.
+    pub fn client(&self) -> &Netns {
+        self.ns(Host::Client)
+    }
+
+    /// The namespace holding the bridge and the bridge-side veth ends.
+    pub fn bridge_ns(&self) -> &Netns {
+        &self.bridge
+    }
+
+    /// The bridge-side veth end of `host` in [`bridge_ns`](Self::bridge_ns) (`vc`, `vl1`, `vb1`); attach an
+    /// `XDP_PASS` program here for native XDP on the host's `eth0`.
+    pub fn bridge_port_of(&self, host: Host) -> String {
+        host.bridge_port()
+    }
+
+    /// The address of `host` ([`Host::ip`]).
+    pub fn ip(&self, host: Host) -> Ipv4Addr {
+        host.ip()
+    }
+
+    /// The MAC of `host`'s `eth0` ([`Host::mac`]).
+    pub fn mac(&self, host: Host) -> Mac {
+        host.mac()
+    }
+
+    /// `host`'s address with [`HTTP_PORT`].
+    pub fn http_addr(&self, host: Host) -> SocketAddr {
+        SocketAddrV4::new(host.ip(), HTTP_PORT).into()
+    }
+
+    /// `host`'s address with [`UDP_PORT`].
+    pub fn udp_addr(&self, host: Host) -> SocketAddr {
+        SocketAddrV4::new(host.ip(), UDP_PORT).into()
+    }
+
+    /// The VIP with [`HTTP_PORT`].
+    pub fn vip_http(&self) -> SocketAddr {
+        SocketAddrV4::new(VIP, HTTP_PORT).into()
+    }
+
+    /// The VIP with [`UDP_PORT`].
+    pub fn vip_udp(&self) -> SocketAddr {
+        SocketAddrV4::new(VIP, UDP_PORT).into()
+    }
+
+    /// Adds the VIP (/32) to lbd node `node`'s `eth0` and sends one gratuitous ARP for it.
+    pub fn add_vip(&self, node: Host) -> Result<()> {
+        ensure!(
+            matches!(node, Host::Lbd(_)),
+            "the VIP belongs on an lbd node, not on {node}"
+        );
+        let ns = self.try_ns(node)?;
+        ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", HOST_IF])
+            .with_context(|| format!("adding the VIP to {node}"))?;
+        self.send_garp(node)
+    }
+
+    /// Removes the VIP from lbd node `node`.
+    pub fn remove_vip(&self, node: Host) -> Result<()> {
+        ensure!(
+            matches!(node, Host::Lbd(_)),
+            "the VIP belongs on an lbd node, not on {node}"
+        );
+        self.try_ns(node)?
+            .ip(&["addr", "del", &format!("{VIP}/32"), "dev", HOST_IF])
+            .with_context(|| format!("removing the VIP from {node}"))?;
+        Ok(())
+    }
+
+    /// Sends one gratuitous ARP from `node`'s `eth0` announcing the VIP at its MAC. Neighbours ignore a change
+    /// within 1 s of the previous one (locktime); send again after that if it must stick.
+    pub fn send_garp(&self, node: Host) -> Result<()> {
+        let capture = Capture::open(self.try_ns(node)?, HOST_IF)?;
+        capture
+            .send(&garp_frame(node.mac(), VIP))
+            .with_context(|| format!("announcing the VIP from {node}"))
+    }
+
+    /// Turns TX checksum offload on `host`'s `eth0` on or off (`ethtool -K eth0 tx on|off`). It is off on the
+    /// client after build.
+    pub fn set_tx_offload(&self, host: Host, on: bool) -> Result<()> {
+        let state = if on { "on" } else { "off" };
+        self.try_ns(host)?
+            .run("ethtool", &["-K", HOST_IF, "tx", state])?;
+        Ok(())
+    }
+
+    /// Forgets `host`'s neighbour (ARP) entries.
+    pub fn flush_neigh(&self, host: Host) -> Result<()> {
+        self.try_ns(host)?.ip(&["neigh", "flush", "dev", HOST_IF])?;
+        Ok(())
+    }
+
+    /// Starts `lbd-test-backend` (at `bin`, see [`crate::bin_path`]) on backend `host`: HTTP on
+    /// `0.0.0.0:`[`HTTP_PORT`], UDP on the VIP and on the backend's own address, port [`UDP_PORT`]; waits for
+    /// `ready`.
+    pub fn start_backend(&self, host: Host, bin: &Path) -> Result<Spawned> {
+        ensure!(matches!(host, Host::Backend(_)), "{host} is not a backend");
+        let ns = self.try_ns(host)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--name")
+            .arg(host.role())
+            .arg("--http")
+            .arg(format!("0.0.0.0:{HTTP_PORT}"))
+            .arg("--udp")
+            .arg(format!("{VIP}:{UDP_PORT}"))
+            .arg("--udp")
+            .arg(format!("{}:{UDP_PORT}", host.ip()));
+        let mut child = ns.spawn(cmd)?;
+        child
+            .wait_ready(BACKEND_READY_TIMEOUT)
+            .with_context(|| format!("starting the backend on {host}"))?;
+        Ok(child)
+    }
+
+    /// [`start_backend`](Self::start_backend) on every backend, in order.
+    pub fn start_backends(&self, bin: &Path) -> Result<Vec<Spawned>> {
+        self.backends()
+            .into_iter()
+            .map(|b| self.start_backend(b, bin))
+            .collect()
+    }
+
+    /// Deletes every namespace now and reports failures (dropping only prints them).
+    pub fn teardown(self) -> Result<()> {
+        let Topology { tag, hosts, bridge } = self;
+        let mut errors = Vec::new();
+        for node in hosts {
+            if let Err(e) = node.ns.delete() {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        if let Err(e) = bridge.delete() {
+            errors.push(format!("{e:#}"));
+        }
+        if !errors.is_empty() {
+            bail!("tearing down topology {tag}: {}", errors.join("; "));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_names_are_deterministic() {
+        assert_eq!(Host::Client.ip(), Ipv4Addr::new(198, 18, 0, 10));
+        assert_eq!(Host::Lbd(1).ip(), Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(Host::Lbd(2).ip(), Ipv4Addr::new(198, 18, 0, 3));
+        assert_eq!(Host::Backend(3).ip(), Ipv4Addr::new(198, 18, 0, 23));
+        assert_eq!(Host::Backend(1).mac().to_string(), "02:00:00:00:00:15");
+        assert_eq!(Host::Client.mac().to_string(), "02:00:00:00:00:0a");
+        assert_eq!(
+            Host::Lbd(2).bridge_port_mac().to_string(),
+            "02:00:00:00:01:03"
+        );
+        assert_eq!(Host::Backend(2).role(), "b2");
+        assert_eq!(Host::Lbd(1).bridge_port(), "vl1");
+        assert!(Host::Backend(MAX_BACKENDS).bridge_port().len() <= 15);
+    }
+
+    #[test]
+    fn builder_lists_hosts_in_order() {
+        let b = Topology::builder("x").lbd_nodes(2).backends(2);
+        assert_eq!(
+            b.hosts(),
+            vec![
+                Host::Client,
+                Host::Lbd(1),
+                Host::Lbd(2),
+                Host::Backend(1),
+                Host::Backend(2)
+            ]
+        );
+    }
+
+    #[test]
+    fn builder_rejects_bad_input_before_touching_anything() {
+        for tag in [
+            "",
+            "UPPER",
+            "a b",
+            "-x",
+            "x-",
+            "this-tag-is-far-too-long-for-us",
+        ] {
+            let err = Topology::builder(tag).build().unwrap_err().to_string();
+            assert!(err.contains("invalid topology tag"), "{tag}: {err}");
+        }
+        assert!(Topology::builder("x").lbd_nodes(9).build().is_err());
+        assert!(Topology::builder("x").backends(10).build().is_err());
+    }
+}
