@@ -38,10 +38,12 @@
 
 #![warn(missing_docs)]
 
+pub mod bench_xdp;
 pub mod capture;
 pub mod client;
 pub mod exec;
 pub mod http;
+pub mod lbd;
 pub mod netns;
 pub mod topology;
 

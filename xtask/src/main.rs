@@ -207,18 +207,28 @@ fn test() -> anyhow::Result<()> {
         "warnings",
     ]))?;
     // The eBPF crate as the template checks it: no unwinding, so panic=abort for the host build.
-    run(cargo()
-        .args(["+nightly", "clippy", "-p", "lb-ebpf", "--all-targets", "--"])
+    run(Command::new("rustup")
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "-p",
+            "lb-ebpf",
+            "--all-targets",
+            "--",
+        ])
         .args(["-D", "warnings", "-C", "panic=abort", "-Zpanic_abort_tests"]))?;
-    // The end-to-end tests start these binaries.
-    run(cargo().args(["build", "--workspace", "--bins"]))?;
-    run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
+    // The end-to-end tests start these binaries. (Default members: all but the eBPF crate,
+    // which only builds for the BPF target.)
+    run(cargo().args(["build", "--bins"]))?;
+    run(cargo().args(["test", "--no-fail-fast"]))?;
     Ok(())
 }
 
 fn demo(args: &[String]) -> anyhow::Result<()> {
     setup()?;
-    run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
+    run(cargo().args(["build", "--release", "--bins"]))?;
     run(cargo()
         .args([
             "run",
@@ -235,7 +245,7 @@ fn demo(args: &[String]) -> anyhow::Result<()> {
 
 fn bench(args: &[String]) -> anyhow::Result<()> {
     setup()?;
-    run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
+    run(cargo().args(["build", "--release", "--bins"]))?;
     run(cargo()
         .args([
             "run",

@@ -1,0 +1,215 @@
+//! Running `lbd` in a node of a [`Topology`]: config, start, status through `lbctl`, reload, stop;
+//! and the `xdp_pass` program on the bridge side of a veth, which native XDP_TX on veth needs.
+
+use std::{
+    fmt::Write as _,
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use lb_daemon::{control::Status, xdp};
+
+use crate::{Host, Spawned, Topology, bin_path};
+
+/// How long lbd may take to come up (load, verify, resolve MACs, attach).
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// XDP mode a test runs lbd in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Native (driver) XDP; the bridge-side veth peer gets `xdp_pass`.
+    XdpNative,
+    /// Generic (skb) XDP.
+    XdpGeneric,
+}
+
+impl Mode {
+    /// The `[daemon] datapath` value.
+    pub fn datapath(self) -> &'static str {
+        match self {
+            Mode::XdpNative => "xdp",
+            Mode::XdpGeneric => "xdp-generic",
+        }
+    }
+
+    /// What `lbctl status` reports for it.
+    pub fn status_name(self) -> &'static str {
+        match self {
+            Mode::XdpNative => "xdp-native",
+            Mode::XdpGeneric => "xdp-generic",
+        }
+    }
+}
+
+/// The services of a test config: a TCP service on VIP:80 and a UDP service on VIP:5353.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// Backends of the TCP service (VIP:80).
+    pub tcp: Vec<Ipv4Addr>,
+    /// Backends of the UDP service (VIP:5353).
+    pub udp: Vec<Ipv4Addr>,
+}
+
+/// A config for one lbd node of a topology.
+pub fn config_text(mode: Mode, socket: &std::path::Path, services: &Services) -> String {
+    let list = |ips: &[Ipv4Addr]| {
+        ips.iter()
+            .map(|ip| format!("{{ addr = \"{ip}\" }}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "[daemon]\ninterface = \"eth0\"\ndatapath = \"{}\"\ncontrol_socket = \"{}\"\n\n\
+         [[service]]\nname = \"web\"\nvip = \"{}:80\"\nbackends = [{}]\n\n\
+         [[service]]\nname = \"dns\"\nvip = \"{}:5353\"\nproto = \"udp\"\nbackends = [{}]\n",
+        mode.datapath(),
+        socket.display(),
+        crate::VIP,
+        list(&services.tcp),
+        crate::VIP,
+        list(&services.udp),
+    );
+    s
+}
+
+/// An lbd process on a node, with its own config file and control socket.
+#[derive(Debug)]
+pub struct LbdNode {
+    /// The running daemon.
+    pub process: Spawned,
+    /// Its config file.
+    pub config_path: PathBuf,
+    /// Its control socket.
+    pub socket: PathBuf,
+    dir: PathBuf,
+}
+
+impl LbdNode {
+    /// Directory for a node's files: per tag and node, so parallel tests never share one.
+    pub fn dir(topo: &Topology, node: Host) -> PathBuf {
+        std::env::temp_dir().join(format!("lbdt-{}-{}", topo.tag(), node.role()))
+    }
+
+    /// Writes `config` (which must use [`LbdNode::socket_path`] as its control socket), starts
+    /// lbd in `node`, and waits until `lbctl status` answers with every backend resolved.
+    pub fn start(topo: &Topology, node: Host, config: &str) -> Result<LbdNode> {
+        let dir = Self::dir(topo, node);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let config_path = dir.join("lbd.toml");
+        std::fs::write(&config_path, config)
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        let mut cmd = topo
+            .ns(node)
+            .command(&bin_path("lbd")?.display().to_string());
+        cmd.arg("--config").arg(&config_path).env("LBD_LOG", "info");
+        let process = topo.ns(node).spawn(cmd)?;
+        let node = LbdNode {
+            process,
+            config_path,
+            socket: dir.join("lbd.sock"),
+            dir,
+        };
+        node.wait_status(START_TIMEOUT, "every backend active", |s| {
+            s.services
+                .iter()
+                .all(|svc| svc.backends.iter().all(|b| b.state == "active"))
+        })?;
+        Ok(node)
+    }
+
+    /// The control socket path a node's config must use.
+    pub fn socket_path(topo: &Topology, node: Host) -> PathBuf {
+        Self::dir(topo, node).join("lbd.sock")
+    }
+
+    /// `lbctl status --json`, parsed.
+    pub fn status(&self) -> Result<Status> {
+        let out = std::process::Command::new(bin_path("lbctl")?)
+            .args(["--socket"])
+            .arg(&self.socket)
+            .args(["status", "--json"])
+            .output()
+            .context("running lbctl")?;
+        if !out.status.success() {
+            bail!(
+                "lbctl status failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        serde_json::from_slice(&out.stdout).context("parsing lbctl status --json")
+    }
+
+    /// Polls the status until `pred` holds, up to `timeout`.
+    pub fn wait_status(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&Status) -> bool,
+    ) -> Result<Status> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no answer yet");
+        while Instant::now() < deadline {
+            match self.status() {
+                Ok(s) if pred(&s) => return Ok(s),
+                Ok(s) => last = format!("{:?}", s.services),
+                Err(e) => last = format!("{e:#}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "lbd: not {what} within {timeout:?}; last status: {last}; lbd stderr: {}",
+            self.process.stderr_tail()
+        )
+    }
+
+    /// Rewrites the config and sends SIGHUP.
+    pub fn reload(&mut self, config: &str) -> Result<()> {
+        std::fs::write(&self.config_path, config).context("rewriting the config")?;
+        self.process.signal(libc::SIGHUP)
+    }
+
+    /// SIGTERM, and the exit must be clean.
+    pub fn stop(mut self) -> Result<()> {
+        let status = self.process.terminate(Duration::from_secs(10))?;
+        if !status.success() {
+            bail!(
+                "lbd exited with {status}; stderr: {}",
+                self.process.stderr_tail()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LbdNode {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Loads `xdp_pass` and attaches it natively to the bridge-side veth of `host`: veth delivers
+/// native XDP_TX frames only when the peer runs an XDP program. Detached when dropped.
+pub fn attach_peer_pass(topo: &Topology, host: Host) -> Result<aya::Ebpf> {
+    let port = topo.bridge_port_of(host);
+    topo.bridge_ns().enter(move || -> Result<aya::Ebpf> {
+        let mut ebpf = xdp::load([0; 6], [0; 6], 1024, &[xdp::PROG_PASS])?;
+        // SAFETY: if_nametoindex reads a NUL-terminated string.
+        let name = std::ffi::CString::new(port.clone())?;
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if index == 0 {
+            bail!("bridge port {port} not found");
+        }
+        xdp::attach(
+            &mut ebpf,
+            xdp::PROG_PASS,
+            &port,
+            index,
+            xdp::AttachMode::Native,
+        )?;
+        Ok(ebpf)
+    })?
+}

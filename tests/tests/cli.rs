@@ -1,0 +1,147 @@
+//! The binaries' answers to bad input: configs, privileges, a daemon that is not running.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+use lbd_tests::bin_path;
+
+fn tmp(name: &str, text: &str) -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("lbdt-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let p = dir.join(name);
+    std::fs::write(&p, text)?;
+    Ok(p)
+}
+
+const GOOD: &str = "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"198.18.0.100:80\"\nbackends = [ { addr = \"198.18.0.21\" } ]\n";
+
+/// `lbd --check-config` on bad configs: exit 1 and a one-line message naming the key and value.
+#[test]
+fn check_config_names_key_and_value() -> Result<()> {
+    let lbd = bin_path("lbd")?;
+    let cases = [
+        (
+            "missing-daemon.toml",
+            "[[service]]\nvip = \"198.18.0.100:80\"\n",
+            "missing field `daemon`",
+        ),
+        (
+            "bad-datapath.toml",
+            "[daemon]\ninterface = \"eth0\"\ndatapath = \"fast\"\n",
+            "daemon.datapath: \"fast\" is not a data path (allowed: auto, xdp, xdp-generic)",
+        ),
+        (
+            "bad-weight.toml",
+            "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"198.18.0.100:80\"\nbackends = [ { addr = \"198.18.0.21\", weight = -3 } ]\n",
+            "service[0].backends[0].weight: -3 is out of range (allowed: 1 to 1000)",
+        ),
+        (
+            "bad-vip.toml",
+            "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"example.com:80\"\n",
+            "service[0].vip: \"example.com:80\" is not an IPv4 address and port",
+        ),
+        (
+            "typo.toml",
+            "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"198.18.0.100:80\"\nbackend = []\n",
+            "unknown field `backend`",
+        ),
+        ("not-toml.toml", "[daemon\n", "line 1"),
+    ];
+    for (file, text, want) in cases {
+        let path = tmp(file, text)?;
+        let out = Command::new(&lbd)
+            .arg("--check-config")
+            .arg(&path)
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(1),
+            "{file}: exit {:?}, stderr {err}",
+            out.status.code()
+        );
+        ensure!(err.contains(want), "{file}: want {want:?} in {err:?}");
+        ensure!(
+            err.trim().lines().count() == 1,
+            "{file}: message is not one line: {err:?}"
+        );
+    }
+    let path = tmp("good.toml", GOOD)?;
+    let out = Command::new(&lbd)
+        .arg("--check-config")
+        .arg(&path)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "good config rejected: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(String::from_utf8_lossy(&out.stdout).contains("ok (1 services, 1 backends)"));
+    let out = Command::new(&lbd)
+        .arg("--check-config")
+        .arg("/nonexistent/lbd.toml")
+        .output()?;
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/lbd.toml: cannot read"),
+        "missing file"
+    );
+    Ok(())
+}
+
+/// lbd without CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON names what it lacks and exits 1.
+#[test]
+fn unprivileged_lbd_says_what_it_lacks() -> Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let path = tmp("unpriv.toml", GOOD)?;
+    // Readable by the unprivileged user.
+    std::fs::set_permissions(
+        path.parent().context("dir")?,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    let mut cmd = Command::new(bin_path("lbd")?);
+    cmd.arg("--config").arg(&path);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.uid(65534).gid(65534);
+    }
+    let out = cmd.output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1),
+        "exit {:?}: {err}",
+        out.status.code()
+    );
+    ensure!(
+        err.contains("lbd lacks CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF"),
+        "stderr: {err}"
+    );
+    ensure!(
+        err.contains("run it as root or grant them"),
+        "no advice: {err}"
+    );
+    Ok(())
+}
+
+/// lbctl against a daemon that is not running: exit 1 and what to do.
+#[test]
+fn lbctl_reports_a_missing_daemon() -> Result<()> {
+    let out = Command::new(bin_path("lbctl")?)
+        .args(["--socket", "/nonexistent/lbd.sock", "status"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(1), "exit {:?}", out.status.code());
+    ensure!(
+        err.trim()
+            == "lbctl: lbd is not running: no control socket at /nonexistent/lbd.sock (start it with `systemctl start lbd`, or pass --socket / LBD_SOCKET)",
+        "stderr: {err}"
+    );
+    let out = Command::new(bin_path("lbctl")?)
+        .args(["status", "--bogus"])
+        .output()?;
+    ensure!(
+        out.status.code() == Some(2),
+        "bad flag: exit {:?}",
+        out.status.code()
+    );
+    Ok(())
+}

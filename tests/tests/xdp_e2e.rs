@@ -1,0 +1,220 @@
+//! End to end through the XDP data path, in network namespaces: a client, one lbd node, three
+//! backends on a bridge. The same scenario runs once with native and once with generic XDP.
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, ensure};
+use lbd_tests::{
+    Capture, Host, Topology, bin_path, client,
+    lbd::{self, LbdNode, Mode, Services},
+    netns_tests_enabled, test_tag,
+};
+
+const CONNECTIONS: usize = 300;
+
+fn backend_ips(topo: &Topology) -> Vec<Ipv4Addr> {
+    topo.backends().into_iter().map(|b| topo.ip(b)).collect()
+}
+
+fn name_of(topo: &Topology, backend: &str) -> Host {
+    topo.backends()
+        .into_iter()
+        .find(|b| b.role() == backend)
+        .unwrap_or_else(|| panic!("unknown backend {backend}"))
+}
+
+/// `n` new TCP connections from the client to VIP:80; the backend that answered each.
+fn connections(topo: &Topology, n: usize) -> Result<HashMap<String, usize>> {
+    let vip = topo.vip_http();
+    topo.client()
+        .enter(move || -> Result<HashMap<String, usize>> {
+            let mut by_backend = HashMap::new();
+            for i in 0..n {
+                let r =
+                    client::http_get(vip).with_context(|| format!("connection {i} to the VIP"))?;
+                ensure!(r.status == 200, "connection {i}: status {}", r.status);
+                *by_backend.entry(r.backend).or_insert(0) += 1;
+            }
+            Ok(by_backend)
+        })?
+}
+
+fn scenario(mode: Mode, name: &str) -> Result<()> {
+    let topo = Topology::builder(&test_tag(name))
+        .lbd_nodes(1)
+        .backends(3)
+        .build()?;
+    let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
+    let node = Host::Lbd(1);
+    topo.add_vip(node)?;
+    let _peer = match mode {
+        Mode::XdpNative => Some(lbd::attach_peer_pass(&topo, node)?),
+        Mode::XdpGeneric => None,
+    };
+    let all = backend_ips(&topo);
+    let socket = LbdNode::socket_path(&topo, node);
+    let services = Services {
+        tcp: all.clone(),
+        udp: all.clone(),
+    };
+    let mut lbd = LbdNode::start(&topo, node, &lbd::config_text(mode, &socket, &services))?;
+    let status = lbd.status()?;
+    ensure!(
+        status.datapath == mode.status_name(),
+        "data path {} ({}), want {}",
+        status.datapath,
+        status.datapath_reason,
+        mode.status_name()
+    );
+
+    // 1. Distribution: every backend answers, each with 20-47% of the connections.
+    let by = connections(&topo, CONNECTIONS)?;
+    for b in topo.backends() {
+        let n = by.get(&b.role()).copied().unwrap_or(0);
+        let share = n as f64 / CONNECTIONS as f64;
+        ensure!(
+            (0.20..=0.47).contains(&share),
+            "{b} answered {n} of {CONNECTIONS} ({:.0}%): {by:?}",
+            share * 100.0
+        );
+    }
+    let st = lbd.status()?;
+    let web = st
+        .services
+        .iter()
+        .find(|s| s.name == "web")
+        .context("web service in status")?;
+    ensure!(
+        web.packets >= CONNECTIONS as u64 * 3,
+        "web service counted {} packets for {CONNECTIONS} connections",
+        web.packets
+    );
+    for b in &web.backends {
+        ensure!(b.packets > 0, "backend {} counted no packets", b.addr);
+    }
+
+    // 2. Replies come straight from the backends: the SYN-ACK's source MAC is a backend's, never
+    //    the lbd node's, and the backend saw the client's own address (no proxy in between).
+    let capture = Capture::open(topo.client(), "eth0")?;
+    let vip = topo.vip_http();
+    let reply = topo.client().enter(move || client::http_get(vip))??;
+    let vip_v4 = SocketAddrV4::new(lbd_tests::VIP, lbd_tests::HTTP_PORT);
+    let mac = capture.wait_syn_ack(vip_v4, Duration::from_secs(3))?;
+    let answered = name_of(&topo, &reply.backend);
+    ensure!(
+        mac == topo.mac(answered),
+        "SYN-ACK from {mac}, want {answered}'s MAC {}",
+        topo.mac(answered)
+    );
+    ensure!(mac != topo.mac(node), "the reply went through the lbd node");
+    ensure!(
+        reply.client_addr == reply.local_addr,
+        "backend saw {} but the client is {}",
+        reply.client_addr,
+        reply.local_addr
+    );
+
+    // 3. UDP works the same way, and the replies come from the VIP.
+    let udp = topo.vip_udp();
+    let udp_by = topo
+        .client()
+        .enter(move || -> Result<HashMap<String, usize>> {
+            let mut by = HashMap::new();
+            for i in 0..60 {
+                let r = client::udp_query(udp, format!("q{i}").as_bytes(), Duration::from_secs(2))?;
+                ensure!(
+                    r.from == udp,
+                    "UDP reply from {}, want the VIP {udp}",
+                    r.from
+                );
+                let name = r
+                    .text
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                *by.entry(name).or_insert(0) += 1;
+            }
+            Ok(by)
+        })??;
+    ensure!(
+        udp_by.len() == 3,
+        "60 UDP flows reached {} backends: {udp_by:?}",
+        udp_by.len()
+    );
+
+    // 4. A backend removed by SIGHUP takes no new connections; a connection open to it goes on.
+    let mut conn = topo
+        .client()
+        .enter(move || client::KeepAlive::connect(vip, Duration::from_secs(5)))??;
+    let pinned = topo.client().enter(|| conn.get("/"))??.backend;
+    let pinned_ip = topo.ip(name_of(&topo, &pinned));
+    let rest: Vec<Ipv4Addr> = all.iter().copied().filter(|ip| *ip != pinned_ip).collect();
+    lbd.reload(&lbd::config_text(
+        mode,
+        &socket,
+        &Services {
+            tcp: rest,
+            udp: all.clone(),
+        },
+    ))?;
+    let pinned_s = pinned_ip.to_string();
+    lbd.wait_status(
+        Duration::from_secs(10),
+        "showing the backend removed",
+        |s| {
+            s.services.iter().any(|svc| {
+                svc.name == "web"
+                    && svc
+                        .backends
+                        .iter()
+                        .any(|b| b.addr == pinned_s && b.state == "removed")
+            })
+        },
+    )?;
+    let after = connections(&topo, 60)?;
+    ensure!(
+        !after.contains_key(&pinned),
+        "removed backend {pinned} got new connections: {after:?}"
+    );
+    for i in 0..5 {
+        let r = topo.client().enter(|| conn.get("/"))??;
+        ensure!(
+            r.backend == pinned,
+            "request {i} on the open connection answered by {}, want {pinned}",
+            r.backend
+        );
+    }
+    topo.client().enter(move || conn.close())??;
+
+    // 5. A clean stop detaches the program.
+    lbd.stop()?;
+    let link = topo.ns(node).run("ip", &["link", "show", "dev", "eth0"])?;
+    let text = String::from_utf8_lossy(&link.stdout);
+    ensure!(
+        !text.contains("xdp"),
+        "XDP still attached after SIGTERM: {text}"
+    );
+    let _: SocketAddr = vip;
+    Ok(())
+}
+
+#[test]
+fn xdp_native_end_to_end() -> Result<()> {
+    if !netns_tests_enabled("xdp_native_end_to_end") {
+        return Ok(());
+    }
+    scenario(Mode::XdpNative, "xdp_native")
+}
+
+#[test]
+fn xdp_generic_end_to_end() -> Result<()> {
+    if !netns_tests_enabled("xdp_generic_end_to_end") {
+        return Ok(());
+    }
+    scenario(Mode::XdpGeneric, "xdp_generic")
+}
