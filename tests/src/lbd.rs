@@ -85,7 +85,8 @@ pub struct LbdNode {
     pub config_path: PathBuf,
     /// Its control socket.
     pub socket: PathBuf,
-    dir: PathBuf,
+    /// Its directory (removed on drop).
+    pub dir: PathBuf,
 }
 
 impl LbdNode {

@@ -191,7 +191,27 @@ fn scenario(mode: Mode, name: &str) -> Result<()> {
     }
     topo.client().enter(move || conn.close())??;
 
-    // 5. A clean stop detaches the program.
+    // 5. A bad config on SIGHUP is rejected; the running config stays.
+    lbd.reload("[daemon]\ninterface = \"eth0\"\ndatapath = \"warp\"\n")?;
+    std::thread::sleep(Duration::from_millis(500));
+    ensure!(
+        lbd.process.is_running(),
+        "lbd died on a bad config: {}",
+        lbd.process.stderr_tail()
+    );
+    let st = lbd.status()?;
+    ensure!(
+        st.services.len() == 2,
+        "services after a rejected reload: {:?}",
+        st.services
+    );
+    let after_bad = connections(&topo, 10)?;
+    ensure!(
+        after_bad.values().sum::<usize>() == 10,
+        "balancing after a rejected reload: {after_bad:?}"
+    );
+
+    // 6. A clean stop detaches the program.
     lbd.stop()?;
     let link = topo.ns(node).run("ip", &["link", "show", "dev", "eth0"])?;
     let text = String::from_utf8_lossy(&link.stdout);
@@ -217,4 +237,70 @@ fn xdp_generic_end_to_end() -> Result<()> {
         return Ok(());
     }
     scenario(Mode::XdpGeneric, "xdp_generic")
+}
+
+/// On an interface without native XDP (a bridge device), `datapath = "xdp"` is an error that says
+/// so, and `datapath = "auto"` falls back to generic XDP with the reason in the status.
+#[test]
+fn datapath_policy_without_native_xdp() -> Result<()> {
+    if !netns_tests_enabled("datapath_policy_without_native_xdp") {
+        return Ok(());
+    }
+    let tag = test_tag("dp_policy");
+    let ns = lbd_tests::Netns::new(&tag, "node")?;
+    ns.ip(&["link", "add", "nonative0", "type", "bridge"])?;
+    ns.ip(&["link", "set", "nonative0", "up"])?;
+    let dir = std::env::temp_dir().join(format!("lbdt-{tag}"));
+    std::fs::create_dir_all(&dir)?;
+    let cfg = |datapath: &str| -> Result<std::path::PathBuf> {
+        let p = dir.join(format!("{datapath}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "[daemon]\ninterface = \"nonative0\"\ndatapath = \"{datapath}\"\ncontrol_socket = \"{}\"\n",
+                dir.join(format!("{datapath}.sock")).display()
+            ),
+        )?;
+        Ok(p)
+    };
+    let lbd_bin = bin_path("lbd")?;
+    let out = ns.output(
+        &lbd_bin.display().to_string(),
+        &["--config", &cfg("xdp")?.display().to_string()],
+        Duration::from_secs(20),
+    )?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1),
+        "datapath = xdp on nonative0: exit {:?}: {err}",
+        out.status.code()
+    );
+    ensure!(
+        err.contains("datapath = \"xdp\" requires native XDP")
+            && err.contains("native mode to nonative0 failed"),
+        "stderr: {err}"
+    );
+
+    let mut cmd = ns.command(&lbd_bin.display().to_string());
+    cmd.arg("--config").arg(cfg("auto")?);
+    let proc = ns.spawn(cmd)?;
+    let node = LbdNode {
+        process: proc,
+        config_path: cfg("auto")?,
+        socket: dir.join("auto.sock"),
+        dir: dir.clone(),
+    };
+    let st = node.wait_status(Duration::from_secs(20), "attached", |_| true)?;
+    ensure!(
+        st.datapath == "xdp-generic",
+        "auto on nonative0 gave {}",
+        st.datapath
+    );
+    ensure!(
+        st.datapath_reason.contains("native failed")
+            && st.datapath_reason.contains("generic in use"),
+        "reason: {}",
+        st.datapath_reason
+    );
+    node.stop()
 }
