@@ -1,0 +1,274 @@
+//! The I/O layer on real sockets, in network namespaces: two speakers (and keepalived, when it is
+//! installed) on a bridge elect a master, move the VIP with netlink, and fail over.
+//!
+//! Needs root (namespaces, raw sockets, netlink writes) and `ip`; without them each test says so
+//! and passes without running. Namespace names carry the process id, so parallel runs never
+//! collide, and a guard deletes them whatever happens.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use vrrp::{AdvertInterval, Config, Priority, Speaker, State, Status, VrId};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+
+fn can_run() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ip = Command::new("ip")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !root || !ip {
+        eprintln!("skipped: needs root and iproute2");
+    }
+    root && ip
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().unwrap();
+    assert!(status.success(), "ip {args:?}");
+}
+
+/// A bridge namespace and one namespace per node, each with `eth0` on the bridge at
+/// 198.18.0.(2 + i)/24. Deleted on drop.
+struct Lan {
+    names: Vec<String>,
+}
+
+impl Lan {
+    fn new(tag: &str, nodes: usize) -> Self {
+        let prefix = format!("vt{}{tag}", std::process::id());
+        let bridge = format!("{prefix}br");
+        let mut lan = Self {
+            names: vec![bridge.clone()],
+        };
+        ip(&["netns", "add", &bridge]);
+        ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &bridge, "link", "set", "br0", "up"]);
+        for i in 0..nodes {
+            let ns = format!("{prefix}n{i}");
+            lan.names.push(ns.clone());
+            let port = format!("p{i}");
+            ip(&["netns", "add", &ns]);
+            ip(&[
+                "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns",
+                &bridge,
+            ]);
+            ip(&["-n", &bridge, "link", "set", &port, "master", "br0", "up"]);
+            let addr = format!("198.18.0.{}/24", 2 + i);
+            ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        }
+        lan
+    }
+
+    fn node(&self, i: usize) -> &str {
+        &self.names[i + 1]
+    }
+
+    fn has_vip(&self, i: usize) -> bool {
+        let out = Command::new("ip")
+            .args(["-n", self.node(i), "-4", "addr", "show", "dev", "eth0"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(&format!("inet {VIP}/32"))
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+/// A speaker running on its own thread inside namespace `ns`.
+struct Node {
+    status: watch::Receiver<Status>,
+    stop: CancellationToken,
+    thread: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Node {
+    fn start(ns: &str, priority: u8) -> Self {
+        let mut config = Config::new(
+            VrId::new(51).unwrap(),
+            Priority::new(priority).unwrap(),
+            AdvertInterval::from_millis(100).unwrap(),
+            "eth0",
+            vec![VIP],
+        );
+        config.garp.repeat_delay = None;
+        let speaker = Speaker::new(config).unwrap();
+        let status = speaker.status();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let path = format!("/var/run/netns/{ns}");
+        let thread = std::thread::spawn(move || {
+            let file = File::open(&path).map_err(|e| e.to_string())?;
+            // SAFETY: setns on a namespace file we hold open; it switches this thread only.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error().to_string());
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(speaker.run(token)).map_err(|e| e.to_string())
+        });
+        Self {
+            status,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn state(&self) -> State {
+        self.status.borrow().state
+    }
+
+    /// How long it took to reach `state`, or `None` if it did not within `within`.
+    fn reached(&self, state: State, within: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        while self.state() != state {
+            if start.elapsed() > within {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Some(start.elapsed())
+    }
+
+    fn wait_for(&self, state: State, within: Duration) -> Duration {
+        self.reached(state, within).unwrap_or_else(|| {
+            panic!(
+                "not {state} within {within:?}: {:?}",
+                self.status.borrow().clone()
+            )
+        })
+    }
+
+    fn stop(&mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn two_speakers_elect_move_the_vip_and_fail_over() {
+    if !can_run() {
+        return;
+    }
+    let lan = Lan::new("a", 2);
+    let mut a = Node::start(lan.node(0), 150);
+    let b = Node::start(lan.node(1), 100);
+    // 100 ms adverts: A's Master_Down_Interval is 341 ms.
+    a.wait_for(State::Master, Duration::from_secs(3));
+    b.wait_for(State::Backup, Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(a.state(), State::Master);
+    assert_eq!(b.state(), State::Backup);
+    assert!(lan.has_vip(0) && !lan.has_vip(1));
+    let seen_by_b = b.status.borrow().clone();
+    assert_eq!(seen_by_b.master, Some("198.18.0.2".parse().unwrap()));
+    assert!(seen_by_b.counters.accepted >= 4, "{seen_by_b:?}");
+    assert_eq!(seen_by_b.counters.total_dropped(), 0);
+
+    // A resigns: B takes over after Skew_Time (61 ms), not Master_Down_Interval (361 ms).
+    a.stop();
+    let took = b.wait_for(State::Master, Duration::from_secs(2));
+    assert!(took < Duration::from_millis(300), "took {took:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(lan.has_vip(1) && !lan.has_vip(0));
+    assert_eq!(a.state(), State::Initialize);
+}
+
+#[test]
+fn interoperates_with_keepalived() {
+    if !can_run() {
+        return;
+    }
+    let installed = Command::new("keepalived")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        eprintln!("skipped: keepalived not installed");
+        return;
+    }
+    let lan = Lan::new("k", 2);
+    let ours = Node::start(lan.node(0), 150);
+    ours.wait_for(State::Master, Duration::from_secs(3));
+
+    let dir = std::env::temp_dir().join(format!("vrrp-keepalived-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("keepalived.conf");
+    std::fs::write(
+        &conf,
+        "global_defs {\n  vrrp_version 3\n}\nvrrp_instance VI_1 {\n  state BACKUP\n  \
+         interface eth0\n  virtual_router_id 51\n  priority 200\n  advert_int 0.1\n  \
+         virtual_ipaddress {\n    198.18.0.100/32\n  }\n}\n",
+    )
+    .unwrap();
+    let mut keepalived = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            lan.node(1),
+            "keepalived",
+            "-n",
+            "-l",
+            "-D",
+            "-f",
+        ])
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir.join("k.pid"))
+        .arg("-r")
+        .arg(dir.join("v.pid"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // keepalived (200) preempts: it discards our lower adverts and takes over; we step down on
+    // its first advert.
+    let stepped_down = ours.reached(State::Backup, Duration::from_secs(5));
+    let status = ours.status.borrow().clone();
+    // Stop keepalived (SIGTERM: it sends a priority-0 advert) and take the VIP back.
+    let _ = Command::new("kill")
+        .arg(keepalived.id().to_string())
+        .status();
+    let _ = keepalived.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        stepped_down.is_some(),
+        "did not step down for keepalived: {status:?}"
+    );
+    assert_eq!(status.master, Some("198.18.0.3".parse().unwrap()));
+    assert_eq!(status.counters.total_dropped(), 0, "{status:?}");
+    ours.wait_for(State::Master, Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(lan.has_vip(0));
+}
