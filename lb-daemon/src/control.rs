@@ -29,6 +29,49 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Request {
     /// Services, backends, counters, data path mode.
     Status {},
+    /// Adds a backend to a service (kept in the state file).
+    BackendAdd {
+        /// Service name or VIP:port.
+        service: String,
+        /// Backend address.
+        addr: String,
+        /// Weight (default 1).
+        weight: Option<u32>,
+    },
+    /// Sets a backend's weight.
+    BackendWeight {
+        /// Service name or VIP:port.
+        service: String,
+        /// Backend address.
+        addr: String,
+        /// New weight.
+        weight: u32,
+    },
+    /// Drains a backend: no new flows, established ones go on.
+    BackendDrain {
+        /// Service name or VIP:port.
+        service: String,
+        /// Backend address.
+        addr: String,
+    },
+    /// Removes a backend; refused while it has flows unless `force`.
+    BackendRemove {
+        /// Service name or VIP:port.
+        service: String,
+        /// Backend address.
+        addr: String,
+        /// Cut its flows.
+        force: bool,
+    },
+    /// Puts a backend in maintenance (`on`) or back in rotation (`off`, also ends a drain).
+    BackendMaintenance {
+        /// Service name or VIP:port.
+        service: String,
+        /// Backend address.
+        addr: String,
+        /// On or off.
+        on: bool,
+    },
 }
 
 /// The daemon's answer.
@@ -37,6 +80,11 @@ pub enum Request {
 pub enum Response {
     /// Status.
     Status(Box<Status>),
+    /// A change was made and saved.
+    Done {
+        /// What was done, one line.
+        message: String,
+    },
     /// The request failed; the message says why and what to do.
     Error {
         /// One line.
@@ -51,6 +99,8 @@ pub struct Status {
     pub version: String,
     /// Config file in use.
     pub config_path: String,
+    /// State file holding the runtime changes.
+    pub state_file: String,
     /// Interface.
     pub interface: String,
     /// Data path in use: `xdp-native` or `xdp-generic`.
@@ -106,8 +156,13 @@ pub struct BackendStatus {
     pub addr: String,
     /// Weight.
     pub weight: u32,
-    /// `active`, `removed`, or `unresolved` (no MAC yet: out of rotation).
+    /// `active`, `draining`, `maintenance`, `down` (health checks), `removed`, or
+    /// `unresolved` (no MAC yet: out of rotation).
     pub state: String,
+    /// Where the backend comes from: `config` or `lbctl` (state file).
+    pub source: String,
+    /// Runtime changes that differ from the config file, e.g. `weight 3 by lbctl (config: 1)`.
+    pub overrides: Vec<String>,
     /// MAC, when resolved.
     pub mac: Option<String>,
     /// Packets forwarded.
@@ -312,6 +367,7 @@ mod tests {
         match r {
             Response::Error { message } => message,
             Response::Status(_) => "status".into(),
+            Response::Done { message } => message,
         }
     }
 

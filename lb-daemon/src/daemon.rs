@@ -14,11 +14,14 @@ use aya::Ebpf;
 use lb_common::{STATS_BACKEND_BASE, STATS_SERVICE_BASE, reason};
 use tokio::{signal::unix::SignalKind, sync::Mutex};
 
+use std::collections::{BTreeSet, HashSet};
+
 use crate::{
-    config::{Config, Datapath},
+    config::{Config, Datapath, MAX_WEIGHT, ServiceKey, parse_backend_addr},
     control::{self, BackendStatus, ReasonCount, Request, Response, ServiceStatus, Status},
-    engine::{Admin, Engine},
+    engine::{Admin, ApplyReport, BackendRec, Engine, EngineError, Source},
     net,
+    state::{AdminOverride, Overrides, StateFile},
     xdp::{self, AttachMode, FlowCounts, XdpMaps},
 };
 
@@ -69,14 +72,79 @@ struct State {
     mode_reason: String,
     started: Instant,
     loaded_at: SystemTime,
+    overrides: Overrides,
+    state_file: StateFile,
+    down: BTreeSet<(ServiceKey, Ipv4Addr)>,
+    netlink: rtnetlink::Handle,
 }
 
-fn backend_ips(config: &Config) -> Vec<Ipv4Addr> {
+impl State {
+    /// Makes the data path match config, overrides, health and MACs.
+    fn apply(&mut self) -> Result<ApplyReport, EngineError> {
+        let State {
+            engine,
+            maps,
+            config,
+            overrides,
+            down,
+            macs,
+            ..
+        } = self;
+        engine.apply(config, overrides, down, macs, maps)
+    }
+
+    /// A service by name, `VIP:port`, or `proto/VIP:port`.
+    fn find_service(&self, name: &str) -> Result<ServiceKey, String> {
+        let found =
+            self.config.services.iter().find(|s| {
+                s.name == name || s.vip.to_string() == name || s.key().to_string() == name
+            });
+        match found {
+            Some(s) => Ok(s.key()),
+            None => {
+                let names: Vec<&str> = self
+                    .config
+                    .services
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect();
+                Err(format!(
+                    "unknown service {name:?} (services: {}); name it by name or VIP:port",
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ))
+            }
+        }
+    }
+
+    /// A backend of a service as the engine has it.
+    fn backend(&self, key: &ServiceKey, addr: Ipv4Addr) -> Option<&BackendRec> {
+        self.engine.service(key).and_then(|s| s.backends.get(&addr))
+    }
+
+    fn service_name(&self, key: &ServiceKey) -> String {
+        self.engine
+            .service(key)
+            .map(|s| s.config.name.clone())
+            .unwrap_or_else(|| key.to_string())
+    }
+}
+
+/// Backend addresses to resolve: the config's and those added at run time.
+fn backend_ips(config: &Config, overrides: &Overrides) -> Vec<Ipv4Addr> {
     let mut ips: Vec<Ipv4Addr> = config
         .services
         .iter()
         .flat_map(|s| s.backends.iter().map(|b| b.addr))
         .collect();
+    ips.extend(overrides.services.values().flat_map(|m| {
+        m.iter()
+            .filter(|(_, o)| o.added && !o.removed)
+            .map(|(a, _)| *a)
+    }));
     ips.sort();
     ips.dedup();
     ips
@@ -137,20 +205,19 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     )?;
     let mut maps = XdpMaps::new(&mut ebpf)?;
 
+    // Runtime changes from lbctl, replayed over the config.
+    let state_file = StateFile::in_dir(&config.daemon.state_dir);
+    let overrides = state_file.load()?;
+    let ips = backend_ips(&config, &overrides);
+
     // Fill the maps before attaching, so the first packet already finds its service.
-    let macs = net::resolve(
-        &handle,
-        &iface,
-        link.index,
-        &backend_ips(&config),
-        RESOLVE_WAIT,
-    )
-    .await?;
+    let macs = net::resolve(&handle, &iface, link.index, &ips, RESOLVE_WAIT).await?;
     let mut engine = Engine::new();
+    let down = BTreeSet::new();
     let report = engine
-        .apply(&config, &macs, &mut maps)
+        .apply(&config, &overrides, &down, &macs, &mut maps)
         .context("filling the XDP maps")?;
-    log_unresolved(&config, &macs);
+    log_unresolved(&ips, &macs);
     let (mode, mode_reason) = attach(&mut ebpf, config.daemon.datapath, &iface, link.index)?;
     tracing::info!(interface = %iface, mode = mode.as_str(), reason = %mode_reason, services = report.services_added, backends = report.backends_added, "XDP attached");
 
@@ -168,6 +235,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         mode_reason,
         started: Instant::now(),
         loaded_at: SystemTime::now(),
+        overrides,
+        state_file,
+        down,
+        netlink: handle.clone(),
     }));
     let handler_state = state.clone();
     let server = tokio::spawn(control::serve(
@@ -210,9 +281,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn log_unresolved(config: &Config, macs: &HashMap<Ipv4Addr, [u8; 6]>) {
-    for ip in backend_ips(config) {
-        if !macs.contains_key(&ip) {
+fn log_unresolved(ips: &[Ipv4Addr], macs: &HashMap<Ipv4Addr, [u8; 6]>) {
+    for ip in ips {
+        if !macs.contains_key(ip) {
             tracing::warn!(backend = %ip, "no ARP answer from backend: out of rotation until it answers");
         }
     }
@@ -233,16 +304,14 @@ async fn reload(state: &Mutex<State>, handle: &rtnetlink::Handle) {
             "SIGHUP: [daemon] settings changed; they take effect at the next restart (services are applied now)"
         );
     }
-    let ips = backend_ips(&new);
+    let ips = backend_ips(&new, &st.overrides);
     let (iface, index) = (st.config.daemon.interface.clone(), st.link.index);
     match net::resolve(handle, &iface, index, &ips, RESOLVE_WAIT).await {
         Ok(found) => st.macs.extend(found),
         Err(e) => tracing::warn!(error = %e, "SIGHUP: neighbour look-up failed"),
     }
-    let State {
-        engine, maps, macs, ..
-    } = &mut *st;
-    match engine.apply(&new, macs, maps) {
+    let old_services = std::mem::replace(&mut st.config.services, new.services);
+    match st.apply() {
         Ok(r) => {
             tracing::info!(
                 services_added = r.services_added,
@@ -252,12 +321,15 @@ async fn reload(state: &Mutex<State>, handle: &rtnetlink::Handle) {
                 tables_written = r.tables_written,
                 "SIGHUP: config applied"
             );
-            log_unresolved(&new, &st.macs);
-            st.config.services = new.services;
+            log_unresolved(&ips, &st.macs);
             st.loaded_at = SystemTime::now();
         }
         Err(e) => {
-            tracing::error!(error = %e, "SIGHUP: applying the config failed; the data path may be partly updated")
+            tracing::error!(error = %e, "SIGHUP: applying the config failed; going back to the running config");
+            st.config.services = old_services;
+            if let Err(e) = st.apply() {
+                tracing::error!(error = %e, "restoring the running config failed; the data path may be partly updated");
+            }
         }
     }
 }
@@ -265,24 +337,28 @@ async fn reload(state: &Mutex<State>, handle: &rtnetlink::Handle) {
 /// The tick: flows per backend (and expiry), freeing removed backends, MAC look-ups.
 async fn refresh(state: &Mutex<State>, handle: &rtnetlink::Handle, all_macs: bool) {
     let mut st = state.lock().await;
-    let live: std::collections::HashSet<u32> = st
+    let live: HashSet<u32> = st
         .engine
         .services()
         .flat_map(|s| s.backends.values().map(|b| b.id))
         .collect();
+    // Flows of freed backends, and of backends down by health checks, leave the table, so
+    // their clients get a new backend at once.
+    let down: HashSet<u32> = st
+        .engine
+        .services()
+        .flat_map(|s| s.backends.values().filter(|b| b.health_down).map(|b| b.id))
+        .collect();
     let counts = st
         .maps
         .scan_flows(xdp::coarse_now_ns(), Default::default(), |_, id| {
-            !live.contains(&id)
+            !live.contains(&id) || down.contains(&id)
         });
     let State { engine, maps, .. } = &mut *st;
-    match engine.reap_removed(
-        |id| {
-            counts.active.get(&id).copied().unwrap_or(0)
-                + counts.closing.get(&id).copied().unwrap_or(0)
-        },
-        maps,
-    ) {
+    let flows_of = |id| {
+        counts.active.get(&id).copied().unwrap_or(0) + counts.closing.get(&id).copied().unwrap_or(0)
+    };
+    match engine.reap_removed(flows_of, maps) {
         Ok(freed) if !freed.is_empty() => {
             tracing::info!(ids = ?freed, "removed backends have no flows left: freed")
         }
@@ -291,7 +367,7 @@ async fn refresh(state: &Mutex<State>, handle: &rtnetlink::Handle, all_macs: boo
     }
     st.counts = counts;
 
-    let ips = backend_ips(&st.config);
+    let ips = backend_ips(&st.config, &st.overrides);
     let wanted: Vec<Ipv4Addr> = if all_macs {
         ips
     } else {
@@ -310,39 +386,295 @@ async fn refresh(state: &Mutex<State>, handle: &rtnetlink::Handle, all_macs: boo
             return;
         }
     };
-    let changed = found.iter().any(|(ip, mac)| st.macs.get(ip) != Some(mac));
-    if changed {
-        for (ip, mac) in &found {
-            if st.macs.get(ip) != Some(mac) {
-                tracing::info!(backend = %ip, mac = %net::mac_string(mac), "backend MAC learned");
-            }
-        }
-        st.macs.extend(found);
-        let State {
-            engine,
-            maps,
-            macs,
-            config,
-            ..
-        } = &mut *st;
-        if let Err(e) = engine.apply(config, macs, maps) {
-            tracing::error!(error = %e, "applying learned backend MACs failed");
-        }
+    let learned: Vec<(Ipv4Addr, [u8; 6])> = found
+        .into_iter()
+        .filter(|(ip, mac)| st.macs.get(ip) != Some(mac))
+        .collect();
+    if learned.is_empty() {
+        return;
+    }
+    for (ip, mac) in &learned {
+        tracing::info!(backend = %ip, mac = %net::mac_string(mac), "backend MAC learned");
+    }
+    st.macs.extend(learned);
+    if let Err(e) = st.apply() {
+        tracing::error!(error = %e, "applying learned backend MACs failed");
     }
 }
 
 async fn handle_request(state: &Mutex<State>, req: Request) -> Response {
-    match req {
+    let mut st = state.lock().await;
+    let result = match req {
         Request::Status {} => {
-            let st = state.lock().await;
-            match status(&st) {
+            return match status(&st) {
                 Ok(s) => Response::Status(Box::new(s)),
                 Err(e) => Response::Error {
                     message: format!("{e:#}"),
                 },
-            }
+            };
+        }
+        Request::BackendAdd {
+            service,
+            addr,
+            weight,
+        } => backend_add(&mut st, &service, &addr, weight).await,
+        Request::BackendWeight {
+            service,
+            addr,
+            weight,
+        } => backend_weight(&mut st, &service, &addr, weight),
+        Request::BackendDrain { service, addr } => {
+            backend_admin(&mut st, &service, &addr, Some(AdminOverride::Draining))
+        }
+        Request::BackendMaintenance { service, addr, on } => backend_admin(
+            &mut st,
+            &service,
+            &addr,
+            on.then_some(AdminOverride::Maintenance),
+        ),
+        Request::BackendRemove {
+            service,
+            addr,
+            force,
+        } => backend_remove(&mut st, &service, &addr, force),
+    };
+    match result {
+        Ok(message) => {
+            tracing::info!(change = %message, "lbctl");
+            Response::Done { message }
+        }
+        Err(message) => Response::Error { message },
+    }
+}
+
+fn check_weight(weight: u32) -> Result<u32, String> {
+    if (1..=MAX_WEIGHT).contains(&weight) {
+        Ok(weight)
+    } else {
+        Err(format!(
+            "weight {weight} is out of range (allowed: 1 to {MAX_WEIGHT})"
+        ))
+    }
+}
+
+/// The service and backend address of a request, checked.
+fn target(st: &State, service: &str, addr: &str) -> Result<(ServiceKey, Ipv4Addr), String> {
+    let key = st.find_service(service)?;
+    let ip = parse_backend_addr(addr, key.vip.port()).map_err(|e| format!("address: {e}"))?;
+    Ok((key, ip))
+}
+
+/// Checks that a backend exists and is not removed; the error lists the service's backends.
+fn existing(st: &State, key: &ServiceKey, ip: Ipv4Addr) -> Result<u32, String> {
+    match st.backend(key, ip) {
+        Some(b) if b.admin != Admin::Removed => Ok(b.id),
+        _ => {
+            let list: Vec<String> = st
+                .engine
+                .service(key)
+                .map(|s| {
+                    s.backends
+                        .values()
+                        .filter(|b| b.admin != Admin::Removed)
+                        .map(|b| b.addr.to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            Err(format!(
+                "{ip} is not a backend of {} (backends: {}); add it with `lbctl backend add`",
+                st.service_name(key),
+                if list.is_empty() {
+                    "none".into()
+                } else {
+                    list.join(", ")
+                }
+            ))
         }
     }
+}
+
+/// Saves `new` overrides, then applies them; if applying fails the old ones come back.
+fn commit(st: &mut State, new: Overrides) -> Result<(), String> {
+    st.state_file
+        .save(&new)
+        .map_err(|e| format!("{e}; nothing was changed"))?;
+    let old = std::mem::replace(&mut st.overrides, new);
+    if let Err(e) = st.apply() {
+        st.overrides = old;
+        let restore = st.state_file.save(&st.overrides).err();
+        if let Err(again) = st.apply() {
+            tracing::error!(error = %again, "restoring the previous backends failed");
+        }
+        return Err(match restore {
+            None => format!("{e}; the change was undone"),
+            Some(r) => format!("{e}; undoing it in the state file failed too: {r}"),
+        });
+    }
+    Ok(())
+}
+
+async fn backend_add(
+    st: &mut State,
+    service: &str,
+    addr: &str,
+    weight: Option<u32>,
+) -> Result<String, String> {
+    let (key, ip) = target(st, service, addr)?;
+    let weight = check_weight(weight.unwrap_or(1))?;
+    if matches!(st.backend(&key, ip), Some(b) if b.admin != Admin::Removed) {
+        return Err(format!(
+            "{ip} is already a backend of {}; change its weight with `lbctl backend weight`",
+            st.service_name(&key)
+        ));
+    }
+    let in_config = st
+        .config
+        .services
+        .iter()
+        .find(|s| s.key() == key)
+        .and_then(|s| s.backends.iter().find(|b| b.addr == ip))
+        .map(|b| b.weight);
+    let mut new = st.overrides.clone();
+    new.update(&key.to_string(), ip, |o| {
+        *o = Default::default();
+        o.added = in_config.is_none();
+        o.weight = (in_config != Some(weight)).then_some(weight);
+    });
+    // Learn its MAC first, so that it enters rotation with the change.
+    let (iface, index) = (st.config.daemon.interface.clone(), st.link.index);
+    match net::resolve(&st.netlink, &iface, index, &[ip], RESOLVE_WAIT).await {
+        Ok(found) => st.macs.extend(found),
+        Err(e) => tracing::warn!(backend = %ip, error = %e, "neighbour look-up failed"),
+    }
+    commit(st, new)?;
+    let note = if st.macs.contains_key(&ip) {
+        ""
+    } else {
+        "; no ARP answer yet: out of rotation until it answers"
+    };
+    Ok(format!(
+        "added {ip} to {} with weight {weight}{note}",
+        st.service_name(&key)
+    ))
+}
+
+fn backend_weight(
+    st: &mut State,
+    service: &str,
+    addr: &str,
+    weight: u32,
+) -> Result<String, String> {
+    let (key, ip) = target(st, service, addr)?;
+    let weight = check_weight(weight)?;
+    existing(st, &key, ip)?;
+    let config_weight = st.backend(&key, ip).and_then(|b| b.config_weight);
+    let mut new = st.overrides.clone();
+    new.update(&key.to_string(), ip, |o| {
+        o.weight = (config_weight != Some(weight)).then_some(weight)
+    });
+    commit(st, new)?;
+    Ok(format!(
+        "{ip} in {} now has weight {weight}",
+        st.service_name(&key)
+    ))
+}
+
+fn backend_admin(
+    st: &mut State,
+    service: &str,
+    addr: &str,
+    admin: Option<AdminOverride>,
+) -> Result<String, String> {
+    let (key, ip) = target(st, service, addr)?;
+    let id = existing(st, &key, ip)?;
+    let mut new = st.overrides.clone();
+    new.update(&key.to_string(), ip, |o| o.admin = admin);
+    commit(st, new)?;
+    let flows = st.counts.active.get(&id).copied().unwrap_or(0);
+    let name = st.service_name(&key);
+    Ok(match admin {
+        Some(AdminOverride::Draining) => {
+            format!("draining {ip} in {name}: no new flows; {flows} open flows go on")
+        }
+        Some(AdminOverride::Maintenance) => {
+            format!("{ip} in {name} is in maintenance: no new flows; {flows} open flows go on")
+        }
+        None => format!("{ip} in {name} is back in rotation"),
+    })
+}
+
+fn backend_remove(
+    st: &mut State,
+    service: &str,
+    addr: &str,
+    force: bool,
+) -> Result<String, String> {
+    let (key, ip) = target(st, service, addr)?;
+    let id = existing(st, &key, ip)?;
+    // Count now, not from the last tick: the answer decides whether flows get cut.
+    let counts = st
+        .maps
+        .scan_flows(xdp::coarse_now_ns(), Default::default(), |_, _| false);
+    // Open flows decide, as IPVS's ActiveConn does; closing ones (FIN or RST seen) are ending.
+    let flows = counts.active.get(&id).copied().unwrap_or(0);
+    let closing = counts.closing.get(&id).copied().unwrap_or(0);
+    st.counts = counts;
+    let name = st.service_name(&key);
+    if flows > 0 && !force {
+        return Err(format!(
+            "{ip} has {flows} open flows in {name}; removing it would cut them. Drain it first \
+             (`lbctl backend drain {name} {ip} --wait`) or pass --force"
+        ));
+    }
+    let added_at_runtime = st
+        .backend(&key, ip)
+        .is_some_and(|b| b.source == Source::Lbctl);
+    let mut new = st.overrides.clone();
+    new.update(&key.to_string(), ip, |o| {
+        // A config backend stays removed through the state file; a runtime one just goes.
+        *o = Default::default();
+        o.removed = !added_at_runtime;
+    });
+    commit(st, new)?;
+    let mut cut = 0;
+    // Without --force a removed backend keeps its closing flows until they end (the tick frees it).
+    if force && flows + closing > 0 {
+        let State { engine, maps, .. } = &mut *st;
+        if let Ok(Some(freed)) = engine.free_now(&key, ip, maps) {
+            cut = maps
+                .scan_flows(xdp::coarse_now_ns(), Default::default(), |_, b| b == freed)
+                .expired;
+        }
+    }
+    Ok(if cut > 0 {
+        format!("removed {ip} from {name}; cut {cut} flows")
+    } else {
+        format!("removed {ip} from {name}")
+    })
+}
+
+/// How a backend differs from the config file, for `lbctl status`.
+fn override_notes(b: &BackendRec, o: Option<&crate::state::BackendOverride>) -> Vec<String> {
+    let mut notes = Vec::new();
+    let Some(o) = o else { return notes };
+    if o.added {
+        notes.push("added by lbctl (not in the config file)".into());
+    }
+    if let Some(w) = o.weight {
+        match b.config_weight {
+            Some(c) => notes.push(format!("weight {w} by lbctl (config file: {c})")),
+            None => notes.push(format!("weight {w} by lbctl")),
+        }
+    }
+    match o.admin {
+        Some(AdminOverride::Draining) => notes.push("drained by lbctl".into()),
+        Some(AdminOverride::Maintenance) => notes.push("maintenance by lbctl".into()),
+        None => {}
+    }
+    if o.removed {
+        notes.push("removed by lbctl (the config file lists it)".into());
+    }
+    notes
 }
 
 fn status(st: &State) -> anyhow::Result<Status> {
@@ -368,12 +700,16 @@ fn status(st: &State) -> anyhow::Result<Status> {
                         BackendStatus {
                             addr: b.addr.to_string(),
                             weight: b.weight,
-                            state: match (b.admin, b.mac) {
-                                (Admin::Removed, _) => "removed",
-                                (Admin::Active, None) => "unresolved",
-                                (Admin::Active, Some(_)) => "active",
+                            state: b.state_name().into(),
+                            source: match b.source {
+                                Source::Config => "config",
+                                Source::Lbctl => "lbctl",
                             }
                             .into(),
+                            overrides: override_notes(
+                                b,
+                                st.overrides.get(&s.config.key().to_string(), b.addr),
+                            ),
                             mac: b.mac.as_ref().map(net::mac_string),
                             packets: c.packets,
                             bytes: c.bytes,
@@ -388,6 +724,7 @@ fn status(st: &State) -> anyhow::Result<Status> {
     Ok(Status {
         version: env!("CARGO_PKG_VERSION").into(),
         config_path: st.config_path.display().to_string(),
+        state_file: st.state_file.path().display().to_string(),
         interface: st.config.daemon.interface.clone(),
         datapath: format!("xdp-{}", st.mode.as_str()),
         datapath_reason: st.mode_reason.clone(),

@@ -8,7 +8,9 @@
 //! - a new Maglev table is written into the service's idle ring, then the VIPS entry is switched
 //!   to it in one map update, so no packet sees a half-written table;
 //! - a backend that leaves the config is marked REMOVED (no new flows, established ones go on)
-//!   and its id is freed only once no flow uses it.
+//!   and its id is freed only once no flow uses it;
+//! - the backends of a service are the config's, changed by the runtime overrides of `lbctl`
+//!   ([`Overrides`]) and by health checks (a backend that fails them is DOWN).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -23,6 +25,7 @@ use lb_common::{
 use crate::{
     config::{Config, Scheduler, ServiceConfig, ServiceKey},
     maglev,
+    state::{AdminOverride, Overrides},
 };
 
 /// Errors from the engine or the data path under it.
@@ -59,10 +62,24 @@ pub trait Dataplane {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Admin {
-    /// In rotation (when its MAC is known).
+    /// In rotation (when its MAC is known and health checks pass).
     Active,
-    /// Gone from the config; kept while flows use it.
+    /// Drained by an operator: no new flows, established ones go on.
+    Draining,
+    /// In maintenance by an operator: no new flows, established ones go on.
+    Maintenance,
+    /// Gone from the config or removed by an operator; kept while flows use it.
     Removed,
+}
+
+/// Where a backend comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Listed in the config file.
+    Config,
+    /// Added with `lbctl backend add` (kept in the state file).
+    Lbctl,
 }
 
 /// A backend as the engine tracks it.
@@ -76,23 +93,98 @@ pub struct BackendRec {
     pub weight: u32,
     /// Administrative state.
     pub admin: Admin,
+    /// Failed its health checks.
+    pub health_down: bool,
     /// Resolved MAC; a backend without one is out of rotation.
     pub mac: Option<[u8; 6]>,
+    /// Where it comes from.
+    pub source: Source,
+    /// The config's weight, when the config lists it (shown when `lbctl` overrides it).
+    pub config_weight: Option<u32>,
 }
 
 impl BackendRec {
     /// The state the data path sees.
     pub fn dataplane_state(&self) -> u32 {
         match self.admin {
-            Admin::Active => backend_state::ACTIVE,
             Admin::Removed => backend_state::REMOVED,
+            Admin::Maintenance => backend_state::MAINTENANCE,
+            Admin::Draining => backend_state::DRAINING,
+            Admin::Active if self.health_down => backend_state::DOWN,
+            Admin::Active => backend_state::ACTIVE,
         }
     }
 
     /// Whether the backend takes new flows.
     pub fn in_rotation(&self) -> bool {
-        self.admin == Admin::Active && self.mac.is_some()
+        self.admin == Admin::Active && !self.health_down && self.mac.is_some()
     }
+
+    /// The state name `lbctl status` and metrics show.
+    pub fn state_name(&self) -> &'static str {
+        match self.admin {
+            Admin::Removed => "removed",
+            Admin::Maintenance => "maintenance",
+            Admin::Draining => "draining",
+            Admin::Active if self.health_down => "down",
+            Admin::Active if self.mac.is_none() => "unresolved",
+            Admin::Active => "active",
+        }
+    }
+}
+
+/// One backend as config and overrides together want it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Wanted {
+    weight: u32,
+    admin: Admin,
+    source: Source,
+    config_weight: Option<u32>,
+}
+
+/// Merges a service's config backends with the runtime overrides.
+fn wanted_backends(sc: &ServiceConfig, overrides: &Overrides) -> BTreeMap<Ipv4Addr, Wanted> {
+    let key = sc.key().to_string();
+    let mut out: BTreeMap<Ipv4Addr, Wanted> = sc
+        .backends
+        .iter()
+        .map(|b| {
+            let w = Wanted {
+                weight: b.weight,
+                admin: Admin::Active,
+                source: Source::Config,
+                config_weight: Some(b.weight),
+            };
+            (b.addr, w)
+        })
+        .collect();
+    if let Some(list) = overrides.services.get(&key) {
+        for (addr, o) in list {
+            let entry = match out.get_mut(addr) {
+                Some(w) => w,
+                // An override of a backend the config no longer lists: only runtime additions count.
+                None if o.added => out.entry(*addr).or_insert(Wanted {
+                    weight: 1,
+                    admin: Admin::Active,
+                    source: Source::Lbctl,
+                    config_weight: None,
+                }),
+                None => continue,
+            };
+            if let Some(w) = o.weight {
+                entry.weight = w;
+            }
+            entry.admin = match o.admin {
+                Some(AdminOverride::Draining) => Admin::Draining,
+                Some(AdminOverride::Maintenance) => Admin::Maintenance,
+                None => Admin::Active,
+            };
+            if o.removed {
+                entry.admin = Admin::Removed;
+            }
+        }
+    }
+    out
 }
 
 /// A service as the engine tracks it.
@@ -165,11 +257,19 @@ impl Engine {
         self.services.values()
     }
 
-    /// Makes the data path match `config`. `macs` holds the resolved MAC of each backend address
-    /// known so far; backends without one stay out of rotation until a later apply.
+    /// The service with this key.
+    pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
+        self.services.get(key)
+    }
+
+    /// Makes the data path match `config` changed by `overrides`. `macs` holds the resolved MAC
+    /// of each backend address known so far (backends without one stay out of rotation until a
+    /// later apply); `down` holds the (service, backend) pairs failing their health checks.
     pub fn apply(
         &mut self,
         config: &Config,
+        overrides: &Overrides,
+        down: &BTreeSet<(ServiceKey, Ipv4Addr)>,
         macs: &HashMap<Ipv4Addr, [u8; 6]>,
         dp: &mut dyn Dataplane,
     ) -> Result<ApplyReport, EngineError> {
@@ -215,31 +315,41 @@ impl Engine {
                 continue;
             };
             svc.config = sc.clone();
-            // Backends: update or add those in the config, mark the others removed.
-            let listed: BTreeSet<Ipv4Addr> = sc.backends.iter().map(|b| b.addr).collect();
-            for b in &sc.backends {
-                let rec = match svc.backends.get_mut(&b.addr) {
+            // Backends: update or add those wanted, mark the others removed.
+            let wanted = wanted_backends(sc, overrides);
+            for (addr, w) in &wanted {
+                let rec = match svc.backends.get_mut(addr) {
                     Some(rec) => rec,
+                    None if w.admin == Admin::Removed => continue,
                     None => {
                         let id = take_id(&mut self.free_backend_ids, "backend", MAX_BACKENDS)?;
                         report.backends_added += 1;
-                        svc.backends.entry(b.addr).or_insert(BackendRec {
+                        svc.backends.entry(*addr).or_insert(BackendRec {
                             id,
-                            addr: b.addr,
-                            weight: b.weight,
+                            addr: *addr,
+                            weight: w.weight,
                             admin: Admin::Active,
+                            health_down: false,
                             mac: None,
+                            source: w.source,
+                            config_weight: w.config_weight,
                         })
                     }
                 };
-                rec.weight = b.weight;
-                rec.admin = Admin::Active;
-                if let Some(mac) = macs.get(&b.addr) {
+                if w.admin == Admin::Removed && rec.admin != Admin::Removed {
+                    report.backends_removed += 1;
+                }
+                rec.weight = w.weight;
+                rec.admin = w.admin;
+                rec.source = w.source;
+                rec.config_weight = w.config_weight;
+                rec.health_down = down.contains(&(key, *addr));
+                if let Some(mac) = macs.get(addr) {
                     rec.mac = Some(*mac);
                 }
             }
             for rec in svc.backends.values_mut() {
-                if !listed.contains(&rec.addr) && rec.admin != Admin::Removed {
+                if !wanted.contains_key(&rec.addr) && rec.admin != Admin::Removed {
                     rec.admin = Admin::Removed;
                     report.backends_removed += 1;
                 }
@@ -253,6 +363,28 @@ impl Engine {
             }
         }
         Ok(report)
+    }
+
+    /// Frees one removed backend now, whatever its flows (`lbctl backend remove --force`); the
+    /// caller deletes its connection table entries. Returns its id.
+    pub fn free_now(
+        &mut self,
+        key: &ServiceKey,
+        addr: Ipv4Addr,
+        dp: &mut dyn Dataplane,
+    ) -> Result<Option<u32>, EngineError> {
+        let Some(svc) = self.services.get_mut(key) else {
+            return Ok(None);
+        };
+        match svc.backends.get(&addr) {
+            Some(b) if b.admin == Admin::Removed => {}
+            _ => return Ok(None),
+        }
+        let Some(b) = svc.backends.remove(&addr) else {
+            return Ok(None);
+        };
+        self.free_backend(b.id, dp)?;
+        Ok(Some(b.id))
     }
 
     /// Frees removed backends that no flow uses any more. `flows_of(id)` counts the flows in
@@ -427,6 +559,8 @@ pub(crate) mod tests {
         let mut dp = FakeDataplane::default();
         e.apply(
             &config(&["198.18.0.21", "198.18.0.22", "198.18.0.23"]),
+            &Default::default(),
+            &Default::default(),
             &macs(),
             &mut dp,
         )
@@ -439,6 +573,8 @@ pub(crate) mod tests {
         let r = e
             .apply(
                 &config(&["198.18.0.21", "198.18.0.22", "198.18.0.23"]),
+                &Default::default(),
+                &Default::default(),
                 &macs(),
                 &mut dp,
             )
@@ -447,7 +583,13 @@ pub(crate) mod tests {
 
         // One backend leaves: the new table goes to the other ring; the others keep their ids.
         let r = e
-            .apply(&config(&["198.18.0.21", "198.18.0.22"]), &macs(), &mut dp)
+            .apply(
+                &config(&["198.18.0.21", "198.18.0.22"]),
+                &Default::default(),
+                &Default::default(),
+                &macs(),
+                &mut dp,
+            )
             .unwrap();
         assert_eq!(r.backends_removed, 1);
         let (info2, t2) = live_table(&dp);
@@ -477,12 +619,24 @@ pub(crate) mod tests {
         let mut dp = FakeDataplane::default();
         let mut m = macs();
         m.remove(&Ipv4Addr::new(198, 18, 0, 22));
-        e.apply(&config(&["198.18.0.21", "198.18.0.22"]), &m, &mut dp)
-            .unwrap();
+        e.apply(
+            &config(&["198.18.0.21", "198.18.0.22"]),
+            &Default::default(),
+            &Default::default(),
+            &m,
+            &mut dp,
+        )
+        .unwrap();
         let (_, t) = live_table(&dp);
         assert_eq!(t.iter().copied().collect::<BTreeSet<_>>().len(), 1);
-        e.apply(&config(&["198.18.0.21", "198.18.0.22"]), &macs(), &mut dp)
-            .unwrap();
+        e.apply(
+            &config(&["198.18.0.21", "198.18.0.22"]),
+            &Default::default(),
+            &Default::default(),
+            &macs(),
+            &mut dp,
+        )
+        .unwrap();
         let (_, t) = live_table(&dp);
         assert_eq!(t.iter().copied().collect::<BTreeSet<_>>().len(), 2);
     }
@@ -491,11 +645,26 @@ pub(crate) mod tests {
     fn empty_service_has_no_backend_and_removed_service_unmatches() {
         let mut e = Engine::new();
         let mut dp = FakeDataplane::default();
-        e.apply(&config(&[]), &macs(), &mut dp).unwrap();
+        e.apply(
+            &config(&[]),
+            &Default::default(),
+            &Default::default(),
+            &macs(),
+            &mut dp,
+        )
+        .unwrap();
         let (_, t) = live_table(&dp);
         assert!(t.iter().all(|&x| x == NO_BACKEND));
         let none = Config::parse("[daemon]\ninterface = \"eth0\"\n").unwrap();
-        let r = e.apply(&none, &macs(), &mut dp).unwrap();
+        let r = e
+            .apply(
+                &none,
+                &Default::default(),
+                &Default::default(),
+                &macs(),
+                &mut dp,
+            )
+            .unwrap();
         assert_eq!(r.services_removed, 1);
         assert!(dp.vips.is_empty());
     }
@@ -506,12 +675,16 @@ pub(crate) mod tests {
         let (mut da, mut db) = (FakeDataplane::default(), FakeDataplane::default());
         a.apply(
             &config(&["198.18.0.21", "198.18.0.22", "198.18.0.23"]),
+            &Default::default(),
+            &Default::default(),
             &macs(),
             &mut da,
         )
         .unwrap();
         b.apply(
             &config(&["198.18.0.23", "198.18.0.21", "198.18.0.22"]),
+            &Default::default(),
+            &Default::default(),
             &macs(),
             &mut db,
         )
@@ -531,5 +704,67 @@ pub(crate) mod tests {
         for (x, y) in ta.iter().zip(&tb) {
             assert_eq!(addr(&a, *x), addr(&b, *y));
         }
+    }
+
+    #[test]
+    fn overrides_and_health_shape_rotation() {
+        use crate::state::{AdminOverride, Overrides};
+        let cfg = config(&["198.18.0.21", "198.18.0.22", "198.18.0.23"]);
+        let key = cfg.services[0].key();
+        let mut o = Overrides::default();
+        let ip = |n| Ipv4Addr::new(198, 18, 0, n);
+        o.update(&key.to_string(), ip(21), |b| {
+            b.admin = Some(AdminOverride::Draining)
+        });
+        o.update(&key.to_string(), ip(22), |b| {
+            b.admin = Some(AdminOverride::Maintenance)
+        });
+        o.update(&key.to_string(), ip(24), |b| {
+            b.added = true;
+            b.weight = Some(5);
+        });
+        o.update(&key.to_string(), ip(25), |b| b.removed = true); // not in config: ignored
+        let down: BTreeSet<_> = [(key, ip(23))].into_iter().collect();
+        let mut e = Engine::new();
+        let mut dp = FakeDataplane::default();
+        e.apply(&cfg, &o, &down, &macs(), &mut dp).unwrap();
+        let svc = e.service(&key).unwrap();
+        let state = |n| dp.backends[&svc.backends[&ip(n)].id].state;
+        assert_eq!(state(21), backend_state::DRAINING);
+        assert_eq!(state(22), backend_state::MAINTENANCE);
+        assert_eq!(state(23), backend_state::DOWN);
+        assert_eq!(state(24), backend_state::ACTIVE);
+        assert_eq!(svc.backends[&ip(24)].source, Source::Lbctl);
+        assert_eq!(svc.backends[&ip(24)].weight, 5);
+        assert!(!svc.backends.contains_key(&ip(25)));
+        // Only the added backend takes new flows.
+        let (_, t) = live_table(&dp);
+        assert!(t.iter().all(|&id| id == svc.backends[&ip(24)].id));
+
+        // Health back up and maintenance off: both return to the table.
+        let mut o2 = o.clone();
+        o2.update(&key.to_string(), ip(22), |b| b.admin = None);
+        e.apply(&cfg, &o2, &BTreeSet::new(), &macs(), &mut dp)
+            .unwrap();
+        let (_, t) = live_table(&dp);
+        let ids: BTreeSet<u32> = t.iter().copied().collect();
+        let svc = e.service(&key).unwrap();
+        let want: BTreeSet<u32> = [22, 23, 24]
+            .iter()
+            .map(|n| svc.backends[&ip(*n)].id)
+            .collect();
+        assert_eq!(ids, want);
+
+        // A config backend removed by lbctl is REMOVED, kept while it has flows.
+        let mut o3 = o2.clone();
+        o3.update(&key.to_string(), ip(23), |b| b.removed = true);
+        let r = e
+            .apply(&cfg, &o3, &BTreeSet::new(), &macs(), &mut dp)
+            .unwrap();
+        assert_eq!(r.backends_removed, 1);
+        let svc = e.service(&key).unwrap();
+        assert_eq!(svc.backends[&ip(23)].admin, Admin::Removed);
+        let freed = e.free_now(&key, ip(23), &mut dp).unwrap();
+        assert!(freed.is_some());
     }
 }

@@ -5,4 +5,5 @@ pub mod daemon;
 pub mod engine;
 pub mod maglev;
 pub mod net;
+pub mod state;
 pub mod xdp;

@@ -68,7 +68,13 @@ impl Bed {
         let mut maps = XdpMaps::new(&mut ebpf).expect("maps");
         let mut engine = Engine::new();
         engine
-            .apply(&config(web_backends), &macs(), &mut maps)
+            .apply(
+                &config(web_backends),
+                &Default::default(),
+                &Default::default(),
+                &macs(),
+                &mut maps,
+            )
             .expect("apply config");
         Bed { ebpf, maps, engine }
     }
@@ -303,7 +309,13 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
     // Backend .23 leaves, .24 joins: the table changes under established flows.
     let Bed { maps, engine, .. } = &mut bed;
     let report = engine
-        .apply(&config(&[21, 22, 24]), &macs(), maps)
+        .apply(
+            &config(&[21, 22, 24]),
+            &Default::default(),
+            &Default::default(),
+            &macs(),
+            maps,
+        )
         .expect("apply new config");
     assert_eq!(
         (
@@ -365,4 +377,50 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
         599,
         "open flows: all but the closing one"
     );
+}
+
+/// Health and drain in the data path: flows pinned to a DOWN backend are re-balanced at their
+/// next packet; flows pinned to a DRAINING backend stay with it.
+#[test]
+fn down_backends_lose_flows_draining_keep_them() {
+    if !have_root("down_backends_lose_flows_draining_keep_them") {
+        return;
+    }
+    use lb_daemon::state::{AdminOverride, Overrides};
+    use std::collections::BTreeSet;
+    let mut bed = Bed::new(&[21, 22, 23]);
+    let mut pinned = HashMap::new();
+    for p in 43000..43150u16 {
+        let out = bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, true, false));
+        pinned.insert(p, backend_of(&out.packet));
+    }
+    let cfg = config(&[21, 22, 23]);
+    let key = cfg.services[0].key();
+    let mut o = Overrides::default();
+    o.update(&key.to_string(), Ipv4Addr::new(198, 18, 0, 21), |b| {
+        b.admin = Some(AdminOverride::Draining)
+    });
+    let down: BTreeSet<_> = [(key, Ipv4Addr::new(198, 18, 0, 22))].into_iter().collect();
+    let Bed { maps, engine, .. } = &mut bed;
+    engine.apply(&cfg, &o, &down, &macs(), maps).expect("apply");
+    for (p, b) in &pinned {
+        let out = bed.run(&tcp(OWN_MAC, CLIENT, *p, VIP, 80, false, false));
+        let now = backend_of(&out.packet);
+        match b {
+            21 => assert_eq!(now, 21, "port {p}: a draining backend keeps its flow"),
+            22 => assert_eq!(
+                now, 23,
+                "port {p}: the flow of a down backend goes to the only one in rotation"
+            ),
+            _ => assert_eq!(now, *b, "port {p}: untouched flow moved"),
+        }
+    }
+    for p in 44000..44050u16 {
+        let out = bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, true, false));
+        assert_eq!(
+            backend_of(&out.packet),
+            23,
+            "port {p}: new flows only to the backend in rotation"
+        );
+    }
 }

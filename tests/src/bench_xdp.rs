@@ -51,7 +51,13 @@ pub fn run() -> anyhow::Result<Vec<(String, f64)>> {
     let macs: HashMap<Ipv4Addr, [u8; 6]> = (21..=23)
         .map(|i| (Ipv4Addr::new(198, 18, 0, i), OWN_MAC))
         .collect();
-    Engine::new().apply(&config, &macs, &mut maps)?;
+    Engine::new().apply(
+        &config,
+        &Default::default(),
+        &Default::default(),
+        &macs,
+        &mut maps,
+    )?;
 
     let pkt = frame([198, 18, 0, 10], 40000)?;
     let bare = xdp::test_run(&ebpf, PROG_BARE, &pkt, REPEAT)?;

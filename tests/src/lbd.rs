@@ -63,11 +63,15 @@ pub fn config_text(mode: Mode, socket: &std::path::Path, services: &Services) ->
     let mut s = String::new();
     let _ = write!(
         s,
-        "[daemon]\ninterface = \"eth0\"\ndatapath = \"{}\"\ncontrol_socket = \"{}\"\n\n\
+        "[daemon]\ninterface = \"eth0\"\ndatapath = \"{}\"\ncontrol_socket = \"{}\"\nstate_dir = \"{}\"\n\n\
          [[service]]\nname = \"web\"\nvip = \"{}:80\"\nbackends = [{}]\n\n\
          [[service]]\nname = \"dns\"\nvip = \"{}:5353\"\nproto = \"udp\"\nbackends = [{}]\n",
         mode.datapath(),
         socket.display(),
+        socket
+            .parent()
+            .unwrap_or(std::path::Path::new("/tmp"))
+            .display(),
         crate::VIP,
         list(&services.tcp),
         crate::VIP,
@@ -165,6 +169,45 @@ impl LbdNode {
             "lbd: not {what} within {timeout:?}; last status: {last}; lbd stderr: {}",
             self.process.stderr_tail()
         )
+    }
+
+    /// Stops lbd (cleanly) and starts it again with the same files: the state file survives.
+    pub fn restart(&mut self, topo: &Topology, node: Host) -> Result<()> {
+        let status = self.process.terminate(Duration::from_secs(10))?;
+        if !status.success() {
+            bail!(
+                "lbd exited with {status} on restart; stderr: {}",
+                self.process.stderr_tail()
+            );
+        }
+        let mut cmd = topo
+            .ns(node)
+            .command(&bin_path("lbd")?.display().to_string());
+        cmd.arg("--config")
+            .arg(&self.config_path)
+            .env("LBD_LOG", "info");
+        self.process = topo.ns(node).spawn(cmd)?;
+        self.wait_status(START_TIMEOUT, "every backend active", |s| {
+            s.services
+                .iter()
+                .all(|svc| svc.backends.iter().all(|b| b.state == "active"))
+        })?;
+        Ok(())
+    }
+
+    /// Runs `lbctl --socket S ARGS...`; returns (exit code, stdout, stderr).
+    pub fn lbctl(&self, args: &[&str]) -> Result<(i32, String, String)> {
+        let out = std::process::Command::new(bin_path("lbctl")?)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .context("running lbctl")?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     /// Rewrites the config and sends SIGHUP.

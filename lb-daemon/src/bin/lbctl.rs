@@ -1,7 +1,11 @@
 //! `lbctl`: the lbd command line.
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use lb_daemon::{
     config::DEFAULT_CONTROL_SOCKET,
@@ -27,6 +31,96 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Change backends at run time (saved in lbd's state file, kept across restarts).
+    Backend {
+        #[command(subcommand)]
+        action: BackendCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackendCmd {
+    /// Add a backend to a service.
+    Add {
+        /// Service name or VIP:port.
+        service: String,
+        /// Backend address (IPv4, optionally with the VIP's port).
+        addr: String,
+        /// Weight, 1 to 1000.
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+    },
+    /// Set a backend's weight.
+    Weight {
+        /// Service name or VIP:port.
+        service: String,
+        /// Backend address.
+        addr: String,
+        /// Weight, 1 to 1000.
+        weight: u32,
+    },
+    /// Drain a backend: no new flows; established flows go on.
+    Drain {
+        /// Service name or VIP:port.
+        service: String,
+        /// Backend address.
+        addr: String,
+        /// Wait until its open flows reach zero, showing them as they fall.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits (e.g. 30s, 5m, 500ms).
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Remove a backend; refused while it has open flows, unless --force.
+    Remove {
+        /// Service name or VIP:port.
+        service: String,
+        /// Backend address.
+        addr: String,
+        /// Cut its open flows.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Put a backend in maintenance (on), or back in rotation (off; also ends a drain).
+    Maintenance {
+        /// Service name or VIP:port.
+        service: String,
+        /// Backend address.
+        addr: String,
+        /// on or off.
+        state: OnOff,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h`, or a number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 30s, 5m, 500ms)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (allowed: ms, s, m, h)"
+            ));
+        }
+    };
+    Ok(d)
 }
 
 fn main() -> ExitCode {
@@ -43,31 +137,166 @@ fn main() -> ExitCode {
     }
 }
 
+fn ask(rt: &tokio::runtime::Runtime, socket: &Path, req: &Request) -> Result<Response, String> {
+    rt.block_on(control::request(socket, req))
+        .map_err(|e| e.to_string())
+}
+
+fn status(rt: &tokio::runtime::Runtime, socket: &Path) -> Result<Status, String> {
+    match ask(rt, socket, &Request::Status {})? {
+        Response::Status(s) => Ok(*s),
+        Response::Error { message } => Err(message),
+        Response::Done { message } => Err(format!("unexpected answer: {message}")),
+    }
+}
+
+fn change(rt: &tokio::runtime::Runtime, socket: &Path, req: Request) -> Result<(), String> {
+    match ask(rt, socket, &req)? {
+        Response::Done { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        Response::Error { message } => Err(message),
+        Response::Status(_) => Err("unexpected answer: a status".into()),
+    }
+}
+
 fn run(args: Args) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let socket = args.socket.as_path();
     match args.command {
         Command::Status { json } => {
-            let answer = rt
-                .block_on(control::request(&args.socket, &Request::Status {}))
-                .map_err(|e| e.to_string())?;
-            match answer {
-                Response::Status(s) if json => {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?
-                    );
-                    Ok(())
-                }
-                Response::Status(s) => {
-                    print_status(&s);
-                    Ok(())
-                }
-                Response::Error { message } => Err(message),
+            let s = status(&rt, socket)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?
+                );
+            } else {
+                print_status(&s);
             }
+            Ok(())
         }
+        Command::Backend { action } => match action {
+            BackendCmd::Add {
+                service,
+                addr,
+                weight,
+            } => change(
+                &rt,
+                socket,
+                Request::BackendAdd {
+                    service,
+                    addr,
+                    weight: Some(weight),
+                },
+            ),
+            BackendCmd::Weight {
+                service,
+                addr,
+                weight,
+            } => change(
+                &rt,
+                socket,
+                Request::BackendWeight {
+                    service,
+                    addr,
+                    weight,
+                },
+            ),
+            BackendCmd::Drain {
+                service,
+                addr,
+                wait,
+                timeout,
+            } => {
+                change(
+                    &rt,
+                    socket,
+                    Request::BackendDrain {
+                        service: service.clone(),
+                        addr: addr.clone(),
+                    },
+                )?;
+                if wait {
+                    wait_drained(&rt, socket, &service, &addr, timeout)?;
+                }
+                Ok(())
+            }
+            BackendCmd::Remove {
+                service,
+                addr,
+                force,
+            } => change(
+                &rt,
+                socket,
+                Request::BackendRemove {
+                    service,
+                    addr,
+                    force,
+                },
+            ),
+            BackendCmd::Maintenance {
+                service,
+                addr,
+                state,
+            } => change(
+                &rt,
+                socket,
+                Request::BackendMaintenance {
+                    service,
+                    addr,
+                    on: matches!(state, OnOff::On),
+                },
+            ),
+        },
+    }
+}
+
+/// Polls the backend's open flows until they reach zero or the timeout passes.
+fn wait_drained(
+    rt: &tokio::runtime::Runtime,
+    socket: &Path,
+    service: &str,
+    addr: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let ip = addr.split(':').next().unwrap_or(addr);
+    let mut last = None;
+    loop {
+        let s = status(rt, socket)?;
+        let svc = s
+            .services
+            .iter()
+            .find(|x| {
+                x.name == service || x.vip == service || format!("{}/{}", x.proto, x.vip) == service
+            })
+            .ok_or_else(|| format!("service {service:?} is gone"))?;
+        let flows = svc
+            .backends
+            .iter()
+            .find(|b| b.addr == ip)
+            .map(|b| b.flows)
+            .unwrap_or(0);
+        if last != Some(flows) {
+            println!("{ip}: {flows} open flows");
+            last = Some(flows);
+        }
+        if flows == 0 {
+            println!("{ip} is drained");
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "timeout after {}s: {ip} still has {flows} open flows (they go on; `lbctl backend remove --force` cuts them)",
+                timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -77,14 +306,14 @@ fn print_status(s: &Status) {
         s.version, s.interface, s.datapath, s.datapath_reason, s.uptime_s
     );
     println!(
-        "config {}  connection table {}/{}",
-        s.config_path, s.conntrack_entries, s.conntrack_max
+        "config {}  state {}  connection table {}/{}",
+        s.config_path, s.state_file, s.conntrack_entries, s.conntrack_max
     );
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
     t.set_header([
         "SERVICE", "VIP", "PROTO", "SCHED", "BACKEND", "WEIGHT", "STATE", "PACKETS", "BYTES",
-        "FLOWS",
+        "FLOWS", "SOURCE",
     ]);
     for svc in &s.services {
         t.add_row([
@@ -98,12 +327,18 @@ fn print_status(s: &Status) {
             svc.packets.to_string(),
             svc.bytes.to_string(),
             String::new(),
+            String::new(),
         ]);
         for b in &svc.backends {
             let flows = if b.closing_flows > 0 {
                 format!("{} (+{} closing)", b.flows, b.closing_flows)
             } else {
                 b.flows.to_string()
+            };
+            let source = if b.overrides.is_empty() {
+                b.source.clone()
+            } else {
+                format!("{}; {}", b.source, b.overrides.join("; "))
             };
             t.add_row([
                 String::new(),
@@ -116,6 +351,7 @@ fn print_status(s: &Status) {
                 b.packets.to_string(),
                 b.bytes.to_string(),
                 flows,
+                source,
             ]);
         }
     }
@@ -128,5 +364,29 @@ fn print_status(s: &Status) {
         .collect();
     if !reasons.is_empty() {
         println!("not balanced: {}", reasons.join(", "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("12"), Ok(Duration::from_secs(12)));
+        assert!(
+            parse_duration("5 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("is not a duration")
+        );
     }
 }

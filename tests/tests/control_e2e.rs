@@ -1,0 +1,245 @@
+//! The control plane end to end, in network namespaces: lbctl changes backends at run time,
+//! drains one under a long transfer, refuses bad input, and the changes survive a restart.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use anyhow::{Context, Result, ensure};
+use lbd_tests::{
+    Host, Topology, bin_path, client,
+    lbd::{self, LbdNode, Mode, Services},
+    netns_tests_enabled, test_tag,
+};
+
+fn backends_answering(topo: &Topology, n: usize) -> Result<Vec<String>> {
+    let vip = topo.vip_http();
+    topo.client().enter(move || -> Result<Vec<String>> {
+        (0..n)
+            .map(|i| {
+                client::http_get(vip)
+                    .map(|r| r.backend)
+                    .with_context(|| format!("connection {i}"))
+            })
+            .collect()
+    })?
+}
+
+fn run(mode: Mode, name: &str) -> Result<()> {
+    let topo = Topology::builder(&test_tag(name))
+        .lbd_nodes(1)
+        .backends(3)
+        .build()?;
+    let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
+    let node = Host::Lbd(1);
+    topo.add_vip(node)?;
+    let _peer = match mode {
+        Mode::XdpNative => Some(lbd::attach_peer_pass(&topo, node)?),
+        Mode::XdpGeneric => None,
+    };
+    let ip = |n: u8| topo.ip(Host::Backend(n));
+    let socket = LbdNode::socket_path(&topo, node);
+    // b3 is not in the config: lbctl adds it.
+    let services = Services {
+        tcp: vec![ip(1), ip(2)],
+        udp: vec![ip(1)],
+    };
+    let mut lbd = LbdNode::start(&topo, node, &lbd::config_text(mode, &socket, &services))?;
+
+    // 1. Bad input: one line that says what to do, exit code 1, nothing changed.
+    let b1 = ip(1).to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["backend", "add", "nosuch", "198.18.0.23"],
+            "unknown service \"nosuch\" (services: web, dns)",
+        ),
+        (
+            vec!["backend", "add", "web", "198.18.0.x"],
+            "address: \"198.18.0.x\" is not an IPv4 address",
+        ),
+        (
+            vec!["backend", "add", "web", "198.18.0.23:8080"],
+            "port 8080 differs from the VIP port 80",
+        ),
+        (
+            vec!["backend", "add", "web", "198.18.0.23", "--weight", "0"],
+            "weight 0 is out of range (allowed: 1 to 1000)",
+        ),
+        (
+            vec!["backend", "weight", "web", &b1, "5000"],
+            "weight 5000 is out of range (allowed: 1 to 1000)",
+        ),
+        (
+            vec!["backend", "add", "web", &b1],
+            "is already a backend of web",
+        ),
+        (
+            vec!["backend", "drain", "web", "198.18.0.99"],
+            "198.18.0.99 is not a backend of web (backends: 198.18.0.21, 198.18.0.22)",
+        ),
+        (
+            vec!["backend", "remove", "198.18.0.100:81", &b1],
+            "unknown service \"198.18.0.100:81\"",
+        ),
+    ];
+    for (args, want) in &cases {
+        let (code, _, err) = lbd.lbctl(args)?;
+        ensure!(code == 1, "lbctl {args:?}: exit {code}, stderr {err}");
+        ensure!(
+            err.contains(want),
+            "lbctl {args:?}: want {want:?} in {err:?}"
+        );
+        ensure!(
+            err.trim().lines().count() == 1,
+            "lbctl {args:?}: not one line: {err:?}"
+        );
+    }
+    let (code, _, err) = lbd.lbctl(&["backend", "maintenance", "web", &b1, "sideways"])?;
+    ensure!(
+        code == 2 && err.contains("invalid value 'sideways'"),
+        "bad on/off: {code} {err}"
+    );
+
+    // 2. Add b3 at run time: it takes connections, and it is still there after a restart.
+    let (code, out, err) =
+        lbd.lbctl(&["backend", "add", "web", &ip(3).to_string(), "--weight", "2"])?;
+    ensure!(
+        code == 0 && out.contains("added 198.18.0.23 to web with weight 2"),
+        "add: {code} {out} {err}"
+    );
+    let answered = backends_answering(&topo, 60)?;
+    ensure!(
+        answered.iter().any(|b| b == "b3"),
+        "b3 added but never answered: {answered:?}"
+    );
+    lbd.restart(&topo, node)?;
+    let st = lbd.status()?;
+    let web = st
+        .services
+        .iter()
+        .find(|s| s.name == "web")
+        .context("web")?;
+    let b3 = web
+        .backends
+        .iter()
+        .find(|b| b.addr == ip(3).to_string())
+        .context("b3 lost in the restart")?;
+    ensure!(
+        b3.source == "lbctl" && b3.weight == 2,
+        "b3 after restart: {b3:?}"
+    );
+    ensure!(
+        b3.overrides.iter().any(|o| o.contains("added by lbctl")),
+        "b3 overrides: {:?}",
+        b3.overrides
+    );
+    let answered = backends_answering(&topo, 60)?;
+    ensure!(
+        answered.iter().any(|b| b == "b3"),
+        "b3 does not answer after the restart: {answered:?}"
+    );
+
+    // 3. Drain under a long transfer: it completes with no reset, new connections avoid the
+    //    backend, and `drain --wait` returns once the transfer has ended.
+    let vip = topo.vip_http();
+    let transfer = std::thread::scope(|scope| -> Result<()> {
+        let stream = scope.spawn(|| {
+            topo.client().enter(move || {
+                client::http_stream(vip, 600_000, 10_000, 50, Duration::from_secs(30))
+            })
+        });
+        // The transfer is the only open flow: find its backend.
+        let st = lbd.wait_status(
+            Duration::from_secs(10),
+            "showing the transfer's flow",
+            |s| {
+                s.services
+                    .iter()
+                    .any(|svc| svc.name == "web" && svc.backends.iter().any(|b| b.flows == 1))
+            },
+        )?;
+        let busy: Ipv4Addr = st
+            .services
+            .iter()
+            .find(|s| s.name == "web")
+            .and_then(|s| s.backends.iter().find(|b| b.flows == 1))
+            .context("busy backend")?
+            .addr
+            .parse()?;
+        let busy_name = topo
+            .backends()
+            .into_iter()
+            .find(|b| topo.ip(*b) == busy)
+            .context("name")?
+            .role();
+        // Removing a backend with a flow is refused without --force, with the count.
+        let (code, _, err) = lbd.lbctl(&["backend", "remove", "web", &busy.to_string()])?;
+        ensure!(
+            code == 1 && err.contains("has 1 open flows in web") && err.contains("--force"),
+            "remove with flows: {code} {err}"
+        );
+        let wait = std::process::Command::new(bin_path("lbctl")?)
+            .arg("--socket")
+            .arg(&lbd.socket)
+            .args([
+                "backend",
+                "drain",
+                "web",
+                &busy.to_string(),
+                "--wait",
+                "--timeout",
+                "60s",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let busy_s = busy.to_string();
+        lbd.wait_status(
+            Duration::from_secs(10),
+            "showing the backend draining",
+            |s| {
+                s.services.iter().any(|svc| {
+                    svc.name == "web"
+                        && svc
+                            .backends
+                            .iter()
+                            .any(|b| b.addr == busy_s && b.state == "draining")
+                })
+            },
+        )?;
+        let after = backends_answering(&topo, 30)?;
+        ensure!(
+            !after.contains(&busy_name),
+            "drained {busy_name} got new connections: {after:?}"
+        );
+        let result = stream
+            .join()
+            .map_err(|_| anyhow::anyhow!("stream thread panicked"))???;
+        ensure!(
+            result.received == 600_000 && result.backend == busy_name,
+            "transfer: {result:?}"
+        );
+        let waited = wait.wait_with_output()?;
+        let out = String::from_utf8_lossy(&waited.stdout);
+        ensure!(waited.status.success(), "drain --wait failed: {out}");
+        ensure!(
+            out.contains("1 open flows") && out.contains("is drained"),
+            "drain --wait output: {out}"
+        );
+        // Drained and idle: now removal goes through, and survives a restart.
+        let (code, out, err) = lbd.lbctl(&["backend", "remove", "web", &busy.to_string()])?;
+        ensure!(
+            code == 0 && out.contains("removed"),
+            "remove after drain: {code} {out} {err}"
+        );
+        Ok(())
+    });
+    transfer?;
+    lbd.stop()?;
+    Ok(())
+}
+
+#[test]
+fn lbctl_changes_backends_end_to_end() -> Result<()> {
+    if !netns_tests_enabled("lbctl_changes_backends_end_to_end") {
+        return Ok(());
+    }
+    run(Mode::XdpGeneric, "ctl_generic")
+}
