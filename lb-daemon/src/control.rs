@@ -119,6 +119,33 @@ pub struct Status {
     pub reasons: Vec<ReasonCount>,
     /// Services.
     pub services: Vec<ServiceStatus>,
+    /// VRRP, when configured.
+    pub vrrp: Option<VrrpStatus>,
+}
+
+/// The VRRP speaker in the status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VrrpStatus {
+    /// Virtual router id.
+    pub vrid: u8,
+    /// `INIT`, `BACKUP` or `MASTER`.
+    pub state: String,
+    /// Priority in effect (configured, less failed tracked conditions).
+    pub priority: u8,
+    /// Configured priority.
+    pub configured_priority: u8,
+    /// The current master's address, when known.
+    pub master: Option<String>,
+    /// Unix time (seconds, fractional) of the last state change.
+    pub last_transition_unix: Option<f64>,
+    /// Times this node became master.
+    pub became_master: u64,
+    /// Adverts received and accepted.
+    pub adverts_accepted: u64,
+    /// Adverts dropped, by reason.
+    pub adverts_dropped: Vec<ReasonCount>,
+    /// Tracked conditions that are failing.
+    pub failed_conditions: Vec<String>,
 }
 
 /// A pass/drop reason and its packet count.

@@ -17,8 +17,10 @@ use tokio::{signal::unix::SignalKind, sync::Mutex};
 use std::collections::{BTreeSet, HashSet};
 
 use crate::{
-    config::{Config, Datapath, MAX_WEIGHT, ServiceKey, parse_backend_addr},
-    control::{self, BackendStatus, ReasonCount, Request, Response, ServiceStatus, Status},
+    config::{Config, Datapath, MAX_WEIGHT, ServiceKey, TRACK_NO_BACKEND, parse_backend_addr},
+    control::{
+        self, BackendStatus, ReasonCount, Request, Response, ServiceStatus, Status, VrrpStatus,
+    },
     engine::{Admin, ApplyReport, BackendRec, Engine, EngineError, Source},
     net,
     state::{AdminOverride, Overrides, StateFile},
@@ -76,6 +78,14 @@ struct State {
     state_file: StateFile,
     down: BTreeSet<(ServiceKey, Ipv4Addr)>,
     netlink: rtnetlink::Handle,
+    vrrp: Option<Vrrp>,
+}
+
+/// The VRRP speaker's handles: its status and its tracked conditions.
+struct Vrrp {
+    config: vrrp::Config,
+    status: tokio::sync::watch::Receiver<vrrp::Status>,
+    tracker: vrrp::Tracker,
 }
 
 impl State {
@@ -223,6 +233,25 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
 
     let socket_path = config.daemon.control_socket.clone();
     let listener = control::bind(&socket_path).await?;
+
+    // VRRP last: this node claims the VIP only once it can forward for it. As backup it keeps
+    // its XDP program and maps filled, so taking over needs no set-up.
+    let vrrp_stop = tokio_util::sync::CancellationToken::new();
+    let (vrrp, vrrp_task) = match &config.vrrp {
+        Some(vc) => {
+            let speaker = vrrp::Speaker::new(vc.clone()).context("[vrrp]")?;
+            let handles = Vrrp {
+                config: vc.clone(),
+                status: speaker.status(),
+                tracker: speaker.tracker(),
+            };
+            tracing::info!(vrid = vc.vrid.get(), priority = vc.priority.get(), interface = %vc.interface, "VRRP starting");
+            let token = vrrp_stop.clone();
+            let task = tokio::spawn(async move { speaker.run(token).await });
+            (Some(handles), Some(task))
+        }
+        None => (None, None),
+    };
     let state = Arc::new(Mutex::new(State {
         config_path,
         config,
@@ -239,6 +268,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         state_file,
         down,
         netlink: handle.clone(),
+        vrrp,
     }));
     let handler_state = state.clone();
     let server = tokio::spawn(control::serve(
@@ -273,6 +303,17 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         }
     }
     server.abort();
+    // Resign first (a priority-0 advert hands over within the skew time, and the VIP leaves this
+    // node), then stop forwarding.
+    if let Some(task) = vrrp_task {
+        vrrp_stop.cancel();
+        match tokio::time::timeout(Duration::from_secs(5), task).await {
+            Ok(Ok(Ok(()))) => tracing::info!("VRRP stopped: resigned and removed the VIP"),
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "VRRP ended with an error"),
+            Ok(Err(e)) => tracing::error!(error = %e, "VRRP task failed"),
+            Err(_) => tracing::error!("VRRP did not stop within 5 s"),
+        }
+    }
     drop(ebpf); // detaches the program (its link closes)
     if let Err(e) = std::fs::remove_file(&socket_path) {
         tracing::warn!(socket = %socket_path.display(), error = %e, "cannot remove the control socket");
@@ -298,6 +339,11 @@ async fn reload(state: &Mutex<State>, handle: &rtnetlink::Handle) {
             return;
         }
     };
+    if new.vrrp != st.config.vrrp {
+        tracing::warn!(
+            "SIGHUP: [vrrp] settings changed; they take effect at the next restart (a reload never moves the VIP)"
+        );
+    }
     let old = &st.config.daemon;
     if new.daemon != *old {
         tracing::warn!(
@@ -366,6 +412,20 @@ async fn refresh(state: &Mutex<State>, handle: &rtnetlink::Handle, all_macs: boo
         Err(e) => tracing::warn!(error = %e, "freeing removed backends failed"),
     }
     st.counts = counts;
+
+    // VRRP tracking: a node with a service that has no backend in rotation lowers its priority,
+    // so a peer that can serve takes over.
+    if let Some(v) = &st.vrrp
+        && v.config.tracked.iter().any(|c| c.name == TRACK_NO_BACKEND)
+    {
+        let empty = st
+            .engine
+            .services()
+            .any(|s| !s.backends.values().any(|b| b.in_rotation()));
+        if let Err(e) = v.tracker.set_failed(TRACK_NO_BACKEND, empty) {
+            tracing::warn!(error = %e, "VRRP tracking");
+        }
+    }
 
     let ips = backend_ips(&st.config, &st.overrides);
     let wanted: Vec<Ipv4Addr> = if all_macs {
@@ -743,5 +803,38 @@ fn status(st: &State) -> anyhow::Result<Status> {
             })
             .collect(),
         services,
+        vrrp: st.vrrp.as_ref().map(vrrp_status),
     })
+}
+
+fn vrrp_status(v: &Vrrp) -> VrrpStatus {
+    let s = v.status.borrow().clone();
+    VrrpStatus {
+        vrid: v.config.vrid.get(),
+        state: s.state.as_str().into(),
+        priority: s.priority,
+        configured_priority: v.config.priority.get(),
+        master: s.master.map(|a| a.to_string()),
+        last_transition_unix: s
+            .last_transition
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64()),
+        became_master: s.counters.became_master,
+        adverts_accepted: s.counters.accepted,
+        adverts_dropped: vrrp::DropReason::ALL
+            .iter()
+            .map(|r| ReasonCount {
+                reason: r.as_str().into(),
+                packets: s.counters.dropped(*r),
+            })
+            .filter(|r| r.packets > 0)
+            .collect(),
+        failed_conditions: v
+            .tracker
+            .conditions()
+            .into_iter()
+            .filter(|c| c.failed)
+            .map(|c| c.name)
+            .collect(),
+    }
 }

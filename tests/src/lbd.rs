@@ -80,6 +80,27 @@ pub fn config_text(mode: Mode, socket: &std::path::Path, services: &Services) ->
     s
 }
 
+/// A `[vrrp]` section for a node: VRID 51, adverts every 100 ms, on eth0, for the VIP.
+pub fn vrrp_section(priority: u8, preempt: bool) -> String {
+    format!(
+        "\n[vrrp]\nvrid = 51\npriority = {priority}\nadvert_interval_ms = 100\npreempt = {preempt}\n\
+         interface = \"eth0\"\nvips = [\"{}\"]\n",
+        crate::VIP
+    )
+}
+
+/// A keepalived 2.2 config that interoperates with [`vrrp_section`]: VRRPv3, same VRID, interval
+/// and VIP, no `vrrp_strict`.
+pub fn keepalived_config(priority: u8, preempt: bool) -> String {
+    format!(
+        "global_defs {{\n  vrrp_version 3\n  script_user root\n  enable_script_security\n}}\n\
+         vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n\
+         advert_int 0.1\n  {}\n  virtual_ipaddress {{\n    {}/32 dev eth0\n  }}\n}}\n",
+        if preempt { "" } else { "nopreempt" },
+        crate::VIP
+    )
+}
+
 /// An lbd process on a node, with its own config file and control socket.
 #[derive(Debug)]
 pub struct LbdNode {

@@ -35,6 +35,7 @@ const APT_PACKAGES: &[&str] = &[
     "haproxy",
     "iperf3",
     "wrk",
+    "tshark",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -309,6 +309,31 @@ fn print_status(s: &Status) {
         "config {}  state {}  connection table {}/{}",
         s.config_path, s.state_file, s.conntrack_entries, s.conntrack_max
     );
+    if let Some(v) = &s.vrrp {
+        let since = v
+            .last_transition_unix
+            .and_then(|t| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()?
+                    .as_secs_f64();
+                Some(format!(" since {:.1}s", (now - t).max(0.0)))
+            })
+            .unwrap_or_default();
+        let failed = if v.failed_conditions.is_empty() {
+            String::new()
+        } else {
+            format!("  failed: {}", v.failed_conditions.join(", "))
+        };
+        println!(
+            "vrrp vrid {}  {}{since}  priority {} (configured {})  master {}{failed}",
+            v.vrid,
+            v.state,
+            v.priority,
+            v.configured_priority,
+            v.master.as_deref().unwrap_or("unknown"),
+        );
+    }
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY);
     t.set_header([

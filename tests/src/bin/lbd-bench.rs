@@ -3,6 +3,9 @@
 
 use std::process::ExitCode;
 
+/// A benchmark: its figures as (name, value).
+type Bench = fn() -> anyhow::Result<Vec<(String, f64)>>;
+
 fn main() -> ExitCode {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -11,16 +14,33 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    match lbd_tests::bench_xdp::run() {
-        Ok(figures) => {
-            for (name, value) in figures {
-                println!("{name}: {value:.2}");
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    let parts: [(&str, Bench); 2] = [
+        ("xdp", lbd_tests::bench_xdp::run),
+        ("failover", lbd_tests::bench_failover::run),
+    ];
+    let mut failed = false;
+    for (name, run) in parts {
+        if !wanted(name) {
+            continue;
+        }
+        match run() {
+            Ok(figures) => {
+                for (name, value) in figures {
+                    println!("{name}: {value:.2}");
+                }
             }
-            ExitCode::SUCCESS
+            Err(e) => {
+                eprintln!("lbd-bench: {name}: {e:#}");
+                failed = true;
+            }
         }
-        Err(e) => {
-            eprintln!("lbd-bench: {e:#}");
-            ExitCode::FAILURE
-        }
+    }
+    let _ = lbd_tests::netns::sweep_orphans();
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

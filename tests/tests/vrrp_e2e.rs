@@ -1,0 +1,370 @@
+//! VRRP between lbd nodes, and with keepalived, in network namespaces: a client, two lbd nodes,
+//! three backends. The VIP moves on node failure and on a clean stop (priority 0), preemption
+//! follows the config, and a TCP stream through the VIP survives a failover because both nodes
+//! build the same Maglev tables.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use lbd_tests::{
+    Capture, Host, Topology, bin_path, client, is_ci,
+    lbd::{self, LbdNode, Mode, Services},
+    netns_tests_enabled, test_tag,
+};
+
+const MASTER_WAIT: Duration = Duration::from_secs(10);
+
+fn config(topo: &Topology, node: Host, priority: u8, preempt: bool) -> String {
+    let all: Vec<_> = topo.backends().into_iter().map(|b| topo.ip(b)).collect();
+    let socket = LbdNode::socket_path(topo, node);
+    let mut c = lbd::config_text(
+        Mode::XdpGeneric,
+        &socket,
+        &Services {
+            tcp: all.clone(),
+            udp: all,
+        },
+    );
+    c.push_str(&lbd::vrrp_section(priority, preempt));
+    c
+}
+
+fn wait_state(node: &LbdNode, state: &str) -> Result<()> {
+    node.wait_status(MASTER_WAIT, &format!("VRRP {state}"), |s| {
+        s.vrrp.as_ref().is_some_and(|v| v.state == state)
+    })
+    .map(drop)
+}
+
+fn holds_vip(topo: &Topology, node: Host) -> Result<bool> {
+    let out = topo
+        .ns(node)
+        .run("ip", &["-4", "addr", "show", "dev", "eth0"])?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains(&format!("{}/32", lbd_tests::VIP)))
+}
+
+/// Exactly one of the live nodes holds the VIP, sampled a few times over half a second.
+fn exactly_one_holds_vip(topo: &Topology, live: &[Host]) -> Result<Host> {
+    let mut holder = None;
+    for _ in 0..5 {
+        let holders: Vec<Host> = live
+            .iter()
+            .copied()
+            .filter(|n| holds_vip(topo, *n).unwrap_or(false))
+            .collect();
+        ensure!(holders.len() == 1, "VIP held by {holders:?} among {live:?}");
+        ensure!(
+            holder.is_none() || holder == Some(holders[0]),
+            "VIP moved without a failure"
+        );
+        holder = Some(holders[0]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    holder.context("no sample")
+}
+
+/// A node fails: its process is killed (SIGKILL) and it drops off the network, as a crashed host
+/// does. (A process killed alone would leave the VIP on the host's interface, where the kernel,
+/// with no balancer, would answer the VIP's TCP traffic with resets.)
+fn fail_node(topo: &Topology, node: Host, process: &mut lbd_tests::Spawned) -> Result<()> {
+    process.signal(libc::SIGKILL)?;
+    topo.ns(node).ip(&["link", "set", "eth0", "down"])?;
+    Ok(())
+}
+
+/// Connections to the VIP succeed again within a generous bound after a failover.
+fn connections_recover(topo: &Topology) -> Result<()> {
+    let vip = topo.vip_http();
+    topo.client().enter(move || -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match client::http_get_path(vip, "/", Duration::from_secs(1)) {
+                Ok(r) if r.status == 200 => break,
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                other => bail!("the VIP does not answer after the failover: {other:?}"),
+            }
+        }
+        for i in 0..20 {
+            client::http_get(vip).with_context(|| format!("connection {i} after the failover"))?;
+        }
+        Ok(())
+    })?
+}
+
+#[test]
+fn node_failure_moves_the_vip_and_keeps_a_stream() -> Result<()> {
+    if !netns_tests_enabled("node_failure_moves_the_vip_and_keeps_a_stream") {
+        return Ok(());
+    }
+    let topo = Topology::builder(&test_tag("vrrp_fail"))
+        .lbd_nodes(2)
+        .backends(3)
+        .build()?;
+    let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
+    let (n1, n2) = (Host::Lbd(1), Host::Lbd(2));
+    let mut a = LbdNode::start(&topo, n1, &config(&topo, n1, 150, true))?;
+    let b = LbdNode::start(&topo, n2, &config(&topo, n2, 100, true))?;
+    wait_state(&a, "MASTER")?;
+    wait_state(&b, "BACKUP")?;
+    ensure!(
+        exactly_one_holds_vip(&topo, &[n1, n2])? == n1,
+        "lbd1 should hold the VIP"
+    );
+    let st = b.status()?;
+    let v = st.vrrp.context("vrrp status")?;
+    ensure!(
+        v.master.as_deref() == Some("198.18.0.2") && v.priority == 100,
+        "backup's view: {v:?}"
+    );
+    connections_recover(&topo)?;
+
+    // A long stream through the VIP (direct routing) across the failover: no reset, every byte.
+    let vip = topo.vip_http();
+    let result = std::thread::scope(|scope| -> Result<client::StreamResult> {
+        let stream = scope.spawn(|| {
+            topo.client().enter(move || {
+                client::http_stream(vip, 2_000_000, 20_000, 30, Duration::from_secs(40))
+            })
+        });
+        std::thread::sleep(Duration::from_millis(800));
+        fail_node(&topo, n1, &mut a.process)?;
+        wait_state(&b, "MASTER")?;
+        ensure!(holds_vip(&topo, n2)?, "lbd2 is master without the VIP");
+        stream
+            .join()
+            .map_err(|_| anyhow::anyhow!("stream thread panicked"))??
+    })?;
+    ensure!(
+        result.received == 2_000_000,
+        "stream cut at {} bytes",
+        result.received
+    );
+    connections_recover(&topo)?;
+    let v = b.status()?.vrrp.context("vrrp")?;
+    ensure!(
+        v.became_master == 1 && v.last_transition_unix.is_some(),
+        "after failover: {v:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn clean_stop_hands_over_and_preempt_follows_the_config() -> Result<()> {
+    if !netns_tests_enabled("clean_stop_hands_over_and_preempt_follows_the_config") {
+        return Ok(());
+    }
+    let topo = Topology::builder(&test_tag("vrrp_stop"))
+        .lbd_nodes(2)
+        .backends(3)
+        .build()?;
+    let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
+    let (n1, n2) = (Host::Lbd(1), Host::Lbd(2));
+    let a = LbdNode::start(&topo, n1, &config(&topo, n1, 150, false))?;
+    let b = LbdNode::start(&topo, n2, &config(&topo, n2, 100, false))?;
+    wait_state(&a, "MASTER")?;
+    wait_state(&b, "BACKUP")?;
+
+    // A clean stop sends a priority-0 advert; the backup takes over and gets the VIP.
+    let capture = Capture::open(topo.client(), "eth0")?;
+    a.stop()?;
+    wait_state(&b, "MASTER")?;
+    let frames = capture.recv_frames(Duration::from_millis(500), 2000)?;
+    let resign = frames.iter().any(|f| {
+        let d = &f.data;
+        d.len() >= 14 + 20 + 8
+            && d[12..14] == [0x08, 0x00]
+            && d[14 + 9] == 112
+            && d[26..30] == [198, 18, 0, 2]
+            && d[34] == 0x31
+            && d[36] == 0
+    });
+    ensure!(
+        resign,
+        "no priority-0 VRRPv3 advert from lbd1 among {} frames",
+        frames.len()
+    );
+    ensure!(
+        exactly_one_holds_vip(&topo, &[n1, n2])? == n2,
+        "lbd2 should hold the VIP"
+    );
+    connections_recover(&topo)?;
+
+    // The old master comes back with preempt off: it stays backup.
+    let a = LbdNode::start(&topo, n1, &config(&topo, n1, 150, false))?;
+    wait_state(&a, "BACKUP")?;
+    std::thread::sleep(Duration::from_millis(1500)); // 15 advert intervals
+    ensure!(
+        a.status()?.vrrp.context("vrrp")?.state == "BACKUP",
+        "lbd1 preempted with preempt off"
+    );
+    ensure!(
+        exactly_one_holds_vip(&topo, &[n1, n2])? == n2,
+        "VIP moved with preempt off"
+    );
+    a.stop()?;
+
+    // With preempt on it takes the VIP back.
+    let a = LbdNode::start(&topo, n1, &config(&topo, n1, 150, true))?;
+    wait_state(&a, "MASTER")?;
+    wait_state(&b, "BACKUP")?;
+    ensure!(
+        exactly_one_holds_vip(&topo, &[n1, n2])? == n1,
+        "lbd1 should hold the VIP after preempting"
+    );
+    connections_recover(&topo)?;
+    Ok(())
+}
+
+/// keepalived from Debian's packages, in a node namespace, with a config file of its own.
+struct Keepalived {
+    process: lbd_tests::Spawned,
+    dir: std::path::PathBuf,
+}
+
+impl Keepalived {
+    fn start(topo: &Topology, node: Host, priority: u8) -> Result<Keepalived> {
+        let found = Command::new("keepalived")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            bail!("keepalived is not installed (cargo xtask setup installs it)");
+        }
+        let dir = std::env::temp_dir().join(format!("lbdt-{}-keepalived", topo.tag()));
+        std::fs::create_dir_all(&dir)?;
+        let conf = dir.join("keepalived.conf");
+        std::fs::write(&conf, lbd::keepalived_config(priority, true))?;
+        let mut cmd = topo.ns(node).command("keepalived");
+        cmd.args(["-n", "-l", "-D", "-P", "-f"]).arg(&conf);
+        cmd.arg("-p")
+            .arg(dir.join("k.pid"))
+            .arg("-r")
+            .arg(dir.join("v.pid"));
+        let process = topo.ns(node).spawn(cmd)?;
+        Ok(Keepalived { process, dir })
+    }
+}
+
+impl Drop for Keepalived {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f()? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("not {what} within {timeout:?}")
+}
+
+#[test]
+fn interoperates_with_keepalived_both_ways() -> Result<()> {
+    if !netns_tests_enabled("interoperates_with_keepalived_both_ways") {
+        return Ok(());
+    }
+    // keepalived master, lbd backup: lbd takes over when keepalived's node fails.
+    let topo = Topology::builder(&test_tag("vrrp_ka1"))
+        .lbd_nodes(2)
+        .backends(3)
+        .build()?;
+    let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
+    let (n1, n2) = (Host::Lbd(1), Host::Lbd(2));
+    let mut ka = Keepalived::start(&topo, n2, 150)?;
+    let ours = LbdNode::start(&topo, n1, &config(&topo, n1, 100, true))?;
+    wait_until("keepalived holding the VIP", MASTER_WAIT, || {
+        holds_vip(&topo, n2)
+    })?;
+    wait_state(&ours, "BACKUP")?;
+    ensure!(
+        exactly_one_holds_vip(&topo, &[n1, n2])? == n2,
+        "keepalived should hold the VIP"
+    );
+    let v = ours.status()?.vrrp.context("vrrp")?;
+    ensure!(
+        v.master.as_deref() == Some("198.18.0.3"),
+        "lbd sees master {:?}",
+        v.master
+    );
+    ensure!(
+        v.adverts_accepted > 0 && v.adverts_dropped.is_empty(),
+        "keepalived's adverts: {v:?}"
+    );
+    fail_node(&topo, n2, &mut ka.process)?;
+    wait_state(&ours, "MASTER")?;
+    ensure!(holds_vip(&topo, n1)?, "lbd is master without the VIP");
+    connections_recover(&topo)?;
+    drop(ours);
+    drop(ka);
+    drop(topo);
+
+    // lbd master, keepalived backup: keepalived takes over when lbd's node fails.
+    let topo = Topology::builder(&test_tag("vrrp_ka2"))
+        .lbd_nodes(2)
+        .backends(3)
+        .build()?;
+    let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
+    let capture_file = std::env::temp_dir().join(format!("lbdt-{}-vrrp.pcap", topo.tag()));
+    let mut tcpdump = {
+        let mut c = topo.client().command("tcpdump");
+        c.args(["-i", "eth0", "-U", "-c", "20", "-w"])
+            .arg(&capture_file)
+            .arg("ip proto 112 and src host 198.18.0.2");
+        topo.client().spawn(c)?
+    };
+    let mut ours = LbdNode::start(&topo, n1, &config(&topo, n1, 150, true))?;
+    wait_state(&ours, "MASTER")?;
+    let _ka = Keepalived::start(&topo, n2, 100)?;
+    std::thread::sleep(Duration::from_millis(1000)); // keepalived hears us and stays backup
+    ensure!(
+        exactly_one_holds_vip(&topo, &[n1, n2])? == n1,
+        "lbd should hold the VIP"
+    );
+    connections_recover(&topo)?;
+    fail_node(&topo, n1, &mut ours.process)?;
+    wait_until("keepalived taking the VIP", MASTER_WAIT, || {
+        holds_vip(&topo, n2)
+    })?;
+    ensure!(
+        exactly_one_holds_vip(&topo, &[n2])? == n2,
+        "keepalived should hold the VIP"
+    );
+
+    // tshark, where installed, decodes our adverts as VRRPv3 with a good checksum.
+    let _ = tcpdump.terminate(Duration::from_secs(3));
+    let tshark = Command::new("tshark")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if tshark {
+        let out = Command::new("tshark")
+            .args(["-r"])
+            .arg(&capture_file)
+            .args(["-Y", "vrrp", "-V"])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            text.contains("VRRP protocol version: 3"),
+            "tshark did not decode VRRPv3 ({} bytes captured): {text} {}",
+            std::fs::metadata(&capture_file)
+                .map(|m| m.len())
+                .unwrap_or(0),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            text.contains("[Checksum Status: Good]") && !text.contains("[Checksum Status: Bad]"),
+            "tshark checksum: {text}"
+        );
+    } else if is_ci() {
+        bail!("tshark is not installed (cargo xtask setup installs it)");
+    }
+    let _ = std::fs::remove_file(&capture_file);
+    Ok(())
+}
