@@ -148,6 +148,8 @@ pub struct ServiceConfig {
     pub scheduler: Scheduler,
     /// Backends, in file order.
     pub backends: Vec<BackendConfig>,
+    /// Health checks of its backends, when configured.
+    pub health: Option<crate::health::HealthConfig>,
 }
 
 impl ServiceConfig {
@@ -321,6 +323,7 @@ struct RawService {
     scheduler: Option<String>,
     #[serde(default)]
     backends: Vec<RawBackend>,
+    health: Option<crate::health::RawHealth>,
 }
 
 #[derive(Deserialize)]
@@ -546,12 +549,23 @@ impl RawService {
             };
             backends.push(BackendConfig { addr, weight });
         }
+        let health = match &self.health {
+            Some(_) if proto == Proto::Udp => {
+                return Err(err(
+                    format!("{path}.health"),
+                    "health checks are TCP connects or HTTP requests; a UDP service cannot have one",
+                ));
+            }
+            Some(h) => Some(h.validate(&format!("{path}.health"))?),
+            None => None,
+        };
         Ok(ServiceConfig {
             name,
             vip,
             proto,
             scheduler,
             backends,
+            health,
         })
     }
 }

@@ -22,6 +22,8 @@ use crate::{
         self, BackendStatus, ReasonCount, Request, Response, ServiceStatus, Status, VrrpStatus,
     },
     engine::{Admin, ApplyReport, BackendRec, Engine, EngineError, Source},
+    health::{HealthEvent, HealthMonitor, Target},
+    metrics::{self, MetricsSnapshot, VrrpMetrics, VrrpState},
     net,
     state::{AdminOverride, Overrides, StateFile},
     xdp::{self, AttachMode, FlowCounts, XdpMaps},
@@ -79,6 +81,9 @@ struct State {
     down: BTreeSet<(ServiceKey, Ipv4Addr)>,
     netlink: rtnetlink::Handle,
     vrrp: Option<Vrrp>,
+    health: HealthMonitor,
+    reloads: u64,
+    reload_failures: u64,
 }
 
 /// The VRRP speaker's handles: its status and its tracked conditions.
@@ -89,7 +94,8 @@ struct Vrrp {
 }
 
 impl State {
-    /// Makes the data path match config, overrides, health and MACs.
+    /// Makes the data path match config, overrides, health and MACs, then checks the health of
+    /// exactly the backends the services now have.
     fn apply(&mut self) -> Result<ApplyReport, EngineError> {
         let State {
             engine,
@@ -100,7 +106,41 @@ impl State {
             macs,
             ..
         } = self;
-        engine.apply(config, overrides, down, macs, maps)
+        let report = engine.apply(config, overrides, down, macs, maps)?;
+        let targets = health_targets(&self.engine);
+        // Backends no longer checked cannot stay down.
+        let checked: BTreeSet<(String, Ipv4Addr)> = targets
+            .iter()
+            .filter_map(|t| match t.backend.ip() {
+                std::net::IpAddr::V4(ip) => Some((t.service.clone(), ip)),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect();
+        let names: HashMap<ServiceKey, String> = self
+            .engine
+            .services()
+            .map(|s| (s.config.key(), s.config.name.clone()))
+            .collect();
+        let before = self.down.len();
+        self.down.retain(|(k, ip)| {
+            names
+                .get(k)
+                .is_some_and(|n| checked.contains(&(n.clone(), *ip)))
+        });
+        self.health.set_targets(targets);
+        if self.down.len() != before {
+            let State {
+                engine,
+                maps,
+                config,
+                overrides,
+                down,
+                macs,
+                ..
+            } = self;
+            engine.apply(config, overrides, down, macs, maps)?;
+        }
+        Ok(report)
     }
 
     /// A service by name, `VIP:port`, or `proto/VIP:port`.
@@ -140,6 +180,66 @@ impl State {
             .service(key)
             .map(|s| s.config.name.clone())
             .unwrap_or_else(|| key.to_string())
+    }
+}
+
+/// Health-check targets: every backend (not removed) of every service with a `health` setting,
+/// probed on its own address at the service port.
+fn health_targets(engine: &Engine) -> Vec<Target> {
+    engine
+        .services()
+        .filter_map(|s| s.config.health.as_ref().map(|h| (s, h)))
+        .flat_map(|(s, h)| {
+            s.backends
+                .values()
+                .filter(|b| b.admin != Admin::Removed)
+                .map(move |b| Target {
+                    service: s.config.name.clone(),
+                    backend: std::net::SocketAddr::new(b.addr.into(), s.config.vip.port()),
+                    config: h.clone(),
+                })
+        })
+        .collect()
+}
+
+/// A health check changed a backend's state: take it out of rotation (and its flows out of the
+/// connection table, so its clients get a new backend at once) or put it back.
+async fn on_health(state: &Mutex<State>, ev: HealthEvent) {
+    if !ev.transition {
+        return;
+    }
+    let mut st = state.lock().await;
+    let Some(key) = st
+        .config
+        .services
+        .iter()
+        .find(|s| s.name == ev.service)
+        .map(|s| s.key())
+    else {
+        return; // a service removed while its probe ran
+    };
+    let std::net::IpAddr::V4(ip) = ev.backend.ip() else {
+        return;
+    };
+    if ev.up {
+        st.down.remove(&(key, ip));
+        tracing::info!(service = %ev.service, backend = %ip, detail = %ev.detail, "health: backend up, back in rotation");
+    } else {
+        st.down.insert((key, ip));
+        tracing::warn!(service = %ev.service, backend = %ip, detail = %ev.detail, "health: backend down, out of rotation");
+    }
+    if let Err(e) = st.apply() {
+        tracing::error!(error = %e, "applying a health change failed");
+        return;
+    }
+    if !ev.up
+        && let Some(id) = st.backend(&key, ip).map(|b| b.id)
+    {
+        let cut = st
+            .maps
+            .scan_flows(xdp::coarse_now_ns(), Default::default(), |_, b| b == id)
+            .expired;
+        tracing::info!(backend = %ip, flows = cut, "flows of the down backend re-balanced");
     }
 }
 
@@ -233,6 +333,13 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
 
     let socket_path = config.daemon.control_socket.clone();
     let listener = control::bind(&socket_path).await?;
+    let metrics_listener = metrics::bind(config.daemon.metrics_addr)
+        .await
+        .context("daemon.metrics_addr")?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (health_tx, mut health_rx) = HealthMonitor::channel();
+    let mut health = HealthMonitor::new(health_tx, &stop);
+    health.set_targets(health_targets(&engine));
 
     // VRRP last: this node claims the VIP only once it can forward for it. As backup it keeps
     // its XDP program and maps filled, so taking over needs no set-up.
@@ -269,7 +376,22 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         down,
         netlink: handle.clone(),
         vrrp,
+        health,
+        reloads: 0,
+        reload_failures: 0,
     }));
+    let metrics_state = state.clone();
+    let metrics_task = tokio::spawn(metrics::serve_listener(
+        metrics_listener,
+        move || {
+            let st = metrics_state.clone();
+            async move {
+                let st = st.lock().await;
+                metrics_snapshot(&st).map_err(|e| format!("{e:#}"))
+            }
+        },
+        stop.clone(),
+    ));
     let handler_state = state.clone();
     let server = tokio::spawn(control::serve(
         listener,
@@ -279,6 +401,12 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         }),
     ));
     tracing::info!(socket = %socket_path.display(), "control socket ready");
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("balancing"),
+    ]);
+    let watchdog = watchdog_interval();
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
 
     let mut hup = tokio::signal::unix::signal(SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
@@ -290,7 +418,14 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let mut last_mac_refresh = Instant::now();
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&state, &handle).await,
+            _ = hup.recv() => {
+                notify_systemd(&[sd_notify::NotifyState::Reloading]);
+                reload(&state, &handle).await;
+                notify_systemd(&[sd_notify::NotifyState::Ready]);
+            }
+            Some(ev) = health_rx.recv() => on_health(&state, ev).await,
+            // The watchdog is fed from the loop that does the work, so a stuck loop is noticed.
+            _ = watchdog_tick.tick(), if watchdog.is_some() => notify_systemd(&[sd_notify::NotifyState::Watchdog]),
             _ = term.recv() => { tracing::info!("SIGTERM: detaching"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: detaching"); break; }
             _ = tick.tick() => {
@@ -302,7 +437,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             }
         }
     }
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     server.abort();
+    stop.cancel();
+    let _ = metrics_task.await;
     // Resign first (a priority-0 advert hands over within the skew time, and the VIP leaves this
     // node), then stop forwarding.
     if let Some(task) = vrrp_task {
@@ -336,6 +474,7 @@ async fn reload(state: &Mutex<State>, handle: &rtnetlink::Handle) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "SIGHUP: config rejected; keeping the running config");
+            st.reload_failures += 1;
             return;
         }
     };
@@ -369,10 +508,12 @@ async fn reload(state: &Mutex<State>, handle: &rtnetlink::Handle) {
             );
             log_unresolved(&ips, &st.macs);
             st.loaded_at = SystemTime::now();
+            st.reloads += 1;
         }
         Err(e) => {
             tracing::error!(error = %e, "SIGHUP: applying the config failed; going back to the running config");
             st.config.services = old_services;
+            st.reload_failures += 1;
             if let Err(e) = st.apply() {
                 tracing::error!(error = %e, "restoring the running config failed; the data path may be partly updated");
             }
@@ -805,6 +946,41 @@ fn status(st: &State) -> anyhow::Result<Status> {
         services,
         vrrp: st.vrrp.as_ref().map(vrrp_status),
     })
+}
+
+/// What a Prometheus scrape shows: the status, plus health, VRRP and reload counters.
+fn metrics_snapshot(st: &State) -> anyhow::Result<MetricsSnapshot> {
+    let status = status(st)?;
+    let mut snap = MetricsSnapshot::from_status(&status);
+    snap.fill_health(&st.health.status());
+    snap.config_reloads = st.reloads;
+    snap.config_reload_failures = st.reload_failures;
+    if let Some(v) = &st.vrrp {
+        let s = v.status.borrow();
+        snap.vrrp = Some(VrrpMetrics {
+            state: match s.state {
+                vrrp::State::Initialize => VrrpState::Init,
+                vrrp::State::Backup => VrrpState::Backup,
+                vrrp::State::Master => VrrpState::Master,
+            },
+            transitions: s.counters.became_master + s.counters.became_backup,
+        });
+    }
+    Ok(snap)
+}
+
+/// Tells systemd (Type=notify) about readiness, reloads and the watchdog; nothing without it.
+fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Half the systemd watchdog interval, when the unit sets WatchdogSec.
+fn watchdog_interval() -> Option<Duration> {
+    sd_notify::watchdog_enabled()
+        .map(|d| d / 2)
+        .filter(|d| !d.is_zero())
 }
 
 fn vrrp_status(v: &Vrrp) -> VrrpStatus {

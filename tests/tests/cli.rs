@@ -145,3 +145,55 @@ fn lbctl_reports_a_missing_daemon() -> Result<()> {
     );
     Ok(())
 }
+
+/// The shipped systemd unit passes `systemd-analyze verify` (with its binaries and config in
+/// place), and the shipped default config is valid.
+#[test]
+fn systemd_unit_verifies_and_default_config_is_valid() -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?;
+    let lbd = bin_path("lbd")?;
+    let out = Command::new(&lbd)
+        .arg("--check-config")
+        .arg(root.join("packaging/lbd.toml"))
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "default config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let found = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        ensure!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "systemd-analyze is not installed (cargo xtask setup installs systemd)"
+        );
+        eprintln!("skipped: systemd-analyze not installed");
+        return Ok(());
+    }
+    let unit = std::fs::read_to_string(root.join("packaging/lbd.service"))?;
+    let unit = unit
+        .replace("/usr/local/sbin/lbd ", &format!("{} ", lbd.display()))
+        .replace(
+            "/etc/lbd/lbd.toml",
+            &root.join("packaging/lbd.toml").display().to_string(),
+        );
+    let path = tmp("lbd.service", &unit)?;
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Lines about other units on this machine are not ours.
+    let ours: Vec<&str> = err.lines().filter(|l| l.contains("lbd.service")).collect();
+    ensure!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify: {err}"
+    );
+    Ok(())
+}

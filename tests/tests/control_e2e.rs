@@ -243,3 +243,139 @@ fn lbctl_changes_backends_end_to_end() -> Result<()> {
     }
     run(Mode::XdpGeneric, "ctl_generic")
 }
+
+/// Scrapes lbd's metrics from inside its node (127.0.0.1:9300 there) and returns the samples as
+/// `name{labels} value` lines.
+fn scrape(topo: &Topology, node: Host) -> Result<Vec<(String, f64)>> {
+    use std::io::{Read as _, Write as _};
+    let body = topo.ns(node).enter(|| -> Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(
+            &"127.0.0.1:9300".parse()?,
+            Duration::from_secs(2),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lbd\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        ensure!(
+            out.starts_with("HTTP/1.1 200"),
+            "scrape: {}",
+            out.lines().next().unwrap_or_default()
+        );
+        Ok(out)
+    })??;
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with("lbd_"))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect())
+}
+
+fn sample(samples: &[(String, f64)], name: &str, labels: &[&str]) -> Result<f64> {
+    samples
+        .iter()
+        .find(|(k, _)| k.starts_with(&format!("{name}{{")) && labels.iter().all(|l| k.contains(l)))
+        .map(|(_, v)| *v)
+        .with_context(|| format!("no sample {name} with {labels:?}"))
+}
+
+#[test]
+fn health_checks_and_metrics_end_to_end() -> Result<()> {
+    if !netns_tests_enabled("health_checks_and_metrics_end_to_end") {
+        return Ok(());
+    }
+    let topo = Topology::builder(&test_tag("health"))
+        .lbd_nodes(1)
+        .backends(3)
+        .build()?;
+    let backend_bin = bin_path("lbd-test-backend")?;
+    let mut backends = topo.start_backends(&backend_bin)?;
+    let node = Host::Lbd(1);
+    topo.add_vip(node)?;
+    let all: Vec<Ipv4Addr> = topo.backends().into_iter().map(|b| topo.ip(b)).collect();
+    let socket = LbdNode::socket_path(&topo, node);
+    let config = lbd::config_text(Mode::XdpGeneric, &socket, &Services { tcp: all.clone(), udp: all.clone() }).replacen(
+        "name = \"web\"\n",
+        "name = \"web\"\nhealth = { kind = \"http\", path = \"/\", interval_ms = 200, timeout_ms = 150, rise = 2, fall = 2 }\n",
+        1,
+    );
+    let lbd = LbdNode::start(&topo, node, &config)?;
+    let b2 = topo.ip(Host::Backend(2)).to_string();
+    let state_of = |s: &lb_daemon::control::Status, addr: &str| {
+        s.services
+            .iter()
+            .find(|x| x.name == "web")
+            .and_then(|x| x.backends.iter().find(|b| b.addr == addr))
+            .map(|b| b.state.clone())
+    };
+
+    // Metrics: scraped over HTTP, and the counters move with traffic.
+    let before = scrape(&topo, node)?;
+    ensure!(
+        sample(&before, "lbd_datapath_mode", &["mode=\"xdp-generic\""])? == 1.0,
+        "datapath mode metric"
+    );
+    let web_before = sample(&before, "lbd_service_packets_total", &["service=\"web\""])?;
+    backends_answering(&topo, 30)?;
+    let after = scrape(&topo, node)?;
+    let web_after = sample(&after, "lbd_service_packets_total", &["service=\"web\""])?;
+    ensure!(
+        web_after >= web_before + 90.0,
+        "web packets {web_before} -> {web_after} for 30 connections"
+    );
+    ensure!(
+        sample(&after, "lbd_backend_up", &["backend=\"198.18.0.22\""])? == 1.0,
+        "b2 up metric"
+    );
+    // The first probe runs within one interval of the start.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = scrape(&topo, node)?;
+        match sample(
+            &s,
+            "lbd_health_check_duration_seconds",
+            &["backend=\"198.18.0.22\""],
+        ) {
+            Ok(v) if v > 0.0 => break,
+            _ if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            other => anyhow::bail!("health latency metric: {other:?}"),
+        }
+    }
+
+    // b2's server stops: out of rotation after `fall` failed checks; no connection reaches it.
+    let mut stopped = backends.remove(1);
+    stopped.terminate(Duration::from_secs(5))?;
+    lbd.wait_status(Duration::from_secs(10), "showing b2 down", |s| {
+        state_of(s, &b2).as_deref() == Some("down")
+    })?;
+    let answered = backends_answering(&topo, 40)?;
+    ensure!(
+        !answered.iter().any(|b| b == "b2"),
+        "down backend answered: {answered:?}"
+    );
+    ensure!(
+        sample(
+            &scrape(&topo, node)?,
+            "lbd_backend_up",
+            &["backend=\"198.18.0.22\""]
+        )? == 0.0,
+        "b2 down metric"
+    );
+
+    // It comes back: in rotation again after `rise` good checks.
+    backends.push(topo.start_backend(Host::Backend(2), &backend_bin)?);
+    lbd.wait_status(Duration::from_secs(10), "showing b2 active", |s| {
+        state_of(s, &b2).as_deref() == Some("active")
+    })?;
+    let answered = backends_answering(&topo, 60)?;
+    ensure!(
+        answered.iter().any(|b| b == "b2"),
+        "b2 back but never answered: {answered:?}"
+    );
+    lbd.stop()
+}

@@ -6,6 +6,7 @@
 //!   test: unit, XDP program tests (BPF_PROG_TEST_RUN) and network-namespace end-to-end tests.
 //! - `demo`: builds and runs the live demo in network namespaces.
 //! - `bench`: builds and runs the benchmarks; prints `name: value` lines.
+//! - `install`: puts `lbd`, `lbctl`, the systemd unit and a default config in place.
 //!
 //! xtask itself depends on nothing that needs the eBPF toolchain, so it builds on a fresh machine.
 
@@ -36,6 +37,7 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "wrk",
     "tshark",
+    "systemd",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -46,8 +48,9 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("demo") => demo(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("install") => install(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <setup|test|demo|bench>");
+            eprintln!("usage: cargo xtask <setup|test|demo|bench|install [--destdir DIR]>");
             return ExitCode::from(2);
         }
     };
@@ -259,4 +262,77 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
             "--",
         ])
         .args(args))
+}
+
+/// Installs the release binaries, the systemd unit, the README and (if there is none yet) the
+/// default config. `--destdir DIR` installs under DIR instead of `/` (packaging, tests).
+fn install(args: &[String]) -> anyhow::Result<()> {
+    let destdir = match args {
+        [] => PathBuf::from("/"),
+        [flag, dir] if flag == "--destdir" => PathBuf::from(dir),
+        _ => bail!("usage: cargo xtask install [--destdir DIR]"),
+    };
+    setup()?;
+    run(cargo().args(["build", "--release", "-p", "lb-daemon", "--bins"]))?;
+    let root = root();
+    let put = |from: &Path, to: &str, mode: u32, replace: bool| -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dest = destdir.join(to.trim_start_matches('/'));
+        if !replace && dest.exists() {
+            eprintln!(
+                "install: {} exists, kept (the new default is {})",
+                dest.display(),
+                from.display()
+            );
+            return Ok(());
+        }
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        // Write aside and rename, so a running lbd binary is replaced, not overwritten.
+        let tmp = dest.with_extension("xtask-new");
+        std::fs::copy(from, &tmp)
+            .with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&tmp, &dest).with_context(|| format!("installing {}", dest.display()))?;
+        eprintln!("install: {}", dest.display());
+        Ok(())
+    };
+    put(
+        &root.join("target/release/lbd"),
+        "/usr/local/sbin/lbd",
+        0o755,
+        true,
+    )?;
+    put(
+        &root.join("target/release/lbctl"),
+        "/usr/local/sbin/lbctl",
+        0o755,
+        true,
+    )?;
+    put(
+        &root.join("packaging/lbd.service"),
+        "/etc/systemd/system/lbd.service",
+        0o644,
+        true,
+    )?;
+    put(
+        &root.join("README.md"),
+        "/usr/local/share/doc/lbd/README.md",
+        0o644,
+        true,
+    )?;
+    put(
+        &root.join("packaging/lbd.toml"),
+        "/etc/lbd/lbd.toml",
+        0o644,
+        false,
+    )?;
+    if destdir == Path::new("/") && Path::new("/run/systemd/system").exists() {
+        run(Command::new("systemctl").arg("daemon-reload"))?;
+        eprintln!("install: done; edit /etc/lbd/lbd.toml, then `systemctl enable --now lbd`");
+    } else {
+        eprintln!("install: done (systemd is not running here: no daemon-reload)");
+    }
+    Ok(())
 }

@@ -1,0 +1,1201 @@
+//! Prometheus metrics, served over HTTP at `/metrics` on the metrics address.
+//!
+//! The daemon's counters are absolute totals read from per-CPU BPF maps, not events lbd sees
+//! one by one, so nothing here increments anything: on each scrape the server asks the daemon
+//! for a [`MetricsSnapshot`] and builds the metric families from it ([`families`], [`render`]).
+//! A scrape therefore shows exactly what `lbctl status` would show at that moment, and a
+//! backend or service that leaves the config leaves the metrics with it.
+//!
+//! [`serve`] (or [`bind`] then [`serve_listener`]) runs the HTTP server: `GET` or `HEAD
+//! /metrics` answers the text exposition format, any other path 404, any other method 405.
+//! Connections are capped and slow clients time out, so a scraper cannot tie up the daemon.
+//!
+//! Metric names follow Prometheus conventions: the `lbd_` prefix, `_total` for counters, base
+//! units (bytes, seconds), and state sets as one series per possible state with 1 for the
+//! current one (`lbd_backend_state`, `lbd_vrrp_state`, `lbd_datapath_mode`), so that a query
+//! never has to guess which states exist.
+
+use std::{collections::HashMap, convert::Infallible, fmt, io, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::Incoming,
+    header::{ALLOW, CONTENT_TYPE, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::{
+    Encoder as _, TextEncoder,
+    proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType},
+};
+use tokio::{net::TcpListener, sync::Semaphore, time::Duration};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    control::{ReasonCount, Status},
+    health::TargetStatus,
+};
+
+/// The one path metrics are served on.
+pub const METRICS_PATH: &str = "/metrics";
+/// Connections served at once; more are closed at accept. Scrapers need one or two.
+pub const MAX_CONNECTIONS: usize = 16;
+/// How long a client may take to send its request head.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long open connections may finish their request after shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Data path modes the daemon can run in; `lbd_datapath_mode` has one series for each.
+pub const DATAPATH_MODES: [&str; 3] = ["xdp-native", "xdp-generic", "userspace"];
+
+/// Errors of the metrics server.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The metrics address could not be bound.
+    #[error("cannot listen for metrics on {addr}: {source}{hint}")]
+    Bind {
+        /// Address from `[daemon] metrics_addr`.
+        addr: SocketAddr,
+        /// What to do about it (empty when there is nothing specific to say).
+        hint: &'static str,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The metric families could not be encoded (a bug: the families are built here).
+    #[error("encoding the metrics failed: {0}")]
+    Encode(#[source] prometheus::Error),
+}
+
+fn bind_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => {
+            " (another process listens there; set [daemon] metrics_addr to a free address)"
+        }
+        io::ErrorKind::AddrNotAvailable => {
+            " (no interface of this host has that address; set [daemon] metrics_addr)"
+        }
+        io::ErrorKind::PermissionDenied => {
+            " (ports below 1024 need CAP_NET_BIND_SERVICE; use a higher port)"
+        }
+        _ => "",
+    }
+}
+
+/// State of a backend, as `lbd_backend_state` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendState {
+    /// In rotation.
+    Active,
+    /// Takes no new flows; its established flows go on (`lbctl drain`).
+    Draining,
+    /// Failing its health checks: out of rotation.
+    Down,
+    /// Taken out by the operator.
+    Maintenance,
+    /// Gone from the config; kept while flows use it.
+    Removed,
+    /// No MAC address known yet: out of rotation.
+    Unresolved,
+}
+
+impl BackendState {
+    /// Every state, in the order the series are written.
+    pub const ALL: [BackendState; 6] = [
+        BackendState::Active,
+        BackendState::Draining,
+        BackendState::Down,
+        BackendState::Maintenance,
+        BackendState::Removed,
+        BackendState::Unresolved,
+    ];
+
+    /// The label value, as `lbctl status` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendState::Active => "active",
+            BackendState::Draining => "draining",
+            BackendState::Down => "down",
+            BackendState::Maintenance => "maintenance",
+            BackendState::Removed => "removed",
+            BackendState::Unresolved => "unresolved",
+        }
+    }
+
+    /// The state named `name` (as [`as_str`](Self::as_str) spells it).
+    pub fn from_name(name: &str) -> Option<BackendState> {
+        BackendState::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl fmt::Display for BackendState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// State of the VRRP instance (RFC 5798 §6.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VrrpState {
+    /// Starting up.
+    Init,
+    /// Another router is master.
+    Backup,
+    /// This node holds the VIPs.
+    Master,
+}
+
+impl VrrpState {
+    /// Every state, in the order the series are written.
+    pub const ALL: [VrrpState; 3] = [VrrpState::Init, VrrpState::Backup, VrrpState::Master];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VrrpState::Init => "init",
+            VrrpState::Backup => "backup",
+            VrrpState::Master => "master",
+        }
+    }
+}
+
+impl fmt::Display for VrrpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything a scrape shows, supplied by the daemon at scrape time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricsSnapshot {
+    /// lbd version (`lbd_build_info{version}`).
+    pub version: String,
+    /// Data path in use, one of [`DATAPATH_MODES`] (another value gets its own series).
+    pub datapath: String,
+    /// Connection table entries.
+    pub conntrack_entries: u64,
+    /// Connection table capacity.
+    pub conntrack_capacity: u64,
+    /// Packets the data path passed to the kernel or dropped, by reason (totals).
+    pub reasons: Vec<ReasonCount>,
+    /// Services, in the order to write them.
+    pub services: Vec<ServiceMetrics>,
+    /// The VRRP instance, when one is configured.
+    pub vrrp: Option<VrrpMetrics>,
+    /// Config reloads applied since start.
+    pub config_reloads: u64,
+    /// Config reloads rejected since start (bad config; the running one was kept).
+    pub config_reload_failures: u64,
+    /// Unix time of the last config load; 0 when unknown (then no series).
+    pub config_loaded_unix: u64,
+}
+
+/// One service in a [`MetricsSnapshot`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServiceMetrics {
+    /// Name (label `service`).
+    pub name: String,
+    /// VIP:port (label `vip`).
+    pub vip: String,
+    /// `tcp` or `udp` (label `proto`).
+    pub proto: String,
+    /// Packets forwarded (total).
+    pub packets: u64,
+    /// Bytes forwarded (total).
+    pub bytes: u64,
+    /// Backends, including removed ones that still carry flows.
+    pub backends: Vec<BackendMetrics>,
+}
+
+/// One backend in a [`MetricsSnapshot`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackendMetrics {
+    /// Address (label `backend`), as `lbctl status` shows it.
+    pub addr: String,
+    /// State; `None` for a state this module does not know (then no `lbd_backend_state`).
+    pub state: Option<BackendState>,
+    /// Packets forwarded (total).
+    pub packets: u64,
+    /// Bytes forwarded (total).
+    pub bytes: u64,
+    /// Open flows pinned to it.
+    pub active_flows: u64,
+    /// Flows that saw a FIN or RST and are ending.
+    pub closing_flows: u64,
+    /// Health check state; `None` without a health check (then no `lbd_backend_up`).
+    pub health_up: Option<bool>,
+    /// Latency of the last health check; `None` before the first one.
+    pub health_latency: Option<Duration>,
+}
+
+/// The VRRP part of a [`MetricsSnapshot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VrrpMetrics {
+    /// Current state.
+    pub state: VrrpState,
+    /// State changes since start.
+    pub transitions: u64,
+}
+
+impl MetricsSnapshot {
+    /// What `lbctl status` shows, as a snapshot. The parts the status does not carry are left
+    /// empty: health (see [`fill_health`](Self::fill_health)), VRRP and reload counts.
+    pub fn from_status(status: &Status) -> MetricsSnapshot {
+        MetricsSnapshot {
+            version: status.version.clone(),
+            datapath: status.datapath.clone(),
+            conntrack_entries: status.conntrack_entries,
+            conntrack_capacity: u64::from(status.conntrack_max),
+            reasons: status.reasons.clone(),
+            services: status
+                .services
+                .iter()
+                .map(|s| ServiceMetrics {
+                    name: s.name.clone(),
+                    vip: s.vip.clone(),
+                    proto: s.proto.clone(),
+                    packets: s.packets,
+                    bytes: s.bytes,
+                    backends: s
+                        .backends
+                        .iter()
+                        .map(|b| BackendMetrics {
+                            addr: b.addr.clone(),
+                            state: BackendState::from_name(&b.state),
+                            packets: b.packets,
+                            bytes: b.bytes,
+                            active_flows: b.flows,
+                            closing_flows: b.closing_flows,
+                            health_up: None,
+                            health_latency: None,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            vrrp: None,
+            config_reloads: 0,
+            config_reload_failures: 0,
+            config_loaded_unix: status.config_loaded_unix,
+        }
+    }
+
+    /// Sets the health of each backend that has a health check target: a target matches a
+    /// backend of the same service whose address is the target's IP (as `lbctl status` shows
+    /// backends) or its IP:port.
+    pub fn fill_health(&mut self, targets: &[TargetStatus]) {
+        let by_key: HashMap<(&str, String), &TargetStatus> = targets
+            .iter()
+            .flat_map(|t| {
+                [
+                    ((t.service.as_str(), t.backend.ip().to_string()), t),
+                    ((t.service.as_str(), t.backend.to_string()), t),
+                ]
+            })
+            .collect();
+        for svc in &mut self.services {
+            for b in &mut svc.backends {
+                if let Some(t) = by_key.get(&(svc.name.as_str(), b.addr.clone())) {
+                    b.health_up = Some(t.state.is_up());
+                    b.health_latency = t.last.as_ref().map(|p| p.latency);
+                }
+            }
+        }
+    }
+}
+
+/// A metric family under construction.
+struct Family(MetricFamily);
+
+impl Family {
+    fn new(name: &str, help: &str, kind: MetricType) -> Family {
+        let mut mf = MetricFamily::default();
+        mf.set_name(name.into());
+        mf.set_help(help.into());
+        mf.set_field_type(kind);
+        Family(mf)
+    }
+
+    fn counter(name: &str, help: &str) -> Family {
+        Family::new(name, help, MetricType::COUNTER)
+    }
+
+    fn gauge(name: &str, help: &str) -> Family {
+        Family::new(name, help, MetricType::GAUGE)
+    }
+
+    fn add(&mut self, labels: &[(&str, &str)], value: f64) {
+        let pairs = labels
+            .iter()
+            .map(|(k, v)| {
+                let mut p = LabelPair::default();
+                p.set_name((*k).into());
+                p.set_value((*v).into());
+                p
+            })
+            .collect();
+        let mut m = Metric::from_label(pairs);
+        if self.0.get_field_type() == MetricType::COUNTER {
+            let mut c = Counter::default();
+            c.set_value(value);
+            m.set_counter(c);
+        } else {
+            let mut g = Gauge::default();
+            g.set_value(value);
+            m.set_gauge(g);
+        }
+        self.0.mut_metric().push(m);
+    }
+}
+
+fn flag(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+/// Builds the metric families of a snapshot. Families without a series are left out (the text
+/// format cannot carry an empty family).
+pub fn families(s: &MetricsSnapshot) -> Vec<MetricFamily> {
+    let mut build_info = Family::gauge(
+        "lbd_build_info",
+        "Always 1; the label carries the lbd version.",
+    );
+    build_info.add(&[("version", &s.version)], 1.0);
+
+    let mut mode = Family::gauge(
+        "lbd_datapath_mode",
+        "Data path in use: 1 for the current mode, 0 for the others.",
+    );
+    for m in DATAPATH_MODES {
+        mode.add(&[("mode", m)], flag(m == s.datapath));
+    }
+    if !s.datapath.is_empty() && !DATAPATH_MODES.contains(&s.datapath.as_str()) {
+        mode.add(&[("mode", &s.datapath)], 1.0);
+    }
+
+    let mut reasons = Family::counter(
+        "lbd_datapath_packets_total",
+        "Packets the data path passed to the kernel (pass_*) or dropped (drop_*) instead of \
+         forwarding, by reason.",
+    );
+    for r in &s.reasons {
+        reasons.add(&[("reason", &r.reason)], r.packets as f64);
+    }
+
+    let mut ct_entries = Family::gauge("lbd_conntrack_entries", "Flows in the connection table.");
+    ct_entries.add(&[], s.conntrack_entries as f64);
+    let mut ct_capacity = Family::gauge(
+        "lbd_conntrack_capacity",
+        "Capacity of the connection table, in flows (daemon.conntrack_max).",
+    );
+    ct_capacity.add(&[], s.conntrack_capacity as f64);
+
+    let mut svc_packets = Family::counter(
+        "lbd_service_packets_total",
+        "Packets forwarded for the service.",
+    );
+    let mut svc_bytes = Family::counter(
+        "lbd_service_bytes_total",
+        "Bytes forwarded for the service (whole frames).",
+    );
+    let mut be_packets = Family::counter(
+        "lbd_backend_packets_total",
+        "Packets forwarded to the backend.",
+    );
+    let mut be_bytes = Family::counter(
+        "lbd_backend_bytes_total",
+        "Bytes forwarded to the backend (whole frames).",
+    );
+    let mut be_active = Family::gauge(
+        "lbd_backend_active_flows",
+        "Open flows pinned to the backend in the connection table.",
+    );
+    let mut be_closing = Family::gauge(
+        "lbd_backend_closing_flows",
+        "Flows pinned to the backend that saw a FIN or RST and are ending.",
+    );
+    let mut be_state = Family::gauge(
+        "lbd_backend_state",
+        "Backend state: 1 for the current state, 0 for the others (active, draining, down, \
+         maintenance, removed, unresolved).",
+    );
+    let mut be_up = Family::gauge(
+        "lbd_backend_up",
+        "Whether the backend passes its health checks (1) or not (0); absent without a \
+         health check.",
+    );
+    let mut hc_duration = Family::gauge(
+        "lbd_health_check_duration_seconds",
+        "Duration of the backend's last health check (the timeout when it timed out).",
+    );
+    for svc in &s.services {
+        let labels = [
+            ("service", svc.name.as_str()),
+            ("vip", svc.vip.as_str()),
+            ("proto", svc.proto.as_str()),
+        ];
+        svc_packets.add(&labels, svc.packets as f64);
+        svc_bytes.add(&labels, svc.bytes as f64);
+        for b in &svc.backends {
+            let labels = [("service", svc.name.as_str()), ("backend", b.addr.as_str())];
+            be_packets.add(&labels, b.packets as f64);
+            be_bytes.add(&labels, b.bytes as f64);
+            be_active.add(&labels, b.active_flows as f64);
+            be_closing.add(&labels, b.closing_flows as f64);
+            if let Some(state) = b.state {
+                for st in BackendState::ALL {
+                    be_state.add(
+                        &[labels[0], labels[1], ("state", st.as_str())],
+                        flag(st == state),
+                    );
+                }
+            }
+            if let Some(up) = b.health_up {
+                be_up.add(&labels, flag(up));
+            }
+            if let Some(latency) = b.health_latency {
+                hc_duration.add(&labels, latency.as_secs_f64());
+            }
+        }
+    }
+
+    let mut vrrp_state = Family::gauge(
+        "lbd_vrrp_state",
+        "VRRP state: 1 for the current state, 0 for the others; absent without [vrrp].",
+    );
+    let mut vrrp_transitions = Family::counter(
+        "lbd_vrrp_transitions_total",
+        "VRRP state changes since lbd started.",
+    );
+    if let Some(v) = &s.vrrp {
+        for st in VrrpState::ALL {
+            vrrp_state.add(&[("state", st.as_str())], flag(st == v.state));
+        }
+        vrrp_transitions.add(&[], v.transitions as f64);
+    }
+
+    let mut reloads = Family::counter(
+        "lbd_config_reloads_total",
+        "Config reloads (SIGHUP) applied since lbd started.",
+    );
+    reloads.add(&[], s.config_reloads as f64);
+    let mut reload_failures = Family::counter(
+        "lbd_config_reload_failures_total",
+        "Config reloads rejected since lbd started (the running config was kept).",
+    );
+    reload_failures.add(&[], s.config_reload_failures as f64);
+    let mut loaded = Family::gauge(
+        "lbd_config_last_load_timestamp_seconds",
+        "Unix time at which the running config was loaded.",
+    );
+    if s.config_loaded_unix != 0 {
+        loaded.add(&[], s.config_loaded_unix as f64);
+    }
+
+    [
+        build_info,
+        mode,
+        reasons,
+        ct_entries,
+        ct_capacity,
+        svc_packets,
+        svc_bytes,
+        be_packets,
+        be_bytes,
+        be_active,
+        be_closing,
+        be_state,
+        be_up,
+        hc_duration,
+        vrrp_state,
+        vrrp_transitions,
+        reloads,
+        reload_failures,
+        loaded,
+    ]
+    .into_iter()
+    .map(|f| f.0)
+    .filter(|mf| !mf.get_metric().is_empty())
+    .collect()
+}
+
+/// The text exposition of a snapshot (what `/metrics` answers).
+pub fn render(snapshot: &MetricsSnapshot) -> Result<String, MetricsError> {
+    let mut out = Vec::with_capacity(4096);
+    TextEncoder::new()
+        .encode(&families(snapshot), &mut out)
+        .map_err(MetricsError::Encode)?;
+    // The encoder writes only the UTF-8 strings it was given.
+    String::from_utf8(out).map_err(|e| MetricsError::Encode(prometheus::Error::Msg(e.to_string())))
+}
+
+/// Binds the metrics address. The error names the address, the cause and what to do.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind {
+            addr,
+            hint: bind_hint(&source),
+            source,
+        })
+}
+
+/// Binds `addr` and serves `/metrics` until `shutdown` is cancelled. `snapshot` is called once
+/// per scrape; its error becomes a 500 answer with the message (e.g. the BPF maps could not be
+/// read). Returns only the bind error; serving itself does not fail.
+///
+/// ```no_run
+/// # async fn f(shutdown: tokio_util::sync::CancellationToken) -> Result<(), Box<dyn std::error::Error>> {
+/// use lb_daemon::metrics::{MetricsSnapshot, serve};
+/// let addr = "127.0.0.1:9300".parse()?;
+/// // The daemon's closure locks its state and reads the maps; an Err becomes a 500.
+/// serve(addr, || async { Ok(MetricsSnapshot::default()) }, shutdown).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn serve<F, Fut>(
+    addr: SocketAddr,
+    snapshot: F,
+    shutdown: CancellationToken,
+) -> Result<(), MetricsError>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<MetricsSnapshot, String>> + Send + 'static,
+{
+    let listener = bind(addr).await?;
+    serve_listener(listener, snapshot, shutdown).await;
+    Ok(())
+}
+
+/// Serves `/metrics` on a bound listener until `shutdown` is cancelled (see [`serve`]). Open
+/// connections get a short grace period to finish their request.
+pub async fn serve_listener<F, Fut>(listener: TcpListener, snapshot: F, shutdown: CancellationToken)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<MetricsSnapshot, String>> + Send + 'static,
+{
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics served at http://{addr}{METRICS_PATH}");
+    }
+    let snapshot = Arc::new(snapshot);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "metrics: {MAX_CONNECTIONS} connections open; closing a new one");
+            continue;
+        };
+        let snapshot = snapshot.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |req| {
+                let snapshot = snapshot.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &*snapshot).await) }
+            });
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await {
+                        Ok(r) => r,
+                        Err(_) => Ok(()),
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
+            }
+        });
+    }
+    tracing::debug!("metrics server stopped");
+}
+
+fn text_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+async fn respond<F, Fut>(req: &Request<Incoming>, snapshot: &F) -> Response<Full<Bytes>>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<MetricsSnapshot, String>>,
+{
+    if req.uri().path() != METRICS_PATH {
+        return text_response(
+            StatusCode::NOT_FOUND,
+            format!("not found: metrics are at {METRICS_PATH}\n"),
+        );
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut resp = text_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed: use GET\n".into(),
+        );
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    let rendered = match snapshot().await {
+        Ok(snap) => render(&snap).map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    match rendered {
+        Ok(body) => {
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(prometheus::TEXT_FORMAT),
+            );
+            resp
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics scrape failed");
+            text_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot collect the metrics: {e}\n"),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::BTreeMap,
+        net::SocketAddr,
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::{TcpListener, TcpStream},
+    };
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::{
+        control::{BackendStatus, ServiceStatus},
+        health::{HealthState, ProbeResult},
+    };
+
+    /// A parsed text exposition: HELP and TYPE by family, and the samples.
+    #[derive(Debug, Default)]
+    struct Exposition {
+        help: BTreeMap<String, String>,
+        types: BTreeMap<String, String>,
+        samples: Vec<(String, BTreeMap<String, String>, f64)>,
+    }
+
+    impl Exposition {
+        /// Parses the text format (the subset the encoder writes: no timestamps). Panics on
+        /// anything else: a malformed exposition is a test failure.
+        fn parse(text: &str) -> Exposition {
+            let mut e = Exposition::default();
+            for line in text.lines() {
+                if let Some(rest) = line.strip_prefix("# HELP ") {
+                    let (name, help) = rest.split_once(' ').expect("HELP without text");
+                    assert!(
+                        e.help.insert(name.into(), help.into()).is_none(),
+                        "two HELP: {name}"
+                    );
+                } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                    let (name, ty) = rest.split_once(' ').expect("TYPE without type");
+                    assert!(
+                        e.types.insert(name.into(), ty.into()).is_none(),
+                        "two TYPE: {name}"
+                    );
+                } else if line.starts_with('#') || line.is_empty() {
+                    panic!("unexpected line {line:?}");
+                } else {
+                    e.samples.push(parse_sample(line));
+                }
+            }
+            e
+        }
+
+        fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+            let want: BTreeMap<String, String> = labels
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect();
+            let found: Vec<f64> = self
+                .samples
+                .iter()
+                .filter(|(n, l, _)| n == name && *l == want)
+                .map(|(_, _, v)| *v)
+                .collect();
+            assert!(
+                found.len() <= 1,
+                "{name}{labels:?} appears {} times",
+                found.len()
+            );
+            found.first().copied()
+        }
+
+        fn series(&self, name: &str) -> usize {
+            self.samples.iter().filter(|(n, _, _)| n == name).count()
+        }
+    }
+
+    /// `name{k="v",...} value`, with `\\`, `\"` and `\n` escapes in label values.
+    fn parse_sample(line: &str) -> (String, BTreeMap<String, String>, f64) {
+        let name_end = line.find(['{', ' ']).expect("sample without value");
+        let name = line[..name_end].to_string();
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name {name:?}"
+        );
+        let mut labels = BTreeMap::new();
+        let mut rest = &line[name_end..];
+        if let Some(mut r) = rest.strip_prefix('{') {
+            loop {
+                if let Some(after) = r.strip_prefix('}') {
+                    rest = after;
+                    break;
+                }
+                let (key, after) = r.split_once("=\"").expect("label without =\"");
+                let mut value = String::new();
+                let mut chars = after.char_indices();
+                let end = loop {
+                    match chars.next().expect("unterminated label value") {
+                        (i, '"') => break i,
+                        (_, '\\') => match chars.next().expect("dangling escape").1 {
+                            'n' => value.push('\n'),
+                            c => value.push(c),
+                        },
+                        (_, c) => value.push(c),
+                    }
+                };
+                labels.insert(key.to_string(), value);
+                r = &after[end + 1..];
+                r = r.strip_prefix(',').unwrap_or(r);
+            }
+        }
+        let value = rest.trim_start().parse().expect("sample value");
+        (name, labels, value)
+    }
+
+    fn sample() -> MetricsSnapshot {
+        MetricsSnapshot {
+            version: "0.1.0".into(),
+            datapath: "xdp-native".into(),
+            conntrack_entries: 17,
+            conntrack_capacity: 262144,
+            reasons: vec![
+                ReasonCount {
+                    reason: "pass_arp".into(),
+                    packets: 5,
+                },
+                ReasonCount {
+                    reason: "drop_no_backend".into(),
+                    packets: 2,
+                },
+            ],
+            services: vec![ServiceMetrics {
+                name: "web".into(),
+                vip: "198.18.0.100:80".into(),
+                proto: "tcp".into(),
+                packets: 1000,
+                bytes: 64000,
+                backends: vec![
+                    BackendMetrics {
+                        addr: "198.18.0.21".into(),
+                        state: Some(BackendState::Active),
+                        packets: 600,
+                        bytes: 38400,
+                        active_flows: 3,
+                        closing_flows: 1,
+                        health_up: Some(true),
+                        health_latency: Some(Duration::from_micros(1500)),
+                    },
+                    BackendMetrics {
+                        addr: "198.18.0.22".into(),
+                        state: Some(BackendState::Down),
+                        packets: 400,
+                        bytes: 25600,
+                        active_flows: 0,
+                        closing_flows: 0,
+                        health_up: Some(false),
+                        health_latency: Some(Duration::from_millis(500)),
+                    },
+                ],
+            }],
+            vrrp: Some(VrrpMetrics {
+                state: VrrpState::Master,
+                transitions: 2,
+            }),
+            config_reloads: 4,
+            config_reload_failures: 1,
+            config_loaded_unix: 1_700_000_000,
+        }
+    }
+
+    fn exposition(s: &MetricsSnapshot) -> Exposition {
+        Exposition::parse(&render(s).expect("render"))
+    }
+
+    #[test]
+    fn names_labels_values() {
+        let e = exposition(&sample());
+        let web = [
+            ("service", "web"),
+            ("vip", "198.18.0.100:80"),
+            ("proto", "tcp"),
+        ];
+        let b1 = [("service", "web"), ("backend", "198.18.0.21")];
+        let b2 = [("service", "web"), ("backend", "198.18.0.22")];
+        // (family, labels, value)
+        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
+        let cases: Vec<Case> = vec![
+            ("lbd_build_info", vec![("version", "0.1.0")], 1.0),
+            ("lbd_datapath_mode", vec![("mode", "xdp-native")], 1.0),
+            ("lbd_datapath_mode", vec![("mode", "xdp-generic")], 0.0),
+            ("lbd_datapath_mode", vec![("mode", "userspace")], 0.0),
+            (
+                "lbd_datapath_packets_total",
+                vec![("reason", "pass_arp")],
+                5.0,
+            ),
+            (
+                "lbd_datapath_packets_total",
+                vec![("reason", "drop_no_backend")],
+                2.0,
+            ),
+            ("lbd_conntrack_entries", vec![], 17.0),
+            ("lbd_conntrack_capacity", vec![], 262144.0),
+            ("lbd_service_packets_total", web.to_vec(), 1000.0),
+            ("lbd_service_bytes_total", web.to_vec(), 64000.0),
+            ("lbd_backend_packets_total", b1.to_vec(), 600.0),
+            ("lbd_backend_bytes_total", b2.to_vec(), 25600.0),
+            ("lbd_backend_active_flows", b1.to_vec(), 3.0),
+            ("lbd_backend_closing_flows", b1.to_vec(), 1.0),
+            ("lbd_backend_up", b1.to_vec(), 1.0),
+            ("lbd_backend_up", b2.to_vec(), 0.0),
+            ("lbd_health_check_duration_seconds", b1.to_vec(), 0.0015),
+            ("lbd_health_check_duration_seconds", b2.to_vec(), 0.5),
+            ("lbd_vrrp_state", vec![("state", "master")], 1.0),
+            ("lbd_vrrp_state", vec![("state", "backup")], 0.0),
+            ("lbd_vrrp_state", vec![("state", "init")], 0.0),
+            ("lbd_vrrp_transitions_total", vec![], 2.0),
+            ("lbd_config_reloads_total", vec![], 4.0),
+            ("lbd_config_reload_failures_total", vec![], 1.0),
+            (
+                "lbd_config_last_load_timestamp_seconds",
+                vec![],
+                1_700_000_000.0,
+            ),
+        ];
+        for (name, labels, want) in cases {
+            assert_eq!(e.value(name, &labels), Some(want), "{name}{labels:?}");
+        }
+        // The state set: one series per state, 1 for the current one.
+        for (b, current) in [("198.18.0.21", "active"), ("198.18.0.22", "down")] {
+            for st in BackendState::ALL {
+                let labels = [("service", "web"), ("backend", b), ("state", st.as_str())];
+                let want = if st.as_str() == current { 1.0 } else { 0.0 };
+                assert_eq!(
+                    e.value("lbd_backend_state", &labels),
+                    Some(want),
+                    "{labels:?}"
+                );
+            }
+        }
+        assert_eq!(e.series("lbd_backend_state"), 12);
+    }
+
+    #[test]
+    fn every_family_has_help_type_and_conventional_name() {
+        let e = exposition(&sample());
+        assert_eq!(e.help.len(), 19, "{:?}", e.help.keys());
+        for (name, _, _) in &e.samples {
+            assert!(name.starts_with("lbd_"), "{name}");
+            let ty = e
+                .types
+                .get(name)
+                .unwrap_or_else(|| panic!("no TYPE for {name}"));
+            let help = e
+                .help
+                .get(name)
+                .unwrap_or_else(|| panic!("no HELP for {name}"));
+            assert!(!help.is_empty());
+            assert_eq!(
+                ty == "counter",
+                name.ends_with("_total"),
+                "{name} is a {ty}"
+            );
+            assert!(ty == "counter" || ty == "gauge", "{name}: {ty}");
+        }
+        assert_eq!(e.types["lbd_service_packets_total"], "counter");
+        assert_eq!(e.types["lbd_backend_state"], "gauge");
+        assert_eq!(
+            e.help["lbd_backend_up"],
+            "Whether the backend passes its health checks (1) or not (0); absent without a health check."
+        );
+    }
+
+    #[test]
+    fn optional_parts_are_absent_and_odd_values_escaped() {
+        let mut s = sample();
+        s.vrrp = None;
+        s.config_loaded_unix = 0;
+        s.datapath = "xdp-\"odd\"\\mode".into();
+        for b in &mut s.services[0].backends {
+            b.health_up = None;
+            b.health_latency = None;
+        }
+        s.services[0].backends[1].state = None;
+        let e = exposition(&s);
+        for name in [
+            "lbd_vrrp_state",
+            "lbd_vrrp_transitions_total",
+            "lbd_backend_up",
+            "lbd_health_check_duration_seconds",
+            "lbd_config_last_load_timestamp_seconds",
+        ] {
+            assert_eq!(e.series(name), 0, "{name}");
+            assert!(!e.help.contains_key(name), "{name}");
+        }
+        assert_eq!(e.series("lbd_backend_state"), 6);
+        assert_eq!(e.series("lbd_datapath_mode"), 4);
+        assert_eq!(
+            e.value("lbd_datapath_mode", &[("mode", "xdp-\"odd\"\\mode")]),
+            Some(1.0)
+        );
+
+        // No services at all: the families still render (without the per-service ones).
+        let e = exposition(&MetricsSnapshot::default());
+        assert_eq!(e.series("lbd_service_packets_total"), 0);
+        assert_eq!(e.value("lbd_conntrack_entries", &[]), Some(0.0));
+    }
+
+    #[test]
+    fn from_status_and_health() {
+        let status = Status {
+            version: "0.1.0".into(),
+            datapath: "xdp-generic".into(),
+            conntrack_entries: 9,
+            conntrack_max: 1024,
+            config_loaded_unix: 42,
+            reasons: vec![ReasonCount {
+                reason: "pass_not_vip".into(),
+                packets: 7,
+            }],
+            services: vec![ServiceStatus {
+                name: "web".into(),
+                vip: "198.18.0.100:80".into(),
+                proto: "tcp".into(),
+                scheduler: "maglev".into(),
+                packets: 10,
+                bytes: 640,
+                backends: vec![
+                    BackendStatus {
+                        addr: "198.18.0.21".into(),
+                        weight: 1,
+                        state: "unresolved".into(),
+                        mac: None,
+                        packets: 4,
+                        bytes: 256,
+                        flows: 2,
+                        closing_flows: 1,
+                        ..Default::default()
+                    },
+                    BackendStatus {
+                        addr: "198.18.0.22".into(),
+                        state: "someday-new".into(),
+                        ..Default::default()
+                    },
+                ],
+            }],
+            ..Default::default()
+        };
+        let mut s = MetricsSnapshot::from_status(&status);
+        assert_eq!(s.datapath, "xdp-generic");
+        assert_eq!(s.conntrack_capacity, 1024);
+        assert_eq!(s.config_loaded_unix, 42);
+        let b = &s.services[0].backends;
+        assert_eq!(b[0].state, Some(BackendState::Unresolved));
+        assert_eq!((b[0].active_flows, b[0].closing_flows), (2, 1));
+        assert_eq!(b[1].state, None);
+
+        let target = |backend: &str, state, latency_ms| TargetStatus {
+            service: "web".into(),
+            backend: backend.parse().expect("addr"),
+            state,
+            probes: 3,
+            last: Some(ProbeResult {
+                ok: true,
+                latency: Duration::from_millis(latency_ms),
+                detail: String::new(),
+            }),
+        };
+        s.fill_health(&[
+            target("198.18.0.21:80", HealthState::Down, 7),
+            target("198.18.0.99:80", HealthState::Up, 1),
+        ]);
+        let b = &s.services[0].backends;
+        assert_eq!(b[0].health_up, Some(false));
+        assert_eq!(b[0].health_latency, Some(Duration::from_millis(7)));
+        assert_eq!((b[1].health_up, b[1].health_latency), (None, None));
+    }
+
+    // ---- the server on loopback ----
+
+    /// One HTTP/1.1 request; returns the status, the head and the body.
+    async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+        let exchange = async {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            let req =
+                format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).await.expect("send");
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await.expect("read");
+            out
+        };
+        let out = tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .expect("no answer within 5 s");
+        let text = String::from_utf8(out).expect("utf-8 answer");
+        let (head, body) = text.split_once("\r\n\r\n").expect("no end of head");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("status code");
+        (status, head.to_string(), body.to_string())
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_over_http() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let current = Arc::new(Mutex::new(sample()));
+        let source = current.clone();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_listener(
+            listener,
+            move || {
+                let snap = source.lock().map(|s| s.clone()).map_err(|e| e.to_string());
+                async move { snap }
+            },
+            shutdown.clone(),
+        ));
+
+        let (status, head, body) = http(addr, "GET", "/metrics").await;
+        assert_eq!(status, 200, "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        let e = Exposition::parse(&body);
+        let b1 = [("service", "web"), ("backend", "198.18.0.21")];
+        assert_eq!(e.value("lbd_backend_packets_total", &b1), Some(600.0));
+        assert_eq!(e.types["lbd_backend_packets_total"], "counter");
+
+        // The counters move with the snapshot.
+        {
+            let mut s = current.lock().expect("lock");
+            s.services[0].backends[0].packets += 25;
+            s.services[0].packets += 25;
+            s.config_reloads += 1;
+        }
+        let (_, _, body) = http(addr, "GET", "/metrics?x=1").await;
+        let e = Exposition::parse(&body);
+        assert_eq!(e.value("lbd_backend_packets_total", &b1), Some(625.0));
+        assert_eq!(e.value("lbd_config_reloads_total", &[]), Some(5.0));
+
+        let (status, _, body) = http(addr, "GET", "/other").await;
+        assert_eq!(status, 404);
+        assert_eq!(body, "not found: metrics are at /metrics\n");
+        let (status, _, _) = http(addr, "GET", "/").await;
+        assert_eq!(status, 404);
+        let (status, head, _) = http(addr, "POST", "/metrics").await;
+        assert_eq!(status, 405);
+        assert!(
+            head.to_ascii_lowercase().contains("allow: get, head"),
+            "{head}"
+        );
+        let (status, _, body) = http(addr, "HEAD", "/metrics").await;
+        assert_eq!((status, body.as_str()), (200, ""));
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("server did not stop")
+            .expect("server task");
+        assert!(TcpStream::connect(addr).await.is_err(), "still listening");
+    }
+
+    #[tokio::test]
+    async fn snapshot_errors_are_500() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_listener(
+            listener,
+            || async { Err("reading the counters: map STATS: EPERM".to_string()) },
+            shutdown.clone(),
+        ));
+        let (status, _, body) = http(addr, "GET", "/metrics").await;
+        assert_eq!(status, 500);
+        assert_eq!(
+            body,
+            "cannot collect the metrics: reading the counters: map STATS: EPERM\n"
+        );
+        shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    }
+
+    #[tokio::test]
+    async fn bind_errors_name_the_address() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let e = serve(
+            addr,
+            || async { Ok(MetricsSnapshot::default()) },
+            CancellationToken::new(),
+        )
+        .await
+        .expect_err("bound twice");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!("cannot listen for metrics on {addr}: ")),
+            "{msg}"
+        );
+        assert!(
+            msg.ends_with("set [daemon] metrics_addr to a free address)"),
+            "{msg}"
+        );
+    }
+}
