@@ -7,5 +7,6 @@ pub mod health;
 pub mod maglev;
 pub mod metrics;
 pub mod net;
+pub mod proxy;
 pub mod state;
 pub mod xdp;

@@ -1,0 +1,510 @@
+//! Schedulers: how a new connection (or UDP session) picks a backend from a set.
+//!
+//! - `maglev`: the Maglev table of the set, indexed by the flow hash of the 5-tuple;
+//! - `sh` (source hash): the same with the client port zeroed, so one client address always
+//!   reaches one backend (persistence);
+//! - `rr`: round robin;
+//! - `wrr`: smooth weighted round robin as in nginx (weights 5,1,1 give a a b a c a a, not
+//!   a a a a a b c);
+//! - `lc`: weighted least connections: the lowest open connections / weight, ties rotated.
+//!
+//! `maglev` and `sh` build the table with [`crate::maglev::build`] over the same (name, weight)
+//! pairs as the engine builds for the XDP program (the name is the backend's IP address) and
+//! hash a [`lb_common::FlowKey`] filled exactly as the XDP program fills it, so a flow picks
+//! the same backend on either path and on either VRRP node.
+//!
+//! The state of `rr`, `wrr` and `lc` belongs to one set and starts afresh with each new set.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use lb_common::{FlowKey, MAGLEV_M, hash::flow_hash};
+
+use super::backends::Backend;
+use crate::{
+    config::{self, Proto},
+    maglev,
+};
+
+/// Which scheduler a service uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulerKind {
+    /// Maglev consistent hashing on the 5-tuple (the XDP path's default).
+    Maglev,
+    /// Maglev on the client address only (IPVS `sh`).
+    Sh,
+    /// Round robin.
+    Rr,
+    /// Smooth weighted round robin (nginx).
+    Wrr,
+    /// Weighted least connections.
+    Lc,
+}
+
+impl SchedulerKind {
+    /// Every scheduler, in the order of the docs.
+    pub const ALL: [SchedulerKind; 5] = [
+        SchedulerKind::Maglev,
+        SchedulerKind::Sh,
+        SchedulerKind::Rr,
+        SchedulerKind::Wrr,
+        SchedulerKind::Lc,
+    ];
+
+    /// The config name: `maglev`, `sh`, `rr`, `wrr`, `lc`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SchedulerKind::Maglev => "maglev",
+            SchedulerKind::Sh => "sh",
+            SchedulerKind::Rr => "rr",
+            SchedulerKind::Wrr => "wrr",
+            SchedulerKind::Lc => "lc",
+        }
+    }
+
+    /// The scheduler of a config name, if there is one.
+    pub fn from_name(name: &str) -> Option<SchedulerKind> {
+        SchedulerKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+impl fmt::Display for SchedulerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl From<config::Scheduler> for SchedulerKind {
+    fn from(s: config::Scheduler) -> SchedulerKind {
+        match s {
+            config::Scheduler::Maglev => SchedulerKind::Maglev,
+            config::Scheduler::Sh => SchedulerKind::Sh,
+        }
+    }
+}
+
+/// A new flow as the schedulers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// The client's address and port.
+    pub client: SocketAddr,
+    /// The service's VIP and port.
+    pub vip: SocketAddr,
+    /// The service's protocol.
+    pub proto: Proto,
+}
+
+impl Flow {
+    /// The flow key the XDP program would build for this flow (`src_only`: the client port is
+    /// zeroed, as for a `sh` service).
+    pub fn key(&self, src_only: bool) -> FlowKey {
+        FlowKey {
+            src_be: addr_word(self.client.ip()),
+            dst_be: addr_word(self.vip.ip()),
+            sport_be: if src_only {
+                0
+            } else {
+                self.client.port().to_be()
+            },
+            dport_be: self.vip.port().to_be(),
+            proto: self.proto.number(),
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// An address as the flow key holds it: IPv4 in network order (what the XDP program reads from
+/// the header). The key has no room for IPv6 (the XDP path is IPv4-only); an IPv6 address is
+/// folded into 32 bits so the proxy still hashes it consistently.
+fn addr_word(ip: IpAddr) -> u32 {
+    let v4 = match ip {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4,
+            None => {
+                return v6.octets().chunks_exact(4).fold(0, |acc, c| {
+                    acc ^ u32::from_ne_bytes([c[0], c[1], c[2], c[3]])
+                });
+            }
+        },
+    };
+    u32::from_ne_bytes(v4.octets())
+}
+
+/// A scheduler built for one backend list; [`Scheduler::pick`] must be given that same list.
+#[derive(Debug)]
+pub struct Scheduler {
+    kind: SchedulerKind,
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    /// `maglev` and `sh`: slot → index into the backend list (empty for an empty list).
+    Table(Vec<u32>),
+    /// `rr`: the next turn.
+    Rr(AtomicUsize),
+    /// `wrr`: nginx's current weights. A short lock per pick; the pick is O(backends).
+    Wrr(Mutex<Vec<i64>>),
+    /// `lc`: where the next scan starts, so ties are spread instead of all going to the first.
+    Lc(AtomicUsize),
+}
+
+impl Scheduler {
+    /// Builds the scheduler's state for `backends` (for `maglev`/`sh`, the Maglev table).
+    pub fn new(kind: SchedulerKind, backends: &[Backend]) -> Scheduler {
+        let state = match kind {
+            SchedulerKind::Maglev | SchedulerKind::Sh => State::Table(maglev_table(backends)),
+            SchedulerKind::Rr => State::Rr(AtomicUsize::new(0)),
+            SchedulerKind::Wrr => State::Wrr(Mutex::new(vec![0; backends.len()])),
+            SchedulerKind::Lc => State::Lc(AtomicUsize::new(0)),
+        };
+        Scheduler { kind, state }
+    }
+
+    /// Which scheduler this is.
+    pub fn kind(&self) -> SchedulerKind {
+        self.kind
+    }
+
+    /// Index of the backend for a new flow, skipping the index `exclude` (a backend that just
+    /// failed); None when no backend is left.
+    pub fn pick(&self, backends: &[Backend], flow: &Flow, exclude: Option<usize>) -> Option<usize> {
+        let n = backends.len();
+        let allowed = |i: usize| Some(i) != exclude;
+        if n == 0 || (n == 1 && !allowed(0)) {
+            return None;
+        }
+        match &self.state {
+            State::Table(table) => {
+                let len = table.len();
+                if len == 0 {
+                    return None;
+                }
+                let key = flow.key(self.kind == SchedulerKind::Sh);
+                let slot = lb_common::hash::maglev_slot(flow_hash(&key)) as usize % len;
+                // The first choice is the XDP path's; a retry walks on to the next slot that
+                // holds another backend (slot order is a permutation mix, so the retries of
+                // the failed backend's flows spread over the others by weight).
+                (0..len)
+                    .map(|step| table[(slot + step) % len] as usize)
+                    .find(|&i| i < n && allowed(i))
+            }
+            State::Rr(next) => {
+                let i = next.fetch_add(1, Ordering::Relaxed) % n;
+                if allowed(i) {
+                    Some(i)
+                } else {
+                    Some((i + 1) % n)
+                }
+            }
+            State::Wrr(current) => {
+                let mut current = current.lock().unwrap_or_else(PoisonError::into_inner);
+                if current.len() != n {
+                    // Not the list this state was built for: start afresh rather than panic.
+                    *current = vec![0; n];
+                }
+                let mut total = 0i64;
+                let mut best: Option<usize> = None;
+                for (i, b) in backends.iter().enumerate() {
+                    if !allowed(i) {
+                        continue;
+                    }
+                    let w = i64::from(b.weight());
+                    current[i] += w;
+                    total += w;
+                    if best.is_none_or(|j| current[i] > current[j]) {
+                        best = Some(i);
+                    }
+                }
+                if let Some(j) = best {
+                    current[j] -= total;
+                }
+                best
+            }
+            State::Lc(start) => {
+                let start = start.fetch_add(1, Ordering::Relaxed) % n;
+                let mut best: Option<(usize, u128, u128)> = None;
+                for k in 0..n {
+                    let i = (start + k) % n;
+                    if !allowed(i) {
+                        continue;
+                    }
+                    let (active, weight) = (
+                        u128::from(backends[i].active()),
+                        u128::from(backends[i].weight()),
+                    );
+                    // active/weight < best_active/best_weight, without division.
+                    if best.is_none_or(|(_, ba, bw)| active * bw < ba * weight) {
+                        best = Some((i, active, weight));
+                    }
+                }
+                best.map(|(i, _, _)| i)
+            }
+        }
+    }
+}
+
+/// The Maglev table of a backend list, as indices into it. Names are the IP addresses, as the
+/// engine names backends for the XDP tables; two backends on one IP (possible only on the proxy
+/// path, with different ports) are named `ip:port` instead, so each keeps its own permutation.
+fn maglev_table(backends: &[Backend]) -> Vec<u32> {
+    let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
+    for b in backends {
+        *per_ip.entry(b.addr().ip()).or_default() += 1;
+    }
+    let names: Vec<String> = backends
+        .iter()
+        .map(|b| {
+            if per_ip.get(&b.addr().ip()).copied().unwrap_or(0) > 1 {
+                b.addr().to_string()
+            } else {
+                b.addr().ip().to_string()
+            }
+        })
+        .collect();
+    let entries: Vec<maglev::Entry<'_>> = backends
+        .iter()
+        .zip(&names)
+        .map(|(b, name)| maglev::Entry {
+            name,
+            weight: b.weight(),
+        })
+        .collect();
+    maglev::build(&entries, MAGLEV_M)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::Ipv4Addr, sync::Arc};
+
+    use super::*;
+    use crate::proxy::backends::{BackendSpec, Counters};
+
+    fn backends(weights: &[u32]) -> Vec<Backend> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                Backend::new(
+                    BackendSpec {
+                        id: 100 + i as u32,
+                        addr: SocketAddr::from((Ipv4Addr::new(198, 18, 0, 21 + i as u8), 80)),
+                        weight: w,
+                    },
+                    Arc::new(Counters::default()),
+                )
+            })
+            .collect()
+    }
+
+    fn flow(client: [u8; 4], port: u16) -> Flow {
+        Flow {
+            client: SocketAddr::from((client, port)),
+            vip: SocketAddr::from(([198, 18, 0, 100], 80)),
+            proto: Proto::Tcp,
+        }
+    }
+
+    fn counts(s: &Scheduler, b: &[Backend], picks: usize) -> Vec<usize> {
+        let mut c = vec![0; b.len()];
+        for p in 0..picks {
+            let i = s
+                .pick(b, &flow([198, 18, 0, 10], 1024 + p as u16), None)
+                .unwrap();
+            c[i] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn empty_set_gives_no_backend() {
+        for kind in SchedulerKind::ALL {
+            let s = Scheduler::new(kind, &[]);
+            assert_eq!(
+                s.pick(&[], &flow([198, 18, 0, 10], 1), None),
+                None,
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn excluding_the_only_backend_gives_none_and_otherwise_another() {
+        for kind in SchedulerKind::ALL {
+            let one = backends(&[1]);
+            let s = Scheduler::new(kind, &one);
+            assert_eq!(s.pick(&one, &flow([198, 18, 0, 10], 1), Some(0)), None);
+            let three = backends(&[1, 2, 3]);
+            let s = Scheduler::new(kind, &three);
+            for port in 1..200 {
+                let f = flow([198, 18, 0, 10], port);
+                let first = s.pick(&three, &f, None).unwrap();
+                let retry = s.pick(&three, &f, Some(first)).unwrap();
+                assert_ne!(first, retry, "{kind}: the retry went to the failed backend");
+            }
+        }
+    }
+
+    #[test]
+    fn names_parse_and_print() {
+        for kind in SchedulerKind::ALL {
+            assert_eq!(SchedulerKind::from_name(kind.name()), Some(kind));
+        }
+        assert_eq!(SchedulerKind::from_name("random"), None);
+        assert_eq!(
+            SchedulerKind::from(config::Scheduler::Sh),
+            SchedulerKind::Sh
+        );
+    }
+
+    #[test]
+    fn rr_takes_turns() {
+        let b = backends(&[5, 1, 1]);
+        let s = Scheduler::new(SchedulerKind::Rr, &b);
+        assert_eq!(counts(&s, &b, 300), vec![100, 100, 100]);
+    }
+
+    #[test]
+    fn wrr_is_smooth_and_follows_weights() {
+        let b = backends(&[5, 1, 1]);
+        let s = Scheduler::new(SchedulerKind::Wrr, &b);
+        let seq: Vec<usize> = (0..7)
+            .map(|_| s.pick(&b, &flow([198, 18, 0, 10], 1), None).unwrap())
+            .collect();
+        // nginx's example: weights 5, 1, 1 give a a b a c a a.
+        assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
+        let b = backends(&[1, 2, 3, 4]);
+        let s = Scheduler::new(SchedulerKind::Wrr, &b);
+        assert_eq!(counts(&s, &b, 1000), vec![100, 200, 300, 400]);
+    }
+
+    #[test]
+    fn lc_picks_the_least_loaded_by_weight() {
+        let b = backends(&[1, 1, 2]);
+        let s = Scheduler::new(SchedulerKind::Lc, &b);
+        let f = flow([198, 18, 0, 10], 1);
+        let guards: Vec<_> = [3, 1, 4]
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &n)| (0..n).map(move |_| i))
+            .map(|i| b[i].counters().open())
+            .collect();
+        // Loads: 3/1, 1/1, 4/2 = 2: backend 1 is the least loaded.
+        for _ in 0..10 {
+            assert_eq!(s.pick(&b, &f, None), Some(1));
+        }
+        // Excluding it, backend 2 (4/2) beats backend 0 (3/1).
+        assert_eq!(s.pick(&b, &f, Some(1)), Some(2));
+        drop(guards);
+        // All idle: ties are spread over every backend, not all on the first.
+        let mut seen = [false; 3];
+        for _ in 0..3 {
+            seen[s.pick(&b, &f, None).unwrap()] = true;
+        }
+        assert_eq!(seen, [true; 3]);
+    }
+
+    #[test]
+    fn lc_fills_backends_by_weight() {
+        // Connections that stay open: each new one goes to the lowest conns/weight.
+        let b = backends(&[1, 3]);
+        let s = Scheduler::new(SchedulerKind::Lc, &b);
+        let mut open = Vec::new();
+        for port in 0..40 {
+            let i = s.pick(&b, &flow([198, 18, 0, 10], port), None).unwrap();
+            open.push(b[i].counters().open());
+        }
+        assert_eq!((b[0].active(), b[1].active()), (10, 30));
+    }
+
+    /// The XDP program's choice, computed from the engine's recipe: a Maglev table over
+    /// (IP address string, weight) and the flow hash of the key the program builds.
+    fn xdp_choice(b: &[Backend], client: [u8; 4], sport: u16, src_only: bool) -> usize {
+        let names: Vec<String> = b.iter().map(|x| x.addr().ip().to_string()).collect();
+        let entries: Vec<maglev::Entry> = b
+            .iter()
+            .zip(&names)
+            .map(|(x, n)| maglev::Entry {
+                name: n,
+                weight: x.weight(),
+            })
+            .collect();
+        let table = maglev::build(&entries, MAGLEV_M);
+        let key = FlowKey {
+            src_be: u32::from_ne_bytes(client),
+            dst_be: u32::from_ne_bytes([198, 18, 0, 100]),
+            sport_be: if src_only { 0 } else { sport.to_be() },
+            dport_be: 80u16.to_be(),
+            proto: lb_common::IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        table[(flow_hash(&key) % MAGLEV_M) as usize] as usize
+    }
+
+    #[test]
+    fn maglev_and_sh_pick_what_the_xdp_path_picks() {
+        let b = backends(&[1, 2, 1, 1]);
+        let mg = Scheduler::new(SchedulerKind::Maglev, &b);
+        let sh = Scheduler::new(SchedulerKind::Sh, &b);
+        let mut per_backend = [0usize; 4];
+        for host in 1..20u8 {
+            for port in [1, 80, 1024, 40_000, 65_535] {
+                let client = [198, 18, 1, host];
+                let i = mg.pick(&b, &flow(client, port), None).unwrap();
+                assert_eq!(i, xdp_choice(&b, client, port, false));
+                per_backend[i] += 1;
+                let j = sh.pick(&b, &flow(client, port), None).unwrap();
+                assert_eq!(j, xdp_choice(&b, client, port, true));
+                // sh ignores the client port.
+                assert_eq!(j, sh.pick(&b, &flow(client, 7), None).unwrap());
+            }
+        }
+        assert!(per_backend.iter().all(|&c| c > 0), "{per_backend:?}");
+    }
+
+    #[test]
+    fn maglev_spreads_by_weight() {
+        let b = backends(&[1, 1, 2]);
+        let s = Scheduler::new(SchedulerKind::Maglev, &b);
+        let mut c = [0u32; 3];
+        for host in 0..40u8 {
+            for port in 0..100u16 {
+                c[s.pick(&b, &flow([10, 0, 0, host], 10_000 + port), None)
+                    .unwrap()] += 1;
+            }
+        }
+        // 4000 flows: expected 1000, 1000, 2000; a tenth of slack covers hashing noise.
+        for (i, want) in [1000.0, 1000.0, 2000.0].iter().enumerate() {
+            let got = f64::from(c[i]);
+            assert!((got - want).abs() < want / 10.0, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn shared_ip_backends_get_distinct_maglev_names() {
+        let mut b = backends(&[1, 1]);
+        b[1] = Backend::new(
+            BackendSpec {
+                id: 200,
+                addr: SocketAddr::from(([198, 18, 0, 21], 8080)),
+                weight: 1,
+            },
+            Arc::new(Counters::default()),
+        );
+        let s = Scheduler::new(SchedulerKind::Maglev, &b);
+        let mut c = [0u32; 2];
+        for port in 0..2000 {
+            c[s.pick(&b, &flow([10, 0, 0, 1], port), None).unwrap()] += 1;
+        }
+        assert!(c[0] > 700 && c[1] > 700, "{c:?}");
+    }
+}
