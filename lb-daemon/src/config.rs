@@ -47,6 +47,8 @@ pub enum Datapath {
     Xdp,
     /// XDP in generic (skb) mode only: for drivers without native XDP, and for tests.
     XdpGeneric,
+    /// The userspace TCP/UDP proxy (no BPF needed).
+    Userspace,
 }
 
 impl fmt::Display for Datapath {
@@ -55,6 +57,7 @@ impl fmt::Display for Datapath {
             Datapath::Auto => "auto",
             Datapath::Xdp => "xdp",
             Datapath::XdpGeneric => "xdp-generic",
+            Datapath::Userspace => "userspace",
         })
     }
 }
@@ -96,6 +99,19 @@ pub enum Scheduler {
     Maglev,
     /// Maglev on the client address only: one client, one backend (IPVS `sh`).
     Sh,
+    /// Round robin (userspace data path only).
+    Rr,
+    /// Smooth weighted round robin (userspace data path only).
+    Wrr,
+    /// Least connections, weighted (userspace data path only).
+    Lc,
+}
+
+impl Scheduler {
+    /// Whether the XDP data path can run it (it hashes; it keeps no per-backend state).
+    pub fn xdp_capable(self) -> bool {
+        matches!(self, Scheduler::Maglev | Scheduler::Sh)
+    }
 }
 
 impl fmt::Display for Scheduler {
@@ -103,6 +119,9 @@ impl fmt::Display for Scheduler {
         f.write_str(match self {
             Scheduler::Maglev => "maglev",
             Scheduler::Sh => "sh",
+            Scheduler::Rr => "rr",
+            Scheduler::Wrr => "wrr",
+            Scheduler::Lc => "lc",
         })
     }
 }
@@ -114,6 +133,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// `[vrrp]`, when this node shares its VIPs with another through VRRP.
     pub vrrp: Option<vrrp::Config>,
+    /// `[proxy]`: the userspace data path's limits and timeouts.
+    pub proxy: crate::proxy::ProxyConfig,
     /// `[[service]]`, in file order.
     pub services: Vec<ServiceConfig>,
 }
@@ -191,8 +212,59 @@ pub struct BackendConfig {
 struct RawConfig {
     daemon: RawDaemon,
     vrrp: Option<RawVrrp>,
+    proxy: Option<RawProxy>,
     #[serde(default)]
     service: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    connect_timeout_ms: Option<i64>,
+    idle_timeout_s: Option<i64>,
+    max_connections: Option<i64>,
+    udp_session_timeout_s: Option<i64>,
+    max_udp_sessions: Option<i64>,
+    splice: Option<bool>,
+}
+
+impl RawProxy {
+    fn validate(self) -> Result<crate::proxy::ProxyConfig, ConfigError> {
+        let mut c = crate::proxy::ProxyConfig::default();
+        let range = |key: &str, v: i64, lo: i64, hi: i64| -> Result<u64, ConfigError> {
+            if (lo..=hi).contains(&v) {
+                Ok(v as u64)
+            } else {
+                Err(err(
+                    format!("proxy.{key}"),
+                    format!("{v} is out of range (allowed: {lo} to {hi})"),
+                ))
+            }
+        };
+        let max = crate::proxy::MAX_LIMIT as i64;
+        if let Some(v) = self.connect_timeout_ms {
+            c.connect_timeout =
+                std::time::Duration::from_millis(range("connect_timeout_ms", v, 10, 60_000)?);
+        }
+        if let Some(v) = self.idle_timeout_s {
+            c.idle_timeout = std::time::Duration::from_secs(range("idle_timeout_s", v, 1, 86_400)?);
+        }
+        if let Some(v) = self.max_connections {
+            c.max_connections = range("max_connections", v, 1, max)? as usize;
+        }
+        if let Some(v) = self.udp_session_timeout_s {
+            c.udp_session_timeout =
+                std::time::Duration::from_secs(range("udp_session_timeout_s", v, 1, 86_400)?);
+        }
+        if let Some(v) = self.max_udp_sessions {
+            c.max_udp_sessions = range("max_udp_sessions", v, 1, max)? as usize;
+        }
+        if let Some(v) = self.splice {
+            c.splice = v;
+        }
+        c.validate().map_err(|e| err("proxy", e.to_string()))?;
+        Ok(c)
+    }
 }
 
 /// Name of the VRRP tracked condition "a service has no backend in rotation".
@@ -379,10 +451,13 @@ impl RawConfig {
             "auto" => Datapath::Auto,
             "xdp" => Datapath::Xdp,
             "xdp-generic" => Datapath::XdpGeneric,
+            "userspace" => Datapath::Userspace,
             other => {
                 return Err(err(
                     "daemon.datapath",
-                    format!("{other:?} is not a data path (allowed: auto, xdp, xdp-generic)"),
+                    format!(
+                        "{other:?} is not a data path (allowed: auto, xdp, xdp-generic, userspace)"
+                    ),
                 ));
             }
         };
@@ -455,13 +530,33 @@ impl RawConfig {
                 ),
             ));
         }
+        // rr, wrr and lc keep per-backend state (a cursor, connection counts): only the proxy has them.
+        if matches!(daemon.datapath, Datapath::Xdp | Datapath::XdpGeneric)
+            && let Some((i, s)) = services
+                .iter()
+                .enumerate()
+                .find(|(_, s)| !s.scheduler.xdp_capable())
+        {
+            return Err(err(
+                format!("service[{i}].scheduler"),
+                format!(
+                    "{} needs the userspace data path, but daemon.datapath = \"{}\" (use maglev or sh, or datapath = \"userspace\" or \"auto\")",
+                    s.scheduler, daemon.datapath
+                ),
+            ));
+        }
         let vrrp = match self.vrrp {
             Some(v) => Some(v.validate(&daemon, &services)?),
             None => None,
         };
+        let proxy = match self.proxy {
+            Some(p) => p.validate()?,
+            None => crate::proxy::ProxyConfig::default(),
+        };
         Ok(Config {
             daemon,
             vrrp,
+            proxy,
             services,
         })
     }
@@ -501,12 +596,13 @@ impl RawService {
         let scheduler = match self.scheduler.as_deref().unwrap_or("maglev") {
             "maglev" => Scheduler::Maglev,
             "sh" => Scheduler::Sh,
+            "rr" => Scheduler::Rr,
+            "wrr" => Scheduler::Wrr,
+            "lc" => Scheduler::Lc,
             other => {
                 return Err(err(
                     format!("{path}.scheduler"),
-                    format!(
-                        "{other:?} is not a scheduler of the XDP data path (allowed: maglev, sh)"
-                    ),
+                    format!("{other:?} is not a scheduler (allowed: maglev, sh, rr, wrr, lc)"),
                 ));
             }
         };
@@ -656,7 +752,7 @@ backends = [ { addr = "198.18.0.21" } ]
             ),
             (
                 "[daemon]\ninterface = \"eth0\"\ndatapath = \"dpdk\"\n".into(),
-                "daemon.datapath: \"dpdk\" is not a data path (allowed: auto, xdp, xdp-generic)",
+                "daemon.datapath: \"dpdk\" is not a data path (allowed: auto, xdp, xdp-generic, userspace)",
             ),
             (
                 "[daemon]\ninterface = \"eth0\"\nmetrics_addr = \"localhost\"\n".into(),
@@ -679,8 +775,8 @@ backends = [ { addr = "198.18.0.21" } ]
                 "service[0].proto: \"sctp\" is not a protocol (allowed: tcp, udp)",
             ),
             (
-                svc("scheduler = \"rr\""),
-                "service[0].scheduler: \"rr\" is not a scheduler of the XDP data path (allowed: maglev, sh)",
+                svc("scheduler = \"random\""),
+                "service[0].scheduler: \"random\" is not a scheduler (allowed: maglev, sh, rr, wrr, lc)",
             ),
             (
                 svc("name = \"a b\""),

@@ -10,7 +10,6 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::Ebpf;
 use lb_common::{STATS_BACKEND_BASE, STATS_SERVICE_BASE, reason};
 use tokio::{signal::unix::SignalKind, sync::Mutex};
 
@@ -25,6 +24,7 @@ use crate::{
     health::{HealthEvent, HealthMonitor, Target},
     metrics::{self, MetricsSnapshot, VrrpMetrics, VrrpState},
     net,
+    plane::{Plane, ProxyPlane, XdpPlane},
     state::{AdminOverride, Overrides, StateFile},
     xdp::{self, AttachMode, FlowCounts, XdpMaps},
 };
@@ -68,11 +68,11 @@ struct State {
     config_path: PathBuf,
     config: Config,
     engine: Engine,
-    maps: XdpMaps,
-    link: net::Link,
+    plane: Plane,
+    /// The interface, when the data path needs backend MACs (XDP).
+    link: Option<net::Link>,
     macs: HashMap<Ipv4Addr, [u8; 6]>,
     counts: FlowCounts,
-    mode: AttachMode,
     mode_reason: String,
     started: Instant,
     loaded_at: SystemTime,
@@ -97,16 +97,13 @@ impl State {
     /// Makes the data path match config, overrides, health and MACs, then checks the health of
     /// exactly the backends the services now have.
     fn apply(&mut self) -> Result<ApplyReport, EngineError> {
-        let State {
-            engine,
-            maps,
-            config,
-            overrides,
-            down,
-            macs,
-            ..
-        } = self;
-        let report = engine.apply(config, overrides, down, macs, maps)?;
+        let report = self.plane.apply(
+            &mut self.engine,
+            &self.config,
+            &self.overrides,
+            &self.down,
+            &self.macs,
+        )?;
         let targets = health_targets(&self.engine);
         // Backends no longer checked cannot stay down.
         let checked: BTreeSet<(String, Ipv4Addr)> = targets
@@ -129,16 +126,13 @@ impl State {
         });
         self.health.set_targets(targets);
         if self.down.len() != before {
-            let State {
-                engine,
-                maps,
-                config,
-                overrides,
-                down,
-                macs,
-                ..
-            } = self;
-            engine.apply(config, overrides, down, macs, maps)?;
+            self.plane.apply(
+                &mut self.engine,
+                &self.config,
+                &self.overrides,
+                &self.down,
+                &self.macs,
+            )?;
         }
         Ok(report)
     }
@@ -235,10 +229,7 @@ async fn on_health(state: &Mutex<State>, ev: HealthEvent) {
     if !ev.up
         && let Some(id) = st.backend(&key, ip).map(|b| b.id)
     {
-        let cut = st
-            .maps
-            .scan_flows(xdp::coarse_now_ns(), Default::default(), |_, b| b == id)
-            .expired;
+        let cut = st.plane.cut(id);
         tracing::info!(backend = %ip, flows = cut, "flows of the down backend re-balanced");
     }
 }
@@ -260,76 +251,130 @@ fn backend_ips(config: &Config, overrides: &Overrides) -> Vec<Ipv4Addr> {
     ips
 }
 
-/// Attaches by the configured policy; returns the mode and why.
-fn attach(
-    ebpf: &mut Ebpf,
-    datapath: Datapath,
-    interface: &str,
-    ifindex: u32,
-) -> anyhow::Result<(AttachMode, String)> {
-    match datapath {
-        Datapath::Xdp => {
-            xdp::attach(ebpf, xdp::PROG_LBD, interface, ifindex, AttachMode::Native)
-                .context("datapath = \"xdp\" requires native XDP; use datapath = \"auto\" to allow generic mode")?;
-            Ok((AttachMode::Native, "datapath = \"xdp\"".into()))
-        }
-        Datapath::XdpGeneric => {
-            xdp::attach(ebpf, xdp::PROG_LBD, interface, ifindex, AttachMode::Generic)?;
-            Ok((AttachMode::Generic, "datapath = \"xdp-generic\"".into()))
-        }
-        Datapath::Auto => {
-            match xdp::attach(ebpf, xdp::PROG_LBD, interface, ifindex, AttachMode::Native) {
-                Ok(()) => Ok((
-                    AttachMode::Native,
-                    "datapath = \"auto\": native XDP attached".into(),
-                )),
-                Err(native) => {
-                    tracing::warn!(error = %native, "native XDP failed; falling back to generic XDP");
-                    xdp::attach(ebpf, xdp::PROG_LBD, interface, ifindex, AttachMode::Generic)
-                        .with_context(|| {
-                            format!("generic XDP failed too, after native: {native}")
-                        })?;
-                    Ok((
-                        AttachMode::Generic,
-                        format!("datapath = \"auto\": native failed ({native}); generic in use"),
-                    ))
-                }
-            }
-        }
-    }
-}
-
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
-    check_privileges()?;
-    let handle = net::connect().context("opening a netlink socket")?;
-    let iface = config.daemon.interface.clone();
-    let link = net::link(&handle, &iface)
-        .await
-        .with_context(|| format!("daemon.interface = {iface:?}"))?;
+/// Loads the XDP programs and attaches them in one mode.
+fn xdp_plane(config: &Config, link: &net::Link, mode: AttachMode) -> anyhow::Result<XdpPlane> {
     let mut ebpf = xdp::load(
         link.mac,
         [0; 6],
         config.daemon.conntrack_max,
         &[xdp::PROG_LBD],
     )?;
-    let mut maps = XdpMaps::new(&mut ebpf)?;
+    let maps = XdpMaps::new(&mut ebpf)?;
+    let iface = &config.daemon.interface;
+    xdp::attach(&mut ebpf, xdp::PROG_LBD, iface, link.index, mode)?;
+    Ok(XdpPlane { ebpf, maps, mode })
+}
+
+/// Picks the data path by `[daemon] datapath`; returns it and why. `auto` steps down native XDP
+/// → generic XDP → userspace, logging each step's reason; the explicit modes fail instead.
+///
+/// The program is attached before its maps are filled: until the first apply (moments later) the
+/// VIPS map is empty and every packet passes to the kernel, as before lbd started.
+async fn choose_plane(
+    config: &Config,
+    handle: &rtnetlink::Handle,
+) -> anyhow::Result<(Plane, Option<net::Link>, String)> {
+    let iface = config.daemon.interface.clone();
+    let userspace = || Plane::Proxy(ProxyPlane::new(config.proxy.clone()));
+    let link = || async {
+        net::link(handle, &iface)
+            .await
+            .with_context(|| format!("daemon.interface = {iface:?}"))
+    };
+    match config.daemon.datapath {
+        Datapath::Userspace => Ok((userspace(), None, "datapath = \"userspace\"".into())),
+        Datapath::Xdp => {
+            check_privileges()?;
+            let link = link().await?;
+            let plane = xdp_plane(config, &link, AttachMode::Native).context(
+                "datapath = \"xdp\" requires native XDP; use datapath = \"auto\" to allow generic mode",
+            )?;
+            Ok((Plane::Xdp(plane), Some(link), "datapath = \"xdp\"".into()))
+        }
+        Datapath::XdpGeneric => {
+            check_privileges()?;
+            let link = link().await?;
+            let plane = xdp_plane(config, &link, AttachMode::Generic)?;
+            Ok((
+                Plane::Xdp(plane),
+                Some(link),
+                "datapath = \"xdp-generic\"".into(),
+            ))
+        }
+        Datapath::Auto => {
+            if let Some(s) = config.services.iter().find(|s| !s.scheduler.xdp_capable()) {
+                let why = format!(
+                    "datapath = \"auto\": service {} uses scheduler {}, which only the userspace data path has; userspace in use",
+                    s.name, s.scheduler
+                );
+                tracing::warn!("{why}");
+                return Ok((userspace(), None, why));
+            }
+            if let Err(e) = check_privileges() {
+                let why = format!("datapath = \"auto\": {e:#}; userspace in use");
+                tracing::warn!("{why}");
+                return Ok((userspace(), None, why));
+            }
+            let link = link().await?;
+            let native = match xdp_plane(config, &link, AttachMode::Native) {
+                Ok(p) => {
+                    return Ok((
+                        Plane::Xdp(p),
+                        Some(link),
+                        "datapath = \"auto\": native XDP attached".into(),
+                    ));
+                }
+                Err(e) => format!("{e:#}"),
+            };
+            tracing::warn!(error = %native, "native XDP failed; trying generic XDP");
+            let generic = match xdp_plane(config, &link, AttachMode::Generic) {
+                Ok(p) => {
+                    let why =
+                        format!("datapath = \"auto\": native failed ({native}); generic in use");
+                    return Ok((Plane::Xdp(p), Some(link), why));
+                }
+                Err(e) => format!("{e:#}"),
+            };
+            let why = format!(
+                "datapath = \"auto\": native XDP failed ({native}); generic XDP failed ({generic}); userspace in use"
+            );
+            tracing::warn!("{why}");
+            Ok((userspace(), None, why))
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
+    let handle = net::connect().context("opening a netlink socket")?;
+    let (mut plane, link, mode_reason) = choose_plane(&config, &handle).await?;
 
     // Runtime changes from lbctl, replayed over the config.
     let state_file = StateFile::in_dir(&config.daemon.state_dir);
     let overrides = state_file.load()?;
     let ips = backend_ips(&config, &overrides);
 
-    // Fill the maps before attaching, so the first packet already finds its service.
-    let macs = net::resolve(&handle, &iface, link.index, &ips, RESOLVE_WAIT).await?;
-    let mut engine = Engine::new();
+    let macs = match &link {
+        Some(l) => {
+            let m = net::resolve(
+                &handle,
+                &config.daemon.interface,
+                l.index,
+                &ips,
+                RESOLVE_WAIT,
+            )
+            .await?;
+            log_unresolved(&ips, &m);
+            m
+        }
+        None => HashMap::new(),
+    };
+    let mut engine = Engine::with_mac_required(plane.needs_macs());
     let down = BTreeSet::new();
-    let report = engine
-        .apply(&config, &overrides, &down, &macs, &mut maps)
-        .context("filling the XDP maps")?;
-    log_unresolved(&ips, &macs);
-    let (mode, mode_reason) = attach(&mut ebpf, config.daemon.datapath, &iface, link.index)?;
-    tracing::info!(interface = %iface, mode = mode.as_str(), reason = %mode_reason, services = report.services_added, backends = report.backends_added, "XDP attached");
+    let report = plane
+        .apply(&mut engine, &config, &overrides, &down, &macs)
+        .context("setting up the data path")?;
+    tracing::info!(interface = %config.daemon.interface, datapath = plane.name(), reason = %mode_reason, services = report.services_added, backends = report.backends_added, "data path ready");
 
     let socket_path = config.daemon.control_socket.clone();
     let listener = control::bind(&socket_path).await?;
@@ -363,11 +408,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         config_path,
         config,
         engine,
-        maps,
+        plane,
         link,
         macs,
         counts: FlowCounts::default(),
-        mode,
         mode_reason,
         started: Instant::now(),
         loaded_at: SystemTime::now(),
@@ -452,11 +496,30 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             Err(_) => tracing::error!("VRRP did not stop within 5 s"),
         }
     }
-    drop(ebpf); // detaches the program (its link closes)
+    // Stop forwarding: XDP detaches when its object is dropped; the proxies close their
+    // listeners and connections (bounded: a stuck peer cannot hold the stop).
+    let plane = {
+        let mut st = state.lock().await;
+        std::mem::replace(
+            &mut st.plane,
+            Plane::Proxy(ProxyPlane::new(Default::default())),
+        )
+    };
+    match plane {
+        Plane::Xdp(x) => drop(x),
+        Plane::Proxy(mut p) => {
+            if tokio::time::timeout(Duration::from_secs(5), p.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("proxied connections still open after 5 s; closing them");
+            }
+        }
+    }
     if let Err(e) = std::fs::remove_file(&socket_path) {
         tracing::warn!(socket = %socket_path.display(), error = %e, "cannot remove the control socket");
     }
-    tracing::info!("XDP detached; lbd stopped");
+    tracing::info!("data path stopped; lbd stopped");
     Ok(())
 }
 
@@ -490,10 +553,12 @@ async fn reload(state: &Mutex<State>, handle: &rtnetlink::Handle) {
         );
     }
     let ips = backend_ips(&new, &st.overrides);
-    let (iface, index) = (st.config.daemon.interface.clone(), st.link.index);
-    match net::resolve(handle, &iface, index, &ips, RESOLVE_WAIT).await {
-        Ok(found) => st.macs.extend(found),
-        Err(e) => tracing::warn!(error = %e, "SIGHUP: neighbour look-up failed"),
+    if let Some(link) = st.link {
+        let iface = st.config.daemon.interface.clone();
+        match net::resolve(handle, &iface, link.index, &ips, RESOLVE_WAIT).await {
+            Ok(found) => st.macs.extend(found),
+            Err(e) => tracing::warn!(error = %e, "SIGHUP: neighbour look-up failed"),
+        }
     }
     let old_services = std::mem::replace(&mut st.config.services, new.services);
     match st.apply() {
@@ -537,15 +602,13 @@ async fn refresh(state: &Mutex<State>, handle: &rtnetlink::Handle, all_macs: boo
         .flat_map(|s| s.backends.values().filter(|b| b.health_down).map(|b| b.id))
         .collect();
     let counts = st
-        .maps
-        .scan_flows(xdp::coarse_now_ns(), Default::default(), |_, id| {
-            !live.contains(&id) || down.contains(&id)
-        });
-    let State { engine, maps, .. } = &mut *st;
+        .plane
+        .flows(|id| !live.contains(&id) || down.contains(&id));
+    let State { engine, plane, .. } = &mut *st;
     let flows_of = |id| {
         counts.active.get(&id).copied().unwrap_or(0) + counts.closing.get(&id).copied().unwrap_or(0)
     };
-    match engine.reap_removed(flows_of, maps) {
+    match plane.reap(engine, flows_of) {
         Ok(freed) if !freed.is_empty() => {
             tracing::info!(ids = ?freed, "removed backends have no flows left: freed")
         }
@@ -568,6 +631,9 @@ async fn refresh(state: &Mutex<State>, handle: &rtnetlink::Handle, all_macs: boo
         }
     }
 
+    let Some(link) = st.link else {
+        return; // the proxy needs no MACs: the kernel resolves them when it connects
+    };
     let ips = backend_ips(&st.config, &st.overrides);
     let wanted: Vec<Ipv4Addr> = if all_macs {
         ips
@@ -579,8 +645,8 @@ async fn refresh(state: &Mutex<State>, handle: &rtnetlink::Handle, all_macs: boo
     if wanted.is_empty() {
         return;
     }
-    let (iface, index) = (st.config.daemon.interface.clone(), st.link.index);
-    let found = match net::resolve(handle, &iface, index, &wanted, Duration::ZERO).await {
+    let iface = st.config.daemon.interface.clone();
+    let found = match net::resolve(handle, &iface, link.index, &wanted, Duration::ZERO).await {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(error = %e, "neighbour look-up failed");
@@ -741,14 +807,16 @@ async fn backend_add(
         o.added = in_config.is_none();
         o.weight = (in_config != Some(weight)).then_some(weight);
     });
-    // Learn its MAC first, so that it enters rotation with the change.
-    let (iface, index) = (st.config.daemon.interface.clone(), st.link.index);
-    match net::resolve(&st.netlink, &iface, index, &[ip], RESOLVE_WAIT).await {
-        Ok(found) => st.macs.extend(found),
-        Err(e) => tracing::warn!(backend = %ip, error = %e, "neighbour look-up failed"),
+    // Learn its MAC first (XDP), so that it enters rotation with the change.
+    if let Some(link) = st.link {
+        let iface = st.config.daemon.interface.clone();
+        match net::resolve(&st.netlink, &iface, link.index, &[ip], RESOLVE_WAIT).await {
+            Ok(found) => st.macs.extend(found),
+            Err(e) => tracing::warn!(backend = %ip, error = %e, "neighbour look-up failed"),
+        }
     }
     commit(st, new)?;
-    let note = if st.macs.contains_key(&ip) {
+    let note = if st.macs.contains_key(&ip) || !st.plane.needs_macs() {
         ""
     } else {
         "; no ARP answer yet: out of rotation until it answers"
@@ -813,9 +881,7 @@ fn backend_remove(
     let (key, ip) = target(st, service, addr)?;
     let id = existing(st, &key, ip)?;
     // Count now, not from the last tick: the answer decides whether flows get cut.
-    let counts = st
-        .maps
-        .scan_flows(xdp::coarse_now_ns(), Default::default(), |_, _| false);
+    let counts = st.plane.flows(|_| false);
     // Open flows decide, as IPVS's ActiveConn does; closing ones (FIN or RST seen) are ending.
     let flows = counts.active.get(&id).copied().unwrap_or(0);
     let closing = counts.closing.get(&id).copied().unwrap_or(0);
@@ -840,15 +906,15 @@ fn backend_remove(
     let mut cut = 0;
     // Without --force a removed backend keeps its closing flows until they end (the tick frees it).
     if force && flows + closing > 0 {
-        let State { engine, maps, .. } = &mut *st;
-        if let Ok(Some(freed)) = engine.free_now(&key, ip, maps) {
-            cut = maps
-                .scan_flows(xdp::coarse_now_ns(), Default::default(), |_, b| b == freed)
-                .expired;
+        let State { engine, plane, .. } = &mut *st;
+        if let Ok(Some(freed)) = plane.free_now(engine, &key, ip) {
+            cut = plane.cut(freed);
         }
     }
     Ok(if cut > 0 {
         format!("removed {ip} from {name}; cut {cut} flows")
+    } else if force && flows > 0 && !st.plane.needs_macs() {
+        format!("removed {ip} from {name}; its {flows} proxied connections run to their end")
     } else {
         format!("removed {ip} from {name}")
     })
@@ -879,7 +945,7 @@ fn override_notes(b: &BackendRec, o: Option<&crate::state::BackendOverride>) -> 
 }
 
 fn status(st: &State) -> anyhow::Result<Status> {
-    let stats = st.maps.read_stats().context("reading the counters")?;
+    let stats = st.plane.stats(&st.engine).context("reading the counters")?;
     let at = |i: u32| stats.get(i as usize).copied().unwrap_or_default();
     let services = st
         .engine
@@ -927,7 +993,7 @@ fn status(st: &State) -> anyhow::Result<Status> {
         config_path: st.config_path.display().to_string(),
         state_file: st.state_file.path().display().to_string(),
         interface: st.config.daemon.interface.clone(),
-        datapath: format!("xdp-{}", st.mode.as_str()),
+        datapath: st.plane.name().into(),
         datapath_reason: st.mode_reason.clone(),
         uptime_s: st.started.elapsed().as_secs(),
         config_loaded_unix: st

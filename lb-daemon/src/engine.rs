@@ -101,6 +101,8 @@ pub struct BackendRec {
     pub source: Source,
     /// The config's weight, when the config lists it (shown when `lbctl` overrides it).
     pub config_weight: Option<u32>,
+    /// Whether the data path needs the backend's MAC (XDP does; the proxy's kernel resolves it).
+    pub mac_required: bool,
 }
 
 impl BackendRec {
@@ -117,7 +119,9 @@ impl BackendRec {
 
     /// Whether the backend takes new flows.
     pub fn in_rotation(&self) -> bool {
-        self.admin == Admin::Active && !self.health_down && self.mac.is_some()
+        self.admin == Admin::Active
+            && !self.health_down
+            && (self.mac.is_some() || !self.mac_required)
     }
 
     /// The state name `lbctl status` and metrics show.
@@ -127,7 +131,7 @@ impl BackendRec {
             Admin::Maintenance => "maintenance",
             Admin::Draining => "draining",
             Admin::Active if self.health_down => "down",
-            Admin::Active if self.mac.is_none() => "unresolved",
+            Admin::Active if self.mac.is_none() && self.mac_required => "unresolved",
             Admin::Active => "active",
         }
     }
@@ -222,6 +226,7 @@ pub fn vip_key(key: &ServiceKey) -> VipKey {
 /// The engine.
 #[derive(Debug, Default)]
 pub struct Engine {
+    mac_required: bool,
     services: BTreeMap<ServiceKey, Service>,
     free_service_ids: BTreeSet<u32>,
     free_backend_ids: BTreeSet<u32>,
@@ -243,9 +248,15 @@ pub struct ApplyReport {
 }
 
 impl Engine {
-    /// An empty engine: all ids free.
+    /// An empty engine for the XDP data path (backends need a resolved MAC): all ids free.
     pub fn new() -> Engine {
+        Engine::with_mac_required(true)
+    }
+
+    /// An empty engine; `mac_required` is false for the userspace proxy.
+    pub fn with_mac_required(mac_required: bool) -> Engine {
         Engine {
+            mac_required,
             services: BTreeMap::new(),
             free_service_ids: (0..MAX_SERVICES).collect(),
             free_backend_ids: (0..MAX_BACKENDS).collect(),
@@ -333,6 +344,7 @@ impl Engine {
                             mac: None,
                             source: w.source,
                             config_weight: w.config_weight,
+                            mac_required: self.mac_required,
                         })
                     }
                 };
@@ -464,8 +476,9 @@ fn write_table(svc: &mut Service, dp: &mut dyn Dataplane) -> Result<bool, Engine
             .collect()
     };
     let flags = match svc.config.scheduler {
-        Scheduler::Maglev => 0,
         Scheduler::Sh => VIP_FLAG_SRC_ONLY,
+        // rr, wrr and lc exist only in the userspace proxy, which does not read VIPS flags.
+        Scheduler::Maglev | Scheduler::Rr | Scheduler::Wrr | Scheduler::Lc => 0,
     };
     let info_now = VipInfo {
         service_id: svc.id,

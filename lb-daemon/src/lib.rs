@@ -7,6 +7,7 @@ pub mod health;
 pub mod maglev;
 pub mod metrics;
 pub mod net;
+pub mod plane;
 pub mod proxy;
 pub mod state;
 pub mod xdp;

@@ -23,6 +23,8 @@ pub enum Mode {
     XdpNative,
     /// Generic (skb) XDP.
     XdpGeneric,
+    /// The userspace proxy.
+    Userspace,
 }
 
 impl Mode {
@@ -31,6 +33,7 @@ impl Mode {
         match self {
             Mode::XdpNative => "xdp",
             Mode::XdpGeneric => "xdp-generic",
+            Mode::Userspace => "userspace",
         }
     }
 
@@ -39,6 +42,21 @@ impl Mode {
         match self {
             Mode::XdpNative => "xdp-native",
             Mode::XdpGeneric => "xdp-generic",
+            Mode::Userspace => "userspace",
+        }
+    }
+
+    /// Every data path, for tests that run the same scenario on each.
+    pub const ALL: [Mode; 3] = [Mode::XdpNative, Mode::XdpGeneric, Mode::Userspace];
+
+    /// Prepares a node of the topology for this mode: the node holds the VIP (it answers ARP
+    /// for it) and, for native XDP, the bridge side of its veth gets `xdp_pass`. The returned
+    /// object keeps that program attached.
+    pub fn prepare(self, topo: &Topology, node: Host) -> Result<Option<aya::Ebpf>> {
+        topo.add_vip(node)?;
+        match self {
+            Mode::XdpNative => Ok(Some(attach_peer_pass(topo, node)?)),
+            Mode::XdpGeneric | Mode::Userspace => Ok(None),
         }
     }
 }

@@ -28,7 +28,7 @@ fn check_config_names_key_and_value() -> Result<()> {
         (
             "bad-datapath.toml",
             "[daemon]\ninterface = \"eth0\"\ndatapath = \"fast\"\n",
-            "daemon.datapath: \"fast\" is not a data path (allowed: auto, xdp, xdp-generic)",
+            "daemon.datapath: \"fast\" is not a data path (allowed: auto, xdp, xdp-generic, userspace)",
         ),
         (
             "bad-weight.toml",
@@ -87,11 +87,15 @@ fn check_config_names_key_and_value() -> Result<()> {
     Ok(())
 }
 
-/// lbd without CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON names what it lacks and exits 1.
+/// lbd without CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, asked for XDP, names what it lacks and
+/// exits 1.
 #[test]
 fn unprivileged_lbd_says_what_it_lacks() -> Result<()> {
     use std::os::unix::process::CommandExt as _;
-    let path = tmp("unpriv.toml", GOOD)?;
+    let path = tmp(
+        "unpriv.toml",
+        &GOOD.replace("[daemon]\n", "[daemon]\ndatapath = \"xdp\"\n"),
+    )?;
     // Readable by the unprivileged user.
     std::fs::set_permissions(
         path.parent().context("dir")?,

@@ -1,5 +1,6 @@
-//! End to end through the XDP data path, in network namespaces: a client, one lbd node, three
-//! backends on a bridge. The same scenario runs once with native and once with generic XDP.
+//! End to end through each data path, in network namespaces: a client, one lbd node, three
+//! backends on a bridge. The same scenario runs with native XDP, generic XDP and the userspace
+//! proxy; only what differs by design differs (direct routing vs proxying).
 
 use std::{
     collections::HashMap,
@@ -50,11 +51,7 @@ fn scenario(mode: Mode, name: &str) -> Result<()> {
         .build()?;
     let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
     let node = Host::Lbd(1);
-    topo.add_vip(node)?;
-    let _peer = match mode {
-        Mode::XdpNative => Some(lbd::attach_peer_pass(&topo, node)?),
-        Mode::XdpGeneric => None,
-    };
+    let _peer = mode.prepare(&topo, node)?;
     let all = backend_ips(&topo);
     let socket = LbdNode::socket_path(&topo, node);
     let services = Services {
@@ -82,6 +79,9 @@ fn scenario(mode: Mode, name: &str) -> Result<()> {
             share * 100.0
         );
     }
+    // XDP counts wire packets (at least 3 per connection from the client); the proxy counts
+    // its reads and writes (at least one per connection).
+    let per_connection = if mode == Mode::Userspace { 1 } else { 3 };
     let st = lbd.status()?;
     let web = st
         .services
@@ -89,7 +89,7 @@ fn scenario(mode: Mode, name: &str) -> Result<()> {
         .find(|s| s.name == "web")
         .context("web service in status")?;
     ensure!(
-        web.packets >= CONNECTIONS as u64 * 3,
+        web.packets >= CONNECTIONS as u64 * per_connection,
         "web service counted {} packets for {CONNECTIONS} connections",
         web.packets
     );
@@ -97,26 +97,39 @@ fn scenario(mode: Mode, name: &str) -> Result<()> {
         ensure!(b.packets > 0, "backend {} counted no packets", b.addr);
     }
 
-    // 2. Replies come straight from the backends: the SYN-ACK's source MAC is a backend's, never
-    //    the lbd node's, and the backend saw the client's own address (no proxy in between).
+    // 2. XDP: replies come straight from the backends: the SYN-ACK's source MAC is a backend's,
+    //    never the lbd node's, and the backend saw the client's own address (no proxy between).
+    //    Userspace: the proxy answers, and the backend sees the lbd node as its client.
     let capture = Capture::open(topo.client(), "eth0")?;
     let vip = topo.vip_http();
     let reply = topo.client().enter(move || client::http_get(vip))??;
     let vip_v4 = SocketAddrV4::new(lbd_tests::VIP, lbd_tests::HTTP_PORT);
     let mac = capture.wait_syn_ack(vip_v4, Duration::from_secs(3))?;
     let answered = name_of(&topo, &reply.backend);
-    ensure!(
-        mac == topo.mac(answered),
-        "SYN-ACK from {mac}, want {answered}'s MAC {}",
-        topo.mac(answered)
-    );
-    ensure!(mac != topo.mac(node), "the reply went through the lbd node");
-    ensure!(
-        reply.client_addr == reply.local_addr,
-        "backend saw {} but the client is {}",
-        reply.client_addr,
-        reply.local_addr
-    );
+    if mode == Mode::Userspace {
+        ensure!(
+            mac == topo.mac(node),
+            "proxied SYN-ACK from {mac}, want the lbd node's MAC"
+        );
+        ensure!(
+            reply.client_addr.ip() == std::net::IpAddr::V4(topo.ip(node)),
+            "backend saw {} as the client, want the lbd node",
+            reply.client_addr
+        );
+    } else {
+        ensure!(
+            mac == topo.mac(answered),
+            "SYN-ACK from {mac}, want {answered}'s MAC {}",
+            topo.mac(answered)
+        );
+        ensure!(mac != topo.mac(node), "the reply went through the lbd node");
+        ensure!(
+            reply.client_addr == reply.local_addr,
+            "backend saw {} but the client is {}",
+            reply.client_addr,
+            reply.local_addr
+        );
+    }
 
     // 3. UDP works the same way, and the replies come from the VIP.
     let udp = topo.vip_udp();
@@ -239,6 +252,14 @@ fn xdp_generic_end_to_end() -> Result<()> {
     scenario(Mode::XdpGeneric, "xdp_generic")
 }
 
+#[test]
+fn userspace_end_to_end() -> Result<()> {
+    if !netns_tests_enabled("userspace_end_to_end") {
+        return Ok(());
+    }
+    scenario(Mode::Userspace, "userspace")
+}
+
 /// On an interface without native XDP (a bridge device), `datapath = "xdp"` is an error that says
 /// so, and `datapath = "auto"` falls back to generic XDP with the reason in the status.
 #[test]
@@ -299,6 +320,64 @@ fn datapath_policy_without_native_xdp() -> Result<()> {
     ensure!(
         st.datapath_reason.contains("native failed")
             && st.datapath_reason.contains("generic in use"),
+        "reason: {}",
+        st.datapath_reason
+    );
+    node.stop()
+}
+
+/// `datapath = "auto"` without the privileges XDP needs falls back to the userspace proxy, and
+/// says why in the status.
+#[test]
+fn auto_without_privileges_falls_back_to_userspace() -> Result<()> {
+    if !netns_tests_enabled("auto_without_privileges_falls_back_to_userspace") {
+        return Ok(());
+    }
+    let tag = test_tag("dp_unpriv");
+    let ns = lbd_tests::Netns::new(&tag, "node")?;
+    ns.ip(&["link", "set", "lo", "up"])?;
+    let dir = std::env::temp_dir().join(format!("lbdt-{tag}"));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+    let cfg = dir.join("auto.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[daemon]\ninterface = \"lo\"\ndatapath = \"auto\"\ncontrol_socket = \"{}\"\nstate_dir = \"{}\"\n\
+             [[service]]\nvip = \"127.0.0.1:18080\"\n",
+            dir.join("auto.sock").display(),
+            dir.display()
+        ),
+    )?;
+    std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    // setpriv drops to nobody after `ip netns exec` has entered the namespace as root.
+    let mut cmd = ns.command("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ])
+    .arg(bin_path("lbd")?)
+    .arg("--config")
+    .arg(&cfg);
+    let proc = ns.spawn(cmd)?;
+    let node = LbdNode {
+        process: proc,
+        config_path: cfg,
+        socket: dir.join("auto.sock"),
+        dir: dir.clone(),
+    };
+    let st = node.wait_status(Duration::from_secs(20), "serving", |_| true)?;
+    ensure!(
+        st.datapath == "userspace",
+        "auto without privileges gave {}",
+        st.datapath
+    );
+    ensure!(
+        st.datapath_reason
+            .contains("lbd lacks CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF")
+            && st.datapath_reason.contains("userspace in use"),
         "reason: {}",
         st.datapath_reason
     );

@@ -87,6 +87,9 @@ impl From<config::Scheduler> for SchedulerKind {
         match s {
             config::Scheduler::Maglev => SchedulerKind::Maglev,
             config::Scheduler::Sh => SchedulerKind::Sh,
+            config::Scheduler::Rr => SchedulerKind::Rr,
+            config::Scheduler::Wrr => SchedulerKind::Wrr,
+            config::Scheduler::Lc => SchedulerKind::Lc,
         }
     }
 }
