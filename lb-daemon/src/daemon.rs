@@ -289,14 +289,18 @@ async fn choose_plane(
             let plane = xdp_plane(config, &link, AttachMode::Native).context(
                 "datapath = \"xdp\" requires native XDP; use datapath = \"auto\" to allow generic mode",
             )?;
-            Ok((Plane::Xdp(plane), Some(link), "datapath = \"xdp\"".into()))
+            Ok((
+                Plane::Xdp(Box::new(plane)),
+                Some(link),
+                "datapath = \"xdp\"".into(),
+            ))
         }
         Datapath::XdpGeneric => {
             check_privileges()?;
             let link = link().await?;
             let plane = xdp_plane(config, &link, AttachMode::Generic)?;
             Ok((
-                Plane::Xdp(plane),
+                Plane::Xdp(Box::new(plane)),
                 Some(link),
                 "datapath = \"xdp-generic\"".into(),
             ))
@@ -319,7 +323,7 @@ async fn choose_plane(
             let native = match xdp_plane(config, &link, AttachMode::Native) {
                 Ok(p) => {
                     return Ok((
-                        Plane::Xdp(p),
+                        Plane::Xdp(Box::new(p)),
                         Some(link),
                         "datapath = \"auto\": native XDP attached".into(),
                     ));
@@ -331,7 +335,7 @@ async fn choose_plane(
                 Ok(p) => {
                     let why =
                         format!("datapath = \"auto\": native failed ({native}); generic in use");
-                    return Ok((Plane::Xdp(p), Some(link), why));
+                    return Ok((Plane::Xdp(Box::new(p)), Some(link), why));
                 }
                 Err(e) => format!("{e:#}"),
             };

@@ -48,7 +48,7 @@ pub struct ProxyPlane {
 /// The data path in use.
 pub enum Plane {
     /// XDP, native or generic.
-    Xdp(XdpPlane),
+    Xdp(Box<XdpPlane>),
     /// The userspace proxy.
     Proxy(ProxyPlane),
 }
