@@ -40,6 +40,9 @@ const APT_PACKAGES: &[&str] = &[
     "systemd",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// How long CI fuzzes the VRRP decoder: short and bounded, on every run.
+const FUZZ_SECONDS: u32 = 20;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -70,11 +73,14 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Runs a command from the workspace root, echoing it; fails with its exit status.
+/// Runs a command (from the workspace root unless it names a directory), echoing it; fails
+/// with its exit status.
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("+ {}", describe(cmd));
+    if cmd.get_current_dir().is_none() {
+        cmd.current_dir(root());
+    }
     let status = cmd
-        .current_dir(root())
         .status()
         .with_context(|| format!("cannot start {}", describe(cmd)))?;
     if !status.success() {
@@ -189,6 +195,16 @@ fn setup() -> anyhow::Result<()> {
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
     }
+    if todo.iter().any(|t| t.starts_with("cargo: cargo-fuzz")) {
+        run(cargo().args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+            "--force",
+        ]))?;
+    }
     let left = missing();
     if !left.is_empty() {
         bail!("still missing after set-up: {}", left.join("; "));
@@ -227,7 +243,28 @@ fn test() -> anyhow::Result<()> {
     // which only builds for the BPF target.)
     run(cargo().args(["build", "--bins"]))?;
     run(cargo().args(["test", "--no-fail-fast"]))?;
-    Ok(())
+    fuzz_vrrp()
+}
+
+/// Fuzzes the VRRP decoder for a bounded time, starting from keepalived's real adverts.
+fn fuzz_vrrp() -> anyhow::Result<()> {
+    let dir = root().join("vrrp/fuzz");
+    let corpus = dir.join("corpus/decode");
+    std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+    run(Command::new("rustup")
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "fuzz",
+            "run",
+            "decode",
+            "corpus/decode",
+            "seeds",
+            "--",
+        ])
+        .arg(format!("-max_total_time={FUZZ_SECONDS}"))
+        .current_dir(&dir))
 }
 
 fn demo(args: &[String]) -> anyhow::Result<()> {
