@@ -863,6 +863,8 @@ fn backend_admin(
     let mut new = st.overrides.clone();
     new.update(&key.to_string(), ip, |o| o.admin = admin);
     commit(st, new)?;
+    // Count now, not from the last tick: the operator reads this number.
+    st.counts = st.plane.flows(|_| false);
     let flows = st.counts.active.get(&id).copied().unwrap_or(0);
     let name = st.service_name(&key);
     Ok(match admin {

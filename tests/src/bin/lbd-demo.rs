@@ -1,12 +1,13 @@
 //! `cargo xtask demo`: lbd live, in network namespaces made for the demo and removed after it
-//! (also on Ctrl-C or failure). A client, one lbd node, three backends on a bridge; real HTTP
-//! requests with curl from the client to the VIP; which backend answered each; lbd's counters;
-//! then a backend removed by a config reload while a connection to it stays open.
+//! (also on Ctrl-C or failure). A client, two lbd nodes sharing the VIP through VRRP, three
+//! backends on a bridge: real HTTP requests with curl from the client to the VIP and which
+//! backend answered each; lbd's counters; a drain under an open connection; then the master node
+//! fails and a long transfer through the VIP carries on through the standby.
 
 use std::{
     process::{Command, ExitCode},
     sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -67,29 +68,55 @@ fn curl_requests(topo: &Topology, n: usize) -> Result<Vec<String>> {
     Ok(answered)
 }
 
-fn lbctl_status(node: &LbdNode) -> Result<()> {
+fn lbctl(node: &LbdNode, args: &[&str]) -> Result<String> {
     let out = Command::new(bin_path("lbctl")?)
         .arg("--socket")
         .arg(&node.socket)
-        .arg("status")
+        .args(args)
         .output()
         .context("running lbctl")?;
-    print!("{}", String::from_utf8_lossy(&out.stdout));
     if !out.status.success() {
         bail!(
-            "lbctl status: {}",
+            "lbctl {args:?}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn vrrp_line(name: &str, node: &LbdNode) -> Result<()> {
+    let s = node.status()?;
+    let v = s.vrrp.context("no VRRP status")?;
+    println!(
+        "  {name}: VRRP {} (priority {}, master {})",
+        v.state,
+        v.priority,
+        v.master.as_deref().unwrap_or("-")
+    );
     Ok(())
+}
+
+fn config(topo: &Topology, node: Host, priority: u8) -> String {
+    let all: Vec<_> = topo.backends().into_iter().map(|b| topo.ip(b)).collect();
+    let socket = LbdNode::socket_path(topo, node);
+    let mut c = lbd::config_text(
+        Mode::XdpNative,
+        &socket,
+        &Services {
+            tcp: all.clone(),
+            udp: all,
+        },
+    );
+    c.push_str(&lbd::vrrp_section(priority, true));
+    c
 }
 
 fn demo() -> Result<()> {
     let tag = format!("demo-{}", std::process::id());
     step(
-        "building the network: a bridge, a client, an lbd node and three backends, each in its own namespace",
+        "building the network: a bridge, a client, two lbd nodes and three backends, each in its own namespace",
     );
-    let topo = Topology::builder(&tag).lbd_nodes(1).backends(3).build()?;
+    let topo = Topology::builder(&tag).lbd_nodes(2).backends(3).build()?;
     for h in topo.hosts() {
         println!(
             "  {:<8} {:<14} {}",
@@ -103,42 +130,46 @@ fn demo() -> Result<()> {
         "  backends serve HTTP on :80 and hold the VIP {} on lo (arp_ignore=1, arp_announce=2)",
         lbd_tests::VIP
     );
-    let node = Host::Lbd(1);
-    topo.add_vip(node)?;
-    let _peer = lbd::attach_peer_pass(&topo, node)?;
+    let (n1, n2) = (Host::Lbd(1), Host::Lbd(2));
+    let _peers = (
+        lbd::attach_peer_pass(&topo, n1)?,
+        lbd::attach_peer_pass(&topo, n2)?,
+    );
     check_stop()?;
 
-    step("starting lbd on lbd1 (native XDP) with the embedded config");
-    let socket = LbdNode::socket_path(&topo, node);
-    let all: Vec<_> = topo.backends().into_iter().map(|b| topo.ip(b)).collect();
-    let config = lbd::config_text(
-        Mode::XdpNative,
-        &socket,
-        &Services {
-            tcp: all.clone(),
-            udp: all.clone(),
-        },
+    step(
+        "starting lbd on both nodes (native XDP, VRRP vrid 51: lbd1 priority 150, lbd2 priority 100)",
     );
-    for line in config.lines() {
+    let c1 = config(&topo, n1, 150);
+    for line in c1.lines() {
         println!("  | {line}");
     }
-    let mut lbd = LbdNode::start(&topo, node, &config)?;
+    let mut a = LbdNode::start(&topo, n1, &c1)?;
+    let b = LbdNode::start(&topo, n2, &config(&topo, n2, 100))?;
+    a.wait_status(Duration::from_secs(10), "master", |s| {
+        s.vrrp.as_ref().is_some_and(|v| v.state == "MASTER")
+    })?;
+    b.wait_status(Duration::from_secs(10), "backup", |s| {
+        s.vrrp.as_ref().is_some_and(|v| v.state == "BACKUP")
+    })?;
+    vrrp_line("lbd1", &a)?;
+    vrrp_line("lbd2", &b)?;
 
     step("12 HTTP requests from the client to the VIP, each a new TCP connection (curl)");
     let answered = curl_requests(&topo, 12)?;
-    for b in topo.backends() {
+    for bk in topo.backends() {
         println!(
             "  {}: {} of 12",
-            b.role(),
-            answered.iter().filter(|a| **a == b.role()).count()
+            bk.role(),
+            answered.iter().filter(|x| **x == bk.role()).count()
         );
     }
 
-    step("lbctl status: packets per service and backend, as counted by the XDP program");
+    step("lbctl status on lbd1: packets per service and backend, as counted by the XDP program");
     std::thread::sleep(Duration::from_millis(1100)); // one refresh tick for the flow counts
-    lbctl_status(&lbd)?;
+    print!("{}", lbctl(&a, &["status"])?);
 
-    step("a backend leaves the config (SIGHUP) while a keep-alive connection to it is open");
+    step("draining a backend with lbctl while a keep-alive connection to it is open");
     let vip = topo.vip_http();
     let mut conn = topo
         .client()
@@ -147,46 +178,83 @@ fn demo() -> Result<()> {
     let pinned_host = topo
         .backends()
         .into_iter()
-        .find(|b| b.role() == pinned)
+        .find(|x| x.role() == pinned)
         .context("pinned backend")?;
-    println!(
-        "  the open connection is served by {pinned}; removing {} from the config",
-        topo.ip(pinned_host)
-    );
-    let rest: Vec<_> = all
-        .iter()
-        .copied()
-        .filter(|ip| *ip != topo.ip(pinned_host))
-        .collect();
-    lbd.reload(&lbd::config_text(
-        Mode::XdpNative,
-        &socket,
-        &Services {
-            tcp: rest,
-            udp: all.clone(),
-        },
-    ))?;
     let pinned_ip = topo.ip(pinned_host).to_string();
-    lbd.wait_status(Duration::from_secs(10), "reloaded", |s| {
-        s.services.iter().any(|svc| {
-            svc.backends
-                .iter()
-                .any(|b| b.addr == pinned_ip && b.state == "removed")
-        })
-    })?;
+    println!("  the open connection is served by {pinned}");
+    print!(
+        "  $ lbctl backend drain web {pinned_ip}\n  {}",
+        lbctl(&a, &["backend", "drain", "web", &pinned_ip])?
+    );
     let answered = curl_requests(&topo, 6)?;
     println!(
         "  new connections avoid {pinned}: {}",
         !answered.contains(&pinned)
     );
     let again = topo.client().enter(|| conn.get("/"))??.backend;
-    println!("  the open connection still works, served by {again}");
+    println!("  the open connection still works, served by {again}; closing it");
     topo.client().enter(move || conn.close())??;
-    std::thread::sleep(Duration::from_millis(1100));
-    lbctl_status(&lbd)?;
+    print!(
+        "  $ lbctl backend drain web {pinned_ip} --wait\n{}",
+        lbctl(
+            &a,
+            &[
+                "backend",
+                "drain",
+                "web",
+                &pinned_ip,
+                "--wait",
+                "--timeout",
+                "30s"
+            ]
+        )?
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect::<String>()
+    );
+    print!(
+        "  $ lbctl backend maintenance web {pinned_ip} off\n  {}",
+        lbctl(&a, &["backend", "maintenance", "web", &pinned_ip, "off"])?
+    );
+    // The standby learns the same change, as an operator (or config management) would do.
+    lbctl(&b, &["backend", "drain", "web", &pinned_ip])?;
+    lbctl(&b, &["backend", "maintenance", "web", &pinned_ip, "off"])?;
 
-    step("stopping lbd (SIGTERM detaches XDP) and removing the namespaces");
-    lbd.stop()?;
+    step("the master node fails (lbd killed, link down) during a 3 MB transfer through the VIP");
+    let result = std::thread::scope(|scope| -> Result<client::StreamResult> {
+        let stream = scope.spawn(|| {
+            topo.client().enter(move || {
+                client::http_stream(vip, 3_000_000, 20_000, 20, Duration::from_secs(40))
+            })
+        });
+        std::thread::sleep(Duration::from_millis(800));
+        check_stop()?;
+        let failed_at = Instant::now();
+        a.process.signal(libc::SIGKILL)?;
+        topo.ns(n1).ip(&["link", "set", "eth0", "down"])?;
+        println!("  lbd1 killed and off the network");
+        b.wait_status(Duration::from_secs(10), "master", |s| {
+            s.vrrp.as_ref().is_some_and(|v| v.state == "MASTER")
+        })?;
+        println!(
+            "  lbd2 became MASTER {:.0} ms later and holds the VIP",
+            failed_at.elapsed().as_secs_f64() * 1000.0
+        );
+        stream
+            .join()
+            .map_err(|_| anyhow::anyhow!("stream thread panicked"))??
+    })?;
+    println!(
+        "  the transfer from {} finished: {} bytes, no reset (lbd2 picked the same backend: same Maglev table)",
+        result.backend, result.received
+    );
+    vrrp_line("lbd2", &b)?;
+    let answered = curl_requests(&topo, 6)?;
+    println!("  {} requests answered through lbd2", answered.len());
+
+    step("stopping lbd (SIGTERM: VRRP resigns, XDP detaches) and removing the namespaces");
+    b.stop()?;
+    drop(a);
     drop(topo);
     println!("  done: nothing left behind");
     Ok(())
