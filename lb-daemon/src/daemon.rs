@@ -97,13 +97,7 @@ impl State {
     /// Makes the data path match config, overrides, health and MACs, then checks the health of
     /// exactly the backends the services now have.
     fn apply(&mut self) -> Result<ApplyReport, EngineError> {
-        let report = self.plane.apply(
-            &mut self.engine,
-            &self.config,
-            &self.overrides,
-            &self.down,
-            &self.macs,
-        )?;
+        let report = self.apply_plane()?;
         let targets = health_targets(&self.engine);
         // Backends no longer checked cannot stay down.
         let checked: BTreeSet<(String, Ipv4Addr)> = targets
@@ -126,15 +120,19 @@ impl State {
         });
         self.health.set_targets(targets);
         if self.down.len() != before {
-            self.plane.apply(
-                &mut self.engine,
-                &self.config,
-                &self.overrides,
-                &self.down,
-                &self.macs,
-            )?;
+            self.apply_plane()?;
         }
         Ok(report)
+    }
+
+    fn apply_plane(&mut self) -> Result<ApplyReport, EngineError> {
+        self.plane.apply(
+            &mut self.engine,
+            &self.config,
+            &self.overrides,
+            &self.down,
+            &self.macs,
+        )
     }
 
     /// A service by name, `VIP:port`, or `proto/VIP:port`.

@@ -296,3 +296,21 @@ pub fn attach_peer_pass(topo: &Topology, host: Host) -> Result<aya::Ebpf> {
         Ok(ebpf)
     })?
 }
+
+/// Declares one `#[test]` per data path, each running `scenario(mode, name)` after the privilege
+/// gate, so the same scenario runs on native XDP, generic XDP and the userspace proxy:
+/// `test_each_mode!(scenario: test_native => Mode::XdpNative, test_user => Mode::Userspace);`
+#[macro_export]
+macro_rules! test_each_mode {
+    ($scenario:ident: $($test:ident => $mode:expr),+ $(,)?) => {
+        $(
+            #[test]
+            fn $test() -> anyhow::Result<()> {
+                if !$crate::netns_tests_enabled(stringify!($test)) {
+                    return Ok(());
+                }
+                $scenario($mode, stringify!($test))
+            }
+        )+
+    };
+}

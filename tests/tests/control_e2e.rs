@@ -7,7 +7,7 @@ use anyhow::{Context, Result, ensure};
 use lbd_tests::{
     Host, Topology, bin_path, client,
     lbd::{self, LbdNode, Mode, Services},
-    netns_tests_enabled, test_tag,
+    test_tag,
 };
 
 fn backends_answering(topo: &Topology, n: usize) -> Result<Vec<String>> {
@@ -232,29 +232,11 @@ fn run(mode: Mode, name: &str) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn lbctl_changes_backends_xdp_native() -> Result<()> {
-    if !netns_tests_enabled("lbctl_changes_backends_xdp_native") {
-        return Ok(());
-    }
-    run(Mode::XdpNative, "ctl_native")
-}
-
-#[test]
-fn lbctl_changes_backends_xdp_generic() -> Result<()> {
-    if !netns_tests_enabled("lbctl_changes_backends_xdp_generic") {
-        return Ok(());
-    }
-    run(Mode::XdpGeneric, "ctl_generic")
-}
-
-#[test]
-fn lbctl_changes_backends_userspace() -> Result<()> {
-    if !netns_tests_enabled("lbctl_changes_backends_userspace") {
-        return Ok(());
-    }
-    run(Mode::Userspace, "ctl_user")
-}
+lbd_tests::test_each_mode!(run:
+    lbctl_changes_backends_xdp_native => Mode::XdpNative,
+    lbctl_changes_backends_xdp_generic => Mode::XdpGeneric,
+    lbctl_changes_backends_userspace => Mode::Userspace,
+);
 
 /// Scrapes lbd's metrics from inside its node (127.0.0.1:9300 there) and returns the samples as
 /// `name{labels} value` lines.
@@ -294,29 +276,11 @@ fn sample(samples: &[(String, f64)], name: &str, labels: &[&str]) -> Result<f64>
         .with_context(|| format!("no sample {name} with {labels:?}"))
 }
 
-#[test]
-fn health_and_metrics_xdp_native() -> Result<()> {
-    if !netns_tests_enabled("health_and_metrics_xdp_native") {
-        return Ok(());
-    }
-    health_and_metrics(Mode::XdpNative, "health_native")
-}
-
-#[test]
-fn health_and_metrics_xdp_generic() -> Result<()> {
-    if !netns_tests_enabled("health_and_metrics_xdp_generic") {
-        return Ok(());
-    }
-    health_and_metrics(Mode::XdpGeneric, "health_generic")
-}
-
-#[test]
-fn health_and_metrics_userspace() -> Result<()> {
-    if !netns_tests_enabled("health_and_metrics_userspace") {
-        return Ok(());
-    }
-    health_and_metrics(Mode::Userspace, "health_user")
-}
+lbd_tests::test_each_mode!(health_and_metrics:
+    health_and_metrics_xdp_native => Mode::XdpNative,
+    health_and_metrics_xdp_generic => Mode::XdpGeneric,
+    health_and_metrics_userspace => Mode::Userspace,
+);
 
 fn health_and_metrics(mode: Mode, name: &str) -> Result<()> {
     let topo = Topology::builder(&test_tag(name))

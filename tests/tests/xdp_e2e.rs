@@ -236,29 +236,11 @@ fn scenario(mode: Mode, name: &str) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn xdp_native_end_to_end() -> Result<()> {
-    if !netns_tests_enabled("xdp_native_end_to_end") {
-        return Ok(());
-    }
-    scenario(Mode::XdpNative, "xdp_native")
-}
-
-#[test]
-fn xdp_generic_end_to_end() -> Result<()> {
-    if !netns_tests_enabled("xdp_generic_end_to_end") {
-        return Ok(());
-    }
-    scenario(Mode::XdpGeneric, "xdp_generic")
-}
-
-#[test]
-fn userspace_end_to_end() -> Result<()> {
-    if !netns_tests_enabled("userspace_end_to_end") {
-        return Ok(());
-    }
-    scenario(Mode::Userspace, "userspace")
-}
+lbd_tests::test_each_mode!(scenario:
+    xdp_native_end_to_end => Mode::XdpNative,
+    xdp_generic_end_to_end => Mode::XdpGeneric,
+    userspace_end_to_end => Mode::Userspace,
+);
 
 /// On an interface without native XDP (a bridge device), `datapath = "xdp"` is an error that says
 /// so, and `datapath = "auto"` falls back to generic XDP with the reason in the status.

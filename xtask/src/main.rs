@@ -268,23 +268,16 @@ fn fuzz_vrrp() -> anyhow::Result<()> {
 }
 
 fn demo(args: &[String]) -> anyhow::Result<()> {
-    setup()?;
-    run(cargo().args(["build", "--release", "--bins"]))?;
-    run(cargo()
-        .args([
-            "run",
-            "--release",
-            "-q",
-            "-p",
-            "lbd-tests",
-            "--bin",
-            "lbd-demo",
-            "--",
-        ])
-        .args(args))
+    run_release_bin("lbd-demo", args)
 }
 
 fn bench(args: &[String]) -> anyhow::Result<()> {
+    run_release_bin("lbd-bench", args)
+}
+
+/// Set-up, a release build of every binary (the demo and benchmarks start lbd, lbctl and the
+/// test backend), then one of the harness binaries.
+fn run_release_bin(name: &str, args: &[String]) -> anyhow::Result<()> {
     setup()?;
     run(cargo().args(["build", "--release", "--bins"]))?;
     run(cargo()
@@ -295,7 +288,7 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
             "-p",
             "lbd-tests",
             "--bin",
-            "lbd-bench",
+            name,
             "--",
         ])
         .args(args))
