@@ -269,6 +269,10 @@ impl RawProxy {
 
 /// Name of the VRRP tracked condition "a service has no backend in rotation".
 pub const TRACK_NO_BACKEND: &str = "no_backend";
+/// Name of the VRRP tracked condition "the XDP program is not attached to the interface".
+pub const TRACK_DATAPATH: &str = "datapath";
+/// Prefix of the VRRP tracked conditions "interface X is down".
+pub const TRACK_INTERFACE_PREFIX: &str = "interface:";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -284,6 +288,9 @@ struct RawVrrp {
     unicast_peers: Vec<String>,
     notify: Option<PathBuf>,
     track_no_backend: Option<i64>,
+    track_datapath: Option<i64>,
+    #[serde(default)]
+    track_interfaces: std::collections::BTreeMap<String, i64>,
 }
 
 impl RawVrrp {
@@ -358,6 +365,26 @@ impl RawVrrp {
             c.tracked.push(vrrp::TrackedCondition {
                 name: TRACK_NO_BACKEND.into(),
                 weight: byte("track_no_backend", w, 1, 254)?,
+            });
+        }
+        if let Some(w) = self.track_datapath {
+            c.tracked.push(vrrp::TrackedCondition {
+                name: TRACK_DATAPATH.into(),
+                weight: byte("track_datapath", w, 1, 254)?,
+            });
+        }
+        for (ifname, w) in &self.track_interfaces {
+            if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ']) {
+                return Err(err(
+                    "vrrp.track_interfaces",
+                    format!(
+                        "{ifname:?} is not an interface name (1 to 15 characters, no '/' or space)"
+                    ),
+                ));
+            }
+            c.tracked.push(vrrp::TrackedCondition {
+                name: format!("{TRACK_INTERFACE_PREFIX}{ifname}"),
+                weight: byte(&format!("track_interfaces.{ifname}"), *w, 1, 254)?,
             });
         }
         c.validate().map_err(|e| {

@@ -16,7 +16,10 @@ use tokio::{signal::unix::SignalKind, sync::Mutex};
 use std::collections::{BTreeSet, HashSet};
 
 use crate::{
-    config::{Config, Datapath, MAX_WEIGHT, ServiceKey, TRACK_NO_BACKEND, parse_backend_addr},
+    config::{
+        Config, Datapath, MAX_WEIGHT, ServiceKey, TRACK_DATAPATH, TRACK_INTERFACE_PREFIX,
+        TRACK_NO_BACKEND, parse_backend_addr,
+    },
     control::{
         self, BackendStatus, ReasonCount, Request, Response, ServiceStatus, Status, VrrpStatus,
     },
@@ -192,6 +195,55 @@ fn health_targets(engine: &Engine) -> Vec<Target> {
                 })
         })
         .collect()
+}
+
+/// VRRP tracking: a node that cannot serve well lowers its priority, so a peer that can takes
+/// over: a service with no backend in rotation, the XDP program gone from the interface, a
+/// tracked interface down.
+async fn track(st: &State, handle: &rtnetlink::Handle) {
+    let Some(v) = &st.vrrp else { return };
+    for cond in &v.config.tracked {
+        let failed = if cond.name == TRACK_NO_BACKEND {
+            st.engine
+                .services()
+                .any(|s| !s.backends.values().any(|b| b.in_rotation()))
+        } else if cond.name == TRACK_DATAPATH {
+            match &st.plane {
+                Plane::Xdp(_) => {
+                    match net::link_health(handle, &st.config.daemon.interface).await {
+                        Ok(h) => !h.xdp_attached,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "VRRP tracking: interface look-up failed");
+                            continue;
+                        }
+                    }
+                }
+                // The proxy has nothing to detach; it runs while lbd runs.
+                Plane::Proxy(_) => false,
+            }
+        } else if let Some(ifname) = cond.name.strip_prefix(TRACK_INTERFACE_PREFIX) {
+            match net::link_health(handle, ifname).await {
+                Ok(h) => !h.up,
+                Err(e) => {
+                    tracing::warn!(error = %e, "VRRP tracking: interface look-up failed");
+                    continue;
+                }
+            }
+        } else {
+            continue;
+        };
+        let was = v
+            .tracker
+            .conditions()
+            .iter()
+            .any(|c| c.name == cond.name && c.failed);
+        if was != failed {
+            tracing::warn!(condition = %cond.name, failed, weight = cond.weight, "VRRP tracked condition changed");
+        }
+        if let Err(e) = v.tracker.set_failed(&cond.name, failed) {
+            tracing::warn!(error = %e, "VRRP tracking");
+        }
+    }
 }
 
 /// A health check changed a backend's state: take it out of rotation (and its flows out of the
@@ -619,19 +671,7 @@ async fn refresh(state: &Mutex<State>, handle: &rtnetlink::Handle, all_macs: boo
     }
     st.counts = counts;
 
-    // VRRP tracking: a node with a service that has no backend in rotation lowers its priority,
-    // so a peer that can serve takes over.
-    if let Some(v) = &st.vrrp
-        && v.config.tracked.iter().any(|c| c.name == TRACK_NO_BACKEND)
-    {
-        let empty = st
-            .engine
-            .services()
-            .any(|s| !s.backends.values().any(|b| b.in_rotation()));
-        if let Err(e) = v.tracker.set_failed(TRACK_NO_BACKEND, empty) {
-            tracing::warn!(error = %e, "VRRP tracking");
-        }
-    }
+    track(&st, handle).await;
 
     let Some(link) = st.link else {
         return; // the proxy needs no MACs: the kernel resolves them when it connects

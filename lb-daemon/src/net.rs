@@ -81,6 +81,42 @@ pub async fn link(handle: &Handle, name: &str) -> Result<Link, NetError> {
     })
 }
 
+/// What VRRP tracking needs to know about an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkHealth {
+    /// Administratively up with carrier (IFF_UP and IFF_LOWER_UP).
+    pub up: bool,
+    /// An XDP program is attached to it.
+    pub xdp_attached: bool,
+}
+
+/// Looks up an interface's state; a missing interface is down.
+pub async fn link_health(handle: &Handle, name: &str) -> Result<LinkHealth, NetError> {
+    use rtnetlink::packet_route::link::{LinkFlags, LinkXdp};
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    let msg = match links.try_next().await {
+        Ok(Some(m)) => m,
+        Ok(None) | Err(rtnetlink::Error::NetlinkError(_)) => {
+            return Ok(LinkHealth {
+                up: false,
+                xdp_attached: false,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let flags = msg.header.flags;
+    let xdp_attached = msg.attributes.iter().any(|a| match a {
+        LinkAttribute::Xdp(x) => x
+            .iter()
+            .any(|n| matches!(n, LinkXdp::ProgId(id) if *id != 0)),
+        _ => false,
+    });
+    Ok(LinkHealth {
+        up: flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp),
+        xdp_attached,
+    })
+}
+
 /// IPv4 neighbours with a usable MAC on one interface.
 pub async fn neighbours(
     handle: &Handle,

@@ -368,3 +368,68 @@ fn interoperates_with_keepalived_both_ways() -> Result<()> {
     let _ = std::fs::remove_file(&capture_file);
     Ok(())
 }
+
+/// Tracked conditions lower the priority and move the VIP to the peer, and back when they
+/// recover: a service with no backend in rotation (all drained), a tracked interface down.
+#[test]
+fn tracked_conditions_move_the_vip() -> Result<()> {
+    if !netns_tests_enabled("tracked_conditions_move_the_vip") {
+        return Ok(());
+    }
+    let topo = Topology::builder(&test_tag("vrrp_track"))
+        .lbd_nodes(2)
+        .backends(3)
+        .build()?;
+    let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
+    let (n1, n2) = (Host::Lbd(1), Host::Lbd(2));
+    // A link to track on lbd1: t0, whose carrier follows its peer t1.
+    topo.ns(n1)
+        .ip(&["link", "add", "t0", "type", "veth", "peer", "name", "t1"])?;
+    topo.ns(n1).ip(&["link", "set", "t0", "up"])?;
+    topo.ns(n1).ip(&["link", "set", "t1", "up"])?;
+    let mut c1 = config(&topo, n1, 150, true);
+    c1.push_str("track_no_backend = 60\ntrack_interfaces = { t0 = 60 }\n");
+    let a = LbdNode::start(&topo, n1, &c1)?;
+    let b = LbdNode::start(&topo, n2, &config(&topo, n2, 100, true))?;
+    wait_state(&a, "MASTER")?;
+    wait_state(&b, "BACKUP")?;
+
+    let backends: Vec<String> = topo
+        .backends()
+        .into_iter()
+        .map(|h| topo.ip(h).to_string())
+        .collect();
+    for ip in &backends {
+        let (code, _, err) = a.lbctl(&["backend", "drain", "web", ip])?;
+        ensure!(code == 0, "drain {ip}: {err}");
+    }
+    wait_state(&b, "MASTER")?;
+    let v = a.status()?.vrrp.context("vrrp")?;
+    ensure!(
+        v.priority == 90 && v.failed_conditions == ["no_backend"],
+        "lbd1 with no backend: {v:?}"
+    );
+    ensure!(
+        exactly_one_holds_vip(&topo, &[n1, n2])? == n2,
+        "lbd2 should hold the VIP"
+    );
+    for ip in &backends {
+        a.lbctl(&["backend", "maintenance", "web", ip, "off"])?;
+    }
+    wait_state(&a, "MASTER")?;
+
+    topo.ns(n1).ip(&["link", "set", "t1", "down"])?;
+    wait_state(&b, "MASTER")?;
+    let v = a.status()?.vrrp.context("vrrp")?;
+    ensure!(
+        v.priority == 90 && v.failed_conditions == ["interface:t0"],
+        "lbd1 with t0 down: {v:?}"
+    );
+    topo.ns(n1).ip(&["link", "set", "t1", "up"])?;
+    wait_state(&a, "MASTER")?;
+    ensure!(
+        exactly_one_holds_vip(&topo, &[n1, n2])? == n1,
+        "lbd1 should hold the VIP again"
+    );
+    Ok(())
+}
