@@ -12,9 +12,9 @@ use lb_daemon::{
     control::{self, Request, Response, Status},
 };
 
-/// Control a running lbd.
+/// Control a running lbd: status, and backend changes that survive restarts.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// lbd's control socket.
     #[arg(long, env = "LBD_SOCKET", default_value = DEFAULT_CONTROL_SOCKET, global = true)]

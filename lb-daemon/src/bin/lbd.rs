@@ -5,9 +5,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use lb_daemon::{config::Config, daemon};
 
-/// Layer-4 load balancer: XDP direct routing with Maglev hashing.
+/// lbd: layer-4 load balancer (XDP direct routing with Maglev hashing, userspace proxy fallback, VRRPv3).
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Config file.
     #[arg(long, short, value_name = "FILE", default_value = "/etc/lbd/lbd.toml")]
