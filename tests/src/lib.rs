@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 pub mod bench_failover;
+pub mod bench_net;
 pub mod bench_xdp;
 pub mod capture;
 pub mod client;

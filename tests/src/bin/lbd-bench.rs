@@ -16,9 +16,10 @@ fn main() -> ExitCode {
     }
     let only: Vec<String> = std::env::args().skip(1).collect();
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
-    let parts: [(&str, Bench); 2] = [
+    let parts: [(&str, Bench); 3] = [
         ("xdp", lbd_tests::bench_xdp::run),
         ("failover", lbd_tests::bench_failover::run),
+        ("net", lbd_tests::bench_net::run),
     ];
     let mut failed = false;
     for (name, run) in parts {

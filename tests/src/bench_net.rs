@@ -1,0 +1,907 @@
+//! Through the namespace topology, in one run: new TCP connections per second with p50/p99
+//! latency (`wrk`, one new connection per request) and iperf3 throughput (1 and 4 streams), for
+//! each path a client can take to the one backend `b1`:
+//!
+//! | path | what carries client → backend |
+//! | --- | --- |
+//! | `direct_offload_off`, `direct_offload_on` | nothing: the client talks to `b1`'s own address |
+//! | `bare` | `bare_tx` natively on lbd1's `eth0`: dst MAC := `b1`, src MAC := old dst, `XDP_TX` |
+//! | `xdp` | lbd, `datapath = "xdp"` (native), direct routing to `b1` |
+//! | `xdp_3backends` | the same over `b1`–`b3` (connection rate only) |
+//! | `userspace` | lbd, `datapath = "userspace"`: the TCP proxy to `b1`'s own address |
+//! | `haproxy` | HAProxy (`mode tcp`, splice on, as lbd's proxy) to `b1`'s own address |
+//!
+//! The XDP paths run with the client's TX checksum offload off (native XDP on veth loses partial
+//! checksums) and the proxies with it on, each group against its own `direct` baseline. lbd1 holds
+//! the VIP throughout; the balancers take turns on it, one at a time, and the client has a
+//! permanent neighbour entry for the VIP (`bare_tx` would forward the client's ARP probes to the
+//! backend, which never answers ARP for the VIP).
+//!
+//! The paths are measured in rounds (all paths, back to back, per round) and each figure is the
+//! best over the rounds: on a shared, noisy machine the least disturbed sample is the closest to
+//! the path's own cost. `LBD_BENCH_NET_SECS` (default 4) sets each measurement's length and
+//! `LBD_BENCH_NET_ROUNDS` (default 2) the rounds.
+//!
+//! wrk's latency runs from the request's first write to the end of its response, so it leaves
+//! out the client's own connect (SYN, SYN-ACK); the backend's accept is in it, and for the
+//! proxies their connect to the backend.
+
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use lb_daemon::xdp;
+
+use crate::{
+    HTTP_PORT, Host, Spawned, Topology, VIP, bin_path, client,
+    lbd::{self, LbdNode, Mode, Services},
+};
+
+/// The port of the iperf3 server on the backends (and of the iperf3 service on the VIP).
+pub const IPERF_PORT: u16 = 5201;
+/// wrk threads.
+const WRK_THREADS: u32 = 2;
+/// wrk connections open at once.
+const WRK_CONNECTIONS: u32 = 32;
+/// Default length of each measurement, in seconds.
+const DEFAULT_SECS: u32 = 4;
+/// Default number of rounds.
+const DEFAULT_ROUNDS: u32 = 2;
+/// How long a balancer may take to listen.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The share of wrk's requests that must have been new connections at the backends.
+const MIN_NEW_CONNECTIONS_PER_REQUEST: f64 = 0.95;
+
+/// The paths, in the order they run within a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NetPath {
+    DirectOffloadOff,
+    Bare,
+    Xdp,
+    Xdp3,
+    DirectOffloadOn,
+    Userspace,
+    Haproxy,
+}
+
+impl NetPath {
+    const ALL: [NetPath; 7] = [
+        NetPath::DirectOffloadOff,
+        NetPath::Bare,
+        NetPath::Xdp,
+        NetPath::Xdp3,
+        NetPath::DirectOffloadOn,
+        NetPath::Userspace,
+        NetPath::Haproxy,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            NetPath::DirectOffloadOff => "direct_offload_off",
+            NetPath::Bare => "bare",
+            NetPath::Xdp => "xdp",
+            NetPath::Xdp3 => "xdp_3backends",
+            NetPath::DirectOffloadOn => "direct_offload_on",
+            NetPath::Userspace => "userspace",
+            NetPath::Haproxy => "haproxy",
+        }
+    }
+
+    /// Whether iperf3 runs on this path (one backend only: iperf3's control and data connections
+    /// must meet on one server).
+    fn throughput(self) -> bool {
+        self != NetPath::Xdp3
+    }
+
+    /// The client's TX checksum offload on this path.
+    fn client_tx_offload(self) -> bool {
+        matches!(
+            self,
+            NetPath::DirectOffloadOn | NetPath::Userspace | NetPath::Haproxy
+        )
+    }
+
+    /// Whether the path needs `xdp_pass` on lbd1's bridge-side peer (native XDP_TX on veth).
+    fn native_xdp(self) -> bool {
+        matches!(self, NetPath::Bare | NetPath::Xdp | NetPath::Xdp3)
+    }
+
+    /// Where the client connects.
+    fn target(self) -> Ipv4Addr {
+        match self {
+            NetPath::DirectOffloadOff | NetPath::DirectOffloadOn => Host::Backend(1).ip(),
+            _ => VIP,
+        }
+    }
+
+    /// The backends that may answer.
+    fn backends(self) -> Vec<Host> {
+        match self {
+            NetPath::Xdp3 => (1..=3).map(Host::Backend).collect(),
+            _ => vec![Host::Backend(1)],
+        }
+    }
+}
+
+/// Lengths and counts of one run.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    secs: u32,
+    rounds: u32,
+}
+
+fn env_u32(name: &str, default: u32, range: std::ops::RangeInclusive<u32>) -> Result<u32> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(v) => {
+            let n: u32 = v
+                .trim()
+                .parse()
+                .with_context(|| format!("{name}={v:?} is not a whole number"))?;
+            ensure!(
+                range.contains(&n),
+                "{name}={n} is out of range (allowed: {} to {})",
+                range.start(),
+                range.end()
+            );
+            Ok(n)
+        }
+    }
+}
+
+/// What wrk measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WrkFigures {
+    /// Completed requests.
+    pub requests: u64,
+    /// Requests per second.
+    pub rate: f64,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+    /// Socket errors (connect, read, write, timeout) plus non-2xx/3xx responses.
+    pub errors: u64,
+}
+
+/// A wrk duration (`512.00us`, `1.10ms`, `2.00s`, `1.00m`) in milliseconds.
+fn wrk_duration_ms(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic())?;
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let scale = match unit {
+        "us" => 0.001,
+        "ms" => 1.0,
+        "s" => 1000.0,
+        "m" => 60_000.0,
+        "h" => 3_600_000.0,
+        _ => return None,
+    };
+    Some(num * scale)
+}
+
+/// Parses the output of `wrk --latency`.
+pub fn parse_wrk(out: &str) -> Result<WrkFigures> {
+    let mut requests = None;
+    let mut rate = None;
+    let (mut p50, mut p99) = (None, None);
+    let mut errors = 0u64;
+    let mut in_distribution = false;
+    for line in out.lines() {
+        let t = line.trim();
+        if t.starts_with("Latency Distribution") {
+            in_distribution = true;
+            continue;
+        }
+        if in_distribution {
+            let mut parts = t.split_whitespace();
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(pct), Some(value), None) if pct.ends_with('%') => {
+                    let ms = wrk_duration_ms(value)
+                        .with_context(|| format!("wrk: bad latency {value:?} in {t:?}"))?;
+                    match pct {
+                        "50%" | "50.000%" => p50 = Some(ms),
+                        "99%" | "99.000%" => p99 = Some(ms),
+                        _ => {}
+                    }
+                    continue;
+                }
+                _ => in_distribution = false,
+            }
+        }
+        if let Some(v) = t.strip_prefix("Requests/sec:") {
+            rate = Some(
+                v.trim()
+                    .parse::<f64>()
+                    .with_context(|| format!("wrk: bad rate in {t:?}"))?,
+            );
+        } else if let Some(v) = t.strip_prefix("Socket errors:") {
+            // `connect 0, read 0, write 0, timeout 0`
+            for item in v.split(',') {
+                let n = item
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .with_context(|| format!("wrk: bad socket errors in {t:?}"))?;
+                errors += n;
+            }
+        } else if let Some(v) = t.strip_prefix("Non-2xx or 3xx responses:") {
+            errors += v
+                .trim()
+                .parse::<u64>()
+                .with_context(|| format!("wrk: bad non-2xx count in {t:?}"))?;
+        } else if t.contains(" requests in ") {
+            requests = t.split_whitespace().next().and_then(|n| n.parse().ok());
+        }
+    }
+    let missing = |what: &str| format!("wrk printed no {what}; its output: {out}");
+    Ok(WrkFigures {
+        requests: requests.with_context(|| missing("request count"))?,
+        rate: rate.with_context(|| missing("Requests/sec"))?,
+        p50_ms: p50.with_context(|| missing("50% latency (was --latency given?)"))?,
+        p99_ms: p99.with_context(|| missing("99% latency (was --latency given?)"))?,
+        errors,
+    })
+}
+
+/// The receiver's throughput in Gbit/s from `iperf3 -J` output.
+pub fn parse_iperf3_gbps(json: &str) -> Result<f64> {
+    let v: serde_json::Value = serde_json::from_str(json).with_context(|| {
+        format!(
+            "iperf3 printed no JSON: {}",
+            json.chars().take(500).collect::<String>()
+        )
+    })?;
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        bail!("iperf3: {e}");
+    }
+    let bps = v
+        .pointer("/end/sum_received/bits_per_second")
+        .and_then(serde_json::Value::as_f64)
+        .context("iperf3 JSON has no end.sum_received.bits_per_second")?;
+    Ok(bps / 1e9)
+}
+
+/// TCP passive opens of a namespace (`PassiveOpens` of `/proc/net/snmp`), from a thread in it.
+fn passive_opens(topo: &Topology, host: Host) -> Result<u64> {
+    let snmp = topo
+        .try_ns(host)?
+        .enter(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))?
+        .with_context(|| format!("reading /proc/net/snmp of {host}"))?;
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        bail!("no Tcp lines in /proc/net/snmp of {host}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "PassiveOpens")
+        .and_then(|(_, v)| v.parse().ok())
+        .with_context(|| format!("no PassiveOpens in /proc/net/snmp of {host}"))
+}
+
+/// The absolute path of `tool`, or an error saying that `cargo xtask setup` installs it.
+fn find_tool(tool: &str) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "`{tool}` is not installed; `cargo xtask setup` installs it (Debian package {tool})"
+            )
+        })
+}
+
+/// The external tools this part runs.
+struct Tools {
+    wrk: PathBuf,
+    iperf3: PathBuf,
+    haproxy: PathBuf,
+}
+
+/// `wrk` from the client to `target`:80, every request on a new connection; checks at the
+/// backends that the connections really were new.
+fn run_wrk(topo: &Topology, tools: &Tools, path: NetPath, secs: u32) -> Result<WrkFigures> {
+    let backends = path.backends();
+    let opens =
+        |topo: &Topology| -> Result<u64> { backends.iter().map(|&b| passive_opens(topo, b)).sum() };
+    let before = opens(topo)?;
+    let url = format!("http://{}:{HTTP_PORT}/", path.target());
+    let args = [
+        format!("-t{WRK_THREADS}"),
+        format!("-c{WRK_CONNECTIONS}"),
+        format!("-d{secs}s"),
+        "--latency".to_owned(),
+        "-H".to_owned(),
+        "Connection: close".to_owned(),
+        url,
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = topo.client().output(
+        &tools.wrk.display().to_string(),
+        &args,
+        Duration::from_secs(u64::from(secs) + 20),
+    )?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "wrk failed ({}): {} {}",
+            out.status,
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let figures = parse_wrk(&stdout)?;
+    let new_connections = opens(topo)?.saturating_sub(before);
+    if figures.requests == 0 {
+        bail!("wrk completed no request through {}: {stdout}", path.name());
+    }
+    if (new_connections as f64) < MIN_NEW_CONNECTIONS_PER_REQUEST * figures.requests as f64 {
+        bail!(
+            "wrk reused connections on {}: {} requests but {new_connections} new connections at the backends",
+            path.name(),
+            figures.requests
+        );
+    }
+    Ok(figures)
+}
+
+/// `iperf3` from the client to `target`:5201 with `streams` parallel streams; Gbit/s received.
+fn run_iperf3(
+    topo: &Topology,
+    tools: &Tools,
+    target: Ipv4Addr,
+    streams: u32,
+    secs: u32,
+) -> Result<f64> {
+    let args = [
+        "-c".to_owned(),
+        target.to_string(),
+        "-p".to_owned(),
+        IPERF_PORT.to_string(),
+        "-t".to_owned(),
+        secs.to_string(),
+        "-P".to_owned(),
+        streams.to_string(),
+        "-J".to_owned(),
+        "--connect-timeout".to_owned(),
+        "3000".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut last = None;
+    // The server takes a moment to reset after a test: a second try if it says it is busy.
+    for attempt in 0..2 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let out = topo.client().output(
+            &tools.iperf3.display().to_string(),
+            &args,
+            Duration::from_secs(u64::from(secs) + 20),
+        )?;
+        match parse_iperf3_gbps(&String::from_utf8_lossy(&out.stdout)) {
+            Ok(gbps) if out.status.success() => return Ok(gbps),
+            Ok(_) => {
+                last = Some(anyhow::anyhow!(
+                    "iperf3 exited with {}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+            Err(e) => {
+                let busy = format!("{e:#}").contains("busy");
+                last = Some(e);
+                if !busy {
+                    break;
+                }
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("iperf3 did not run")))
+        .with_context(|| format!("iperf3 -P {streams} to {target}:{IPERF_PORT}"))
+}
+
+/// Waits until something in `node` listens on VIP:`port` (or the wildcard) for every port.
+fn wait_listening(topo: &Topology, node: Host, ports: &[u16], process: &mut Spawned) -> Result<()> {
+    let deadline = Instant::now() + LISTEN_TIMEOUT;
+    loop {
+        let out = topo.try_ns(node)?.run("ss", &["-Hltn"])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let listening = |port: u16| {
+            text.lines().any(|l| {
+                l.split_whitespace().nth(3).is_some_and(|local| {
+                    [
+                        format!("{VIP}:{port}"),
+                        format!("0.0.0.0:{port}"),
+                        format!("*:{port}"),
+                    ]
+                    .contains(&local.to_owned())
+                })
+            })
+        };
+        if ports.iter().all(|&p| listening(p)) {
+            return Ok(());
+        }
+        if !process.is_running() {
+            bail!(
+                "{} exited before listening on {VIP} ports {ports:?}; stderr: {}",
+                process.label(),
+                process.stderr_tail()
+            );
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} does not listen on {VIP} ports {ports:?} after {LISTEN_TIMEOUT:?}; stderr: {}",
+                process.label(),
+                process.stderr_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What carries the path while it is measured; dropping it stops it.
+enum Balancer {
+    None,
+    /// `bare_tx` attached to lbd1's eth0 (detached when the object is dropped).
+    Bare(aya::Ebpf),
+    Lbd(LbdNode),
+    Haproxy(Spawned, TempDir),
+}
+
+impl Balancer {
+    /// Stops it, reporting an unclean exit.
+    fn stop(self) -> Result<()> {
+        match self {
+            Balancer::None => Ok(()),
+            Balancer::Bare(ebpf) => {
+                // Dropping the object detaches the program.
+                drop(ebpf);
+                Ok(())
+            }
+            Balancer::Lbd(node) => node.stop(),
+            Balancer::Haproxy(mut process, _dir) => {
+                let status = process.terminate(Duration::from_secs(5))?;
+                // In the foreground (`-db`) HAProxy leaves SIGTERM to its default action.
+                use std::os::unix::process::ExitStatusExt as _;
+                if !status.success() && status.signal() != Some(libc::SIGTERM) {
+                    bail!(
+                        "haproxy exited with {status}; stderr: {}",
+                        process.stderr_tail()
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The lbd config of a path: the web service on VIP:80 (and the test config's UDP service), and
+/// for one backend an iperf3 service on VIP:5201.
+fn lbd_config(topo: &Topology, mode: Mode, backends: &[Host]) -> String {
+    let ips: Vec<Ipv4Addr> = backends.iter().map(|&b| b.ip()).collect();
+    let node = Host::Lbd(1);
+    let mut config = lbd::config_text(
+        mode,
+        &LbdNode::socket_path(topo, node),
+        &Services {
+            tcp: ips.clone(),
+            udp: ips[..1].to_vec(),
+        },
+    );
+    let _ = write!(
+        config,
+        "\n[[service]]\nname = \"iperf3\"\nvip = \"{VIP}:{IPERF_PORT}\"\nbackends = [{{ addr = \"{}\" }}]\n",
+        ips[0]
+    );
+    config
+}
+
+fn haproxy_config(backend: Ipv4Addr) -> String {
+    format!(
+        "global\n    maxconn 4096\n\n\
+         defaults\n    mode tcp\n    option splice-auto\n    timeout connect 3s\n    timeout client 300s\n    timeout server 300s\n\n\
+         listen web\n    bind {VIP}:{HTTP_PORT}\n    server b1 {backend}:{HTTP_PORT}\n\n\
+         listen iperf3\n    bind {VIP}:{IPERF_PORT}\n    server b1 {backend}:{IPERF_PORT}\n"
+    )
+}
+
+/// Starts what carries `path` on lbd1.
+fn start(topo: &Topology, tools: &Tools, path: NetPath) -> Result<Balancer> {
+    let node = Host::Lbd(1);
+    match path {
+        NetPath::DirectOffloadOff | NetPath::DirectOffloadOn => Ok(Balancer::None),
+        NetPath::Bare => {
+            let own = node.mac().0;
+            let backend = Host::Backend(1).mac().0;
+            let ebpf = topo.try_ns(node)?.enter(move || -> Result<aya::Ebpf> {
+                let mut ebpf = xdp::load(own, backend, 1024, &[xdp::PROG_BARE])?;
+                let name = std::ffi::CString::new(crate::topology::HOST_IF)?;
+                // SAFETY: if_nametoindex reads a NUL-terminated string.
+                let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+                ensure!(index != 0, "eth0 not found on {node}");
+                xdp::attach(
+                    &mut ebpf,
+                    xdp::PROG_BARE,
+                    crate::topology::HOST_IF,
+                    index,
+                    xdp::AttachMode::Native,
+                )?;
+                Ok(ebpf)
+            })??;
+            Ok(Balancer::Bare(ebpf))
+        }
+        NetPath::Xdp | NetPath::Xdp3 => {
+            let lbd = LbdNode::start(
+                topo,
+                node,
+                &lbd_config(topo, Mode::XdpNative, &path.backends()),
+            )?;
+            let status = lbd.status()?;
+            ensure!(
+                status.datapath == Mode::XdpNative.status_name(),
+                "lbd runs {} ({}), not native XDP",
+                status.datapath,
+                status.datapath_reason
+            );
+            Ok(Balancer::Lbd(lbd))
+        }
+        NetPath::Userspace => {
+            let mut lbd = LbdNode::start(
+                topo,
+                node,
+                &lbd_config(topo, Mode::Userspace, &path.backends()),
+            )?;
+            wait_listening(topo, node, &[HTTP_PORT, IPERF_PORT], &mut lbd.process)?;
+            Ok(Balancer::Lbd(lbd))
+        }
+        NetPath::Haproxy => {
+            let dir = TempDir(std::env::temp_dir().join(format!("lbdt-{}-haproxy", topo.tag())));
+            std::fs::create_dir_all(&dir.0)
+                .with_context(|| format!("creating {}", dir.0.display()))?;
+            let cfg = dir.0.join("haproxy.cfg");
+            std::fs::write(&cfg, haproxy_config(Host::Backend(1).ip()))
+                .with_context(|| format!("writing {}", cfg.display()))?;
+            let ns = topo.try_ns(node)?;
+            let mut cmd = ns.command(&tools.haproxy.display().to_string());
+            cmd.arg("-f").arg(&cfg).arg("-db");
+            let mut process = ns.spawn(cmd)?;
+            wait_listening(topo, node, &[HTTP_PORT, IPERF_PORT], &mut process)?;
+            Ok(Balancer::Haproxy(process, dir))
+        }
+    }
+}
+
+/// One path's figures from one round.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    wrk: WrkFigures,
+    gbps: Option<(f64, f64)>,
+}
+
+/// Measures `path` with its balancer running: one request to check the path, wrk, iperf3.
+fn measure(topo: &Topology, tools: &Tools, path: NetPath, secs: u32) -> Result<Sample> {
+    let addr: SocketAddr = SocketAddrV4::new(path.target(), HTTP_PORT).into();
+    let reply = topo
+        .client()
+        .enter(move || client::http_get(addr))?
+        .with_context(|| format!("a request to {addr} through {}", path.name()))?;
+    let expected: Vec<String> = path.backends().iter().map(|b| b.role()).collect();
+    ensure!(
+        reply.status == 200 && expected.contains(&reply.backend),
+        "{}: {addr} answered {} from {:?}, expected 200 from one of {expected:?}",
+        path.name(),
+        reply.status,
+        reply.backend
+    );
+    let wrk = run_wrk(topo, tools, path, secs)?;
+    let gbps = if path.throughput() {
+        let one = run_iperf3(topo, tools, path.target(), 1, secs)?;
+        let four = run_iperf3(topo, tools, path.target(), 4, secs)?;
+        Some((one, four))
+    } else {
+        None
+    };
+    Ok(Sample { wrk, gbps })
+}
+
+/// The best of each figure over the rounds.
+#[derive(Debug, Clone, Copy)]
+struct Best {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    gbps_1: f64,
+    gbps_4: f64,
+}
+
+impl Default for Best {
+    fn default() -> Best {
+        Best {
+            rate: 0.0,
+            p50_ms: f64::INFINITY,
+            p99_ms: f64::INFINITY,
+            errors: 0,
+            gbps_1: 0.0,
+            gbps_4: 0.0,
+        }
+    }
+}
+
+impl Best {
+    fn add(&mut self, s: &Sample) {
+        self.rate = self.rate.max(s.wrk.rate);
+        self.p50_ms = self.p50_ms.min(s.wrk.p50_ms);
+        self.p99_ms = self.p99_ms.min(s.wrk.p99_ms);
+        self.errors += s.wrk.errors;
+        if let Some((one, four)) = s.gbps {
+            self.gbps_1 = self.gbps_1.max(one);
+            self.gbps_4 = self.gbps_4.max(four);
+        }
+    }
+}
+
+/// Sets the per-namespace TCP settings that let short connections reuse ports quickly (the
+/// client and the proxies open far more connections in a measurement than the default
+/// ephemeral range holds while they sit in TIME-WAIT).
+fn tune(topo: &Topology) -> Result<()> {
+    for host in [Host::Client, Host::Lbd(1)] {
+        let ns = topo.try_ns(host)?;
+        ns.set_sysctl("net/ipv4/tcp_tw_reuse", "1")?;
+        ns.set_sysctl("net/ipv4/ip_local_port_range", "10000 65000")?;
+    }
+    Ok(())
+}
+
+/// Measures every path and returns the figures.
+pub fn run() -> Result<Vec<(String, f64)>> {
+    let settings = Settings {
+        secs: env_u32("LBD_BENCH_NET_SECS", DEFAULT_SECS, 1..=60)?,
+        rounds: env_u32("LBD_BENCH_NET_ROUNDS", DEFAULT_ROUNDS, 1..=10)?,
+    };
+    let tools = Tools {
+        wrk: find_tool("wrk")?,
+        iperf3: find_tool("iperf3")?,
+        haproxy: find_tool("haproxy")?,
+    };
+    find_tool("ethtool")?;
+    find_tool("ss").context("`ss` comes with iproute2")?;
+    let backend_bin = bin_path("lbd-test-backend")?;
+    bin_path("lbd")?;
+    bin_path("lbctl")?;
+
+    let topo = Topology::builder(&crate::test_tag("bench_net"))
+        .lbd_nodes(1)
+        .backends(3)
+        .build()?;
+    let _backends = topo.start_backends(&backend_bin)?;
+    let mut iperf_server = {
+        let ns = topo.try_ns(Host::Backend(1))?;
+        let mut cmd = ns.command(&tools.iperf3.display().to_string());
+        cmd.args(["-s", "-p", &IPERF_PORT.to_string(), "--forceflush"]);
+        ns.spawn(cmd)?
+    };
+    iperf_server
+        .wait_for_line(|l| l.contains("Server listening"), LISTEN_TIMEOUT)
+        .context("starting the iperf3 server on b1")?;
+    tune(&topo)?;
+    let node = Host::Lbd(1);
+    topo.add_vip(node)?;
+    // bare_tx forwards every frame, ARP included: the client must not need ARP for the VIP.
+    topo.client().ip(&[
+        "neigh",
+        "replace",
+        &VIP.to_string(),
+        "lladdr",
+        &node.mac().to_string(),
+        "dev",
+        crate::topology::HOST_IF,
+        "nud",
+        "permanent",
+    ])?;
+
+    let mut best: Vec<Best> = vec![Best::default(); NetPath::ALL.len()];
+    for _ in 0..settings.rounds {
+        let mut peer_pass: Option<aya::Ebpf> = None;
+        for (i, path) in NetPath::ALL.into_iter().enumerate() {
+            // The proxies run without XDP on lbd1's veth peer: veth turns TCP segmentation
+            // offload off on the peer of a device with an XDP program, here lbd1's eth0.
+            if path.native_xdp() && peer_pass.is_none() {
+                peer_pass = Some(lbd::attach_peer_pass(&topo, node)?);
+            } else if !path.native_xdp() {
+                peer_pass = None;
+            }
+            topo.set_tx_offload(Host::Client, path.client_tx_offload())?;
+            let balancer =
+                start(&topo, &tools, path).with_context(|| format!("starting {}", path.name()))?;
+            let sample = measure(&topo, &tools, path, settings.secs)
+                .with_context(|| format!("measuring {}", path.name()))?;
+            balancer
+                .stop()
+                .with_context(|| format!("stopping {}", path.name()))?;
+            if std::env::var_os("LBD_BENCH_DEBUG").is_some() {
+                eprintln!("{}: {sample:?}", path.name());
+            }
+            best[i].add(&sample);
+        }
+        drop(peer_pass);
+    }
+    if !iperf_server.is_running() {
+        bail!(
+            "the iperf3 server on b1 exited; stderr: {}",
+            iperf_server.stderr_tail()
+        );
+    }
+    drop(iperf_server);
+    topo.teardown()?;
+    Ok(figures(&best))
+}
+
+/// The figures, per path and then the ratios.
+fn figures(best: &[Best]) -> Vec<(String, f64)> {
+    let of = |p: NetPath| {
+        best[NetPath::ALL
+            .iter()
+            .position(|&q| q == p)
+            .expect("every path has a slot")]
+    };
+    let mut out = Vec::new();
+    for (path, b) in NetPath::ALL.iter().zip(best) {
+        let n = path.name();
+        out.push((format!("conn_rate_{n}"), b.rate));
+        out.push((format!("conn_p50_ms_{n}"), b.p50_ms));
+        out.push((format!("conn_p99_ms_{n}"), b.p99_ms));
+        out.push((format!("conn_errors_{n}"), b.errors as f64));
+        if path.throughput() {
+            out.push((format!("throughput_gbps_1stream_{n}"), b.gbps_1));
+            out.push((format!("throughput_gbps_4stream_{n}"), b.gbps_4));
+        }
+    }
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    let (direct_off, bare, xdp, xdp3) = (
+        of(NetPath::DirectOffloadOff),
+        of(NetPath::Bare),
+        of(NetPath::Xdp),
+        of(NetPath::Xdp3),
+    );
+    let (direct_on, user, haproxy) = (
+        of(NetPath::DirectOffloadOn),
+        of(NetPath::Userspace),
+        of(NetPath::Haproxy),
+    );
+    for (name, value) in [
+        ("xdp_conn_rate_vs_bare", ratio(xdp.rate, bare.rate)),
+        (
+            "xdp_throughput_1stream_vs_bare",
+            ratio(xdp.gbps_1, bare.gbps_1),
+        ),
+        (
+            "xdp_throughput_4stream_vs_bare",
+            ratio(xdp.gbps_4, bare.gbps_4),
+        ),
+        ("xdp_conn_rate_vs_direct", ratio(xdp.rate, direct_off.rate)),
+        (
+            "bare_conn_rate_vs_direct",
+            ratio(bare.rate, direct_off.rate),
+        ),
+        (
+            "xdp_throughput_1stream_vs_direct",
+            ratio(xdp.gbps_1, direct_off.gbps_1),
+        ),
+        ("xdp_3backends_conn_rate_vs_xdp", ratio(xdp3.rate, xdp.rate)),
+        (
+            "userspace_throughput_1stream_vs_haproxy",
+            ratio(user.gbps_1, haproxy.gbps_1),
+        ),
+        (
+            "userspace_throughput_4stream_vs_haproxy",
+            ratio(user.gbps_4, haproxy.gbps_4),
+        ),
+        (
+            "userspace_conn_rate_vs_haproxy",
+            ratio(user.rate, haproxy.rate),
+        ),
+        (
+            "userspace_conn_rate_vs_direct",
+            ratio(user.rate, direct_on.rate),
+        ),
+        (
+            "haproxy_conn_rate_vs_direct",
+            ratio(haproxy.rate, direct_on.rate),
+        ),
+        (
+            "userspace_throughput_1stream_vs_direct",
+            ratio(user.gbps_1, direct_on.gbps_1),
+        ),
+    ] {
+        out.push((name.to_owned(), value));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRK: &str = "Running 5s test @ http://198.18.0.100:80/
+  2 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.23ms  456.00us  10.00ms   80.00%
+    Req/Sec     5.00k   100.00     6.00k    70.00%
+  Latency Distribution
+     50%  812.00us
+     75%    1.50ms
+     90%    2.00ms
+     99%    1.02s
+  50000 requests in 5.00s, 6.00MB read
+  Socket errors: connect 0, read 3, write 0, timeout 2
+  Non-2xx or 3xx responses: 10
+Requests/sec:   9998.50
+Transfer/sec:      1.20MB
+";
+
+    #[test]
+    fn wrk_output_is_parsed() {
+        let f = parse_wrk(WRK).unwrap();
+        assert_eq!(f.requests, 50000);
+        assert!((f.rate - 9998.5).abs() < 1e-9);
+        assert!((f.p50_ms - 0.812).abs() < 1e-9);
+        assert!((f.p99_ms - 1020.0).abs() < 1e-9);
+        assert_eq!(f.errors, 15);
+    }
+
+    #[test]
+    fn wrk_output_without_latency_is_an_error() {
+        let no_latency: String = WRK
+            .lines()
+            .filter(|l| {
+                !l.trim_start().starts_with(|c: char| c.is_ascii_digit())
+                    || l.contains("requests in")
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let err = parse_wrk(&no_latency).unwrap_err().to_string();
+        assert!(err.contains("50% latency"), "{err}");
+        assert!(parse_wrk("").is_err());
+    }
+
+    #[test]
+    fn wrk_durations() {
+        assert_eq!(wrk_duration_ms("500.00us"), Some(0.5));
+        assert_eq!(wrk_duration_ms("1.5ms"), Some(1.5));
+        assert_eq!(wrk_duration_ms("2.00s"), Some(2000.0));
+        assert_eq!(wrk_duration_ms("1.00m"), Some(60_000.0));
+        assert_eq!(wrk_duration_ms("12"), None);
+        assert_eq!(wrk_duration_ms("1.0xs"), None);
+    }
+
+    #[test]
+    fn iperf3_json_is_parsed() {
+        let ok = r#"{"start":{},"end":{"sum_sent":{"bits_per_second":2.1e10},"sum_received":{"bits_per_second":2.0e10}}}"#;
+        assert!((parse_iperf3_gbps(ok).unwrap() - 20.0).abs() < 1e-9);
+        let err = parse_iperf3_gbps(
+            r#"{"start":{},"end":{},"error":"the server is busy running a test. try again later"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("busy"), "{err}");
+        assert!(parse_iperf3_gbps("not json").is_err());
+    }
+}
