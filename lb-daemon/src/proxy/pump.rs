@@ -28,6 +28,10 @@ use super::{backends::Counters, ratelimit::RateLimit};
 /// Copy-loop buffer per direction. Small, because a busy proxy holds two per connection; the
 /// splice path needs no buffer at all.
 const COPY_BUF: usize = 16 * 1024;
+/// Bytes a direction copies through a buffer before it switches to splice: a short request or
+/// answer never pays for two pipes (four descriptors and their set-up); a bulk transfer does,
+/// and then moves the rest without copies (HAProxy's `splice-auto` idea).
+const SPLICE_AFTER: u64 = 64 * 1024;
 
 /// How a connection's pump ended.
 #[derive(Debug)]
@@ -158,6 +162,9 @@ async fn one_way(
 ) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     if splice {
+        if copy_loop(src, dst, dir, state, Some(SPLICE_AFTER)).await? == CopyEnd::Eof {
+            return Ok(());
+        }
         match linux::Pipe::new() {
             Ok(pipe) => match linux::splice_loop(src, dst, dir, &pipe, state).await {
                 Ok(()) => return Ok(()),
@@ -180,7 +187,7 @@ async fn one_way(
     #[cfg(not(target_os = "linux"))]
     let _ = splice;
     state.copy_loops.fetch_add(1, Ordering::Relaxed);
-    copy_loop(src, dst, dir, state).await
+    copy_loop(src, dst, dir, state, None).await.map(drop)
 }
 
 /// After end of stream from one peer, passes the FIN on to the other.
@@ -192,20 +199,35 @@ fn half_close(dst: &TcpStream) {
     }
 }
 
-/// Copies through a userspace buffer: the fallback where splice cannot be used.
+/// How a copy loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyEnd {
+    /// End of stream: `dst` is half-closed.
+    Eof,
+    /// `switch_after` bytes moved: the caller goes on with splice.
+    Switch,
+}
+
+/// Copies through a userspace buffer: the start of every connection, and the fallback where
+/// splice cannot be used. With `switch_after`, returns once that many bytes have moved.
 async fn copy_loop(
     src: &TcpStream,
     dst: &TcpStream,
     dir: Dir,
     state: &State<'_>,
-) -> io::Result<()> {
+    switch_after: Option<u64>,
+) -> io::Result<CopyEnd> {
     let mut buf = vec![0u8; COPY_BUF];
+    let mut total = 0u64;
     loop {
+        if switch_after.is_some_and(|limit| total >= limit) {
+            return Ok(CopyEnd::Switch);
+        }
         src.readable().await?;
         let n = match src.try_read(&mut buf) {
             Ok(0) => {
                 half_close(dst);
-                return Ok(());
+                return Ok(CopyEnd::Eof);
             }
             Ok(n) => n,
             // Readiness was stale; try_read has cleared it, wait again.
@@ -222,6 +244,7 @@ async fn copy_loop(
             }
         }
         state.moved(dir, n);
+        total += n as u64;
     }
 }
 
