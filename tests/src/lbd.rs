@@ -249,6 +249,23 @@ impl LbdNode {
         ))
     }
 
+    /// Polls the status until the backend `addr` of service `service` is in `state`.
+    pub fn wait_backend_state(&self, service: &str, addr: &str, state: &str) -> Result<Status> {
+        self.wait_status(
+            Duration::from_secs(10),
+            &format!("showing {addr} {state}"),
+            |s| {
+                s.services.iter().any(|svc| {
+                    svc.name == service
+                        && svc
+                            .backends
+                            .iter()
+                            .any(|b| b.addr == addr && b.state == state)
+                })
+            },
+        )
+    }
+
     /// Rewrites the config and sends SIGHUP.
     pub fn reload(&mut self, config: &str) -> Result<()> {
         std::fs::write(&self.config_path, config).context("rewriting the config")?;

@@ -186,20 +186,7 @@ fn run(mode: Mode, name: &str) -> Result<()> {
             ])
             .stdout(std::process::Stdio::piped())
             .spawn()?;
-        let busy_s = busy.to_string();
-        lbd.wait_status(
-            Duration::from_secs(10),
-            "showing the backend draining",
-            |s| {
-                s.services.iter().any(|svc| {
-                    svc.name == "web"
-                        && svc
-                            .backends
-                            .iter()
-                            .any(|b| b.addr == busy_s && b.state == "draining")
-                })
-            },
-        )?;
+        lbd.wait_backend_state("web", &busy.to_string(), "draining")?;
         let after = backends_answering(&topo, 30)?;
         ensure!(
             !after.contains(&busy_name),
@@ -300,13 +287,6 @@ fn health_and_metrics(mode: Mode, name: &str) -> Result<()> {
     );
     let lbd = LbdNode::start(&topo, node, &config)?;
     let b2 = topo.ip(Host::Backend(2)).to_string();
-    let state_of = |s: &lb_daemon::control::Status, addr: &str| {
-        s.services
-            .iter()
-            .find(|x| x.name == "web")
-            .and_then(|x| x.backends.iter().find(|b| b.addr == addr))
-            .map(|b| b.state.clone())
-    };
 
     // Metrics: scraped over HTTP, and the counters move with traffic.
     let before = scrape(&topo, node)?;
@@ -353,9 +333,7 @@ fn health_and_metrics(mode: Mode, name: &str) -> Result<()> {
     // b2's server stops: out of rotation after `fall` failed checks; no connection reaches it.
     let mut stopped = backends.remove(1);
     stopped.terminate(Duration::from_secs(5))?;
-    lbd.wait_status(Duration::from_secs(10), "showing b2 down", |s| {
-        state_of(s, &b2).as_deref() == Some("down")
-    })?;
+    lbd.wait_backend_state("web", &b2, "down")?;
     let answered = backends_answering(&topo, 40)?;
     ensure!(
         !answered.iter().any(|b| b == "b2"),
@@ -372,9 +350,7 @@ fn health_and_metrics(mode: Mode, name: &str) -> Result<()> {
 
     // It comes back: in rotation again after `rise` good checks.
     backends.push(topo.start_backend(Host::Backend(2), &backend_bin)?);
-    lbd.wait_status(Duration::from_secs(10), "showing b2 active", |s| {
-        state_of(s, &b2).as_deref() == Some("active")
-    })?;
+    lbd.wait_backend_state("web", &b2, "active")?;
     let answered = backends_answering(&topo, 60)?;
     ensure!(
         answered.iter().any(|b| b == "b2"),

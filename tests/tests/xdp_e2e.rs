@@ -175,20 +175,7 @@ fn scenario(mode: Mode, name: &str) -> Result<()> {
             udp: all.clone(),
         },
     ))?;
-    let pinned_s = pinned_ip.to_string();
-    lbd.wait_status(
-        Duration::from_secs(10),
-        "showing the backend removed",
-        |s| {
-            s.services.iter().any(|svc| {
-                svc.name == "web"
-                    && svc
-                        .backends
-                        .iter()
-                        .any(|b| b.addr == pinned_s && b.state == "removed")
-            })
-        },
-    )?;
+    lbd.wait_backend_state("web", &pinned_ip.to_string(), "removed")?;
     let after = connections(&topo, 60)?;
     ensure!(
         !after.contains_key(&pinned),
