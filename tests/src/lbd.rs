@@ -98,6 +98,35 @@ pub fn config_text(mode: Mode, socket: &std::path::Path, services: &Services) ->
     s
 }
 
+/// The bed of the per-mode scenarios: one lbd node (`Host::Lbd(1)`) and three running backends,
+/// the node prepared for the mode ([`Mode::prepare`]). Destructure it as
+/// `let SingleNode { topo, backends, peer } = ...` so that the namespaces go last.
+pub struct SingleNode {
+    /// The topology.
+    pub topo: Topology,
+    /// The test backends, running.
+    pub backends: Vec<Spawned>,
+    /// The peer program of native XDP, kept attached while held.
+    pub peer: Option<aya::Ebpf>,
+}
+
+impl SingleNode {
+    /// Builds it for a test named `name`.
+    pub fn build(name: &str, mode: Mode) -> Result<SingleNode> {
+        let topo = Topology::builder(&crate::test_tag(name))
+            .lbd_nodes(1)
+            .backends(3)
+            .build()?;
+        let backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
+        let peer = mode.prepare(&topo, Host::Lbd(1))?;
+        Ok(SingleNode {
+            topo,
+            backends,
+            peer,
+        })
+    }
+}
+
 /// A `[vrrp]` section for a node: VRID 51, adverts every 100 ms, on eth0, for the VIP.
 pub fn vrrp_section(priority: u8, preempt: bool) -> String {
     format!(

@@ -6,8 +6,7 @@ use std::{net::Ipv4Addr, time::Duration};
 use anyhow::{Context, Result, ensure};
 use lbd_tests::{
     Host, Topology, bin_path, client,
-    lbd::{self, LbdNode, Mode, Services},
-    test_tag,
+    lbd::{self, LbdNode, Mode, Services, SingleNode},
 };
 
 fn backends_answering(topo: &Topology, n: usize) -> Result<Vec<String>> {
@@ -24,13 +23,12 @@ fn backends_answering(topo: &Topology, n: usize) -> Result<Vec<String>> {
 }
 
 fn run(mode: Mode, name: &str) -> Result<()> {
-    let topo = Topology::builder(&test_tag(name))
-        .lbd_nodes(1)
-        .backends(3)
-        .build()?;
-    let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
+    let SingleNode {
+        topo,
+        backends: _backends,
+        peer: _peer,
+    } = SingleNode::build(name, mode)?;
     let node = Host::Lbd(1);
-    let _peer = mode.prepare(&topo, node)?;
     let ip = |n: u8| topo.ip(Host::Backend(n));
     let socket = LbdNode::socket_path(&topo, node);
     // b3 is not in the config: lbctl adds it.
@@ -270,14 +268,13 @@ lbd_tests::test_each_mode!(health_and_metrics:
 );
 
 fn health_and_metrics(mode: Mode, name: &str) -> Result<()> {
-    let topo = Topology::builder(&test_tag(name))
-        .lbd_nodes(1)
-        .backends(3)
-        .build()?;
+    let SingleNode {
+        topo,
+        mut backends,
+        peer: _peer,
+    } = SingleNode::build(name, mode)?;
     let backend_bin = bin_path("lbd-test-backend")?;
-    let mut backends = topo.start_backends(&backend_bin)?;
     let node = Host::Lbd(1);
-    let _peer = mode.prepare(&topo, node)?;
     let all: Vec<Ipv4Addr> = topo.backends().into_iter().map(|b| topo.ip(b)).collect();
     let socket = LbdNode::socket_path(&topo, node);
     let config = lbd::config_text(mode, &socket, &Services { tcp: all.clone(), udp: all.clone() }).replacen(

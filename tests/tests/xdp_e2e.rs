@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use lbd_tests::{
     Capture, Host, Topology, bin_path, client,
-    lbd::{self, LbdNode, Mode, Services},
+    lbd::{self, LbdNode, Mode, Services, SingleNode},
     netns_tests_enabled, test_tag,
 };
 
@@ -45,13 +45,12 @@ fn connections(topo: &Topology, n: usize) -> Result<HashMap<String, usize>> {
 }
 
 fn scenario(mode: Mode, name: &str) -> Result<()> {
-    let topo = Topology::builder(&test_tag(name))
-        .lbd_nodes(1)
-        .backends(3)
-        .build()?;
-    let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
+    let SingleNode {
+        topo,
+        backends: _backends,
+        peer: _peer,
+    } = SingleNode::build(name, mode)?;
     let node = Host::Lbd(1);
-    let _peer = mode.prepare(&topo, node)?;
     let all = backend_ips(&topo);
     let socket = LbdNode::socket_path(&topo, node);
     let services = Services {
