@@ -9,7 +9,7 @@
 //! | `xdp` | lbd, `datapath = "xdp"` (native), direct routing to `b1` |
 //! | `xdp_3backends` | the same over `b1`–`b3` (connection rate only) |
 //! | `userspace` | lbd, `datapath = "userspace"`: the TCP proxy to `b1`'s own address |
-//! | `haproxy` | HAProxy (`mode tcp`, splice on, as lbd's proxy) to `b1`'s own address |
+//! | `haproxy` | HAProxy (`mode tcp`, splice on, as lbd's proxy) to `b1`'s own address, on VIP ports 8080 and 5202 |
 //!
 //! The XDP paths run with the client's TX checksum offload off (native XDP on veth loses partial
 //! checksums) and the proxies with it on, each group against its own `direct` baseline. lbd1 holds
@@ -17,10 +17,22 @@
 //! permanent neighbour entry for the VIP (`bare_tx` would forward the client's ARP probes to the
 //! backend, which never answers ARP for the VIP).
 //!
-//! The paths are measured in rounds (all paths, back to back, per round) and each figure is the
-//! best over the rounds: on a shared, noisy machine the least disturbed sample is the closest to
-//! the path's own cost. `LBD_BENCH_NET_SECS` (default 4) sets each measurement's length and
-//! `LBD_BENCH_NET_ROUNDS` (default 2) the rounds.
+//! The paths are measured in rounds (all paths back to back, every other round in reverse
+//! order). The two proxies run side by side, HAProxy on its own ports, and take turns within a
+//! round (A B B A for each measurement), so that both see the same moments of the machine. Each path's figure is its median over the rounds; each ratio is the median over the
+//! rounds of the ratio of the two paths within the round. On these shared 2-core machines one
+//! path's rate moves by ±15% from one minute to the next, so a ratio of two best-of figures
+//! compares two lucky moments; paired within a round, most of that drift cancels.
+//!
+//! For the two proxies the bench also reads the CPU time (user + system) of the forwarding
+//! process from `/proc`: `cpu_us_per_conn_*` (per wrk request, each a new connection) and
+//! `cpu_ms_per_gb_4stream_*`. That is the proxy's own cost, which the machine's noise hardly
+//! moves, where rates also carry the client's and the backends' share of two shared cores.
+//!
+//! `LBD_BENCH_NET_SECS` (default 3) sets each measurement's length and `LBD_BENCH_NET_ROUNDS`
+//! (default 5) the rounds. `LBD_BENCH_NET_PATHS` (a comma-separated list
+//! of the path names above; default all) measures only those paths, for quick comparisons while
+//! tuning one of them; ratios whose paths were not measured are left out.
 //!
 //! wrk's latency runs from the request's first write to the end of its response, so it leaves
 //! out the client's own connect (SYN, SYN-ACK); the backend's accept is in it, and for the
@@ -43,14 +55,18 @@ use crate::{
 
 /// The port of the iperf3 server on the backends (and of the iperf3 service on the VIP).
 pub const IPERF_PORT: u16 = 5201;
+/// HAProxy's web service on the VIP (to the backends' port 80).
+const HAPROXY_HTTP_PORT: u16 = 8080;
+/// HAProxy's iperf3 service on the VIP (to the backends' iperf3 port).
+const HAPROXY_IPERF_PORT: u16 = 5202;
 /// wrk threads.
 const WRK_THREADS: u32 = 2;
 /// wrk connections open at once.
 const WRK_CONNECTIONS: u32 = 32;
 /// Default length of each measurement, in seconds.
-const DEFAULT_SECS: u32 = 4;
+const DEFAULT_SECS: u32 = 3;
 /// Default number of rounds.
-const DEFAULT_ROUNDS: u32 = 2;
+const DEFAULT_ROUNDS: u32 = 5;
 /// How long a balancer may take to listen.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The share of wrk's requests that must have been new connections at the backends.
@@ -105,9 +121,23 @@ impl NetPath {
         )
     }
 
+    /// Whether a userspace proxy forwards on this path (whose process CPU is then measured).
+    fn proxy(self) -> bool {
+        matches!(self, NetPath::Userspace | NetPath::Haproxy)
+    }
+
     /// Whether the path needs `xdp_pass` on lbd1's bridge-side peer (native XDP_TX on veth).
     fn native_xdp(self) -> bool {
         matches!(self, NetPath::Bare | NetPath::Xdp | NetPath::Xdp3)
+    }
+
+    /// The ports of the web and the iperf3 service on this path. HAProxy listens on its own
+    /// ports, so that it can run beside lbd's proxy and the two be measured in turns.
+    fn ports(self) -> (u16, u16) {
+        match self {
+            NetPath::Haproxy => (HAPROXY_HTTP_PORT, HAPROXY_IPERF_PORT),
+            _ => (HTTP_PORT, IPERF_PORT),
+        }
     }
 
     /// Where the client connects.
@@ -128,10 +158,36 @@ impl NetPath {
 }
 
 /// Lengths and counts of one run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Settings {
     secs: u32,
     rounds: u32,
+    paths: Vec<NetPath>,
+}
+
+/// The paths named in `LBD_BENCH_NET_PATHS`, or all.
+fn env_paths() -> Result<Vec<NetPath>> {
+    let Ok(list) = std::env::var("LBD_BENCH_NET_PATHS") else {
+        return Ok(NetPath::ALL.to_vec());
+    };
+    let mut paths = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let path = NetPath::ALL
+            .into_iter()
+            .find(|p| p.name() == name)
+            .with_context(|| {
+                let all: Vec<&str> = NetPath::ALL.iter().map(|p| p.name()).collect();
+                format!(
+                    "LBD_BENCH_NET_PATHS: unknown path {name:?} (allowed: {})",
+                    all.join(", ")
+                )
+            })?;
+        if !paths.contains(&path) {
+            paths.push(path);
+        }
+    }
+    ensure!(!paths.is_empty(), "LBD_BENCH_NET_PATHS names no path");
+    Ok(paths)
 }
 
 fn env_u32(name: &str, default: u32, range: std::ops::RangeInclusive<u32>) -> Result<u32> {
@@ -313,7 +369,7 @@ fn run_wrk(topo: &Topology, tools: &Tools, path: NetPath, secs: u32) -> Result<W
     let opens =
         |topo: &Topology| -> Result<u64> { backends.iter().map(|&b| passive_opens(topo, b)).sum() };
     let before = opens(topo)?;
-    let url = format!("http://{}:{HTTP_PORT}/", path.target());
+    let url = format!("http://{}:{}/", path.target(), path.ports().0);
     let args = [
         format!("-t{WRK_THREADS}"),
         format!("-c{WRK_CONNECTIONS}"),
@@ -357,7 +413,7 @@ fn run_wrk(topo: &Topology, tools: &Tools, path: NetPath, secs: u32) -> Result<W
 fn run_iperf3(
     topo: &Topology,
     tools: &Tools,
-    target: Ipv4Addr,
+    (target, port): (Ipv4Addr, u16),
     streams: u32,
     secs: u32,
 ) -> Result<f64> {
@@ -365,7 +421,7 @@ fn run_iperf3(
         "-c".to_owned(),
         target.to_string(),
         "-p".to_owned(),
-        IPERF_PORT.to_string(),
+        port.to_string(),
         "-t".to_owned(),
         secs.to_string(),
         "-P".to_owned(),
@@ -405,7 +461,7 @@ fn run_iperf3(
         }
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("iperf3 did not run")))
-        .with_context(|| format!("iperf3 -P {streams} to {target}:{IPERF_PORT}"))
+        .with_context(|| format!("iperf3 -P {streams} to {target}:{port}"))
 }
 
 /// Waits until something in `node` listens on VIP:`port` (or the wildcard) for every port.
@@ -466,6 +522,16 @@ enum Balancer {
 }
 
 impl Balancer {
+    /// The process of the balancer, if it has one. For the proxies its CPU time is the path's
+    /// own cost; the XDP paths forward in softirq context, which no process owns.
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Balancer::None | Balancer::Bare(_) => None,
+            Balancer::Lbd(node) => Some(node.process.pid()),
+            Balancer::Haproxy(process, _) => Some(process.pid()),
+        }
+    }
+
     /// Stops it, reporting an unclean exit.
     fn stop(self) -> Result<()> {
         match self {
@@ -517,8 +583,8 @@ fn haproxy_config(backend: Ipv4Addr) -> String {
     format!(
         "global\n    maxconn 4096\n\n\
          defaults\n    mode tcp\n    option splice-auto\n    timeout connect 3s\n    timeout client 300s\n    timeout server 300s\n\n\
-         listen web\n    bind {VIP}:{HTTP_PORT}\n    server b1 {backend}:{HTTP_PORT}\n\n\
-         listen iperf3\n    bind {VIP}:{IPERF_PORT}\n    server b1 {backend}:{IPERF_PORT}\n"
+         listen web\n    bind {VIP}:{HAPROXY_HTTP_PORT}\n    server b1 {backend}:{HTTP_PORT}\n\n\
+         listen iperf3\n    bind {VIP}:{HAPROXY_IPERF_PORT}\n    server b1 {backend}:{IPERF_PORT}\n"
     )
 }
 
@@ -582,7 +648,12 @@ fn start(topo: &Topology, tools: &Tools, path: NetPath) -> Result<Balancer> {
             let mut cmd = ns.command(&tools.haproxy.display().to_string());
             cmd.arg("-f").arg(&cfg).arg("-db");
             let mut process = ns.spawn(cmd)?;
-            wait_listening(topo, node, &[HTTP_PORT, IPERF_PORT], &mut process)?;
+            wait_listening(
+                topo,
+                node,
+                &[HAPROXY_HTTP_PORT, HAPROXY_IPERF_PORT],
+                &mut process,
+            )?;
             Ok(Balancer::Haproxy(process, dir))
         }
     }
@@ -593,11 +664,38 @@ fn start(topo: &Topology, tools: &Tools, path: NetPath) -> Result<Balancer> {
 struct Sample {
     wrk: WrkFigures,
     gbps: Option<(f64, f64)>,
+    /// The forwarding process's CPU (user + system): microseconds per wrk request (each a new
+    /// connection) and milliseconds per GB of the 4-stream iperf3 run. Proxies only.
+    cpu: Option<(f64, f64)>,
 }
 
-/// Measures `path` with its balancer running: one request to check the path, wrk, iperf3.
-fn measure(topo: &Topology, tools: &Tools, path: NetPath, secs: u32) -> Result<Sample> {
-    let addr: SocketAddr = SocketAddrV4::new(path.target(), HTTP_PORT).into();
+/// CPU time (user + system) a process has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .with_context(|| format!("{path}: no command name"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = |i: usize| -> Result<f64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .map(|t| t as f64)
+            .with_context(|| format!("{path}: field {} is not a number", i + 3))
+    };
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ensure!(hz > 0, "sysconf(_SC_CLK_TCK) failed");
+    Ok((ticks(11)? + ticks(12)?) / hz as f64)
+}
+
+/// Checks a path with one request: 200 from one of its backends.
+fn check_path(topo: &Topology, path: NetPath) -> Result<()> {
+    let addr: SocketAddr = SocketAddrV4::new(path.target(), path.ports().0).into();
     let reply = topo
         .client()
         .enter(move || client::http_get(addr))?
@@ -610,51 +708,119 @@ fn measure(topo: &Topology, tools: &Tools, path: NetPath, secs: u32) -> Result<S
         reply.status,
         reply.backend
     );
-    let wrk = run_wrk(topo, tools, path, secs)?;
-    let gbps = if path.throughput() {
-        let one = run_iperf3(topo, tools, path.target(), 1, secs)?;
-        let four = run_iperf3(topo, tools, path.target(), 4, secs)?;
-        Some((one, four))
-    } else {
-        None
-    };
-    Ok(Sample { wrk, gbps })
+    Ok(())
 }
 
-/// The best of each figure over the rounds.
-#[derive(Debug, Clone, Copy)]
-struct Best {
-    rate: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+/// What one path of a group gathered over its turns.
+#[derive(Default)]
+struct Tally {
+    requests: u64,
+    rates: Vec<f64>,
+    p50s: Vec<f64>,
+    p99s: Vec<f64>,
     errors: u64,
-    gbps_1: f64,
-    gbps_4: f64,
+    wrk_cpu: f64,
+    gbps_1: Vec<f64>,
+    gbps_4: Vec<f64>,
+    four_cpu: f64,
+    four_gigabytes: f64,
 }
 
-impl Default for Best {
-    fn default() -> Best {
-        Best {
-            rate: 0.0,
-            p50_ms: f64::INFINITY,
-            p99_ms: f64::INFINITY,
-            errors: 0,
-            gbps_1: 0.0,
-            gbps_4: 0.0,
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// Measures a group of paths whose balancers all run now: one request to check each, then wrk,
+/// iperf3 with 1 and with 4 streams. With more than one path, each measurement is taken in turns
+/// A B … B A, so that the paths see the same moments of a noisy machine; each figure is the mean
+/// of a path's turns. Paths with a pid also get the CPU that process spent.
+fn measure_group(
+    topo: &Topology,
+    tools: &Tools,
+    group: &[(NetPath, Option<u32>)],
+    secs: u32,
+) -> Result<Vec<Sample>> {
+    for &(path, _) in group {
+        check_path(topo, path)?;
+    }
+    let turns: Vec<usize> = if group.len() == 1 {
+        vec![0]
+    } else {
+        (0..group.len()).chain((0..group.len()).rev()).collect()
+    };
+    let cpu = |pid: Option<u32>| pid.map(cpu_seconds).transpose();
+    let mut tally: Vec<Tally> = group.iter().map(|_| Tally::default()).collect();
+    for &i in &turns {
+        let (path, pid) = group[i];
+        let before = cpu(pid)?;
+        let wrk = run_wrk(topo, tools, path, secs)?;
+        let t = &mut tally[i];
+        if let Some((a, b)) = before.zip(cpu(pid)?) {
+            t.wrk_cpu += b - a;
+        }
+        t.requests += wrk.requests;
+        t.rates.push(wrk.rate);
+        t.p50s.push(wrk.p50_ms);
+        t.p99s.push(wrk.p99_ms);
+        t.errors += wrk.errors;
+    }
+    for streams in [1, 4] {
+        for &i in &turns {
+            let (path, pid) = group[i];
+            if !path.throughput() {
+                continue;
+            }
+            let target = (path.target(), path.ports().1);
+            let before = cpu(pid)?;
+            let gbps = run_iperf3(topo, tools, target, streams, secs)?;
+            let t = &mut tally[i];
+            if streams == 1 {
+                t.gbps_1.push(gbps);
+            } else {
+                t.gbps_4.push(gbps);
+                if let Some((a, b)) = before.zip(cpu(pid)?) {
+                    t.four_cpu += b - a;
+                    t.four_gigabytes += gbps * f64::from(secs) / 8.0;
+                }
+            }
         }
     }
+    Ok(group
+        .iter()
+        .zip(tally)
+        .map(|(&(path, pid), t)| Sample {
+            wrk: WrkFigures {
+                requests: t.requests,
+                rate: mean(&t.rates),
+                p50_ms: mean(&t.p50s),
+                p99_ms: mean(&t.p99s),
+                errors: t.errors,
+            },
+            gbps: path
+                .throughput()
+                .then(|| (mean(&t.gbps_1), mean(&t.gbps_4))),
+            cpu: (pid.is_some() && t.requests > 0 && t.four_gigabytes > 0.0).then(|| {
+                (
+                    t.wrk_cpu * 1e6 / t.requests as f64,
+                    t.four_cpu * 1e3 / t.four_gigabytes,
+                )
+            }),
+        })
+        .collect())
 }
 
-impl Best {
-    fn add(&mut self, s: &Sample) {
-        self.rate = self.rate.max(s.wrk.rate);
-        self.p50_ms = self.p50_ms.min(s.wrk.p50_ms);
-        self.p99_ms = self.p99_ms.min(s.wrk.p99_ms);
-        self.errors += s.wrk.errors;
-        if let Some((one, four)) = s.gbps {
-            self.gbps_1 = self.gbps_1.max(one);
-            self.gbps_4 = self.gbps_4.max(four);
-        }
+/// The median of `values` (NaN when empty).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| !v.is_nan());
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
     }
 }
 
@@ -675,6 +841,7 @@ pub fn run() -> Result<Vec<(String, f64)>> {
     let settings = Settings {
         secs: env_u32("LBD_BENCH_NET_SECS", DEFAULT_SECS, 1..=60)?,
         rounds: env_u32("LBD_BENCH_NET_ROUNDS", DEFAULT_ROUNDS, 1..=10)?,
+        paths: env_paths()?,
     };
     let tools = Tools {
         wrk: find_tool("wrk")?,
@@ -717,10 +884,33 @@ pub fn run() -> Result<Vec<(String, f64)>> {
         "permanent",
     ])?;
 
-    let mut best: Vec<Best> = vec![Best::default(); NetPath::ALL.len()];
-    for _ in 0..settings.rounds {
+    // rounds[r][i]: path NetPath::ALL[i] in round r.
+    let mut rounds: Vec<Vec<Option<Sample>>> = Vec::new();
+    for round in 0..settings.rounds {
+        let mut samples: Vec<Option<Sample>> = vec![None; NetPath::ALL.len()];
         let mut peer_pass: Option<aya::Ebpf> = None;
-        for (i, path) in NetPath::ALL.into_iter().enumerate() {
+        // Every other round runs the paths in reverse, so that neither of two compared paths
+        // always goes first (after a restart, or into the machine's slow moments).
+        let mut order: Vec<(usize, NetPath)> = NetPath::ALL.into_iter().enumerate().collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let order: Vec<(usize, NetPath)> = order
+            .into_iter()
+            .filter(|(_, p)| settings.paths.contains(p))
+            .collect();
+        let mut done = vec![false; NetPath::ALL.len()];
+        for &(i, path) in &order {
+            if done[i] {
+                continue;
+            }
+            // The two proxies run side by side (on their own ports) and are measured in turns;
+            // every other path alone.
+            let group: Vec<(usize, NetPath)> = if path.proxy() {
+                order.iter().copied().filter(|(_, p)| p.proxy()).collect()
+            } else {
+                vec![(i, path)]
+            };
             // The proxies run without XDP on lbd1's veth peer: veth turns TCP segmentation
             // offload off on the peer of a device with an XDP program, here lbd1's eth0.
             if path.native_xdp() && peer_pass.is_none() {
@@ -729,19 +919,33 @@ pub fn run() -> Result<Vec<(String, f64)>> {
                 peer_pass = None;
             }
             topo.set_tx_offload(Host::Client, path.client_tx_offload())?;
-            let balancer =
-                start(&topo, &tools, path).with_context(|| format!("starting {}", path.name()))?;
-            let sample = measure(&topo, &tools, path, settings.secs)
-                .with_context(|| format!("measuring {}", path.name()))?;
-            balancer
-                .stop()
-                .with_context(|| format!("stopping {}", path.name()))?;
-            if std::env::var_os("LBD_BENCH_DEBUG").is_some() {
-                eprintln!("{}: {sample:?}", path.name());
+            let mut balancers = Vec::new();
+            for &(_, p) in &group {
+                let b =
+                    start(&topo, &tools, p).with_context(|| format!("starting {}", p.name()))?;
+                balancers.push(b);
             }
-            best[i].add(&sample);
+            let names: Vec<&str> = group.iter().map(|(_, p)| p.name()).collect();
+            let members: Vec<(NetPath, Option<u32>)> = group
+                .iter()
+                .zip(&balancers)
+                .map(|(&(_, p), b)| (p, b.pid().filter(|_| p.proxy())))
+                .collect();
+            let group_samples = measure_group(&topo, &tools, &members, settings.secs)
+                .with_context(|| format!("measuring {}", names.join(" and ")))?;
+            for ((_, p), b) in group.iter().zip(balancers) {
+                b.stop().with_context(|| format!("stopping {}", p.name()))?;
+            }
+            for (&(j, p), sample) in group.iter().zip(group_samples) {
+                if std::env::var_os("LBD_BENCH_DEBUG").is_some() {
+                    eprintln!("{}: {sample:?}", p.name());
+                }
+                samples[j] = Some(sample);
+                done[j] = true;
+            }
         }
         drop(peer_pass);
+        rounds.push(samples);
     }
     if !iperf_server.is_running() {
         bail!(
@@ -751,87 +955,144 @@ pub fn run() -> Result<Vec<(String, f64)>> {
     }
     drop(iperf_server);
     topo.teardown()?;
-    Ok(figures(&best))
+    Ok(figures(&rounds, &settings.paths))
 }
 
-/// The figures, per path and then the ratios.
-fn figures(best: &[Best]) -> Vec<(String, f64)> {
-    let of = |p: NetPath| {
-        best[NetPath::ALL
+/// One figure of a sample, where the sample has it.
+type Figure = fn(&Sample) -> Option<f64>;
+
+const RATE: Figure = |s| Some(s.wrk.rate);
+const P50: Figure = |s| Some(s.wrk.p50_ms);
+const P99: Figure = |s| Some(s.wrk.p99_ms);
+const GBPS_1: Figure = |s| s.gbps.map(|g| g.0);
+const GBPS_4: Figure = |s| s.gbps.map(|g| g.1);
+const CPU_PER_CONN: Figure = |s| s.cpu.map(|c| c.0);
+const CPU_PER_GB: Figure = |s| s.cpu.map(|c| c.1);
+
+/// The figures: per path the median over the rounds, then the ratios, each the median over
+/// the rounds of the ratio within one round (the two paths measured minutes apart at most, so
+/// that the machine's slow drifts cancel out).
+fn figures(rounds: &[Vec<Option<Sample>>], measured: &[NetPath]) -> Vec<(String, f64)> {
+    let slot = |p: NetPath| {
+        NetPath::ALL
             .iter()
             .position(|&q| q == p)
-            .expect("every path has a slot")]
+            .expect("every path has a slot")
+    };
+    let per_path = |p: NetPath, f: Figure| -> Vec<f64> {
+        rounds
+            .iter()
+            .filter_map(|r| r[slot(p)].as_ref().and_then(f))
+            .collect()
     };
     let mut out = Vec::new();
-    for (path, b) in NetPath::ALL.iter().zip(best) {
+    for path in NetPath::ALL {
+        if !measured.contains(&path) {
+            continue;
+        }
         let n = path.name();
-        out.push((format!("conn_rate_{n}"), b.rate));
-        out.push((format!("conn_p50_ms_{n}"), b.p50_ms));
-        out.push((format!("conn_p99_ms_{n}"), b.p99_ms));
-        out.push((format!("conn_errors_{n}"), b.errors as f64));
+        let errors: f64 = per_path(path, |s| Some(s.wrk.errors as f64)).iter().sum();
+        out.push((format!("conn_rate_{n}"), median(per_path(path, RATE))));
+        out.push((format!("conn_p50_ms_{n}"), median(per_path(path, P50))));
+        out.push((format!("conn_p99_ms_{n}"), median(per_path(path, P99))));
+        out.push((format!("conn_errors_{n}"), errors));
         if path.throughput() {
-            out.push((format!("throughput_gbps_1stream_{n}"), b.gbps_1));
-            out.push((format!("throughput_gbps_4stream_{n}"), b.gbps_4));
+            for (name, f) in [("1stream", GBPS_1), ("4stream", GBPS_4)] {
+                out.push((
+                    format!("throughput_gbps_{name}_{n}"),
+                    median(per_path(path, f)),
+                ));
+            }
+        }
+        let cpu_conn = per_path(path, CPU_PER_CONN);
+        if !cpu_conn.is_empty() {
+            out.push((format!("cpu_us_per_conn_{n}"), median(cpu_conn)));
+            out.push((
+                format!("cpu_ms_per_gb_4stream_{n}"),
+                median(per_path(path, CPU_PER_GB)),
+            ));
         }
     }
-    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
-    let (direct_off, bare, xdp, xdp3) = (
-        of(NetPath::DirectOffloadOff),
-        of(NetPath::Bare),
-        of(NetPath::Xdp),
-        of(NetPath::Xdp3),
-    );
-    let (direct_on, user, haproxy) = (
-        of(NetPath::DirectOffloadOn),
-        of(NetPath::Userspace),
-        of(NetPath::Haproxy),
-    );
+    let ratio = |a: NetPath, b: NetPath, f: Figure| -> f64 {
+        median(
+            rounds
+                .iter()
+                .filter_map(|r| {
+                    let x = r[slot(a)].as_ref().and_then(f)?;
+                    let y = r[slot(b)].as_ref().and_then(f)?;
+                    (x > 0.0 && y > 0.0).then(|| x / y)
+                })
+                .collect(),
+        )
+    };
+    let all_measured = measured.len() == NetPath::ALL.len();
     for (name, value) in [
-        ("xdp_conn_rate_vs_bare", ratio(xdp.rate, bare.rate)),
+        (
+            "xdp_conn_rate_vs_bare",
+            ratio(NetPath::Xdp, NetPath::Bare, RATE),
+        ),
         (
             "xdp_throughput_1stream_vs_bare",
-            ratio(xdp.gbps_1, bare.gbps_1),
+            ratio(NetPath::Xdp, NetPath::Bare, GBPS_1),
         ),
         (
             "xdp_throughput_4stream_vs_bare",
-            ratio(xdp.gbps_4, bare.gbps_4),
+            ratio(NetPath::Xdp, NetPath::Bare, GBPS_4),
         ),
-        ("xdp_conn_rate_vs_direct", ratio(xdp.rate, direct_off.rate)),
+        (
+            "xdp_conn_rate_vs_direct",
+            ratio(NetPath::Xdp, NetPath::DirectOffloadOff, RATE),
+        ),
         (
             "bare_conn_rate_vs_direct",
-            ratio(bare.rate, direct_off.rate),
+            ratio(NetPath::Bare, NetPath::DirectOffloadOff, RATE),
         ),
         (
             "xdp_throughput_1stream_vs_direct",
-            ratio(xdp.gbps_1, direct_off.gbps_1),
+            ratio(NetPath::Xdp, NetPath::DirectOffloadOff, GBPS_1),
         ),
-        ("xdp_3backends_conn_rate_vs_xdp", ratio(xdp3.rate, xdp.rate)),
+        (
+            "xdp_3backends_conn_rate_vs_xdp",
+            ratio(NetPath::Xdp3, NetPath::Xdp, RATE),
+        ),
         (
             "userspace_throughput_1stream_vs_haproxy",
-            ratio(user.gbps_1, haproxy.gbps_1),
+            ratio(NetPath::Userspace, NetPath::Haproxy, GBPS_1),
         ),
         (
             "userspace_throughput_4stream_vs_haproxy",
-            ratio(user.gbps_4, haproxy.gbps_4),
+            ratio(NetPath::Userspace, NetPath::Haproxy, GBPS_4),
         ),
         (
             "userspace_conn_rate_vs_haproxy",
-            ratio(user.rate, haproxy.rate),
+            ratio(NetPath::Userspace, NetPath::Haproxy, RATE),
         ),
         (
             "userspace_conn_rate_vs_direct",
-            ratio(user.rate, direct_on.rate),
+            ratio(NetPath::Userspace, NetPath::DirectOffloadOn, RATE),
         ),
         (
             "haproxy_conn_rate_vs_direct",
-            ratio(haproxy.rate, direct_on.rate),
+            ratio(NetPath::Haproxy, NetPath::DirectOffloadOn, RATE),
         ),
         (
             "userspace_throughput_1stream_vs_direct",
-            ratio(user.gbps_1, direct_on.gbps_1),
+            ratio(NetPath::Userspace, NetPath::DirectOffloadOn, GBPS_1),
+        ),
+        (
+            "userspace_conn_cpu_vs_haproxy",
+            ratio(NetPath::Userspace, NetPath::Haproxy, CPU_PER_CONN),
+        ),
+        (
+            "userspace_throughput_cpu_vs_haproxy",
+            ratio(NetPath::Userspace, NetPath::Haproxy, CPU_PER_GB),
         ),
     ] {
-        out.push((name.to_owned(), value));
+        // A partial run (LBD_BENCH_NET_PATHS) leaves out the ratios of paths it skipped; a
+        // full run prints every ratio, NaN included, so that a broken path shows.
+        if all_measured || !value.is_nan() {
+            out.push((name.to_owned(), value));
+        }
     }
     out
 }

@@ -151,6 +151,12 @@ fn missing() -> Vec<String> {
     if !linker {
         out.push(format!("cargo: bpf-linker {BPF_LINKER_VERSION}"));
     }
+    // `cargo fuzz --version` prints "cargo-fuzz 0.13.2".
+    let fuzz = output("cargo", &["fuzz", "--version"])
+        .is_some_and(|v| v.split_whitespace().any(|w| w == CARGO_FUZZ_VERSION));
+    if !fuzz {
+        out.push(format!("cargo: cargo-fuzz {CARGO_FUZZ_VERSION}"));
+    }
     out
 }
 

@@ -155,7 +155,7 @@ pub async fn run_tcp(
 
 /// One client connection, from backend choice to close.
 async fn serve(
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddr,
     service: &ServiceHandle,
     cancel: &CancellationToken,
@@ -171,7 +171,7 @@ async fn serve(
         r = connect_with_retry(service, &flow) => r,
         () = cancel.cancelled() => return,
     };
-    let Some((backend, stream, _active)) = connected else {
+    let Some((backend, mut stream, _active)) = connected else {
         service.counters.add_no_backend();
         // Reset rather than close: a clean FIN after accept would look like an empty answer.
         reset(&client);
@@ -181,8 +181,8 @@ async fn serve(
     backend.counters().add_connection();
     tracing::debug!(backend = %backend.addr(), backend_id = backend.id(), "connected");
     let (end, totals) = pump(
-        &client,
-        &stream,
+        &mut client,
+        &mut stream,
         PumpParams {
             splice: service.config.splice,
             idle: service.config.idle_timeout,
@@ -276,12 +276,44 @@ async fn connect_with_retry(
     }
 }
 
+/// Connects to a backend, without a turn of the event loop where the network allows.
+///
+/// A non-blocking `connect` answers EINPROGRESS even when the handshake completed within the
+/// call (a backend on the same host or bridge: the SYN-ACK is processed before the call
+/// returns). A second `connect` then says 0 (connected), EALREADY (still going: wait for
+/// writability, as tokio's own connect does) or the failure itself, so the common local case
+/// needs neither a wake-up nor the `SO_ERROR` query.
 async fn connect(backend: &Backend, timeout: Duration) -> Result<TcpStream, ConnectError> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(backend.addr()))
+    let addr = backend.addr();
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    // Small writes (requests, interactive protocols) must not wait for Nagle on either hop.
+    if let Err(e) = socket.set_tcp_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY on the backend socket failed");
+    }
+    let target = addr.into();
+    let connected = match socket.connect(&target) {
+        Ok(()) => true,
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => match socket.connect(&target) {
+            Ok(()) => true,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EALREADY | libc::EINPROGRESS)) => false,
+            Err(e) if e.raw_os_error() == Some(libc::EISCONN) => true,
+            Err(e) => return Err(e.into()),
+        },
+        Err(e) => return Err(e.into()),
+    };
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    if connected {
+        return Ok(stream);
+    }
+    tokio::time::timeout(timeout, stream.writable())
         .await
         .map_err(|_| ConnectError::Timeout(timeout))??;
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "TCP_NODELAY on the backend socket failed");
+    if let Some(e) = stream.take_error()? {
+        return Err(e.into());
     }
     Ok(stream)
 }
