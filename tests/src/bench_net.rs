@@ -19,20 +19,21 @@
 //!
 //! The paths are measured in rounds (all paths back to back, every other round in reverse
 //! order). The two proxies run side by side, HAProxy on its own ports, and take turns within a
-//! round (A B B A for each measurement), so that both see the same moments of the machine. Each path's figure is its median over the rounds; each ratio is the median over the
-//! rounds of the ratio of the two paths within the round. On these shared 2-core machines one
-//! path's rate moves by ±15% from one minute to the next, so a ratio of two best-of figures
-//! compares two lucky moments; paired within a round, most of that drift cancels.
+//! round (A B B A for each measurement), so that both see the same moments of the machine.
+//! Each path's figure is its median over the rounds; each ratio is the median over the rounds
+//! of the ratio of the two paths within the round. On these shared 2-core machines one path's
+//! rate moves by ±15% from one minute to the next, so a ratio of two best-of figures compares
+//! two lucky moments; paired within a round, most of that drift cancels.
 //!
 //! For the two proxies the bench also reads the CPU time (user + system) of the forwarding
 //! process from `/proc`: `cpu_us_per_conn_*` (per wrk request, each a new connection) and
-//! `cpu_ms_per_gb_4stream_*`. That is the proxy's own cost, which the machine's noise hardly
-//! moves, where rates also carry the client's and the backends' share of two shared cores.
+//! `cpu_ms_per_gb_4stream_*`: the proxy's own cost, where a rate also carries the client's and
+//! the backends' share of the two cores (it still grows when the machine is slow).
 //!
 //! `LBD_BENCH_NET_SECS` (default 3) sets each measurement's length and `LBD_BENCH_NET_ROUNDS`
-//! (default 5) the rounds. `LBD_BENCH_NET_PATHS` (a comma-separated list
-//! of the path names above; default all) measures only those paths, for quick comparisons while
-//! tuning one of them; ratios whose paths were not measured are left out.
+//! (default 5) the rounds. `LBD_BENCH_NET_PATHS` (a comma-separated list of the path names
+//! above; default all) measures only those paths, for quick comparisons while tuning one of
+//! them; ratios whose paths were not measured are left out.
 //!
 //! wrk's latency runs from the request's first write to the end of its response, so it leaves
 //! out the client's own connect (SYN, SYN-ACK); the backend's accept is in it, and for the
