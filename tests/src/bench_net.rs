@@ -159,7 +159,7 @@ impl NetPath {
 }
 
 /// Lengths and counts of one run.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Settings {
     secs: u32,
     rounds: u32,

@@ -290,7 +290,7 @@ async fn connect(backend: &Backend, timeout: Duration) -> Result<TcpStream, Conn
         Type::STREAM.nonblocking().cloexec(),
         Some(Protocol::TCP),
     )?;
-    // Small writes (requests, interactive protocols) must not wait for Nagle on either hop.
+    // No Nagle on this hop either (see `serve`).
     if let Err(e) = socket.set_tcp_nodelay(true) {
         tracing::debug!(error = %e, "TCP_NODELAY on the backend socket failed");
     }
