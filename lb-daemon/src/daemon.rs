@@ -34,6 +34,9 @@ use crate::{
 
 /// How often counters and the connection table are read, and unresolved MACs retried.
 const TICK: Duration = Duration::from_secs(1);
+/// A scan of the connection table is followed by at least this many times its own length
+/// without one, so that a table of millions of flows costs at most ~2% of a core.
+const SCAN_SPACING: u32 = 50;
 /// How often every backend MAC is looked up again (a replaced backend host).
 const MAC_REFRESH: Duration = Duration::from_secs(30);
 /// How long start-up and reload wait for backends to answer ARP.
@@ -76,6 +79,8 @@ struct State {
     link: Option<net::Link>,
     macs: HashMap<Ipv4Addr, [u8; 6]>,
     counts: FlowCounts,
+    /// Ticks to let pass before the next scan of the connection table (see [`SCAN_SPACING`]).
+    scan_skip: u32,
     mode_reason: String,
     started: Instant,
     loaded_at: SystemTime,
@@ -466,6 +471,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         link,
         macs,
         counts: FlowCounts::default(),
+        scan_skip: 0,
         mode_reason,
         started: Instant::now(),
         loaded_at: SystemTime::now(),
@@ -640,9 +646,15 @@ async fn reload(state: &Mutex<State>, handle: &rtnetlink::Handle) {
     }
 }
 
-/// The tick: flows per backend (and expiry), freeing removed backends, MAC look-ups.
-async fn refresh(state: &Mutex<State>, handle: &rtnetlink::Handle, all_macs: bool) {
-    let mut st = state.lock().await;
+/// Ticks to skip after a scan of the connection table that took `took`.
+fn scan_skip(took: Duration) -> u32 {
+    let quiet = took.saturating_mul(SCAN_SPACING);
+    u32::try_from(quiet.as_nanos() / TICK.as_nanos()).unwrap_or(u32::MAX)
+}
+
+/// Flows per backend (and expiry) from one pass over the connection table, then freeing the
+/// removed backends no flow uses any more.
+fn scan(st: &mut State) {
     let live: HashSet<u32> = st
         .engine
         .services()
@@ -655,10 +667,12 @@ async fn refresh(state: &Mutex<State>, handle: &rtnetlink::Handle, all_macs: boo
         .services()
         .flat_map(|s| s.backends.values().filter(|b| b.health_down).map(|b| b.id))
         .collect();
+    let started = Instant::now();
     let counts = st
         .plane
         .flows(|id| !live.contains(&id) || down.contains(&id));
-    let State { engine, plane, .. } = &mut *st;
+    st.scan_skip = scan_skip(started.elapsed());
+    let State { engine, plane, .. } = st;
     let flows_of = |id| {
         counts.active.get(&id).copied().unwrap_or(0) + counts.closing.get(&id).copied().unwrap_or(0)
     };
@@ -670,7 +684,17 @@ async fn refresh(state: &Mutex<State>, handle: &rtnetlink::Handle, all_macs: boo
         Err(e) => tracing::warn!(error = %e, "freeing removed backends failed"),
     }
     st.counts = counts;
+}
 
+/// The tick: the connection table's scan when due ([`SCAN_SPACING`]), tracked conditions,
+/// MAC look-ups.
+async fn refresh(state: &Mutex<State>, handle: &rtnetlink::Handle, all_macs: bool) {
+    let mut st = state.lock().await;
+    if st.scan_skip > 0 {
+        st.scan_skip -= 1;
+    } else {
+        scan(&mut st);
+    }
     track(&st, handle).await;
 
     let Some(link) = st.link else {
@@ -1122,5 +1146,22 @@ fn vrrp_status(v: &Vrrp) -> VrrpStatus {
             .filter(|c| c.failed)
             .map(|c| c.name)
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scans_are_spaced_by_their_length() {
+        // A quick scan (a small table, or the proxy's counters) runs every tick.
+        assert_eq!(scan_skip(Duration::ZERO), 0);
+        assert_eq!(scan_skip(Duration::from_millis(19)), 0);
+        // 20 ms × 50 is one tick of quiet: every other tick.
+        assert_eq!(scan_skip(Duration::from_millis(20)), 1);
+        // A table of millions of flows: 300 ms, then 15 s without a scan.
+        assert_eq!(scan_skip(Duration::from_millis(300)), 15);
+        assert_eq!(scan_skip(Duration::MAX), u32::MAX);
     }
 }

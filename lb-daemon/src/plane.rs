@@ -197,12 +197,9 @@ impl Plane {
     /// their timeout and those `is_dead` says to cut. Proxy: its open connections (UDP sessions).
     pub fn flows(&mut self, is_dead: impl Fn(u32) -> bool) -> FlowCounts {
         match self {
-            Plane::Xdp(x) => {
-                x.maps
-                    .scan_flows(xdp::coarse_now_ns(), Default::default(), |_, id| {
-                        is_dead(id)
-                    })
-            }
+            Plane::Xdp(x) => x
+                .maps
+                .scan_flows(xdp::coarse_now_ns(), Default::default(), is_dead),
             Plane::Proxy(p) => {
                 let mut counts = FlowCounts::default();
                 for s in p.services.values() {
@@ -225,7 +222,7 @@ impl Plane {
         match self {
             Plane::Xdp(x) => {
                 x.maps
-                    .scan_flows(xdp::coarse_now_ns(), Default::default(), |_, b| {
+                    .scan_flows(xdp::coarse_now_ns(), Default::default(), |b| {
                         b == backend_id
                     })
                     .expired

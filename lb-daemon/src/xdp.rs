@@ -1,17 +1,20 @@
 //! The XDP data path: load the embedded programs, attach them, and read and write their maps.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, os::fd::AsFd as _};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, IterableMap as _, MapData, PerCpuArray},
     programs::{Xdp, XdpMode},
 };
 use lb_common::{
-    Backend, Counter, FLOW_FLAG_CLOSING, FlowKey, FlowState, MAGLEV_M, STATS_LEN, VipInfo, VipKey,
+    Backend, Counter, FLOW_FLAG_CLOSING, FlowKey, FlowState, MAGLEV_M, MAX_BACKENDS, STATS_LEN,
+    VipInfo, VipKey,
 };
 
 use crate::engine::{Dataplane, EngineError};
+
+mod batch;
 
 /// The compiled XDP programs (`lb-ebpf`), embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -134,6 +137,8 @@ pub struct XdpMaps {
     backends: Array<MapData, Backend>,
     conntrack: BpfHashMap<MapData, FlowKey, FlowState>,
     stats: PerCpuArray<MapData, Counter>,
+    /// Whether the kernel takes batch commands on the connection table (until it refuses one).
+    batch_ops: bool,
 }
 
 /// Flows per backend id, from one pass over the connection table.
@@ -182,6 +187,68 @@ pub fn coarse_now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Flows per backend id while a scan runs: plain arrays over the id range, which every valid
+/// id is in (an id outside it, from a corrupt entry, counts as dead).
+struct Tally<F> {
+    is_dead: F,
+    /// Per id: 0 not asked yet, 1 live, 2 dead.
+    verdict: Vec<u8>,
+    active: Vec<u64>,
+    closing: Vec<u64>,
+}
+
+impl<F: Fn(u32) -> bool> Tally<F> {
+    fn new(is_dead: F) -> Self {
+        let n = MAX_BACKENDS as usize;
+        Tally {
+            is_dead,
+            verdict: vec![0; n],
+            active: vec![0; n],
+            closing: vec![0; n],
+        }
+    }
+
+    fn clear(&mut self) {
+        self.active.fill(0);
+        self.closing.fill(0);
+    }
+
+    /// Counts a flow of backend `id`, unless the backend is dead: then false.
+    fn count(&mut self, id: u32, closing: bool) -> bool {
+        let i = id as usize;
+        let Some(verdict) = self.verdict.get_mut(i) else {
+            return false;
+        };
+        if *verdict == 0 {
+            *verdict = if (self.is_dead)(id) { 2 } else { 1 };
+        }
+        if *verdict == 2 {
+            return false;
+        }
+        let slot = if closing {
+            &mut self.closing
+        } else {
+            &mut self.active
+        };
+        slot[i] += 1;
+        true
+    }
+
+    fn into_counts(self) -> FlowCounts {
+        let by_id = |v: Vec<u64>| -> HashMap<u32, u64> {
+            (0u32..).zip(v).filter(|&(_, n)| n > 0).collect()
+        };
+        let active = by_id(self.active);
+        let closing = by_id(self.closing);
+        FlowCounts {
+            entries: active.values().chain(closing.values()).sum(),
+            active,
+            closing,
+            expired: 0,
+        }
+    }
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, XdpError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -201,6 +268,7 @@ impl XdpMaps {
             backends: take(ebpf, "BACKENDS")?,
             conntrack: take(ebpf, "CONNTRACK")?,
             stats: take(ebpf, "STATS")?,
+            batch_ops: true,
         })
     }
 
@@ -222,34 +290,66 @@ impl XdpMaps {
 
     /// One pass over the connection table: counts flows per backend and deletes entries idle
     /// past their timeout and entries whose backend `is_dead` (freed or of a removed service).
+    ///
+    /// Reads and deletes in batches where the kernel has them (5.6+), else entry by entry. The
+    /// table may hold millions of flows, so the per-flow work is array indexing: `is_dead` is
+    /// asked once per backend id.
     pub fn scan_flows(
         &mut self,
         now_ns: u64,
         t: FlowTimeouts,
-        is_dead: impl Fn(&FlowKey, u32) -> bool,
+        is_dead: impl Fn(u32) -> bool,
     ) -> FlowCounts {
-        let mut counts = FlowCounts::default();
+        let mut tally = Tally::new(is_dead);
         let mut doomed = Vec::new();
-        for item in self.conntrack.iter() {
-            // An entry can vanish under us (LRU eviction): skip it.
-            let Ok((key, st)) = item else { continue };
-            let closing = st.flags & FLOW_FLAG_CLOSING != 0;
-            let timeout = match (key.proto, closing) {
-                (lb_common::IPPROTO_UDP, _) => t.udp_ns,
-                (_, true) => t.tcp_closing_ns,
-                (_, false) => t.tcp_ns,
+        let visit =
+            |tally: &mut Tally<_>, doomed: &mut Vec<FlowKey>, key: &FlowKey, st: &FlowState| {
+                let closing = st.flags & FLOW_FLAG_CLOSING != 0;
+                let timeout = match (key.proto, closing) {
+                    (lb_common::IPPROTO_UDP, _) => t.udp_ns,
+                    (_, true) => t.tcp_closing_ns,
+                    (_, false) => t.tcp_ns,
+                };
+                if now_ns.saturating_sub(st.last_seen_ns) > timeout
+                    || !tally.count(st.backend_id, closing)
+                {
+                    doomed.push(*key);
+                }
             };
-            if now_ns.saturating_sub(st.last_seen_ns) > timeout || is_dead(&key, st.backend_id) {
-                doomed.push(key);
-                continue;
+        let fd = self.conntrack.map().fd().as_fd();
+        let mut batched = self.batch_ops;
+        if batched {
+            match batch::for_each(fd, |k, v| visit(&mut tally, &mut doomed, k, v)) {
+                Ok(()) => {}
+                Err(e) => {
+                    if batch::unsupported(&e) {
+                        tracing::info!(error = %e, "no batch operations on the connection table: reading it entry by entry");
+                        self.batch_ops = false;
+                    } else {
+                        tracing::warn!(error = %e, "reading the connection table in batches failed: reading it entry by entry");
+                    }
+                    batched = false;
+                }
             }
-            let map = if closing {
-                &mut counts.closing
-            } else {
-                &mut counts.active
-            };
-            *map.entry(st.backend_id).or_default() += 1;
-            counts.entries += 1;
+        }
+        if !batched {
+            tally.clear();
+            doomed.clear();
+            for item in self.conntrack.iter() {
+                // An entry can vanish under us (LRU eviction): skip it.
+                let Ok((key, st)) = item else { continue };
+                visit(&mut tally, &mut doomed, &key, &st);
+            }
+        }
+        let mut counts = tally.into_counts();
+        if batched {
+            match batch::delete(fd, &doomed, &mut counts.expired) {
+                Ok(()) => return counts,
+                // The keys deleted already fail again below, uncounted.
+                Err(e) => {
+                    tracing::warn!(error = %e, "deleting expired flows in batches failed: deleting them one by one")
+                }
+            }
         }
         for key in doomed {
             if self.conntrack.remove(&key).is_ok() {
@@ -257,6 +357,17 @@ impl XdpMaps {
             }
         }
         counts
+    }
+
+    /// Whether scans read and delete in batches (the default, where the kernel has them) or
+    /// entry by entry; tests compare the two.
+    pub fn set_batch_ops(&mut self, on: bool) {
+        self.batch_ops = on;
+    }
+
+    /// Whether scans still use batches (false once the kernel refused them).
+    pub fn batch_ops(&self) -> bool {
+        self.batch_ops
     }
 
     /// Looks up one flow (tests and diagnostics).

@@ -64,7 +64,12 @@ struct Bed {
 
 impl Bed {
     fn new(web_backends: &[u8]) -> Bed {
-        let mut ebpf = xdp::load(OWN_MAC, [0; 6], 4096, &[PROG_LBD]).expect("load XDP programs");
+        Bed::with_table(web_backends, 4096)
+    }
+
+    fn with_table(web_backends: &[u8], conntrack_max: u32) -> Bed {
+        let mut ebpf =
+            xdp::load(OWN_MAC, [0; 6], conntrack_max, &[PROG_LBD]).expect("load XDP programs");
         let mut maps = XdpMaps::new(&mut ebpf).expect("maps");
         let mut engine = Engine::new();
         engine
@@ -360,7 +365,7 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
     bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, false, true));
     let counts = bed
         .maps
-        .scan_flows(xdp::coarse_now_ns(), Default::default(), |_, _| false);
+        .scan_flows(xdp::coarse_now_ns(), Default::default(), |_| false);
     let id = bed.backend_id("web", before[&p]);
     assert_eq!(
         counts.closing.get(&id).copied().unwrap_or(0),
@@ -423,4 +428,61 @@ fn down_backends_lose_flows_draining_keep_them() {
             "port {p}: new flows only to the backend in rotation"
         );
     }
+}
+
+/// The scan of the connection table over many batches: the same counts as the entry-by-entry
+/// walk, dead backends' flows and idle flows deleted in batches, nothing left behind.
+#[test]
+fn scans_read_and_delete_in_batches() {
+    if !have_root("scans_read_and_delete_in_batches") {
+        return;
+    }
+    const FLOWS: u16 = 10_000;
+    // Room for every flow on any one CPU: the table keeps an LRU list per CPU.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let mut bed = Bed::with_table(&[21, 22, 23], 16_384 * cpus);
+    let mut on = HashMap::<u8, u64>::new();
+    for p in 0..FLOWS {
+        let out = bed.run(&tcp(OWN_MAC, CLIENT, 20_000 + p, VIP, 80, true, false));
+        assert_eq!(out.action, XDP_TX, "flow {p}");
+        *on.entry(backend_of(&out.packet)).or_default() += 1;
+    }
+    let now = xdp::coarse_now_ns();
+    let batched = bed.maps.scan_flows(now, Default::default(), |_| false);
+    assert!(
+        bed.maps.batch_ops(),
+        "the kernel refused BPF_MAP_LOOKUP_BATCH on the connection table (Linux 5.6+ has it)"
+    );
+    bed.maps.set_batch_ops(false);
+    let walked = bed.maps.scan_flows(now, Default::default(), |_| false);
+    bed.maps.set_batch_ops(true);
+    assert_eq!(batched.entries, u64::from(FLOWS), "flows seen in batches");
+    assert_eq!(batched.active, walked.active, "batches and the walk agree");
+    assert_eq!(batched.expired + walked.expired, 0);
+    for b in [21, 22, 23] {
+        let id = bed.backend_id("web", b);
+        assert_eq!(
+            batched.active.get(&id).copied().unwrap_or(0),
+            on.get(&b).copied().unwrap_or(0),
+            "flows on backend {b}"
+        );
+    }
+
+    // The flows of a dead backend go, in batches.
+    let dead = bed.backend_id("web", 22);
+    let cut = bed
+        .maps
+        .scan_flows(now, Default::default(), |id| id == dead);
+    assert_eq!(cut.expired, on[&22], "flows of the dead backend deleted");
+    let after = bed.maps.scan_flows(now, Default::default(), |_| false);
+    assert_eq!(after.entries, u64::from(FLOWS) - on[&22]);
+    assert!(!after.active.contains_key(&dead));
+
+    // Past the open-flow timeout every flow is idle: all deleted, none left.
+    let later = now + xdp::FlowTimeouts::default().tcp_ns + 1_000_000_000;
+    let idle = bed.maps.scan_flows(later, Default::default(), |_| false);
+    assert_eq!(idle.expired, after.entries, "idle flows deleted");
+    assert_eq!(idle.entries, 0);
+    let empty = bed.maps.scan_flows(now, Default::default(), |_| false);
+    assert_eq!(empty.entries, 0, "nothing left in the table");
 }

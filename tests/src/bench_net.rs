@@ -5,7 +5,7 @@
 //! | path | what carries client → backend |
 //! | --- | --- |
 //! | `direct_offload_off`, `direct_offload_on` | nothing: the client talks to `b1`'s own address |
-//! | `bare` | `bare_tx` natively on lbd1's `eth0`: dst MAC := `b1`, src MAC := old dst, `XDP_TX` |
+//! | `bare` | `bare_tx` natively on lbd2's `eth0`: dst MAC := `b1`, src MAC := old dst, `XDP_TX` |
 //! | `xdp` | lbd, `datapath = "xdp"` (native), direct routing to `b1` |
 //! | `xdp_3backends` | the same over `b1`–`b3` (connection rate only) |
 //! | `userspace` | lbd, `datapath = "userspace"`: the TCP proxy to `b1`'s own address |
@@ -13,22 +13,27 @@
 //!
 //! The XDP paths run with the client's TX checksum offload off (native XDP on veth loses partial
 //! checksums) and the proxies with it on, each group against its own `direct` baseline. lbd1 holds
-//! the VIP throughout; the balancers take turns on it, one at a time, and the client has a
-//! permanent neighbour entry for the VIP (`bare_tx` would forward the client's ARP probes to the
-//! backend, which never answers ARP for the VIP).
+//! the VIP throughout. The client has a permanent neighbour entry for the VIP (`bare_tx` would
+//! forward the client's ARP probes to the backend, which never answers ARP for the VIP), and
+//! that entry picks the node: lbd2, which runs `bare_tx`, for `bare`, lbd1 for the rest. So
+//! `bare` and `xdp` are two identical nodes that run at the same time, and switching between
+//! them is one neighbour update instead of a restart.
 //!
-//! The paths are measured in rounds (all paths back to back, every other round in reverse
-//! order). The two proxies run side by side, HAProxy on its own ports, and take turns within a
-//! round (A B B A for each measurement), so that both see the same moments of the machine.
+//! The paths are measured in rounds, every other round in reverse order. Within a round, the
+//! paths that can run side by side do so and take turns (A B C C B A for each measurement), so
+//! that all see the same moments of the machine: `direct_offload_off`, `bare` and `xdp`; then
+//! `direct_offload_on` and the two proxies (HAProxy on its own ports); `xdp_3backends` alone.
 //! Each path's figure is its median over the rounds; each ratio is the median over the rounds
 //! of the ratio of the two paths within the round. On these shared 2-core machines one path's
 //! rate moves by ±15% from one minute to the next, so a ratio of two best-of figures compares
-//! two lucky moments; paired within a round, most of that drift cancels.
+//! two lucky moments; paired within a round, and in turns, most of that drift cancels.
 //!
 //! For the two proxies the bench also reads the CPU time (user + system) of the forwarding
 //! process from `/proc`: `cpu_us_per_conn_*` (per wrk request, each a new connection) and
 //! `cpu_ms_per_gb_4stream_*`: the proxy's own cost, where a rate also carries the client's and
-//! the backends' share of the two cores (it still grows when the machine is slow).
+//! the backends' share of the two cores (it still grows when the machine is slow). For lbd's
+//! XDP path the same reading gives `daemon_cpu_us_per_conn_xdp`: its control plane's cost
+//! (counters, the connection table's scans) while the kernel forwards.
 //!
 //! `LBD_BENCH_NET_SECS` (default 3) sets each measurement's length and `LBD_BENCH_NET_ROUNDS`
 //! (default 5) the rounds. `LBD_BENCH_NET_PATHS` (a comma-separated list of the path names
@@ -127,9 +132,29 @@ impl NetPath {
         matches!(self, NetPath::Userspace | NetPath::Haproxy)
     }
 
-    /// Whether the path needs `xdp_pass` on lbd1's bridge-side peer (native XDP_TX on veth).
+    /// Whether the path needs `xdp_pass` on the lbd nodes' bridge-side peers (native XDP_TX on
+    /// veth).
     fn native_xdp(self) -> bool {
         matches!(self, NetPath::Bare | NetPath::Xdp | NetPath::Xdp3)
+    }
+
+    /// The paths of one group run side by side and take turns: the XDP paths with their
+    /// baseline, the proxies with theirs. `xdp_3backends` needs lbd1's web service with three
+    /// backends, so it runs alone.
+    fn group(self) -> u8 {
+        match self {
+            NetPath::DirectOffloadOff | NetPath::Bare | NetPath::Xdp => 0,
+            NetPath::Xdp3 => 1,
+            NetPath::DirectOffloadOn | NetPath::Userspace | NetPath::Haproxy => 2,
+        }
+    }
+
+    /// The lbd node the client's frames for the VIP go to.
+    fn node(self) -> Host {
+        match self {
+            NetPath::Bare => Host::Lbd(2),
+            _ => Host::Lbd(1),
+        }
     }
 
     /// The ports of the web and the iperf3 service on this path. HAProxy listens on its own
@@ -384,7 +409,7 @@ fn run_wrk(topo: &Topology, tools: &Tools, path: NetPath, secs: u32) -> Result<W
     let out = topo.client().output(
         &tools.wrk.display().to_string(),
         &args,
-        Duration::from_secs(u64::from(secs) + 20),
+        Duration::from_secs(u64::from(secs) + 21),
     )?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
@@ -427,6 +452,9 @@ fn run_iperf3(
         secs.to_string(),
         "-P".to_owned(),
         streams.to_string(),
+        // Leave out the first second (slow start), which would count the ramp, not the path.
+        "--omit".to_owned(),
+        "1".to_owned(),
         "-J".to_owned(),
         "--connect-timeout".to_owned(),
         "3000".to_owned(),
@@ -441,7 +469,7 @@ fn run_iperf3(
         let out = topo.client().output(
             &tools.iperf3.display().to_string(),
             &args,
-            Duration::from_secs(u64::from(secs) + 20),
+            Duration::from_secs(u64::from(secs) + 21),
         )?;
         match parse_iperf3_gbps(&String::from_utf8_lossy(&out.stdout)) {
             Ok(gbps) if out.status.success() => return Ok(gbps),
@@ -595,6 +623,7 @@ fn start(topo: &Topology, tools: &Tools, path: NetPath) -> Result<Balancer> {
     match path {
         NetPath::DirectOffloadOff | NetPath::DirectOffloadOn => Ok(Balancer::None),
         NetPath::Bare => {
+            let node = path.node();
             let own = node.mac().0;
             let backend = Host::Backend(1).mac().0;
             let ebpf = topo.try_ns(node)?.enter(move || -> Result<aya::Ebpf> {
@@ -666,7 +695,7 @@ struct Sample {
     wrk: WrkFigures,
     gbps: Option<(f64, f64)>,
     /// The forwarding process's CPU (user + system): microseconds per wrk request (each a new
-    /// connection) and milliseconds per GB of the 4-stream iperf3 run. Proxies only.
+    /// connection) and milliseconds per GB of the 4-stream iperf3 run. Paths with a process.
     cpu: Option<(f64, f64)>,
 }
 
@@ -742,6 +771,7 @@ fn measure_group(
     secs: u32,
 ) -> Result<Vec<Sample>> {
     for &(path, _) in group {
+        select(topo, path)?;
         check_path(topo, path)?;
     }
     let turns: Vec<usize> = if group.len() == 1 {
@@ -753,6 +783,7 @@ fn measure_group(
     let mut tally: Vec<Tally> = group.iter().map(|_| Tally::default()).collect();
     for &i in &turns {
         let (path, pid) = group[i];
+        select(topo, path)?;
         let before = cpu(pid)?;
         let wrk = run_wrk(topo, tools, path, secs)?;
         let t = &mut tally[i];
@@ -771,6 +802,7 @@ fn measure_group(
             if !path.throughput() {
                 continue;
             }
+            select(topo, path)?;
             let target = (path.target(), path.ports().1);
             let before = cpu(pid)?;
             let gbps = run_iperf3(topo, tools, target, streams, secs)?;
@@ -808,6 +840,24 @@ fn measure_group(
             }),
         })
         .collect())
+}
+
+/// Points the client's neighbour entry for the VIP at the node of `path`. The entry is
+/// permanent: `bare_tx` would forward the client's ARP probes to the backend, which never
+/// answers ARP for the VIP.
+fn select(topo: &Topology, path: NetPath) -> Result<()> {
+    topo.client().ip(&[
+        "neigh",
+        "replace",
+        &VIP.to_string(),
+        "lladdr",
+        &path.node().mac().to_string(),
+        "dev",
+        crate::topology::HOST_IF,
+        "nud",
+        "permanent",
+    ])?;
+    Ok(())
 }
 
 /// The median of `values` (NaN when empty).
@@ -856,7 +906,7 @@ pub fn run() -> Result<Vec<(String, f64)>> {
     bin_path("lbctl")?;
 
     let topo = Topology::builder(&crate::test_tag("bench_net"))
-        .lbd_nodes(1)
+        .lbd_nodes(2)
         .backends(3)
         .build()?;
     let _backends = topo.start_backends(&backend_bin)?;
@@ -872,24 +922,12 @@ pub fn run() -> Result<Vec<(String, f64)>> {
     tune(&topo)?;
     let node = Host::Lbd(1);
     topo.add_vip(node)?;
-    // bare_tx forwards every frame, ARP included: the client must not need ARP for the VIP.
-    topo.client().ip(&[
-        "neigh",
-        "replace",
-        &VIP.to_string(),
-        "lladdr",
-        &node.mac().to_string(),
-        "dev",
-        crate::topology::HOST_IF,
-        "nud",
-        "permanent",
-    ])?;
 
     // rounds[r][i]: path NetPath::ALL[i] in round r.
     let mut rounds: Vec<Vec<Option<Sample>>> = Vec::new();
     for round in 0..settings.rounds {
         let mut samples: Vec<Option<Sample>> = vec![None; NetPath::ALL.len()];
-        let mut peer_pass: Option<aya::Ebpf> = None;
+        let mut peer_pass: Vec<aya::Ebpf> = Vec::new();
         // Every other round runs the paths in reverse, so that neither of two compared paths
         // always goes first (after a restart, or into the machine's slow moments).
         let mut order: Vec<(usize, NetPath)> = NetPath::ALL.into_iter().enumerate().collect();
@@ -905,20 +943,22 @@ pub fn run() -> Result<Vec<(String, f64)>> {
             if done[i] {
                 continue;
             }
-            // The two proxies run side by side (on their own ports) and are measured in turns;
-            // every other path alone.
-            let group: Vec<(usize, NetPath)> = if path.proxy() {
-                order.iter().copied().filter(|(_, p)| p.proxy()).collect()
-            } else {
-                vec![(i, path)]
-            };
+            let group: Vec<(usize, NetPath)> = order
+                .iter()
+                .copied()
+                .filter(|(_, p)| p.group() == path.group())
+                .collect();
             // The proxies run without XDP on lbd1's veth peer: veth turns TCP segmentation
             // offload off on the peer of a device with an XDP program, here lbd1's eth0.
-            if path.native_xdp() && peer_pass.is_none() {
-                peer_pass = Some(lbd::attach_peer_pass(&topo, node)?);
-            } else if !path.native_xdp() {
-                peer_pass = None;
+            let native_xdp = group.iter().any(|(_, p)| p.native_xdp());
+            if native_xdp && peer_pass.is_empty() {
+                for n in [Host::Lbd(1), Host::Lbd(2)] {
+                    peer_pass.push(lbd::attach_peer_pass(&topo, n)?);
+                }
+            } else if !native_xdp {
+                peer_pass.clear();
             }
+            // One setting per group: its paths share the client.
             topo.set_tx_offload(Host::Client, path.client_tx_offload())?;
             let mut balancers = Vec::new();
             for &(_, p) in &group {
@@ -930,7 +970,7 @@ pub fn run() -> Result<Vec<(String, f64)>> {
             let members: Vec<(NetPath, Option<u32>)> = group
                 .iter()
                 .zip(&balancers)
-                .map(|(&(_, p), b)| (p, b.pid().filter(|_| p.proxy())))
+                .map(|(&(_, p), b)| (p, b.pid()))
                 .collect();
             let group_samples = measure_group(&topo, &tools, &members, settings.secs)
                 .with_context(|| format!("measuring {}", names.join(" and ")))?;
@@ -1007,9 +1047,12 @@ fn figures(rounds: &[Vec<Option<Sample>>], measured: &[NetPath]) -> Vec<(String,
         }
         let cpu_conn = per_path(path, CPU_PER_CONN);
         if !cpu_conn.is_empty() {
-            out.push((format!("cpu_us_per_conn_{n}"), median(cpu_conn)));
+            // For lbd's XDP path the process is only the control plane; the forwarding runs
+            // in softirq context, which no process owns.
+            let who = if path.proxy() { "" } else { "daemon_" };
+            out.push((format!("{who}cpu_us_per_conn_{n}"), median(cpu_conn)));
             out.push((
-                format!("cpu_ms_per_gb_4stream_{n}"),
+                format!("{who}cpu_ms_per_gb_4stream_{n}"),
                 median(per_path(path, CPU_PER_GB)),
             ));
         }
@@ -1152,6 +1195,19 @@ Transfer/sec:      1.20MB
         assert_eq!(wrk_duration_ms("1.00m"), Some(60_000.0));
         assert_eq!(wrk_duration_ms("12"), None);
         assert_eq!(wrk_duration_ms("1.0xs"), None);
+    }
+
+    #[test]
+    fn paths_of_a_group_share_the_client_settings() {
+        for a in NetPath::ALL {
+            for b in NetPath::ALL.into_iter().filter(|b| b.group() == a.group()) {
+                assert_eq!(a.client_tx_offload(), b.client_tx_offload(), "{a:?} {b:?}");
+                // Side by side on one node they would need distinct ports.
+                if a != b && a.node() == b.node() && a.target() == b.target() {
+                    assert_ne!(a.ports(), b.ports(), "{a:?} {b:?}");
+                }
+            }
+        }
     }
 
     #[test]

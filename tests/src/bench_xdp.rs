@@ -99,6 +99,27 @@ pub fn run() -> anyhow::Result<Vec<(String, f64)>> {
     }
     let new_flow = new_total as f64 / new_flows as f64;
     let est_single = est_single_total as f64 / new_flows as f64;
+
+    // The daemon's periodic scan of the now full connection table: in batches, as it runs,
+    // against the walk of two syscalls per entry it replaced.
+    let mut scan_ms = |batch: bool| -> anyhow::Result<(f64, u64)> {
+        maps.set_batch_ops(batch);
+        let start = std::time::Instant::now();
+        let counts = maps.scan_flows(xdp::coarse_now_ns(), Default::default(), |_| false);
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        if batch && !maps.batch_ops() {
+            bail!("the kernel refused batch reads of the connection table");
+        }
+        Ok((ms, counts.entries))
+    };
+    let (batched_ms, entries) = scan_ms(true)?;
+    let (walked_ms, walked_entries) = scan_ms(false)?;
+    // The test runs insert on one CPU, which owns max / CPUs of the table's LRU lists.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let full = (u64::from(lb_common::CONNTRACK_DEFAULT_MAX) / cpus).min(u64::from(new_flows));
+    if entries < full * 9 / 10 || walked_entries != entries {
+        bail!("the scans saw {entries} and {walked_entries} flows in a table of about {full}");
+    }
     Ok(vec![
         (
             "xdp_ns_per_pkt_established".into(),
@@ -114,6 +135,13 @@ pub fn run() -> anyhow::Result<Vec<(String, f64)>> {
         (
             "xdp_cost_ratio_new_flow".into(),
             new_flow / est_single.max(1.0),
+        ),
+        ("conntrack_scan_flows".into(), entries as f64),
+        ("conntrack_scan_ms_batched".into(), batched_ms),
+        ("conntrack_scan_ms_walked".into(), walked_ms),
+        (
+            "conntrack_scan_walked_vs_batched".into(),
+            walked_ms / batched_ms.max(1e-3),
         ),
     ])
 }
