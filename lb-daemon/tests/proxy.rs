@@ -706,6 +706,13 @@ async fn listeners_are_freebind_and_reuseaddr() {
     let l = bind_tcp(SocketAddr::new(lo(1), 0)).unwrap();
     let s = socket2::SockRef::from(&l);
     assert!(s.freebind_v4().unwrap() && s.reuse_address().unwrap());
+    // The proxy sets no TCP_NODELAY per connection: its accepted sockets inherit it.
+    let _client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (accepted, _) = l.accept().await.unwrap();
+    assert!(
+        accepted.nodelay().unwrap(),
+        "accepted sockets have TCP_NODELAY"
+    );
     let u = bind_udp(SocketAddr::new(lo(1), 0)).unwrap();
     let s = socket2::SockRef::from(&u);
     assert!(s.freebind_v4().unwrap() && s.reuse_address().unwrap());

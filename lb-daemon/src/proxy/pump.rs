@@ -9,24 +9,27 @@
 //!
 //! Per-connection costs are kept to what the kernel needs, since short connections are where a
 //! proxy loses to the direct path (HAProxy's tricks, measured against it in `cargo xtask bench
-//! net`): the first read and writes are tried before any wait for readiness, copy buffers come
+//! net`): the first read (before tokio knows the socket) and writes are tried before any wait
+//! for readiness, copy buffers come
 //! from a per-thread pool and are never zeroed, a short read ends the wait for more, a FIN that
 //! already follows the data leaves on the data's segment, and the FIN of the direction that
 //! ends last goes out with the `close` that follows instead of a `shutdown` of its own.
 //! Bulk directions splice through pipes grown to 1 MiB within a budget.
 
 use std::{
+    future::Future as _,
     io,
     net::Shutdown,
     sync::{
         LazyLock,
         atomic::{AtomicU64, Ordering},
     },
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncReadExt as _, AsyncWriteExt as _, Interest},
     net::{
         TcpStream,
         tcp::{ReadHalf, WriteHalf},
@@ -121,12 +124,14 @@ pub(crate) struct Totals {
 }
 
 /// Pumps bytes between `client` and `backend` until the connection ends; says why and how much.
+/// `first` holds what [`read_first`] already took from the client.
 ///
 /// The caller closes both sockets right after: the FIN of the direction that ends last is
 /// sent by that close.
 pub(crate) async fn pump(
     client: &mut TcpStream,
     backend: &mut TcpStream,
+    first: Option<FirstBytes>,
     p: PumpParams<'_>,
 ) -> (End, Totals) {
     let state = State {
@@ -139,8 +144,8 @@ pub(crate) async fn pump(
     };
     let (client_rx, client_tx) = client.split();
     let (backend_rx, backend_tx) = backend.split();
-    let c2b = one_way(client_rx, backend_tx, Dir::In, p.splice, &state);
-    let b2c = one_way(backend_rx, client_tx, Dir::Out, p.splice, &state);
+    let c2b = one_way(client_rx, backend_tx, Dir::In, p.splice, &state, first);
+    let b2c = one_way(backend_rx, client_tx, Dir::Out, p.splice, &state, None);
     let end = tokio::select! {
         r = async { tokio::try_join!(c2b, b2c) } => match r {
             Ok(_) => End::Done,
@@ -218,10 +223,19 @@ async fn one_way(
     dir: Dir,
     splice: bool,
     state: &State<'_>,
+    mut first: Option<FirstBytes>,
 ) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     if splice {
-        if copy_loop(&mut src, &mut dst, dir, state, Some(SPLICE_AFTER)).await? == CopyEnd::Eof {
+        let copied = copy_loop(
+            &mut src,
+            &mut dst,
+            dir,
+            state,
+            first.take(),
+            Some(SPLICE_AFTER),
+        );
+        if copied.await? == CopyEnd::Eof {
             return Ok(());
         }
         let (src, dst) = (src.as_ref(), dst.as_ref());
@@ -247,7 +261,7 @@ async fn one_way(
     #[cfg(not(target_os = "linux"))]
     let _ = splice;
     state.copy_loops.fetch_add(1, Ordering::Relaxed);
-    copy_loop(&mut src, &mut dst, dir, state, None)
+    copy_loop(&mut src, &mut dst, dir, state, first, None)
         .await
         .map(drop)
 }
@@ -276,6 +290,28 @@ enum CopyEnd {
     Switch,
 }
 
+/// The client's first bytes, read before its socket was registered with tokio.
+pub(crate) struct FirstBytes(PooledBuf);
+
+/// Reads what the client has sent already, before its socket is registered with tokio: the
+/// request is usually in the receive queue when `accept` returns (clients speak first in most
+/// protocols), and a read before registration leaves tokio no stale readiness to try again
+/// (one `recv` that says EAGAIN less per connection). `None` when nothing is there yet (or
+/// the client closed at once: the pump then finds out through tokio).
+pub(crate) fn read_first(client: &std::net::TcpStream) -> io::Result<Option<FirstBytes>> {
+    let mut buf = PooledBuf::take();
+    match socket2::SockRef::from(client).recv(buf.0.spare_capacity_mut()) {
+        Ok(0) => Ok(None),
+        Ok(n) => {
+            // SAFETY: recv initialised the first `n` bytes of the spare capacity.
+            unsafe { buf.0.set_len(n) };
+            Ok(Some(FirstBytes(buf)))
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Copies through a userspace buffer: the start of every connection, and the fallback where
 /// splice cannot be used. With `switch_after`, returns once that many bytes have moved.
 ///
@@ -283,34 +319,30 @@ enum CopyEnd {
 /// edge-triggered), so a request or answer smaller than the buffer costs one `recv`, not a
 /// second one that only says EAGAIN.
 ///
-/// The first transfer is speculative, as HAProxy's: a socket registered a moment ago has no
-/// readiness yet in tokio, whose `read`/`write` would first wait for a turn of the event loop
-/// although the kernel has the client's request in the receive queue and room in the send
-/// buffer. So the first `write` of each direction, and the first `read` of the client's
-/// (clients speak first in most protocols), are tried straight away; only a would-block waits.
+/// The first write of each direction is speculative, as HAProxy's: a socket registered a
+/// moment ago has no readiness yet in tokio, whose `write` would first wait for a turn of the
+/// event loop although the send buffer has room. Only a would-block waits.
 async fn copy_loop(
     src: &mut ReadHalf<'_>,
     dst: &mut WriteHalf<'_>,
     dir: Dir,
     state: &State<'_>,
+    first: Option<FirstBytes>,
     switch_after: Option<u64>,
 ) -> io::Result<CopyEnd> {
-    let mut pooled = PooledBuf::take();
+    let mut have_first = first.is_some();
+    let mut pooled = first.map_or_else(PooledBuf::take, |f| f.0);
     let buf = &mut pooled.0;
     let mut total = 0u64;
-    let mut first_read = dir == Dir::In;
     let mut first_write = true;
     loop {
         if switch_after.is_some_and(|limit| total >= limit) {
             return Ok(CopyEnd::Switch);
         }
-        buf.clear();
-        let n = if std::mem::take(&mut first_read) {
-            match recv_now(src.as_ref(), buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => src.read_buf(buf).await?,
-                r => r?,
-            }
+        let n = if std::mem::take(&mut have_first) {
+            buf.len()
         } else {
+            buf.clear();
             src.read_buf(buf).await?
         };
         if n == 0 {
@@ -321,7 +353,7 @@ async fn copy_loop(
         // segment as these bytes (MSG_MORE holds the segment until the half-close right
         // after), as HAProxy does; a request/answer/close exchange then costs the client two
         // packets less (a separate FIN, and its own ACK of the data).
-        let eof = buf.len() < buf.capacity() && eof_queued(src.as_ref());
+        let eof = buf.len() < buf.capacity() && fin_queued(src.as_ref(), dir);
         let mut sent = 0;
         if std::mem::take(&mut first_write) || eof {
             let flags = if eof { libc::MSG_MORE } else { 0 };
@@ -341,21 +373,27 @@ async fn copy_loop(
     }
 }
 
-/// Whether the peer's end of stream is next in the receive queue (a one-byte `MSG_PEEK`).
-fn eof_queued(src: &TcpStream) -> bool {
+/// Whether the peer's FIN is next in `src`'s receive queue. epoll's word (EPOLLRDHUP, which
+/// tokio keeps once seen) is free. Only for a backend does a one-byte `MSG_PEEK` look further,
+/// for a FIN that arrived after epoll reported the data: servers close right after their
+/// answer, while clients close only after reading it, so on the client's side a peek would
+/// almost always just say EAGAIN.
+fn fin_queued(src: &TcpStream, dir: Dir) -> bool {
+    let ready = std::pin::pin!(src.ready(Interest::READABLE));
+    let mut cx = Context::from_waker(Waker::noop());
+    if let Poll::Ready(Ok(r)) = ready.poll(&mut cx)
+        && r.is_read_closed()
+    {
+        return true;
+    }
+    if dir == Dir::In {
+        return false;
+    }
     let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
     matches!(
         socket2::SockRef::from(src).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT),
         Ok(0)
     )
-}
-
-/// One `recv` into the spare capacity of `buf`, whatever tokio knows of the socket's readiness.
-fn recv_now(src: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let n = socket2::SockRef::from(src).recv(buf.spare_capacity_mut())?;
-    // SAFETY: recv initialised the first `n` bytes of the spare capacity.
-    unsafe { buf.set_len(n) };
-    Ok(n)
 }
 
 #[cfg(target_os = "linux")]

@@ -10,17 +10,26 @@
 //! the kernel's listen backlog, and once that is full the kernel drops their SYNs so they
 //! retry, exactly as with a slow server. A warning says so, at most every 10 seconds.
 
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    io,
+    net::SocketAddr,
+    os::fd::{AsRawFd as _, FromRawFd as _},
+    sync::Arc,
+    time::Duration,
+};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    net::{TcpListener, TcpStream},
+};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::{
     ProxyError, ServiceHandle,
     backends::Backend,
-    pump::{End, PumpParams, pump},
+    pump::{End, PumpParams, pump, read_first},
     wait_all_released,
 };
 use crate::config::Proto;
@@ -45,6 +54,9 @@ pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
         .map_err(bind_err)?;
     socket.set_reuse_address(true).map_err(bind_err)?;
     set_freebind(&socket, addr).map_err(bind_err)?;
+    // Small writes (requests, interactive protocols) must not wait for Nagle. Accepted sockets
+    // inherit TCP_NODELAY from the listener (Linux), which saves a call per connection.
+    socket.set_tcp_nodelay(true).map_err(bind_err)?;
     socket.set_nonblocking(true).map_err(bind_err)?;
     socket.bind(&addr.into()).map_err(bind_err)?;
     socket.listen(LISTEN_BACKLOG).map_err(bind_err)?;
@@ -86,6 +98,20 @@ pub async fn run_tcp(
         return;
     }
     let local = listener.local_addr().ok();
+    // Accepted sockets are registered with tokio only after their first read (see `serve`), so
+    // the listener is polled directly rather than through tokio's `accept`.
+    let registered = listener.into_std().and_then(|l| {
+        // SAFETY: the std listener owns its descriptor for as long as the AsyncFd owns it.
+        unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
+            .map_err(|e| io::Error::other(e.to_string()))
+    });
+    let listener = match registered {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(service = %service.name, listen = ?local, error = %e, "TCP listener cannot be polled; not serving");
+            return;
+        }
+    };
     tracing::info!(service = %service.name, listen = ?local, max_connections = service.config.max_connections, "TCP proxy serving");
     // Connections get a child token: cancelling the service's token ends them too.
     let conns = shutdown.child_token();
@@ -115,7 +141,7 @@ pub async fn run_tcp(
         };
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
+            r = listener.async_io(Interest::READABLE, accept) => match r {
                 Ok(c) => {
                     backoff = ACCEPT_BACKOFF_MIN;
                     c
@@ -153,17 +179,55 @@ pub async fn run_tcp(
     tracing::info!(service = %service.name, "TCP proxy stopped");
 }
 
+/// `accept4` on the listener: a non-blocking socket that tokio does not know yet.
+fn accept(listener: &std::net::TcpListener) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    let fd = listener.as_raw_fd();
+    // SAFETY: accept4 writes at most `len` bytes of address into the storage socket2 hands us.
+    let (accepted, addr) = unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            let r = libc::accept4(
+                fd,
+                storage.cast(),
+                len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            );
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(r)
+            }
+        })?
+    };
+    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(accepted) };
+    let peer = addr
+        .as_socket()
+        .ok_or_else(|| io::Error::other("accepted a connection without an IP peer address"))?;
+    Ok((stream, peer))
+}
+
 /// One client connection, from backend choice to close.
 async fn serve(
-    mut client: TcpStream,
+    client: std::net::TcpStream,
     peer: SocketAddr,
     service: &ServiceHandle,
     cancel: &CancellationToken,
 ) {
-    // Small writes (requests, interactive protocols) must not wait for Nagle on either hop.
-    if let Err(e) = client.set_nodelay(true) {
-        tracing::debug!(error = %e, "TCP_NODELAY on the client socket failed");
-    }
+    // The client's TCP_NODELAY comes from the listener (`bind_tcp`).
+    let first = match read_first(&client) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!(error = %e, "client gone before its first read");
+            return;
+        }
+    };
+    let mut client = match TcpStream::from_std(client) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(service = %service.name, error = %e, "registering a client socket with the runtime failed: connection closed");
+            return;
+        }
+    };
     let flow = service.flow(peer);
     // Counted from here, like the backend's count: a connection being connected is open.
     let _service_active = service.counters.open();
@@ -183,6 +247,7 @@ async fn serve(
     let (end, totals) = pump(
         &mut client,
         &mut stream,
+        first,
         PumpParams {
             splice: service.config.splice,
             idle: service.config.idle_timeout,
@@ -290,7 +355,7 @@ async fn connect(backend: &Backend, timeout: Duration) -> Result<TcpStream, Conn
         Type::STREAM.nonblocking().cloexec(),
         Some(Protocol::TCP),
     )?;
-    // No Nagle on this hop either (see `serve`).
+    // No Nagle on this hop either (see `bind_tcp`).
     if let Err(e) = socket.set_tcp_nodelay(true) {
         tracing::debug!(error = %e, "TCP_NODELAY on the backend socket failed");
     }
