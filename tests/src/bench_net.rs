@@ -71,6 +71,8 @@ const WRK_THREADS: u32 = 2;
 const WRK_CONNECTIONS: u32 = 32;
 /// Default length of each measurement, in seconds.
 const DEFAULT_SECS: u32 = 3;
+/// Seconds of wrk load each path gets before its measurements (not counted).
+const WARM_UP_SECS: u32 = 1;
 /// Default number of rounds.
 const DEFAULT_ROUNDS: u32 = 5;
 /// How long a balancer may take to listen.
@@ -421,6 +423,19 @@ fn run_wrk(topo: &Topology, tools: &Tools, path: NetPath, secs: u32) -> Result<W
         );
     }
     let figures = parse_wrk(&stdout)?;
+    if figures.errors > 0 {
+        // Counted in conn_errors_*; what kind they were is only in wrk's own lines.
+        let kinds: Vec<&str> = stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("Socket errors:") || l.starts_with("Non-2xx"))
+            .collect();
+        eprintln!(
+            "lbd-bench: {}: wrk errors: {}",
+            path.name(),
+            kinds.join("; ")
+        );
+    }
     let new_connections = opens(topo)?.saturating_sub(before);
     if figures.requests == 0 {
         bail!("wrk completed no request through {}: {stdout}", path.name());
@@ -760,10 +775,11 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-/// Measures a group of paths whose balancers all run now: one request to check each, then wrk,
-/// iperf3 with 1 and with 4 streams. With more than one path, each measurement is taken in turns
-/// A B … B A, so that the paths see the same moments of a noisy machine; each figure is the mean
-/// of a path's turns. Paths with a pid also get the CPU that process spent.
+/// Measures a group of paths whose balancers all run now: one request to check each and a
+/// second of load to warm it up, then wrk, iperf3 with 1 and with 4 streams. With more than one
+/// path, each measurement is taken in turns A B … B A, so that the paths see the same moments of
+/// a noisy machine; each figure is the mean of a path's turns. Paths with a pid also get the CPU
+/// that process spent.
 fn measure_group(
     topo: &Topology,
     tools: &Tools,
@@ -773,6 +789,10 @@ fn measure_group(
     for &(path, _) in group {
         select(topo, path)?;
         check_path(topo, path)?;
+        // A second of load first, not counted: a balancer started a moment ago still grows
+        // its memory and pools during its first thousands of connections.
+        run_wrk(topo, tools, path, WARM_UP_SECS)
+            .with_context(|| format!("warming up {}", path.name()))?;
     }
     let turns: Vec<usize> = if group.len() == 1 {
         vec![0]
@@ -786,6 +806,9 @@ fn measure_group(
         select(topo, path)?;
         let before = cpu(pid)?;
         let wrk = run_wrk(topo, tools, path, secs)?;
+        if std::env::var_os("LBD_BENCH_DEBUG").is_some() {
+            eprintln!("{} turn: {:.0} conn/s", path.name(), wrk.rate);
+        }
         let t = &mut tally[i];
         if let Some((a, b)) = before.zip(cpu(pid)?) {
             t.wrk_cpu += b - a;

@@ -232,7 +232,7 @@ async fn serve(
     // Counted from here, like the backend's count: a connection being connected is open.
     let _service_active = service.counters.open();
     let connected = tokio::select! {
-        r = connect_with_retry(service, &flow) => r,
+        r = connect_with_retry(service, &flow, first.is_some()) => r,
         () = cancel.cancelled() => return,
     };
     let Some((backend, mut stream, _active)) = connected else {
@@ -291,6 +291,7 @@ enum ConnectError {
 async fn connect_with_retry(
     service: &ServiceHandle,
     flow: &super::Flow,
+    has_data: bool,
 ) -> Option<(Backend, TcpStream, super::backends::ActiveGuard)> {
     let set = service.backend_set();
     let Some(first) = set.pick(flow, None).cloned() else {
@@ -300,7 +301,7 @@ async fn connect_with_retry(
         return None;
     };
     let active = first.counters().open();
-    let first_err = match connect(&first, service.config.connect_timeout).await {
+    let first_err = match connect(&first, service.config.connect_timeout, has_data).await {
         Ok(s) => return Some((first, s, active)),
         Err(e) => e,
     };
@@ -323,7 +324,7 @@ async fn connect_with_retry(
         tracing::warn!(service = %service.name, backend = %first.addr(), error = %first_err, retry = %second.addr(), suppressed = held, "connect to backend failed; retrying once on another backend");
     }
     let active = second.counters().open();
-    match connect(&second, service.config.connect_timeout).await {
+    match connect(&second, service.config.connect_timeout, has_data).await {
         Ok(s) => {
             if loud.is_some() {
                 tracing::warn!(service = %service.name, backend = %second.addr(), "retry connected");
@@ -348,7 +349,16 @@ async fn connect_with_retry(
 /// returns). A second `connect` then says 0 (connected), EALREADY (still going: wait for
 /// writability, as tokio's own connect does) or the failure itself, so the common local case
 /// needs neither a wake-up nor the `SO_ERROR` query.
-async fn connect(backend: &Backend, timeout: Duration) -> Result<TcpStream, ConnectError> {
+///
+/// With `has_data` (the client's first bytes are in hand), the handshake's last ACK waits for
+/// them (TCP_QUICKACK off, as HAProxy does when it connects with data): the request then
+/// carries the ACK, one packet less per connection. Without data it must not wait, or a
+/// server that speaks first would not see the connection for up to 200 ms.
+async fn connect(
+    backend: &Backend,
+    timeout: Duration,
+    has_data: bool,
+) -> Result<TcpStream, ConnectError> {
     let addr = backend.addr();
     let socket = Socket::new(
         Domain::for_address(addr),
@@ -359,6 +369,12 @@ async fn connect(backend: &Backend, timeout: Duration) -> Result<TcpStream, Conn
     if let Err(e) = socket.set_tcp_nodelay(true) {
         tracing::debug!(error = %e, "TCP_NODELAY on the backend socket failed");
     }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if has_data && let Err(e) = socket.set_tcp_quickack(false) {
+        tracing::debug!(error = %e, "TCP_QUICKACK off on the backend socket failed");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = has_data;
     let target = addr.into();
     let connected = match socket.connect(&target) {
         Ok(()) => true,
