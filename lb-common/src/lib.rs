@@ -51,7 +51,7 @@ pub const VIP_FLAG_SRC_ONLY: u32 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VipInfo {
-    /// Service id, index of the service counters (`0..MAX_SERVICES`).
+    /// Service id (`0..MAX_SERVICES`), for diagnostics: the service counters are userspace's.
     pub service_id: u32,
     /// Maglev table in use (`0..MAX_RINGS`); the slot of a hash is `ring * MAGLEV_M + hash % MAGLEV_M`.
     pub ring: u32,
@@ -186,7 +186,8 @@ pub mod reason {
     ];
 }
 
-/// STATS index of the first service counter (service `s` is at `STATS_SERVICE_BASE + s`).
+/// STATS index of the first service counter (service `s` is at `STATS_SERVICE_BASE + s`). The
+/// XDP program leaves these at zero: userspace fills them from the backend counters.
 pub const STATS_SERVICE_BASE: u32 = reason::COUNT;
 /// STATS index of the first backend counter (backend `b` is at `STATS_BACKEND_BASE + b`).
 pub const STATS_BACKEND_BASE: u32 = STATS_SERVICE_BASE + MAX_SERVICES;

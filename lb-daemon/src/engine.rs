@@ -18,8 +18,8 @@ use std::{
 };
 
 use lb_common::{
-    Backend, MAGLEV_M, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, VIP_FLAG_SRC_ONLY, VipInfo, VipKey,
-    backend_state,
+    Backend, Counter, MAGLEV_M, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, STATS_BACKEND_BASE,
+    STATS_SERVICE_BASE, VIP_FLAG_SRC_ONLY, VipInfo, VipKey, backend_state,
 };
 
 use crate::{
@@ -56,6 +56,9 @@ pub trait Dataplane {
     fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), EngineError>;
     /// Removes a VIPS entry.
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), EngineError>;
+    /// Returns a freed backend's counters and zeroes them, so that the next backend given the
+    /// id starts from zero.
+    fn retire_backend(&mut self, id: u32) -> Result<Counter, EngineError>;
 }
 
 /// Administrative state of a backend.
@@ -204,6 +207,9 @@ pub struct Service {
     pub table: Vec<u32>,
     /// Backends, including removed ones that still carry flows, by address.
     pub backends: BTreeMap<Ipv4Addr, BackendRec>,
+    /// Packets and bytes of its backends freed so far: the data path counts per backend only
+    /// (see [`Engine::fill_service_stats`]).
+    pub retired: Counter,
 }
 
 impl Service {
@@ -318,6 +324,7 @@ impl Engine {
                         ring: 2 * id,
                         table: Vec::new(),
                         backends: BTreeMap::new(),
+                        retired: Counter::default(),
                     },
                 );
                 report.services_added += 1;
@@ -395,7 +402,10 @@ impl Engine {
         let Some(b) = svc.backends.remove(&addr) else {
             return Ok(None);
         };
-        self.free_backend(b.id, dp)?;
+        let last = self.free_backend(b.id, dp)?;
+        if let Some(svc) = self.services.get_mut(key) {
+            add(&mut svc.retired, last);
+        }
         Ok(Some(b.id))
     }
 
@@ -407,7 +417,7 @@ impl Engine {
         dp: &mut dyn Dataplane,
     ) -> Result<Vec<u32>, EngineError> {
         let mut freed = Vec::new();
-        for svc in self.services.values_mut() {
+        for (key, svc) in self.services.iter_mut() {
             let idle: Vec<Ipv4Addr> = svc
                 .backends
                 .values()
@@ -416,17 +426,21 @@ impl Engine {
                 .collect();
             for addr in idle {
                 if let Some(b) = svc.backends.remove(&addr) {
-                    freed.push(b.id);
+                    freed.push((*key, b.id));
                 }
             }
         }
-        for &id in &freed {
-            self.free_backend(id, dp)?;
+        for &(key, id) in &freed {
+            let last = self.free_backend(id, dp)?;
+            if let Some(svc) = self.services.get_mut(&key) {
+                add(&mut svc.retired, last);
+            }
         }
-        Ok(freed)
+        Ok(freed.into_iter().map(|(_, id)| id).collect())
     }
 
-    fn free_backend(&mut self, id: u32, dp: &mut dyn Dataplane) -> Result<(), EngineError> {
+    /// Takes a backend out of the data path and frees its id; returns its last counters.
+    fn free_backend(&mut self, id: u32, dp: &mut dyn Dataplane) -> Result<Counter, EngineError> {
         dp.set_backend(
             id,
             &Backend {
@@ -436,9 +450,33 @@ impl Engine {
                 state: backend_state::REMOVED,
             },
         )?;
+        let last = dp.retire_backend(id)?;
         self.free_backend_ids.insert(id);
-        Ok(())
+        Ok(last)
     }
+
+    /// Fills the service slots of counters in the STATS layout from the backend slots: the data
+    /// path counts a forwarded packet once, for its backend (one per-CPU counter touched per
+    /// packet, not two), so a service's figure is what its backends have now plus what its
+    /// freed backends had.
+    pub fn fill_service_stats(&self, stats: &mut [Counter]) {
+        for svc in self.services.values() {
+            let mut total = svc.retired;
+            for b in svc.backends.values() {
+                if let Some(c) = stats.get((STATS_BACKEND_BASE + b.id) as usize) {
+                    add(&mut total, *c);
+                }
+            }
+            if let Some(slot) = stats.get_mut((STATS_SERVICE_BASE + svc.id) as usize) {
+                *slot = total;
+            }
+        }
+    }
+}
+
+fn add(total: &mut Counter, c: Counter) {
+    total.packets = total.packets.wrapping_add(c.packets);
+    total.bytes = total.bytes.wrapping_add(c.bytes);
 }
 
 fn take_id(free: &mut BTreeSet<u32>, kind: &'static str, max: u32) -> Result<u32, EngineError> {
@@ -541,6 +579,14 @@ pub(crate) mod tests {
             self.vips.remove(k);
             Ok(())
         }
+        fn retire_backend(&mut self, id: u32) -> Result<Counter, EngineError> {
+            // As if each backend had carried id + 1 packets of 100 bytes.
+            let packets = u64::from(id) + 1;
+            Ok(Counter {
+                packets,
+                bytes: packets * 100,
+            })
+        }
     }
 
     fn config(backends: &[&str]) -> Config {
@@ -624,6 +670,26 @@ pub(crate) mod tests {
                 .is_empty()
         );
         assert_eq!(e.reap_removed(|_| 0, &mut dp).unwrap(), vec![gone]);
+
+        // The service's counters keep the freed backend's packets (the fake retires id + 1
+        // packets of 100 bytes); the live backends' come from the STATS slots.
+        let mut stats = vec![Counter::default(); lb_common::STATS_LEN as usize];
+        for &id in &ids2 {
+            stats[(STATS_BACKEND_BASE + id) as usize] = Counter {
+                packets: 10,
+                bytes: 1000,
+            };
+        }
+        e.fill_service_stats(&mut stats);
+        let svc = e.services().next().unwrap();
+        let retired = u64::from(gone) + 1;
+        assert_eq!(
+            stats[(STATS_SERVICE_BASE + svc.id) as usize],
+            Counter {
+                packets: 20 + retired,
+                bytes: 2000 + retired * 100,
+            }
+        );
     }
 
     #[test]

@@ -69,6 +69,10 @@ impl Dataplane for NoMaps {
     fn remove_vip(&mut self, _: &VipKey) -> Result<(), EngineError> {
         Ok(())
     }
+    fn retire_backend(&mut self, _: u32) -> Result<Counter, EngineError> {
+        // The proxy keeps its own counters per service (`ServiceHandle`).
+        Ok(Counter::default())
+    }
 }
 
 impl ProxyPlane {
@@ -274,10 +278,15 @@ impl Plane {
     }
 
     /// Counters in the STATS layout (reasons, then services, then backends): the XDP program's
-    /// per-CPU counters summed, or the proxy's (packets and bytes both ways).
+    /// per-CPU counters summed (services from their backends), or the proxy's (packets and
+    /// bytes both ways).
     pub fn stats(&self, engine: &Engine) -> Result<Vec<Counter>, xdp::XdpError> {
         match self {
-            Plane::Xdp(x) => x.maps.read_stats(),
+            Plane::Xdp(x) => {
+                let mut stats = x.maps.read_stats()?;
+                engine.fill_service_stats(&mut stats);
+                Ok(stats)
+            }
             Plane::Proxy(p) => {
                 let mut out = vec![Counter::default(); STATS_LEN as usize];
                 let both = |c: &proxy::CounterSnapshot| Counter {

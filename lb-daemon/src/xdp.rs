@@ -4,7 +4,7 @@ use std::{collections::HashMap, os::fd::AsFd as _};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, IterableMap as _, MapData, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, IterableMap as _, MapData, PerCpuArray, PerCpuValues},
     programs::{Xdp, XdpMode},
 };
 use lb_common::{
@@ -397,6 +397,21 @@ impl Dataplane for XdpMaps {
         self.vips
             .insert(key, info, 0)
             .map_err(|e| EngineError::Dataplane(format!("VIPS insert: {e}")))
+    }
+
+    fn retire_backend(&mut self, id: u32) -> Result<Counter, EngineError> {
+        let index = lb_common::STATS_BACKEND_BASE + id;
+        let err = |e: aya::maps::MapError| EngineError::Dataplane(format!("STATS[{index}]: {e}"));
+        let per_cpu = self.stats.get(&index, 0).map_err(err)?;
+        let mut last = Counter::default();
+        for c in per_cpu.iter() {
+            last.packets = last.packets.wrapping_add(c.packets);
+            last.bytes = last.bytes.wrapping_add(c.bytes);
+        }
+        let zeros = PerCpuValues::try_from(vec![Counter::default(); per_cpu.len()])
+            .map_err(|e| EngineError::Dataplane(format!("STATS[{index}]: {e}")))?;
+        self.stats.set(index, zeros, 0).map_err(err)?;
+        Ok(last)
     }
 
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), EngineError> {

@@ -269,6 +269,9 @@ fn fixtures_table() {
             reason::NAMES[r as usize]
         );
     }
+    // The program counts backends only; the engine adds them up per service.
+    let mut stats = stats;
+    bed.engine.fill_service_stats(&mut stats);
     let web = STATS_SERVICE_BASE + bed.service_id("web");
     assert_eq!(stats[web as usize].packets, 2, "web service packets");
     assert_eq!(
@@ -381,6 +384,24 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
         counts.active.values().sum::<u64>(),
         599,
         "open flows: all but the closing one"
+    );
+
+    // The removed backend's counters move to its service when its id is freed, and its slot
+    // starts from zero for the next backend that gets the id.
+    let gone = bed.backend_id("web", 23);
+    let mut stats = bed.maps.read_stats().expect("stats");
+    bed.engine.fill_service_stats(&mut stats);
+    let web = (STATS_SERVICE_BASE + bed.service_id("web")) as usize;
+    let before_free = stats[web];
+    assert!(stats[(STATS_BACKEND_BASE + gone) as usize].packets > 0);
+    let Bed { maps, engine, .. } = &mut bed;
+    assert_eq!(engine.reap_removed(|_| 0, maps).expect("reap"), vec![gone]);
+    let mut stats = bed.maps.read_stats().expect("stats");
+    bed.engine.fill_service_stats(&mut stats);
+    assert_eq!(stats[(STATS_BACKEND_BASE + gone) as usize].packets, 0);
+    assert_eq!(
+        stats[web], before_free,
+        "the service's counters keep the freed backend's"
     );
 }
 

@@ -7,7 +7,7 @@
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{
     FLOW_FLAG_CLOSING, FlowKey, FlowState, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_M, NO_BACKEND,
-    STATS_BACKEND_BASE, STATS_SERVICE_BASE, VIP_FLAG_SRC_ONLY, VipKey, backend_state,
+    STATS_BACKEND_BASE, VIP_FLAG_SRC_ONLY, VipKey, backend_state,
     hash::{flow_hash, maglev_slot},
     reason,
 };
@@ -32,9 +32,8 @@ pub static BARE_DST_MAC: [u8; 6] = [0; 6];
 /// cache-line traffic between CPUs) off most packets.
 const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 
-/// The frame goes to a backend: which service and backend to count it for.
+/// The frame goes to a backend: which backend to count it for.
 struct Forward {
-    service_id: u32,
     backend_id: u32,
 }
 
@@ -58,13 +57,15 @@ const fn drop(reason: u32) -> Skip {
     }
 }
 
-/// Entry point body: balance, then count once with the outcome.
+/// Entry point body: balance, then count once with the outcome. A forwarded frame counts for
+/// its backend only; userspace sums a service's backends. Each counter costs its own cache
+/// lines (the per-CPU pointer and the value), which showed as a tenth of a single stream's
+/// rate through the real path.
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     match balance(ctx) {
         Ok(fwd) => {
-            count(STATS_SERVICE_BASE + fwd.service_id, len);
             count(STATS_BACKEND_BASE + fwd.backend_id, len);
             xdp_action::XDP_TX
         }
@@ -176,10 +177,7 @@ fn balance(ctx: &XdpContext) -> Result<Forward, Skip> {
                 }
             }
             rewrite_macs(ctx, &backend.mac).ok_or(pass(reason::PASS_TRUNCATED))?;
-            return Ok(Forward {
-                service_id: vip.service_id,
-                backend_id: id,
-            });
+            return Ok(Forward { backend_id: id });
         }
     }
 
@@ -199,8 +197,5 @@ fn balance(ctx: &XdpContext) -> Result<Forward, Skip> {
     // pinning, so the packet still goes out.
     let _ = CONNTRACK.insert(flow, state, 0);
     rewrite_macs(ctx, &backend.mac).ok_or(pass(reason::PASS_TRUNCATED))?;
-    Ok(Forward {
-        service_id: vip.service_id,
-        backend_id: id,
-    })
+    Ok(Forward { backend_id: id })
 }

@@ -458,7 +458,7 @@ fn run_iperf3(
     streams: u32,
     secs: u32,
 ) -> Result<f64> {
-    let args = [
+    let mut args = vec![
         "-c".to_owned(),
         target.to_string(),
         "-p".to_owned(),
@@ -474,6 +474,11 @@ fn run_iperf3(
         "--connect-timeout".to_owned(),
         "3000".to_owned(),
     ];
+    // The client on CPU 0 and the server on CPU 1 in every run: where the scheduler puts the two
+    // (together on one core, or apart) moves a stream's rate by more than the paths differ.
+    if std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2) {
+        args.extend(["--affinity".to_owned(), "0,1".to_owned()]);
+    }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut last = None;
     // The server takes a moment to reset after a test: a second try if it says it is busy.
@@ -829,6 +834,9 @@ fn measure_group(
             let target = (path.target(), path.ports().1);
             let before = cpu(pid)?;
             let gbps = run_iperf3(topo, tools, target, streams, secs)?;
+            if std::env::var_os("LBD_BENCH_DEBUG").is_some() {
+                eprintln!("{} turn: {gbps:.2} Gbit/s with {streams}", path.name());
+            }
             let t = &mut tally[i];
             if streams == 1 {
                 t.gbps_1.push(gbps);

@@ -77,7 +77,10 @@ pub fn run() -> anyhow::Result<Vec<(String, f64)>> {
             established.action
         );
     }
-    let forwarded = maps.read_stats()?[(lb_common::STATS_SERVICE_BASE) as usize].packets;
+    let forwarded: u64 = maps.read_stats()?[lb_common::STATS_BACKEND_BASE as usize..]
+        .iter()
+        .map(|c| c.packets)
+        .sum();
     if forwarded < u64::from(REPEAT) {
         bail!("only {forwarded} of {REPEAT} repeats took the forwarding path");
     }
