@@ -37,6 +37,9 @@ const TICK: Duration = Duration::from_secs(1);
 /// A scan of the connection table is followed by at least this many times its own length
 /// without one, so that a table of millions of flows costs at most ~2% of a core.
 const SCAN_SPACING: u32 = 50;
+/// Most ticks between two scans: flow counts, expiry and the freeing of removed backends are
+/// never more than a minute old, however slow a scan was.
+const SCAN_SKIP_MAX: u32 = 60;
 /// How often every backend MAC is looked up again (a replaced backend host).
 const MAC_REFRESH: Duration = Duration::from_secs(30);
 /// How long start-up and reload wait for backends to answer ARP.
@@ -649,7 +652,9 @@ async fn reload(state: &Mutex<State>, handle: &rtnetlink::Handle) {
 /// Ticks to skip after a scan of the connection table that took `took`.
 fn scan_skip(took: Duration) -> u32 {
     let quiet = took.saturating_mul(SCAN_SPACING);
-    u32::try_from(quiet.as_nanos() / TICK.as_nanos()).unwrap_or(u32::MAX)
+    u32::try_from(quiet.as_nanos() / TICK.as_nanos())
+        .unwrap_or(u32::MAX)
+        .min(SCAN_SKIP_MAX)
 }
 
 /// Flows per backend (and expiry) from one pass over the connection table, then freeing the
@@ -1162,6 +1167,8 @@ mod tests {
         assert_eq!(scan_skip(Duration::from_millis(20)), 1);
         // A table of millions of flows: 300 ms, then 15 s without a scan.
         assert_eq!(scan_skip(Duration::from_millis(300)), 15);
-        assert_eq!(scan_skip(Duration::MAX), u32::MAX);
+        // However slow, a minute at most.
+        assert_eq!(scan_skip(Duration::from_secs(5)), SCAN_SKIP_MAX);
+        assert_eq!(scan_skip(Duration::MAX), SCAN_SKIP_MAX);
     }
 }

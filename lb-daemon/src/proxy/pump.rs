@@ -9,11 +9,11 @@
 //!
 //! Per-connection costs are kept to what the kernel needs, since short connections are where a
 //! proxy loses to the direct path (HAProxy's tricks, measured against it in `cargo xtask bench
-//! net`): the first read (before tokio knows the socket) and writes are tried before any wait
-//! for readiness, copy buffers come
-//! from a per-thread pool and are never zeroed, a short read ends the wait for more, a FIN that
-//! already follows the data leaves on the data's segment, and the FIN of the direction that
-//! ends last goes out with the `close` that follows instead of a `shutdown` of its own.
+//! net`): the client's first read happens before tokio knows the socket and the first writes
+//! before any wait for readiness, copy buffers come from a per-thread pool and are never
+//! zeroed, a short read ends the wait for more, a FIN that already follows the data leaves on
+//! the data's segment, and the FIN of the direction that ends last goes out with the `close`
+//! that follows instead of a `shutdown` of its own.
 //! Bulk directions splice through pipes grown to 1 MiB within a budget.
 
 use std::{
@@ -373,27 +373,72 @@ async fn copy_loop(
     }
 }
 
-/// Whether the peer's FIN is next in `src`'s receive queue. epoll's word (EPOLLRDHUP, which
-/// tokio keeps once seen) is free. Only for a backend does a one-byte `MSG_PEEK` look further,
-/// for a FIN that arrived after epoll reported the data: servers close right after their
-/// answer, while clients close only after reading it, so on the client's side a peek would
-/// almost always just say EAGAIN.
+/// Whether the peer's FIN is next in `src`'s receive queue: a one-byte `MSG_PEEK` says so.
+///
+/// On the client's side the peek is made only once epoll has reported the FIN (EPOLLRDHUP,
+/// which tokio keeps once seen): clients close only after reading the answer, so a peek there
+/// would almost always just say EAGAIN. epoll's word alone is not enough, since more data may
+/// have arrived before the FIN. Servers close right after their answer, often just after
+/// epoll reported the data, so a backend's side is always peeked.
 fn fin_queued(src: &TcpStream, dir: Dir) -> bool {
-    let ready = std::pin::pin!(src.ready(Interest::READABLE));
-    let mut cx = Context::from_waker(Waker::noop());
-    if let Poll::Ready(Ok(r)) = ready.poll(&mut cx)
-        && r.is_read_closed()
-    {
-        return true;
-    }
     if dir == Dir::In {
-        return false;
+        let ready = std::pin::pin!(src.ready(Interest::READABLE));
+        let mut cx = Context::from_waker(Waker::noop());
+        let rdhup = matches!(ready.poll(&mut cx), Poll::Ready(Ok(r)) if r.is_read_closed());
+        if !rdhup {
+            return false;
+        }
     }
     let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
     matches!(
         socket2::SockRef::from(src).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT),
         Ok(0)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// A FIN that epoll has reported does not make data queued before it look like the end.
+    #[tokio::test]
+    async fn fin_queued_only_when_no_data_is_left() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut src, _) = listener.accept().await.unwrap();
+        for dir in [Dir::In, Dir::Out] {
+            assert!(!fin_queued(&src, dir), "{dir:?}: nothing sent yet");
+        }
+        peer.write_all(b"more").await.unwrap();
+        peer.shutdown().await.unwrap();
+        // Wait (at most 5 s) until tokio has seen the FIN (EPOLLRDHUP).
+        let rdhup = async {
+            while !src
+                .ready(Interest::READABLE)
+                .await
+                .unwrap()
+                .is_read_closed()
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), rdhup)
+            .await
+            .expect("tokio reports the FIN");
+        for dir in [Dir::In, Dir::Out] {
+            assert!(!fin_queued(&src, dir), "{dir:?}: data before the FIN");
+        }
+        let mut got = Vec::new();
+        src.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"more");
+        for dir in [Dir::In, Dir::Out] {
+            assert!(fin_queued(&src, dir), "{dir:?}: only the FIN left");
+        }
+    }
 }
 
 #[cfg(target_os = "linux")]
