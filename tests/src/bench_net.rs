@@ -1018,6 +1018,11 @@ pub fn run() -> Result<Vec<(String, f64)>> {
             let group_samples = measure_group(&topo, &tools, &members, settings.secs)
                 .with_context(|| format!("measuring {}", names.join(" and ")))?;
             for ((_, p), b) in group.iter().zip(balancers) {
+                if let (true, Balancer::Lbd(node)) =
+                    (std::env::var_os("LBD_BENCH_DEBUG").is_some(), &b)
+                {
+                    eprintln!("{} log tail: {}", p.name(), node.process.stderr_tail());
+                }
                 b.stop().with_context(|| format!("stopping {}", p.name()))?;
             }
             for (&(j, p), sample) in group.iter().zip(group_samples) {
