@@ -141,6 +141,14 @@ pub struct Counter {
 }
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 
+impl Counter {
+    /// Adds `other` (wrapping, as the per-CPU counters themselves do).
+    pub fn add(&mut self, other: Counter) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+    }
+}
+
 /// Why the data path let a packet go to the kernel (`XDP_PASS`) or dropped it. Index into STATS.
 pub mod reason {
     /// ARP: the kernel answers for the VIP.

@@ -404,7 +404,7 @@ impl Engine {
         };
         let last = self.free_backend(b.id, dp)?;
         if let Some(svc) = self.services.get_mut(key) {
-            add(&mut svc.retired, last);
+            svc.retired.add(last);
         }
         Ok(Some(b.id))
     }
@@ -433,7 +433,7 @@ impl Engine {
         for &(key, id) in &freed {
             let last = self.free_backend(id, dp)?;
             if let Some(svc) = self.services.get_mut(&key) {
-                add(&mut svc.retired, last);
+                svc.retired.add(last);
             }
         }
         Ok(freed.into_iter().map(|(_, id)| id).collect())
@@ -464,7 +464,7 @@ impl Engine {
             let mut total = svc.retired;
             for b in svc.backends.values() {
                 if let Some(c) = stats.get((STATS_BACKEND_BASE + b.id) as usize) {
-                    add(&mut total, *c);
+                    total.add(*c);
                 }
             }
             if let Some(slot) = stats.get_mut((STATS_SERVICE_BASE + svc.id) as usize) {
@@ -472,11 +472,6 @@ impl Engine {
             }
         }
     }
-}
-
-fn add(total: &mut Counter, c: Counter) {
-    total.packets = total.packets.wrapping_add(c.packets);
-    total.bytes = total.bytes.wrapping_add(c.bytes);
 }
 
 fn take_id(free: &mut BTreeSet<u32>, kind: &'static str, max: u32) -> Result<u32, EngineError> {

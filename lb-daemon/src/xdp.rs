@@ -281,8 +281,7 @@ impl XdpMaps {
                 .get(&(i as u32), 0)
                 .map_err(|e| XdpError::Map("STATS", e.to_string()))?;
             for c in per_cpu.iter() {
-                slot.packets += c.packets;
-                slot.bytes += c.bytes;
+                slot.add(*c);
             }
         }
         Ok(out)
@@ -405,8 +404,7 @@ impl Dataplane for XdpMaps {
         let per_cpu = self.stats.get(&index, 0).map_err(err)?;
         let mut last = Counter::default();
         for c in per_cpu.iter() {
-            last.packets = last.packets.wrapping_add(c.packets);
-            last.bytes = last.bytes.wrapping_add(c.bytes);
+            last.add(*c);
         }
         let zeros = PerCpuValues::try_from(vec![Counter::default(); per_cpu.len()])
             .map_err(|e| EngineError::Dataplane(format!("STATS[{index}]: {e}")))?;

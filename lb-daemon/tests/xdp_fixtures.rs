@@ -405,6 +405,61 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
     );
 }
 
+/// A SYN that reuses the tuple of a connection that ended (FIN seen) is a new connection and is
+/// scheduled afresh, so it does not follow the old one to a drained backend; a SYN on a flow
+/// still open (a retransmit) keeps its backend.
+#[test]
+fn a_new_connection_on_a_closed_flows_port_is_rescheduled() {
+    if !have_root("a_new_connection_on_a_closed_flows_port_is_rescheduled") {
+        return;
+    }
+    use lb_daemon::state::{AdminOverride, Overrides};
+    let mut bed = Bed::new(&[21, 22, 23]);
+    // Two flows pinned to .21: one ends (FIN), one stays open.
+    let on_21: Vec<u16> = (45000..46000u16)
+        .filter(|&p| bed.maglev_choice(p) == Ipv4Addr::new(198, 18, 0, 21))
+        .take(2)
+        .collect();
+    let (ended, open) = (on_21[0], on_21[1]);
+    for p in [ended, open] {
+        let out = bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, true, false));
+        assert_eq!(backend_of(&out.packet), 21);
+    }
+    bed.run(&tcp(OWN_MAC, CLIENT, ended, VIP, 80, false, true));
+
+    let cfg = config(&[21, 22, 23]);
+    let mut o = Overrides::default();
+    o.update(
+        &cfg.services[0].key().to_string(),
+        Ipv4Addr::new(198, 18, 0, 21),
+        |b| b.admin = Some(AdminOverride::Draining),
+    );
+    let Bed { maps, engine, .. } = &mut bed;
+    engine
+        .apply(&cfg, &o, &Default::default(), &macs(), maps)
+        .expect("drain .21");
+
+    let out = bed.run(&tcp(OWN_MAC, CLIENT, ended, VIP, 80, true, false));
+    let now = backend_of(&out.packet);
+    assert_ne!(
+        now, 21,
+        "a new connection on a closed flow's port went to the drained backend"
+    );
+    assert_eq!(Ipv4Addr::new(198, 18, 0, now), bed.maglev_choice(ended));
+    let out = bed.run(&tcp(OWN_MAC, CLIENT, ended, VIP, 80, false, false));
+    assert_eq!(
+        backend_of(&out.packet),
+        now,
+        "the new connection keeps its new backend"
+    );
+    let out = bed.run(&tcp(OWN_MAC, CLIENT, open, VIP, 80, true, false));
+    assert_eq!(
+        backend_of(&out.packet),
+        21,
+        "a retransmitted SYN of an open flow stays"
+    );
+}
+
 /// Health and drain in the data path: flows pinned to a DOWN backend are re-balanced at their
 /// next packet; flows pinned to a DRAINING backend stay with it.
 #[test]

@@ -15,8 +15,8 @@ use lb_common::{
 use crate::{
     maps::{BACKENDS, CONNTRACK, RINGS, STATS, VIPS},
     parse::{
-        ETH_LEN, ETH_P_ARP_BE, ETH_P_IP_BE, EthHdr, IPV4_LEN, Ipv4Hdr, TCP_FIN, TCP_RST, TcpHdr,
-        UdpHdr, global_mac, ptr_at, rewrite_macs,
+        ETH_LEN, ETH_P_ARP_BE, ETH_P_IP_BE, EthHdr, IPV4_LEN, Ipv4Hdr, TCP_ACK, TCP_FIN, TCP_RST,
+        TCP_SYN, TcpHdr, UdpHdr, global_mac, ptr_at, rewrite_macs,
     },
 };
 
@@ -162,8 +162,15 @@ fn balance(ctx: &XdpContext) -> Result<Forward, Skip> {
     // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
 
+    // A SYN (without ACK) on a flow that already ended is a new connection that reuses the
+    // client's port: it is scheduled afresh, as IPVS does (`conn_reuse_mode`), so that it does
+    // not follow the old connection to a backend that has since been drained or removed. Not
+    // for source-only services, whose one entry per client also carries its other connections.
+    let reuse = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && vip.flags & VIP_FLAG_SRC_ONLY == 0;
     // An established flow keeps its backend, unless health checks took that backend down.
-    if let Some(state) = CONNTRACK.get_ptr_mut(flow) {
+    if let Some(state) = CONNTRACK.get_ptr_mut(flow)
+        && !(reuse && unsafe { (*state).flags } & FLOW_FLAG_CLOSING != 0)
+    {
         let id = unsafe { (*state).backend_id };
         if let Some(backend) = BACKENDS.get(id)
             && backend.state != backend_state::DOWN

@@ -60,8 +60,12 @@ pub struct UdpHdr {
 
 /// TCP FIN flag.
 pub const TCP_FIN: u8 = 0x01;
+/// TCP SYN flag.
+pub const TCP_SYN: u8 = 0x02;
 /// TCP RST flag.
 pub const TCP_RST: u8 = 0x04;
+/// TCP ACK flag.
+pub const TCP_ACK: u8 = 0x10;
 
 /// A pointer to a `T` at `offset` in the packet, or `None` when the packet is too short.
 #[inline(always)]

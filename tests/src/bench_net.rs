@@ -823,7 +823,7 @@ fn measure_group(
         select(topo, path)?;
         let before = cpu(pid)?;
         let wrk = run_wrk(topo, tools, path, secs)?;
-        if std::env::var_os("LBD_BENCH_DEBUG").is_some() {
+        if debug() {
             eprintln!("{} turn: {:.0} conn/s", path.name(), wrk.rate);
         }
         let t = &mut tally[i];
@@ -846,7 +846,7 @@ fn measure_group(
             let target = (path.target(), path.ports().1);
             let before = cpu(pid)?;
             let gbps = run_iperf3(topo, tools, target, streams, secs, path.pin_iperf3())?;
-            if std::env::var_os("LBD_BENCH_DEBUG").is_some() {
+            if debug() {
                 eprintln!("{} turn: {gbps:.2} Gbit/s with {streams}", path.name());
             }
             let t = &mut tally[i];
@@ -901,6 +901,11 @@ fn select(topo: &Topology, path: NetPath) -> Result<()> {
         "permanent",
     ])?;
     Ok(())
+}
+
+/// Whether `LBD_BENCH_DEBUG` asks for each turn's figures and lbd's log tails on stderr.
+fn debug() -> bool {
+    std::env::var_os("LBD_BENCH_DEBUG").is_some()
 }
 
 /// The median of `values` (NaN when empty).
@@ -1018,15 +1023,13 @@ pub fn run() -> Result<Vec<(String, f64)>> {
             let group_samples = measure_group(&topo, &tools, &members, settings.secs)
                 .with_context(|| format!("measuring {}", names.join(" and ")))?;
             for ((_, p), b) in group.iter().zip(balancers) {
-                if let (true, Balancer::Lbd(node)) =
-                    (std::env::var_os("LBD_BENCH_DEBUG").is_some(), &b)
-                {
+                if let (true, Balancer::Lbd(node)) = (debug(), &b) {
                     eprintln!("{} log tail: {}", p.name(), node.process.stderr_tail());
                 }
                 b.stop().with_context(|| format!("stopping {}", p.name()))?;
             }
             for (&(j, p), sample) in group.iter().zip(group_samples) {
-                if std::env::var_os("LBD_BENCH_DEBUG").is_some() {
+                if debug() {
                     eprintln!("{}: {sample:?}", p.name());
                 }
                 samples[j] = Some(sample);
