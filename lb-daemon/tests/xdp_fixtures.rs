@@ -84,6 +84,13 @@ impl Bed {
         Bed { ebpf, maps, engine }
     }
 
+    /// The counters as the daemon shows them: the program's, services summed from backends.
+    fn stats(&self) -> Vec<lb_common::Counter> {
+        let mut stats = self.maps.read_stats().expect("stats");
+        self.engine.fill_service_stats(&mut stats);
+        stats
+    }
+
     fn run(&self, frame: &[u8]) -> xdp::TestRunOutput {
         xdp::test_run(&self.ebpf, PROG_LBD, frame, 1).expect("test run")
     }
@@ -246,7 +253,8 @@ fn fixtures_table() {
     assert_eq!(backend_of(&bed.run(&q).packet), b, "UDP flow sticks");
 
     // Counters: one per reason per case above, plus the services and backends.
-    let stats = bed.maps.read_stats().expect("stats");
+    // The program counts backends only; the engine adds them up per service.
+    let stats = bed.stats();
     let want = [
         (reason::PASS_NOT_VIP, 3),
         (reason::PASS_OTHER_MAC, 1),
@@ -269,9 +277,6 @@ fn fixtures_table() {
             reason::NAMES[r as usize]
         );
     }
-    // The program counts backends only; the engine adds them up per service.
-    let mut stats = stats;
-    bed.engine.fill_service_stats(&mut stats);
     let web = STATS_SERVICE_BASE + bed.service_id("web");
     assert_eq!(stats[web as usize].packets, 2, "web service packets");
     assert_eq!(
@@ -389,15 +394,13 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
     // The removed backend's counters move to its service when its id is freed, and its slot
     // starts from zero for the next backend that gets the id.
     let gone = bed.backend_id("web", 23);
-    let mut stats = bed.maps.read_stats().expect("stats");
-    bed.engine.fill_service_stats(&mut stats);
+    let stats = bed.stats();
     let web = (STATS_SERVICE_BASE + bed.service_id("web")) as usize;
     let before_free = stats[web];
     assert!(stats[(STATS_BACKEND_BASE + gone) as usize].packets > 0);
     let Bed { maps, engine, .. } = &mut bed;
     assert_eq!(engine.reap_removed(|_| 0, maps).expect("reap"), vec![gone]);
-    let mut stats = bed.maps.read_stats().expect("stats");
-    bed.engine.fill_service_stats(&mut stats);
+    let stats = bed.stats();
     assert_eq!(stats[(STATS_BACKEND_BASE + gone) as usize].packets, 0);
     assert_eq!(
         stats[web], before_free,
