@@ -56,14 +56,13 @@ mod tests {
     use super::*;
 
     fn key(src: [u8; 4], sport: u16) -> FlowKey {
-        FlowKey {
-            src_be: u32::from_ne_bytes(src),
-            dst_be: u32::from_ne_bytes([198, 18, 0, 100]),
-            sport_be: sport.to_be(),
-            dport_be: 80u16.to_be(),
-            proto: crate::IPPROTO_TCP,
-            _pad: [0; 3],
-        }
+        FlowKey::new(
+            u32::from_ne_bytes(src),
+            u32::from_ne_bytes([198, 18, 0, 100]),
+            sport.to_be(),
+            80u16.to_be(),
+            crate::IPPROTO_TCP,
+        )
     }
 
     #[test]

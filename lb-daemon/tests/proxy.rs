@@ -338,14 +338,13 @@ fn xdp_pick(
         IpAddr::V4(ip) => u32::from_ne_bytes(ip.octets()),
         IpAddr::V6(_) => unreachable!("loopback IPv4 only"),
     };
-    let key = FlowKey {
-        src_be: v4(client),
-        dst_be: v4(vip),
-        sport_be: if src_only { 0 } else { client.port().to_be() },
-        dport_be: vip.port().to_be(),
-        proto: IPPROTO_TCP,
-        _pad: [0; 3],
-    };
+    let key = FlowKey::new(
+        v4(client),
+        v4(vip),
+        if src_only { 0 } else { client.port().to_be() },
+        vip.port().to_be(),
+        IPPROTO_TCP,
+    );
     backends[table[(flow_hash(&key) % MAGLEV_M) as usize] as usize]
         .1
         .to_string()

@@ -102,14 +102,13 @@ impl Bed {
             .services()
             .find(|s| s.config.name == "web")
             .expect("web service");
-        let key = FlowKey {
-            src_be: u32::from_ne_bytes(CLIENT),
-            dst_be: u32::from_ne_bytes(VIP),
-            sport_be: sport.to_be(),
-            dport_be: 80u16.to_be(),
-            proto: IPPROTO_TCP,
-            _pad: [0; 3],
-        };
+        let key = FlowKey::new(
+            u32::from_ne_bytes(CLIENT),
+            u32::from_ne_bytes(VIP),
+            sport.to_be(),
+            80u16.to_be(),
+            IPPROTO_TCP,
+        );
         let slot = lb_common::hash::flow_hash(&key) % MAGLEV_M;
         let id = svc.table[slot as usize];
         svc.backends

@@ -142,18 +142,17 @@ fn balance(ctx: &XdpContext) -> Result<Forward, Skip> {
     // SAFETY: VIPS values are plain integers; a concurrent update yields old or new values.
     let vip = unsafe { VIPS.get(vip_key) }.ok_or(pass(reason::PASS_NOT_VIP))?;
 
-    let flow = FlowKey {
-        src_be: u32::from_ne_bytes(unsafe { (*ip).saddr }),
-        dst_be: daddr,
-        sport_be: if vip.flags & VIP_FLAG_SRC_ONLY != 0 {
+    let flow = FlowKey::new(
+        u32::from_ne_bytes(unsafe { (*ip).saddr }),
+        daddr,
+        if vip.flags & VIP_FLAG_SRC_ONLY != 0 {
             0
         } else {
             sport_be
         },
         dport_be,
         proto,
-        _pad: [0; 3],
-    };
+    );
     let closing = if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         FLOW_FLAG_CLOSING
     } else {

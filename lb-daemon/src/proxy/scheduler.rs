@@ -109,18 +109,17 @@ impl Flow {
     /// The flow key the XDP program would build for this flow (`src_only`: the client port is
     /// zeroed, as for a `sh` service).
     pub fn key(&self, src_only: bool) -> FlowKey {
-        FlowKey {
-            src_be: addr_word(self.client.ip()),
-            dst_be: addr_word(self.vip.ip()),
-            sport_be: if src_only {
+        FlowKey::new(
+            addr_word(self.client.ip()),
+            addr_word(self.vip.ip()),
+            if src_only {
                 0
             } else {
                 self.client.port().to_be()
             },
-            dport_be: self.vip.port().to_be(),
-            proto: self.proto.number(),
-            _pad: [0; 3],
-        }
+            self.vip.port().to_be(),
+            self.proto.number(),
+        )
     }
 }
 
@@ -442,14 +441,13 @@ mod tests {
             })
             .collect();
         let table = maglev::build(&entries, MAGLEV_M);
-        let key = FlowKey {
-            src_be: u32::from_ne_bytes(client),
-            dst_be: u32::from_ne_bytes([198, 18, 0, 100]),
-            sport_be: if src_only { 0 } else { sport.to_be() },
-            dport_be: 80u16.to_be(),
-            proto: lb_common::IPPROTO_TCP,
-            _pad: [0; 3],
-        };
+        let key = FlowKey::new(
+            u32::from_ne_bytes(client),
+            u32::from_ne_bytes([198, 18, 0, 100]),
+            if src_only { 0 } else { sport.to_be() },
+            80u16.to_be(),
+            lb_common::IPPROTO_TCP,
+        );
         table[(flow_hash(&key) % MAGLEV_M) as usize] as usize
     }
 
