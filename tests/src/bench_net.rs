@@ -1131,27 +1131,17 @@ fn figures(rounds: &[Vec<Option<Sample>>], measured: &[NetPath]) -> Vec<(String,
             a.min(b)
         }
     };
+    let xdp_gbps = [GBPS_1, GBPS_4].map(|f| ratio(NetPath::Xdp, NetPath::Bare, f));
+    let proxy_gbps = [GBPS_1, GBPS_4].map(|f| ratio(NetPath::Userspace, NetPath::Haproxy, f));
     let all_measured = measured.len() == NetPath::ALL.len();
     for (name, value) in [
         (
             "xdp_conn_rate_vs_bare",
             ratio(NetPath::Xdp, NetPath::Bare, RATE),
         ),
-        (
-            "xdp_throughput_1stream_vs_bare",
-            ratio(NetPath::Xdp, NetPath::Bare, GBPS_1),
-        ),
-        (
-            "xdp_throughput_4stream_vs_bare",
-            ratio(NetPath::Xdp, NetPath::Bare, GBPS_4),
-        ),
-        (
-            "xdp_throughput_vs_bare",
-            lower(
-                ratio(NetPath::Xdp, NetPath::Bare, GBPS_1),
-                ratio(NetPath::Xdp, NetPath::Bare, GBPS_4),
-            ),
-        ),
+        ("xdp_throughput_1stream_vs_bare", xdp_gbps[0]),
+        ("xdp_throughput_4stream_vs_bare", xdp_gbps[1]),
+        ("xdp_throughput_vs_bare", lower(xdp_gbps[0], xdp_gbps[1])),
         (
             "xdp_conn_rate_vs_direct",
             ratio(NetPath::Xdp, NetPath::DirectOffloadOff, RATE),
@@ -1168,20 +1158,11 @@ fn figures(rounds: &[Vec<Option<Sample>>], measured: &[NetPath]) -> Vec<(String,
             "xdp_3backends_conn_rate_vs_xdp",
             ratio(NetPath::Xdp3, NetPath::Xdp, RATE),
         ),
-        (
-            "userspace_throughput_1stream_vs_haproxy",
-            ratio(NetPath::Userspace, NetPath::Haproxy, GBPS_1),
-        ),
-        (
-            "userspace_throughput_4stream_vs_haproxy",
-            ratio(NetPath::Userspace, NetPath::Haproxy, GBPS_4),
-        ),
+        ("userspace_throughput_1stream_vs_haproxy", proxy_gbps[0]),
+        ("userspace_throughput_4stream_vs_haproxy", proxy_gbps[1]),
         (
             "userspace_throughput_vs_haproxy",
-            lower(
-                ratio(NetPath::Userspace, NetPath::Haproxy, GBPS_1),
-                ratio(NetPath::Userspace, NetPath::Haproxy, GBPS_4),
-            ),
+            lower(proxy_gbps[0], proxy_gbps[1]),
         ),
         (
             "userspace_conn_rate_vs_haproxy",
