@@ -107,6 +107,14 @@ impl NetPath {
         NetPath::Haproxy,
     ];
 
+    /// The path's index in a round's samples: its place in [`NetPath::ALL`].
+    fn slot(self) -> usize {
+        NetPath::ALL
+            .iter()
+            .position(|&q| q == self)
+            .expect("every path is in ALL")
+    }
+
     fn name(self) -> &'static str {
         match self {
             NetPath::DirectOffloadOff => "direct_offload_off",
@@ -1067,16 +1075,10 @@ const CPU_PER_GB: Figure = |s| s.cpu.map(|c| c.1);
 /// the rounds of the ratio within one round (the two paths measured minutes apart at most, so
 /// that the machine's slow drifts cancel out).
 fn figures(rounds: &[Vec<Option<Sample>>], measured: &[NetPath]) -> Vec<(String, f64)> {
-    let slot = |p: NetPath| {
-        NetPath::ALL
-            .iter()
-            .position(|&q| q == p)
-            .expect("every path has a slot")
-    };
     let per_path = |p: NetPath, f: Figure| -> Vec<f64> {
         rounds
             .iter()
-            .filter_map(|r| r[slot(p)].as_ref().and_then(f))
+            .filter_map(|r| r[p.slot()].as_ref().and_then(f))
             .collect()
     };
     let mut out = Vec::new();
@@ -1115,8 +1117,8 @@ fn figures(rounds: &[Vec<Option<Sample>>], measured: &[NetPath]) -> Vec<(String,
             rounds
                 .iter()
                 .filter_map(|r| {
-                    let x = r[slot(a)].as_ref().and_then(f)?;
-                    let y = r[slot(b)].as_ref().and_then(f)?;
+                    let x = r[a.slot()].as_ref().and_then(f)?;
+                    let y = r[b.slot()].as_ref().and_then(f)?;
                     (x > 0.0 && y > 0.0).then(|| x / y)
                 })
                 .collect(),
@@ -1287,12 +1289,10 @@ Transfer/sec:      1.20MB
         };
         let round = |xdp: Option<Sample>, bare: Option<Sample>| {
             let mut r: Vec<Option<Sample>> = NetPath::ALL.iter().map(|_| None).collect();
-            r[1] = bare;
-            r[2] = xdp;
+            r[NetPath::Bare.slot()] = bare;
+            r[NetPath::Xdp.slot()] = xdp;
             r
         };
-        assert_eq!(NetPath::ALL[1], NetPath::Bare);
-        assert_eq!(NetPath::ALL[2], NetPath::Xdp);
         // The machine slows down between rounds: per-round pairs cancel that out.
         let rounds = vec![
             round(sample(990.0, (1.9, 1.8)), sample(1000.0, (2.0, 2.0))),
