@@ -14,12 +14,9 @@ use std::{
 
 use lb_common::{FlowKey, IPPROTO_TCP, MAGLEV_M, hash::flow_hash};
 use lb_daemon::{
-    config::Proto,
+    config::{Proto, ProxyConfig, Scheduler as SchedulerKind},
     maglev,
-    proxy::{
-        BackendSpec, ProxyConfig, SchedulerKind, ServiceHandle, bind_tcp, bind_udp, run_tcp,
-        run_udp,
-    },
+    proxy::{BackendSpec, ServiceHandle, bind_tcp, bind_udp, run_tcp, run_udp},
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -138,7 +135,9 @@ impl Proxy {
         let listener = bind_tcp(SocketAddr::new(lo(1), 0)).unwrap();
         let addr = listener.local_addr().unwrap();
         let service = Arc::new(ServiceHandle::new("test", addr, Proto::Tcp, config).unwrap());
-        service.set_backends(scheduler, &specs(backends)).unwrap();
+        service
+            .set_backends(scheduler, &specs(backends), &table(backends))
+            .unwrap();
         let stop = CancellationToken::new();
         let task = tokio::spawn(run_tcp(listener, service.clone(), stop.clone()));
         Proxy {
@@ -157,7 +156,9 @@ impl Proxy {
         let socket = bind_udp(SocketAddr::new(lo(1), 0)).unwrap();
         let addr = socket.local_addr().unwrap();
         let service = Arc::new(ServiceHandle::new("test-udp", addr, Proto::Udp, config).unwrap());
-        service.set_backends(scheduler, &specs(backends)).unwrap();
+        service
+            .set_backends(scheduler, &specs(backends), &table(backends))
+            .unwrap();
         let stop = CancellationToken::new();
         let task = tokio::spawn(run_udp(socket, service.clone(), stop.clone()));
         Proxy {
@@ -187,6 +188,19 @@ fn specs(backends: &[(u32, SocketAddr, u32)]) -> Vec<BackendSpec> {
         .iter()
         .map(|&(id, addr, weight)| BackendSpec { id, addr, weight })
         .collect()
+}
+
+/// The engine's Maglev table for these backends (what the daemon hands the proxy).
+fn table(backends: &[(u32, SocketAddr, u32)]) -> Vec<u32> {
+    let members: Vec<maglev::Member> = backends
+        .iter()
+        .map(|&(id, addr, weight)| maglev::Member {
+            id,
+            addr: addr.ip(),
+            weight,
+        })
+        .collect();
+    maglev::id_table(&members)
 }
 
 fn config() -> ProxyConfig {
@@ -669,6 +683,7 @@ async fn a_removed_backend_keeps_its_open_connection() {
                 addr: b.addr,
                 weight: 1,
             }],
+            &[],
         )
         .unwrap();
     for _ in 0..5 {

@@ -117,7 +117,7 @@ fn run(mode: Mode, name: &str) -> Result<()> {
         .find(|b| b.addr == ip(3).to_string())
         .context("b3 lost in the restart")?;
     ensure!(
-        b3.source == "lbctl" && b3.weight == 2,
+        b3.source.to_string() == "lbctl" && b3.weight == 2,
         "b3 after restart: {b3:?}"
     );
     ensure!(
