@@ -17,6 +17,8 @@
 pub mod core;
 pub mod handlers;
 pub mod start;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::{HashMap, HashSet},
