@@ -634,7 +634,7 @@ impl Core {
                 reply,
             } => {
                 let result = self.add_resolved(overrides, &key, ip, weight);
-                let _ = reply.send(super::handlers::respond(result));
+                let _ = reply.send(respond(result));
             }
         }
     }
@@ -656,9 +656,7 @@ impl Core {
             AfterScan::Report { id, message, reply } => {
                 let flows = counts.active_of(id);
                 self.counts = counts;
-                let _ = reply.send(super::handlers::respond(Ok(
-                    message.replace("{flows}", &flows.to_string())
-                )));
+                let _ = reply.send(respond(Ok(message.replace("{flows}", &flows.to_string()))));
             }
             AfterScan::Remove {
                 key,
@@ -678,12 +676,25 @@ impl Core {
                     } else {
                         message
                     };
-                    let _ = reply.send(super::handlers::respond(Ok(message)));
+                    let _ = reply.send(respond(Ok(message)));
                 } else if cut > 0 {
                     tracing::info!(flows = cut, "flows of a down backend re-balanced");
                 }
             }
         }
+    }
+}
+
+/// A handler's result as the control socket answers it (and logs a change).
+pub fn respond(result: Result<String, CoreError>) -> Response {
+    match result {
+        Ok(message) => {
+            tracing::info!(change = %message, "lbctl");
+            Response::Done { message }
+        }
+        Err(e) => Response::Error {
+            message: e.to_string(),
+        },
     }
 }
 

@@ -10,7 +10,7 @@ use std::{
 
 use lb_common::reason;
 
-use super::core::{AfterResolve, AfterScan, Core, CoreError, RESOLVE_WAIT, Reply};
+use super::core::{AfterResolve, AfterScan, Core, CoreError, RESOLVE_WAIT, Reply, respond};
 use crate::{
     config::{MAX_WEIGHT, ServiceKey, parse_backend_addr},
     control::{Request, Response},
@@ -19,19 +19,6 @@ use crate::{
     overrides::{Admin, BackendOverride, Overrides},
     status::{BackendStatus, HealthStatus, ReasonCount, ServiceStatus, Status, VrrpStatus},
 };
-
-/// A handler's result as the control socket answers it (and logs a change).
-pub fn respond(result: Result<String, CoreError>) -> Response {
-    match result {
-        Ok(message) => {
-            tracing::info!(change = %message, "lbctl");
-            Response::Done { message }
-        }
-        Err(e) => Response::Error {
-            message: e.to_string(),
-        },
-    }
-}
 
 fn check_weight(weight: u32) -> Result<u32, CoreError> {
     if (1..=MAX_WEIGHT).contains(&weight) {

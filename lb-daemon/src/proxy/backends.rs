@@ -20,7 +20,7 @@ use std::{
 
 use super::{
     ProxyError,
-    scheduler::{Flow, Picker},
+    scheduler::{Candidate, Flow, Picker},
 };
 use crate::config::Scheduler;
 
@@ -80,6 +80,18 @@ impl Backend {
     }
 }
 
+impl Candidate for Backend {
+    fn id(&self) -> u32 {
+        Backend::id(self)
+    }
+    fn weight(&self) -> u32 {
+        Backend::weight(self)
+    }
+    fn active(&self) -> u64 {
+        Backend::active(self)
+    }
+}
+
 /// The backends in rotation for one service and the scheduler built for them.
 #[derive(Debug)]
 pub struct BackendSet {
@@ -109,7 +121,7 @@ impl BackendSet {
     pub fn empty(kind: Scheduler) -> BackendSet {
         BackendSet {
             backends: Vec::new(),
-            picker: Picker::new(kind, &[], &[]),
+            picker: Picker::new::<Backend>(kind, &[], &[]),
         }
     }
 

@@ -25,8 +25,17 @@ use std::{
 
 use lb_common::{FlowKey, hash::flow_hash};
 
-use super::backends::Backend;
 use crate::config::{Proto, Scheduler};
+
+/// What a scheduler reads of a backend.
+pub trait Candidate {
+    /// Its stable id (what the service's table holds).
+    fn id(&self) -> u32;
+    /// Its weight.
+    fn weight(&self) -> u32;
+    /// Its open connections (`lc`).
+    fn active(&self) -> u64;
+}
 
 /// A new flow as the schedulers see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +108,7 @@ impl Picker {
     /// Builds the scheduler's state for `backends`. `table` is the service's Maglev table in
     /// backend ids, as the engine built it (see [`crate::maglev::id_table`]); only `maglev` and
     /// `sh` read it.
-    pub fn new(kind: Scheduler, backends: &[Backend], table: &[u32]) -> Picker {
+    pub fn new<B: Candidate>(kind: Scheduler, backends: &[B], table: &[u32]) -> Picker {
         let state = match kind {
             Scheduler::Maglev | Scheduler::Sh => State::Table(index_table(backends, table)),
             Scheduler::Rr => State::Rr(AtomicUsize::new(0)),
@@ -116,7 +125,12 @@ impl Picker {
 
     /// Index of the backend for a new flow, skipping the index `exclude` (a backend that just
     /// failed); None when no backend is left.
-    pub fn pick(&self, backends: &[Backend], flow: &Flow, exclude: Option<usize>) -> Option<usize> {
+    pub fn pick<B: Candidate>(
+        &self,
+        backends: &[B],
+        flow: &Flow,
+        exclude: Option<usize>,
+    ) -> Option<usize> {
         let n = backends.len();
         let allowed = |i: usize| Some(i) != exclude;
         if n == 0 || (n == 1 && !allowed(0)) {
@@ -194,7 +208,7 @@ impl Picker {
 
 /// The service's table of backend ids as indices into `backends` (`u32::MAX` in a slot whose id
 /// is not in the list, which [`Picker::pick`] walks past); empty when there is no backend.
-fn index_table(backends: &[Backend], table: &[u32]) -> Vec<u32> {
+fn index_table<B: Candidate>(backends: &[B], table: &[u32]) -> Vec<u32> {
     if backends.is_empty() {
         return Vec::new();
     }
@@ -214,7 +228,7 @@ mod tests {
     use super::*;
     use crate::{
         maglev,
-        proxy::backends::{BackendSpec, Counters},
+        proxy::backends::{Backend, BackendSpec, Counters},
     };
 
     fn backends(weights: &[u32]) -> Vec<Backend> {
@@ -273,9 +287,9 @@ mod tests {
     #[test]
     fn empty_set_gives_no_backend() {
         for kind in Scheduler::ALL {
-            let s = Picker::new(kind, &[], &[]);
+            let s = Picker::new::<Backend>(kind, &[], &[]);
             assert_eq!(
-                s.pick(&[], &flow([198, 18, 0, 10], 1), None),
+                s.pick::<Backend>(&[], &flow([198, 18, 0, 10], 1), None),
                 None,
                 "{kind}"
             );
