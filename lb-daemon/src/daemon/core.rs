@@ -86,18 +86,19 @@ pub enum AfterResolve {
     /// A reload waited for the new backends' MACs.
     Reload(Box<Config>),
     /// `lbctl backend add` waited for the new backend's MAC.
-    Add {
-        /// The overrides with the backend added.
-        overrides: Overrides,
-        /// Service.
-        key: ServiceKey,
-        /// Backend.
-        ip: Ipv4Addr,
-        /// Its weight.
-        weight: u32,
-        /// The answer.
-        reply: Reply,
-    },
+    Add(PendingAdd, Reply),
+}
+
+/// A checked `lbctl backend add`, waiting for the backend's MAC.
+pub struct PendingAdd {
+    /// The overrides with the backend added.
+    pub overrides: Overrides,
+    /// Service.
+    pub key: ServiceKey,
+    /// Backend.
+    pub ip: Ipv4Addr,
+    /// Its weight.
+    pub weight: u32,
 }
 
 /// What to do once a scan is done.
@@ -626,15 +627,8 @@ impl Core {
                 }
             }
             AfterResolve::Reload(config) => self.reload_apply(*config),
-            AfterResolve::Add {
-                overrides,
-                key,
-                ip,
-                weight,
-                reply,
-            } => {
-                let result = self.add_resolved(overrides, &key, ip, weight);
-                let _ = reply.send(respond(result));
+            AfterResolve::Add(add, reply) => {
+                let _ = reply.send(respond(self.add_resolved(add)));
             }
         }
     }

@@ -10,13 +10,15 @@ use std::{
 
 use lb_common::reason;
 
-use super::core::{AfterResolve, AfterScan, Core, CoreError, RESOLVE_WAIT, Reply, respond};
+use super::core::{
+    AfterResolve, AfterScan, Core, CoreError, PendingAdd, RESOLVE_WAIT, Reply, respond,
+};
 use crate::{
     config::{MAX_WEIGHT, ServiceKey, parse_backend_addr},
     control::{Request, Response},
     engine::{BackendRec, Source},
     net,
-    overrides::{Admin, BackendOverride, Overrides},
+    overrides::{Admin, BackendOverride},
     status::{BackendStatus, HealthStatus, ReasonCount, ServiceStatus, Status, VrrpStatus},
 };
 
@@ -49,21 +51,13 @@ impl Core {
                 weight,
             } => match self.backend_add(&service, &addr, weight) {
                 // Learn its MAC first (XDP), so that it enters rotation with the change.
-                Ok((overrides, key, ip, weight)) if self.datapath.mode().needs_macs() => {
-                    self.effects.resolve(
-                        vec![ip],
-                        RESOLVE_WAIT,
-                        AfterResolve::Add {
-                            overrides,
-                            key,
-                            ip,
-                            weight,
-                            reply,
-                        },
-                    );
+                Ok(add) if self.datapath.mode().needs_macs() => {
+                    let ip = add.ip;
+                    self.effects
+                        .resolve(vec![ip], RESOLVE_WAIT, AfterResolve::Add(add, reply));
                     return;
                 }
-                Ok((overrides, key, ip, weight)) => self.add_resolved(overrides, &key, ip, weight),
+                Ok(add) => self.add_resolved(add),
                 Err(e) => Err(e),
             },
             Request::BackendWeight {
@@ -175,7 +169,7 @@ impl Core {
         service: &str,
         addr: &str,
         weight: Option<u32>,
-    ) -> Result<(Overrides, ServiceKey, Ipv4Addr, u32), CoreError> {
+    ) -> Result<PendingAdd, CoreError> {
         let (key, ip) = self.target(service, addr)?;
         let weight = check_weight(weight.unwrap_or(1))?;
         if self.engine.backend(&key, ip).is_some_and(|b| !b.removed) {
@@ -197,18 +191,24 @@ impl Core {
             o.added = in_config.is_none();
             o.weight = (in_config != Some(weight)).then_some(weight);
         });
-        Ok((new, key, ip, weight))
+        Ok(PendingAdd {
+            overrides: new,
+            key,
+            ip,
+            weight,
+        })
     }
 
     /// The add, once the backend's MAC was looked up (XDP: so that it enters rotation with the
     /// change). The checks run again: the state may have moved meanwhile.
-    pub(super) fn add_resolved(
-        &mut self,
-        overrides: Overrides,
-        key: &ServiceKey,
-        ip: Ipv4Addr,
-        weight: u32,
-    ) -> Result<String, CoreError> {
+    pub(super) fn add_resolved(&mut self, add: PendingAdd) -> Result<String, CoreError> {
+        let PendingAdd {
+            overrides,
+            key,
+            ip,
+            weight,
+        } = add;
+        let key = &key;
         if self.engine.backend(key, ip).is_some_and(|b| !b.removed) {
             return Err(CoreError::AlreadyBackend {
                 ip,
