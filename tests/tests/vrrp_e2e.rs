@@ -9,8 +9,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use lb_testkit::{require_or_skip, tool_unavailable_reason};
 use lbd_tests::{
-    Capture, Host, Topology, bin_path, client, is_ci,
+    Capture, Host, Topology, bin_path, client,
     lbd::{self, LbdNode, Mode, Services},
     netns_tests_enabled, test_tag,
 };
@@ -226,13 +227,6 @@ struct Keepalived {
 
 impl Keepalived {
     fn start(topo: &Topology, node: Host, priority: u8) -> Result<Keepalived> {
-        let found = Command::new("keepalived")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            bail!("keepalived is not installed (cargo xtask setup installs it)");
-        }
         let dir = std::env::temp_dir().join(format!("lbdt-{}-keepalived", topo.tag()));
         std::fs::create_dir_all(&dir)?;
         let conf = dir.join("keepalived.conf");
@@ -267,7 +261,10 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>
 
 #[test]
 fn interoperates_with_keepalived_both_ways() -> Result<()> {
-    if !netns_tests_enabled("interoperates_with_keepalived_both_ways") {
+    let test = "interoperates_with_keepalived_both_ways";
+    if !netns_tests_enabled(test)
+        || !require_or_skip(test, tool_unavailable_reason("keepalived", "--version"))
+    {
         return Ok(());
     }
     // keepalived master, lbd backup: lbd takes over when keepalived's node fails.
@@ -339,11 +336,10 @@ fn interoperates_with_keepalived_both_ways() -> Result<()> {
 
     // tshark, where installed, decodes our adverts as VRRPv3 with a good checksum.
     let _ = tcpdump.terminate(Duration::from_secs(3));
-    let tshark = Command::new("tshark")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if tshark {
+    if require_or_skip(
+        "interoperates_with_keepalived_both_ways (tshark decode)",
+        tool_unavailable_reason("tshark", "--version"),
+    ) {
         let out = Command::new("tshark")
             .args(["-r"])
             .arg(&capture_file)
@@ -362,8 +358,6 @@ fn interoperates_with_keepalived_both_ways() -> Result<()> {
             text.contains("[Checksum Status: Good]") && !text.contains("[Checksum Status: Bad]"),
             "tshark checksum: {text}"
         );
-    } else if is_ci() {
-        bail!("tshark is not installed (cargo xtask setup installs it)");
     }
     let _ = std::fs::remove_file(&capture_file);
     Ok(())

@@ -2,8 +2,8 @@
 //! installed) on a bridge elect a master, move the VIP with netlink, and fail over.
 //!
 //! Needs root (namespaces, raw sockets, netlink writes) and `ip`; without them each test says so
-//! and passes without running. Namespace names carry the process id, so parallel runs never
-//! collide, and a guard deletes them whatever happens.
+//! and passes without running, or fails when `CI` is set. Namespace names carry the process id, so
+//! parallel runs never collide, and a guard deletes them whatever happens.
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -18,23 +18,9 @@ use vrrp::{AdvertInterval, Config, Priority, Speaker, State, Status, VrId};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 
-fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ip = Command::new("ip")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !root || !ip {
-        // Under CI a missing privilege is a failure, never a silent pass.
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "needs root and iproute2, and CI=true: refusing to skip"
-        );
-        eprintln!("skipped: needs root and iproute2");
-    }
-    root && ip
+/// The workspace's one rule (`lb-testkit`): without root and `ip` a test skips, or fails under CI.
+fn can_run(test: &str) -> bool {
+    lb_testkit::require_or_skip(test, lb_testkit::netns_unavailable_reason())
 }
 
 fn ip(args: &[&str]) {
@@ -181,7 +167,7 @@ impl Drop for Node {
 
 #[test]
 fn two_speakers_elect_move_the_vip_and_fail_over() {
-    if !can_run() {
+    if !can_run("two_speakers_elect_move_the_vip_and_fail_over") {
         return;
     }
     let lan = Lan::new("a", 2);
@@ -210,21 +196,13 @@ fn two_speakers_elect_move_the_vip_and_fail_over() {
 
 #[test]
 fn interoperates_with_keepalived() {
-    if !can_run() {
-        return;
-    }
-    let installed = Command::new("keepalived")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !installed {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "keepalived is not installed (cargo xtask setup installs it), and CI=true: refusing to skip"
-        );
-        eprintln!("skipped: keepalived not installed");
+    let test = "interoperates_with_keepalived";
+    if !can_run(test)
+        || !lb_testkit::require_or_skip(
+            test,
+            lb_testkit::tool_unavailable_reason("keepalived", "--version"),
+        )
+    {
         return;
     }
     let lan = Lan::new("k", 2);
