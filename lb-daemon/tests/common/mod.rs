@@ -1,5 +1,8 @@
 //! Shared by the XDP program tests: the privilege rule and frame builders.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary that includes this module uses a different part of it"
+)]
 
 use etherparse::PacketBuilder;
 
