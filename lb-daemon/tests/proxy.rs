@@ -23,7 +23,7 @@ use tokio::{
     net::{TcpListener, TcpSocket, TcpStream, UdpSocket},
     sync::mpsc,
     task::JoinHandle,
-    time::{sleep, timeout},
+    time::timeout,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -42,11 +42,9 @@ async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
 }
 
 /// Waits (bounded) until `cond` holds.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < BOUND, "{what}: not within {BOUND:?}");
-        sleep(Duration::from_millis(10)).await;
+async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    if let Err(e) = lb_testkit::wait_until_async(what, BOUND, cond).await {
+        panic!("{e}");
     }
 }
 
