@@ -21,18 +21,26 @@ use crate::{
 /// A service as the fake serves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FakeService {
+    /// Service id.
     pub id: u32,
+    /// Scheduler.
     pub scheduler: Scheduler,
+    /// Backends in rotation.
     pub members: Vec<Member>,
+    /// The Maglev table, backend ids.
     pub table: Vec<u32>,
 }
 
 /// What the fake holds; shared with the test through [`FakeDatapath::state`].
 #[derive(Debug, Default)]
 pub struct FakeState {
+    /// Backend entries by id.
     pub backends: HashMap<u32, BackendEntry>,
+    /// Services served.
     pub services: HashMap<ServiceKey, FakeService>,
+    /// Tables that differed from the one served before.
     pub tables_written: usize,
+    /// Backend ids freed, in order.
     pub freed: Vec<u32>,
     /// Counters per backend id, as the data path would count.
     pub counters: HashMap<u32, Counter>,
@@ -47,11 +55,14 @@ pub struct FakeState {
 /// The fake data path.
 #[derive(Debug, Clone)]
 pub struct FakeDatapath {
+    /// The mode it pretends to be.
     pub mode: DatapathMode,
+    /// What it holds (shared by its clones: the test keeps one, the core another).
     pub state: Arc<Mutex<FakeState>>,
 }
 
 impl FakeDatapath {
+    /// An empty fake in `mode`.
     pub fn new(mode: DatapathMode) -> FakeDatapath {
         FakeDatapath {
             mode,
@@ -59,6 +70,7 @@ impl FakeDatapath {
         }
     }
 
+    /// What it holds now.
     pub fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
