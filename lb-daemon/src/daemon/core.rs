@@ -83,8 +83,9 @@ pub enum Command {
 pub enum AfterResolve {
     /// The tick's refresh: apply what was learned.
     Refresh,
-    /// A reload waited for the new backends' MACs.
-    Reload(Box<Config>),
+    /// A reload waited for the new backends' MACs; a later reload supersedes it (the number
+    /// says which reload it is).
+    Reload(Box<Config>, u64),
     /// `lbctl backend add` waited for the new backend's MAC.
     Add(PendingAdd, Reply),
 }
@@ -264,6 +265,9 @@ pub struct Core {
     pub(super) loaded_at: SystemTime,
     pub(super) reloads: u64,
     pub(super) reload_failures: u64,
+    /// Reloads asked for so far: a reload still waiting for MACs when a newer one comes is
+    /// dropped, so a burst of SIGHUPs applies the last config once.
+    reload_gen: u64,
     /// A change is in the engine but not yet in the data path (an apply failed): retried at
     /// the next tick.
     dirty: bool,
@@ -314,6 +318,7 @@ impl Core {
             loaded_at: SystemTime::now(),
             reloads: 0,
             reload_failures: 0,
+            reload_gen: 0,
             dirty: false,
         };
         let report = core.apply()?;
@@ -417,10 +422,13 @@ impl Core {
         }
     }
 
-    /// SIGHUP: reads the config file; a bad one is rejected and the running one kept. New
-    /// backends' MACs are looked up first (without holding anything up meanwhile).
+    /// SIGHUP: reads the config file; a bad one is rejected and the running one kept. The MACs
+    /// of backends new to the config are looked up first (without holding anything up
+    /// meanwhile); backends that were unresolved before are left to the tick's look-ups, so a
+    /// dead backend does not slow every reload down.
     fn reload(&mut self) {
         self.effects.notify(Notify::Reloading);
+        self.reload_gen += 1;
         let new = match Config::load(&self.config_path) {
             Ok(c) => c,
             Err(e) => {
@@ -440,13 +448,16 @@ impl Core {
                 "SIGHUP: [daemon] settings changed; they take effect at the next restart (services are applied now)"
             );
         }
+        let known: BTreeSet<Ipv4Addr> = backend_ips(&self.config, &self.overrides)
+            .into_iter()
+            .collect();
         let missing: Vec<Ipv4Addr> = backend_ips(&new, &self.overrides)
             .into_iter()
-            .filter(|ip| !self.macs.contains_key(ip))
+            .filter(|ip| !self.macs.contains_key(ip) && !known.contains(ip))
             .collect();
         if self.datapath.mode().needs_macs() && !missing.is_empty() {
-            self.effects
-                .resolve(missing, RESOLVE_WAIT, AfterResolve::Reload(Box::new(new)));
+            let then = AfterResolve::Reload(Box::new(new), self.reload_gen);
+            self.effects.resolve(missing, RESOLVE_WAIT, then);
         } else {
             self.reload_apply(new);
         }
@@ -626,7 +637,17 @@ impl Core {
                     tracing::error!(error = %e, "applying learned backend MACs failed; retried at the next tick");
                 }
             }
-            AfterResolve::Reload(config) => self.reload_apply(*config),
+            AfterResolve::Reload(config, generation) if generation == self.reload_gen => {
+                self.reload_apply(*config);
+            }
+            AfterResolve::Reload(..) => {
+                tracing::debug!("SIGHUP: a newer reload supersedes this one");
+                if !learned.is_empty()
+                    && let Err(e) = self.apply()
+                {
+                    tracing::error!(error = %e, "applying learned backend MACs failed; retried at the next tick");
+                }
+            }
             AfterResolve::Add(add, reply) => {
                 let _ = reply.send(respond(self.add_resolved(add)));
             }

@@ -492,6 +492,40 @@ fn reload_applies_a_good_config_and_keeps_the_running_one_on_a_bad_one() {
         "applied, out of rotation"
     );
     assert_eq!(bed.core.reloads, 2);
+
+    // A backend that was unresolved before does not make a reload wait again.
+    std::fs::write(
+        &path,
+        CONFIG.replace(
+            "{ addr = \"198.18.0.21\" }",
+            "{ addr = \"198.18.0.21\", weight = 3 }, { addr = \"198.18.0.99\" }",
+        ),
+    )
+    .expect("write");
+    bed.core.handle(Command::Reload);
+    assert!(bed.effects.asked().resolves.is_empty());
+    assert_eq!(bed.core.reloads, 3);
+
+    // A burst of reloads that wait: only the last one is applied.
+    for weight in [7, 8] {
+        std::fs::write(
+            &path,
+            CONFIG.replace(
+                "{ addr = \"198.18.0.21\" }",
+                &format!(
+                    "{{ addr = \"198.18.0.21\", weight = {weight} }}, {{ addr = \"198.18.0.98\" }}"
+                ),
+            ),
+        )
+        .expect("write");
+        bed.core.handle(Command::Reload);
+    }
+    assert_eq!(bed.run_resolves(&HashMap::new()), 2);
+    assert_eq!(bed.core.reloads, 4, "the superseded reload is dropped");
+    assert_eq!(
+        bed.core.engine.backend(&key, ip(21)).map(|b| b.weight),
+        Some(8)
+    );
 }
 
 #[test]
