@@ -41,6 +41,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench_core;
 pub mod bench_failover;
 pub mod bench_net;
 pub mod bench_xdp;
