@@ -772,9 +772,20 @@ impl AdvertCapture {
         let file = std::env::temp_dir().join(format!("lbdt-{}-adverts.pcap", topo.tag()));
         let ns = topo.try_ns(host)?;
         let mut cmd = ns.command("tcpdump");
-        cmd.args(["-i", "eth0", "-n", "-U", "-c", "100000", "-w"])
-            .arg(&file)
-            .arg("ip proto 112");
+        // Immediate mode: libpcap otherwise hands packets over a block at a time (up to a
+        // second late), and stopping it would lose the last ones.
+        cmd.args([
+            "-i",
+            "eth0",
+            "-n",
+            "-U",
+            "--immediate-mode",
+            "-c",
+            "100000",
+            "-w",
+        ])
+        .arg(&file)
+        .arg("ip proto 112");
         let process = ns.spawn(cmd)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !process.stderr_tail().contains("listening on") {
@@ -795,8 +806,9 @@ impl AdvertCapture {
     /// Stops the capture; returns the adverts and the capture's start and end (Unix seconds).
     fn finish(mut self) -> Result<(Vec<Advert>, f64, f64)> {
         let ended = unix_now();
-        // tcpdump flushes (-U) each packet; give the last one a moment, then stop it.
-        std::thread::sleep(Duration::from_millis(100));
+        // tcpdump writes (-U) each packet as it gets it; give the last ones time to arrive,
+        // longer than libpcap's block timeout should immediate mode be missing, then stop it.
+        std::thread::sleep(Duration::from_millis(1200));
         let _ = self.process.terminate(Duration::from_secs(5));
         let bytes = std::fs::read(&self.file)
             .with_context(|| format!("reading {}", self.file.display()))?;
