@@ -67,7 +67,7 @@ mod tests {
 
     #[test]
     fn flow_hash_is_stable_and_spreads() {
-        // A fixed value pins the function: both nodes and every release must agree on it.
+        // Deterministic; `hashes_are_pinned` pins the literal values.
         let k = key([198, 18, 0, 10], 40000);
         assert_eq!(flow_hash(&k), flow_hash(&k));
         let mut seen = [0u32; 16];
@@ -90,5 +90,43 @@ mod tests {
             bytes_hash(1, b"198.18.0.22:80")
         );
         assert_ne!(bytes_hash(1, b""), bytes_hash(1, b"\0"));
+    }
+
+    /// Literal values pin the hashes. A change to `flow_hash` moves established flows to other
+    /// backends when lbd is upgraded, and between two nodes running different versions (a failover
+    /// then breaks every stream); a change to `bytes_hash` reshuffles every Maglev table. If this
+    /// test fails, the change must be deliberate, and released as such. Computed once with the
+    /// implementation of lbd 0.1 on a little-endian host (x86_64, and the eBPF target bpfel): the
+    /// key fields are network-order values read as native integers, so a big-endian host
+    /// (bpfeb) gets other, self-consistent values.
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn hashes_are_pinned() {
+        let ip = u32::from_ne_bytes;
+        let tcp = crate::IPPROTO_TCP;
+        let udp = crate::IPPROTO_UDP;
+        let vip = ip([198, 18, 0, 100]);
+        #[rustfmt::skip]
+        let cases: [(FlowKey, u32, u32); 6] = [
+            (FlowKey::new(ip([198, 18, 0, 10]), vip, 40000u16.to_be(), 80u16.to_be(), tcp), 0xca62_c3b2, 63825),
+            (FlowKey::new(ip([198, 18, 0, 10]), vip, 40001u16.to_be(), 80u16.to_be(), tcp), 0xcd57_b8ce, 60280),
+            (FlowKey::new(ip([203, 0, 113, 7]), vip, 53000u16.to_be(), 5353u16.to_be(), udp), 0x14f3_7458, 24421),
+            // A client-address-only key: the client port is zeroed.
+            (FlowKey::new(ip([198, 18, 0, 10]), vip, 0, 80u16.to_be(), tcp), 0xe996_643e, 31401),
+            (FlowKey::new(0, 0, 0, 0, 0), 0xa90f_465a, 40268),
+            (FlowKey::new(u32::MAX, u32::MAX, u16::MAX, u16::MAX, u8::MAX), 0xcfc5_f149, 8580),
+        ];
+        for (key, hash, slot) in cases {
+            assert_eq!(flow_hash(&key), hash, "flow_hash({key:?})");
+            assert_eq!(maglev_slot(hash), slot, "maglev_slot({hash:#x})");
+        }
+        assert_eq!(mix64(0), 0);
+        assert_eq!(mix64(1), 0xb456_bcfc_34c2_cb2c);
+        assert_eq!(bytes_hash(0, b""), 0x717f_5c0e_8b9c_9ae6);
+        assert_eq!(
+            bytes_hash(0x6c62_645f_6d61_676c, b"198.18.0.21:80"),
+            0xe6af_38e5_ffac_549f
+        );
+        assert_eq!(bytes_hash(1, b"198.18.0.22:80"), 0x0528_8552_3cbe_cd04);
     }
 }

@@ -74,6 +74,8 @@ pub enum Request {
     },
 }
 
+pub use crate::status::Status;
+
 /// The daemon's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "result")]
@@ -90,116 +92,6 @@ pub enum Response {
         /// One line.
         message: String,
     },
-}
-
-/// What `lbctl status` shows.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Status {
-    /// lbd version.
-    pub version: String,
-    /// Config file in use.
-    pub config_path: String,
-    /// State file holding the runtime changes.
-    pub state_file: String,
-    /// Interface.
-    pub interface: String,
-    /// Data path in use: `xdp-native` or `xdp-generic`.
-    pub datapath: String,
-    /// Why this data path (the configured mode and any fallback).
-    pub datapath_reason: String,
-    /// Seconds since the daemon started.
-    pub uptime_s: u64,
-    /// Unix time of the last config load.
-    pub config_loaded_unix: u64,
-    /// Connection table entries.
-    pub conntrack_entries: u64,
-    /// Connection table capacity.
-    pub conntrack_max: u32,
-    /// Packets the data path passed to the kernel or dropped, by reason.
-    pub reasons: Vec<ReasonCount>,
-    /// Services.
-    pub services: Vec<ServiceStatus>,
-    /// VRRP, when configured.
-    pub vrrp: Option<VrrpStatus>,
-}
-
-/// The VRRP speaker in the status.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct VrrpStatus {
-    /// Virtual router id.
-    pub vrid: u8,
-    /// `INIT`, `BACKUP` or `MASTER`.
-    pub state: String,
-    /// Priority in effect (configured, less failed tracked conditions).
-    pub priority: u8,
-    /// Configured priority.
-    pub configured_priority: u8,
-    /// The current master's address, when known.
-    pub master: Option<String>,
-    /// Unix time (seconds, fractional) of the last state change.
-    pub last_transition_unix: Option<f64>,
-    /// Times this node became master.
-    pub became_master: u64,
-    /// Adverts received and accepted.
-    pub adverts_accepted: u64,
-    /// Adverts dropped, by reason.
-    pub adverts_dropped: Vec<ReasonCount>,
-    /// Tracked conditions that are failing.
-    pub failed_conditions: Vec<String>,
-}
-
-/// A pass/drop reason and its packet count.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ReasonCount {
-    /// Reason name, e.g. `pass_not_vip`.
-    pub reason: String,
-    /// Packets.
-    pub packets: u64,
-}
-
-/// One service in the status.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ServiceStatus {
-    /// Name.
-    pub name: String,
-    /// VIP:port.
-    pub vip: String,
-    /// tcp or udp.
-    pub proto: String,
-    /// Scheduler.
-    pub scheduler: String,
-    /// Packets forwarded.
-    pub packets: u64,
-    /// Bytes forwarded.
-    pub bytes: u64,
-    /// Backends, including removed ones that still carry flows.
-    pub backends: Vec<BackendStatus>,
-}
-
-/// One backend in the status.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BackendStatus {
-    /// Address.
-    pub addr: String,
-    /// Weight.
-    pub weight: u32,
-    /// `active`, `draining`, `maintenance`, `down` (health checks), `removed`, or
-    /// `unresolved` (no MAC yet: out of rotation).
-    pub state: String,
-    /// Where the backend comes from: `config` or `lbctl` (state file).
-    pub source: String,
-    /// Runtime changes that differ from the config file, e.g. `weight 3 by lbctl (config: 1)`.
-    pub overrides: Vec<String>,
-    /// MAC, when resolved.
-    pub mac: Option<String>,
-    /// Packets forwarded.
-    pub packets: u64,
-    /// Bytes forwarded.
-    pub bytes: u64,
-    /// Open flows pinned to it.
-    pub flows: u64,
-    /// Flows that saw a FIN or RST and are ending.
-    pub closing_flows: u64,
 }
 
 /// Errors of the control socket.
@@ -378,7 +270,11 @@ mod tests {
         let listener = bind(&path).await.unwrap();
         let server = tokio::spawn(serve(
             listener,
-            Arc::new(|_req: Request| async { Response::Status(Box::default()) }),
+            Arc::new(|_req: Request| async {
+                Response::Done {
+                    message: "status".into(),
+                }
+            }),
         ));
         let mut s = UnixStream::connect(&path).await.unwrap();
         s.write_all(raw).await.unwrap();

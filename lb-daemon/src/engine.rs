@@ -1,31 +1,31 @@
-//! The balancer's model: services and backends with stable ids, turned into data path writes.
+//! The balancer's model: services and backends with stable ids, turned into data path calls.
 //!
-//! The engine owns the mapping from config to the shared tables (VIPS, RINGS, BACKENDS) and
-//! writes them through the [`Dataplane`] trait, so the same logic drives the XDP maps, the
-//! fixture tests and (later) the userspace proxy. Its rules:
+//! The engine owns the mapping from config, runtime overrides, health and MACs to what the data
+//! path serves, and drives it through the [`Datapath`] trait, so the same logic feeds XDP, the
+//! proxy, the program tests and the unit tests' fake. Its rules:
 //! - ids are stable: a service keeps its id and a backend its id across reloads, so connection
 //!   table entries (flow → backend id) stay valid when the table changes;
-//! - a new Maglev table is written into the service's idle ring, then the VIPS entry is switched
-//!   to it in one map update, so no packet sees a half-written table;
-//! - a backend that leaves the config is marked REMOVED (no new flows, established ones go on)
-//!   and its id is freed only once no flow uses it;
+//! - each service has one Maglev table over its backends in rotation, built here once per change
+//!   of that set ([`maglev::id_table`]) and handed to whichever data path runs;
+//! - a backend that leaves the config is REMOVED (no new flows, established ones go on) and its
+//!   id is freed only once no flow uses it;
 //! - the backends of a service are the config's, changed by the runtime overrides of `lbctl`
-//!   ([`Overrides`]) and by health checks (a backend that fails them is DOWN).
+//!   ([`Overrides`]), by health checks (a backend that fails them is DOWN; the engine holds the
+//!   one copy of that verdict) and, on XDP, by whether its MAC is known.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
 };
 
-use lb_common::{
-    Backend, Counter, MAGLEV_M, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, STATS_BACKEND_BASE,
-    STATS_SERVICE_BASE, VIP_FLAG_SRC_ONLY, VipInfo, VipKey, backend_state,
-};
+use lb_common::{Counter, MAX_BACKENDS, MAX_SERVICES};
 
 use crate::{
     config::{Config, Scheduler, ServiceConfig, ServiceKey},
-    maglev,
-    state::{AdminOverride, Overrides},
+    datapath::{BackendEntry, Datapath, DatapathCounters, DatapathError, ServiceEntry},
+    maglev::{self, Member},
+    model::BackendState,
+    overrides::{Admin, Overrides},
 };
 
 /// Errors from the engine or the data path under it.
@@ -41,38 +41,9 @@ pub enum EngineError {
         /// The limit.
         max: u32,
     },
-    /// The data path refused a write.
+    /// The data path refused a change.
     #[error("data path update failed: {0}")]
-    Dataplane(String),
-}
-
-/// Writes to the shared tables. Implemented by the XDP maps and by test fakes.
-pub trait Dataplane {
-    /// Sets BACKENDS[id].
-    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), EngineError>;
-    /// Writes a whole Maglev table into ring `ring` (`MAGLEV_M` backend ids).
-    fn write_ring(&mut self, ring: u32, table: &[u32]) -> Result<(), EngineError>;
-    /// Inserts or replaces a VIPS entry.
-    fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), EngineError>;
-    /// Removes a VIPS entry.
-    fn remove_vip(&mut self, key: &VipKey) -> Result<(), EngineError>;
-    /// Returns a freed backend's counters and zeroes them, so that the next backend given the
-    /// id starts from zero.
-    fn retire_backend(&mut self, id: u32) -> Result<Counter, EngineError>;
-}
-
-/// Administrative state of a backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Admin {
-    /// In rotation (when its MAC is known and health checks pass).
-    Active,
-    /// Drained by an operator: no new flows, established ones go on.
-    Draining,
-    /// In maintenance by an operator: no new flows, established ones go on.
-    Maintenance,
-    /// Gone from the config or removed by an operator; kept while flows use it.
-    Removed,
+    Datapath(#[from] DatapathError),
 }
 
 /// Where a backend comes from.
@@ -85,20 +56,31 @@ pub enum Source {
     Lbctl,
 }
 
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Source::Config => "config",
+            Source::Lbctl => "lbctl",
+        })
+    }
+}
+
 /// A backend as the engine tracks it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendRec {
-    /// Stable id: BACKENDS index and STATS index offset.
+    /// Stable id: BACKENDS index and counter key.
     pub id: u32,
     /// Address.
     pub addr: Ipv4Addr,
     /// Weight.
     pub weight: u32,
-    /// Administrative state.
-    pub admin: Admin,
+    /// Taken out of rotation by an operator.
+    pub admin: Option<Admin>,
+    /// Gone from the config or removed by an operator; kept while flows use it.
+    pub removed: bool,
     /// Failed its health checks.
     pub health_down: bool,
-    /// Resolved MAC; a backend without one is out of rotation.
+    /// Resolved MAC; on XDP a backend without one is out of rotation.
     pub mac: Option<[u8; 6]>,
     /// Where it comes from.
     pub source: Source,
@@ -106,36 +88,34 @@ pub struct BackendRec {
     pub config_weight: Option<u32>,
     /// Whether the data path needs the backend's MAC (XDP does; the proxy's kernel resolves it).
     pub mac_required: bool,
+    /// What the data path was last given, so that an unchanged backend is not written again.
+    written: Option<BackendEntry>,
 }
 
 impl BackendRec {
-    /// The state the data path sees.
-    pub fn dataplane_state(&self) -> u32 {
+    /// Its state; the reasons for being out of rotation rank removed, maintenance, draining,
+    /// down, unresolved.
+    pub fn state(&self) -> BackendState {
         match self.admin {
-            Admin::Removed => backend_state::REMOVED,
-            Admin::Maintenance => backend_state::MAINTENANCE,
-            Admin::Draining => backend_state::DRAINING,
-            Admin::Active if self.health_down => backend_state::DOWN,
-            Admin::Active => backend_state::ACTIVE,
+            _ if self.removed => BackendState::Removed,
+            Some(Admin::Maintenance) => BackendState::Maintenance,
+            Some(Admin::Draining) => BackendState::Draining,
+            None if self.health_down => BackendState::Down,
+            None if self.mac.is_none() && self.mac_required => BackendState::Unresolved,
+            None => BackendState::Active,
         }
     }
 
     /// Whether the backend takes new flows.
     pub fn in_rotation(&self) -> bool {
-        self.admin == Admin::Active
-            && !self.health_down
-            && (self.mac.is_some() || !self.mac_required)
+        self.state().in_rotation()
     }
 
-    /// The state name `lbctl status` and metrics show.
-    pub fn state_name(&self) -> &'static str {
-        match self.admin {
-            Admin::Removed => "removed",
-            Admin::Maintenance => "maintenance",
-            Admin::Draining => "draining",
-            Admin::Active if self.health_down => "down",
-            Admin::Active if self.mac.is_none() && self.mac_required => "unresolved",
-            Admin::Active => "active",
+    fn entry(&self) -> BackendEntry {
+        BackendEntry {
+            addr: self.addr,
+            mac: self.mac,
+            state: self.state(),
         }
     }
 }
@@ -144,7 +124,8 @@ impl BackendRec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Wanted {
     weight: u32,
-    admin: Admin,
+    admin: Option<Admin>,
+    removed: bool,
     source: Source,
     config_weight: Option<u32>,
 }
@@ -158,7 +139,8 @@ fn wanted_backends(sc: &ServiceConfig, overrides: &Overrides) -> BTreeMap<Ipv4Ad
         .map(|b| {
             let w = Wanted {
                 weight: b.weight,
-                admin: Admin::Active,
+                admin: None,
+                removed: false,
                 source: Source::Config,
                 config_weight: Some(b.weight),
             };
@@ -172,7 +154,8 @@ fn wanted_backends(sc: &ServiceConfig, overrides: &Overrides) -> BTreeMap<Ipv4Ad
                 // An override of a backend the config no longer lists: only runtime additions count.
                 None if o.added => out.entry(*addr).or_insert(Wanted {
                     weight: 1,
-                    admin: Admin::Active,
+                    admin: None,
+                    removed: false,
                     source: Source::Lbctl,
                     config_weight: None,
                 }),
@@ -181,14 +164,8 @@ fn wanted_backends(sc: &ServiceConfig, overrides: &Overrides) -> BTreeMap<Ipv4Ad
             if let Some(w) = o.weight {
                 entry.weight = w;
             }
-            entry.admin = match o.admin {
-                Some(AdminOverride::Draining) => Admin::Draining,
-                Some(AdminOverride::Maintenance) => Admin::Maintenance,
-                None => Admin::Active,
-            };
-            if o.removed {
-                entry.admin = Admin::Removed;
-            }
+            entry.admin = o.admin;
+            entry.removed = o.removed;
         }
     }
     out
@@ -197,35 +174,36 @@ fn wanted_backends(sc: &ServiceConfig, overrides: &Overrides) -> BTreeMap<Ipv4Ad
 /// A service as the engine tracks it.
 #[derive(Debug, Clone)]
 pub struct Service {
-    /// Stable id (STATS index offset; rings `2*id` and `2*id+1`).
+    /// Stable id.
     pub id: u32,
     /// Its config.
     pub config: ServiceConfig,
-    /// The ring in use now.
-    pub ring: u32,
-    /// The table in the ring in use (backend ids), empty before the first write.
-    pub table: Vec<u32>,
     /// Backends, including removed ones that still carry flows, by address.
     pub backends: BTreeMap<Ipv4Addr, BackendRec>,
-    /// Packets and bytes of its backends freed so far: the data path counts per backend only
-    /// (see [`Engine::fill_service_stats`]).
+    /// Packets and bytes of its backends freed so far: the data paths count per backend only
+    /// (see [`Engine::service_counter`]).
     pub retired: Counter,
+    /// The scheduler and members the data path serves now; None before the first write.
+    served: Option<(Scheduler, Vec<Member>)>,
 }
 
 impl Service {
-    /// The VIPS key of this service.
-    pub fn vip_key(&self) -> VipKey {
-        vip_key(&self.config.key())
+    /// The backends in rotation, as the table is built over them (sorted by address).
+    pub fn members(&self) -> Vec<Member> {
+        self.backends
+            .values()
+            .filter(|b| b.in_rotation())
+            .map(|b| Member {
+                id: b.id,
+                addr: b.addr.into(),
+                weight: b.weight,
+            })
+            .collect()
     }
-}
 
-/// The VIPS key of a service.
-pub fn vip_key(key: &ServiceKey) -> VipKey {
-    VipKey {
-        addr_be: u32::from_ne_bytes(key.vip.ip().octets()),
-        port_be: key.vip.port().to_be(),
-        proto: key.proto.number(),
-        _pad: 0,
+    /// The Maglev table over [`Service::members`], in backend ids.
+    pub fn table(&self) -> Vec<u32> {
+        maglev::id_table(&self.members())
     }
 }
 
@@ -249,7 +227,7 @@ pub struct ApplyReport {
     pub backends_added: usize,
     /// Backends marked removed.
     pub backends_removed: usize,
-    /// Maglev tables rewritten.
+    /// Maglev tables rebuilt and handed to the data path.
     pub tables_written: usize,
 }
 
@@ -279,16 +257,35 @@ impl Engine {
         self.services.get(key)
     }
 
+    /// A backend of a service.
+    pub fn backend(&self, key: &ServiceKey, addr: Ipv4Addr) -> Option<&BackendRec> {
+        self.services.get(key).and_then(|s| s.backends.get(&addr))
+    }
+
+    /// Records a health verdict; true when it changed the backend (apply to take effect).
+    pub fn set_health_down(&mut self, key: &ServiceKey, addr: Ipv4Addr, down: bool) -> bool {
+        match self
+            .services
+            .get_mut(key)
+            .and_then(|s| s.backends.get_mut(&addr))
+        {
+            Some(b) if b.health_down != down => {
+                b.health_down = down;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Makes the data path match `config` changed by `overrides`. `macs` holds the resolved MAC
     /// of each backend address known so far (backends without one stay out of rotation until a
-    /// later apply); `down` holds the (service, backend) pairs failing their health checks.
+    /// later apply). Only what changed reaches the data path.
     pub fn apply(
         &mut self,
         config: &Config,
         overrides: &Overrides,
-        down: &BTreeSet<(ServiceKey, Ipv4Addr)>,
         macs: &HashMap<Ipv4Addr, [u8; 6]>,
-        dp: &mut dyn Dataplane,
+        dp: &mut dyn Datapath,
     ) -> Result<ApplyReport, EngineError> {
         let mut report = ApplyReport::default();
         let wanted: BTreeSet<ServiceKey> = config.services.iter().map(|s| s.key()).collect();
@@ -302,10 +299,11 @@ impl Engine {
             .copied()
             .collect();
         for key in gone {
+            dp.remove_service(&key)?;
             if let Some(svc) = self.services.remove(&key) {
-                dp.remove_vip(&svc.vip_key())?;
                 for b in svc.backends.values() {
-                    self.free_backend(b.id, dp)?;
+                    dp.free_backend(b.id)?;
+                    self.free_backend_ids.insert(b.id);
                 }
                 self.free_service_ids.insert(svc.id);
                 report.services_removed += 1;
@@ -321,10 +319,9 @@ impl Engine {
                     Service {
                         id,
                         config: sc.clone(),
-                        ring: 2 * id,
-                        table: Vec::new(),
                         backends: BTreeMap::new(),
                         retired: Counter::default(),
+                        served: None,
                     },
                 );
                 report.services_added += 1;
@@ -338,7 +335,7 @@ impl Engine {
             for (addr, w) in &wanted {
                 let rec = match svc.backends.get_mut(addr) {
                     Some(rec) => rec,
-                    None if w.admin == Admin::Removed => continue,
+                    None if w.removed => continue,
                     None => {
                         let id = take_id(&mut self.free_backend_ids, "backend", MAX_BACKENDS)?;
                         report.backends_added += 1;
@@ -346,38 +343,46 @@ impl Engine {
                             id,
                             addr: *addr,
                             weight: w.weight,
-                            admin: Admin::Active,
+                            admin: None,
+                            removed: false,
                             health_down: false,
                             mac: None,
                             source: w.source,
                             config_weight: w.config_weight,
                             mac_required: self.mac_required,
+                            written: None,
                         })
                     }
                 };
-                if w.admin == Admin::Removed && rec.admin != Admin::Removed {
+                if w.removed && !rec.removed {
                     report.backends_removed += 1;
                 }
                 rec.weight = w.weight;
                 rec.admin = w.admin;
+                rec.removed = w.removed;
                 rec.source = w.source;
                 rec.config_weight = w.config_weight;
-                rec.health_down = down.contains(&(key, *addr));
                 if let Some(mac) = macs.get(addr) {
                     rec.mac = Some(*mac);
                 }
             }
             for rec in svc.backends.values_mut() {
-                if !wanted.contains_key(&rec.addr) && rec.admin != Admin::Removed {
-                    rec.admin = Admin::Removed;
+                if !wanted.contains_key(&rec.addr) && !rec.removed {
+                    rec.removed = true;
                     report.backends_removed += 1;
                 }
+                // A backend no longer checked cannot stay down.
+                rec.health_down &= sc.health.is_some();
             }
-            // BACKENDS entries before the table that points at them.
-            for rec in svc.backends.values() {
-                dp.set_backend(rec.id, &backend_value(rec))?;
+            // Backend entries before the table that points at them.
+            for rec in svc.backends.values_mut() {
+                let entry = rec.entry();
+                if rec.written != Some(entry) {
+                    dp.set_backend(rec.id, &entry)?;
+                    rec.written = Some(entry);
+                }
             }
-            if write_table(svc, dp)? {
+            if serve(svc, dp)? {
                 report.tables_written += 1;
             }
         }
@@ -390,22 +395,20 @@ impl Engine {
         &mut self,
         key: &ServiceKey,
         addr: Ipv4Addr,
-        dp: &mut dyn Dataplane,
+        dp: &mut dyn Datapath,
     ) -> Result<Option<u32>, EngineError> {
         let Some(svc) = self.services.get_mut(key) else {
             return Ok(None);
         };
-        match svc.backends.get(&addr) {
-            Some(b) if b.admin == Admin::Removed => {}
-            _ => return Ok(None),
+        if !svc.backends.get(&addr).is_some_and(|b| b.removed) {
+            return Ok(None);
         }
         let Some(b) = svc.backends.remove(&addr) else {
             return Ok(None);
         };
-        let last = self.free_backend(b.id, dp)?;
-        if let Some(svc) = self.services.get_mut(key) {
-            svc.retired.add(last);
-        }
+        let last = dp.free_backend(b.id)?;
+        svc.retired.add(last);
+        self.free_backend_ids.insert(b.id);
         Ok(Some(b.id))
     }
 
@@ -414,63 +417,40 @@ impl Engine {
     pub fn reap_removed(
         &mut self,
         flows_of: impl Fn(u32) -> u64,
-        dp: &mut dyn Dataplane,
+        dp: &mut dyn Datapath,
     ) -> Result<Vec<u32>, EngineError> {
         let mut freed = Vec::new();
-        for (key, svc) in self.services.iter_mut() {
+        for svc in self.services.values_mut() {
             let idle: Vec<Ipv4Addr> = svc
                 .backends
                 .values()
-                .filter(|b| b.admin == Admin::Removed && flows_of(b.id) == 0)
+                .filter(|b| b.removed && flows_of(b.id) == 0)
                 .map(|b| b.addr)
                 .collect();
             for addr in idle {
-                if let Some(b) = svc.backends.remove(&addr) {
-                    freed.push((*key, b.id));
-                }
-            }
-        }
-        for &(key, id) in &freed {
-            let last = self.free_backend(id, dp)?;
-            if let Some(svc) = self.services.get_mut(&key) {
+                let Some(id) = svc.backends.get(&addr).map(|b| b.id) else {
+                    continue;
+                };
+                // Forget it only once the data path has: a failed free is tried again.
+                let last = dp.free_backend(id)?;
+                svc.backends.remove(&addr);
                 svc.retired.add(last);
+                self.free_backend_ids.insert(id);
+                freed.push(id);
             }
         }
-        Ok(freed.into_iter().map(|(_, id)| id).collect())
+        Ok(freed)
     }
 
-    /// Takes a backend out of the data path and frees its id; returns its last counters.
-    fn free_backend(&mut self, id: u32, dp: &mut dyn Dataplane) -> Result<Counter, EngineError> {
-        dp.set_backend(
-            id,
-            &Backend {
-                mac: [0; 6],
-                _pad: [0; 2],
-                addr_be: 0,
-                state: backend_state::REMOVED,
-            },
-        )?;
-        let last = dp.retire_backend(id)?;
-        self.free_backend_ids.insert(id);
-        Ok(last)
-    }
-
-    /// Fills the service slots of counters in the STATS layout from the backend slots: the data
-    /// path counts a forwarded packet once, for its backend (one per-CPU counter touched per
-    /// packet, not two), so a service's figure is what its backends have now plus what its
-    /// freed backends had.
-    pub fn fill_service_stats(&self, stats: &mut [Counter]) {
-        for svc in self.services.values() {
-            let mut total = svc.retired;
-            for b in svc.backends.values() {
-                if let Some(c) = stats.get((STATS_BACKEND_BASE + b.id) as usize) {
-                    total.add(*c);
-                }
-            }
-            if let Some(slot) = stats.get_mut((STATS_SERVICE_BASE + svc.id) as usize) {
-                *slot = total;
-            }
+    /// A service's counter: the data path counts a forwarded packet once, for its backend (one
+    /// per-CPU counter touched per packet, not two), so a service's figure is what its backends
+    /// have now plus what its freed backends had.
+    pub fn service_counter(&self, svc: &Service, counters: &DatapathCounters) -> Counter {
+        let mut total = svc.retired;
+        for b in svc.backends.values() {
+            total.add(counters.backend(b.id));
         }
+        total
     }
 }
 
@@ -478,111 +458,35 @@ fn take_id(free: &mut BTreeSet<u32>, kind: &'static str, max: u32) -> Result<u32
     free.pop_first().ok_or(EngineError::NoFreeId { kind, max })
 }
 
-fn backend_value(rec: &BackendRec) -> Backend {
-    Backend {
-        mac: rec.mac.unwrap_or([0; 6]),
-        _pad: [0; 2],
-        addr_be: u32::from_ne_bytes(rec.addr.octets()),
-        state: rec.dataplane_state(),
-    }
-}
-
-/// Rebuilds the service's Maglev table; when it differs, writes it to the idle ring and switches
-/// VIPS to it. Returns whether a table was written.
-fn write_table(svc: &mut Service, dp: &mut dyn Dataplane) -> Result<bool, EngineError> {
-    let members: Vec<&BackendRec> = svc.backends.values().filter(|b| b.in_rotation()).collect();
-    let names: Vec<String> = members.iter().map(|b| b.addr.to_string()).collect();
-    let entries: Vec<maglev::Entry> = members
-        .iter()
-        .zip(&names)
-        .map(|(b, n)| maglev::Entry {
-            name: n,
-            weight: b.weight,
-        })
-        .collect();
-    let table: Vec<u32> = if entries.is_empty() {
-        vec![NO_BACKEND; MAGLEV_M as usize]
-    } else {
-        maglev::build(&entries, MAGLEV_M)
-            .into_iter()
-            .map(|i| members[i as usize].id)
-            .collect()
-    };
-    let flags = match svc.config.scheduler {
-        Scheduler::Sh => VIP_FLAG_SRC_ONLY,
-        // rr, wrr and lc exist only in the userspace proxy, which does not read VIPS flags.
-        Scheduler::Maglev | Scheduler::Rr | Scheduler::Wrr | Scheduler::Lc => 0,
-    };
-    let info_now = VipInfo {
-        service_id: svc.id,
-        ring: svc.ring,
-        flags,
-        _pad: 0,
-    };
-    if table == svc.table {
-        // Same table; the flags may still have changed (scheduler maglev <-> sh).
-        dp.set_vip(&svc.vip_key(), &info_now)?;
+/// Hands the service to the data path when its scheduler or its members changed: the one Maglev
+/// build per change. Returns whether a table was built.
+fn serve(svc: &mut Service, dp: &mut dyn Datapath) -> Result<bool, EngineError> {
+    let members = svc.members();
+    let scheduler = svc.config.scheduler;
+    let table_changed = svc.served.as_ref().is_none_or(|(_, m)| *m != members);
+    if !table_changed && svc.served.as_ref().is_some_and(|(s, _)| *s == scheduler) {
         return Ok(false);
     }
-    let idle = if svc.table.is_empty() {
-        svc.ring
-    } else {
-        svc.ring ^ 1
-    };
-    dp.write_ring(idle, &table)?;
-    dp.set_vip(
-        &svc.vip_key(),
-        &VipInfo {
-            ring: idle,
-            ..info_now
-        },
-    )?;
-    svc.ring = idle;
-    svc.table = table;
-    Ok(true)
+    let table = maglev::id_table(&members);
+    dp.set_service(&ServiceEntry {
+        id: svc.id,
+        key: svc.config.key(),
+        name: &svc.config.name,
+        scheduler,
+        members: &members,
+        table: &table,
+    })?;
+    svc.served = Some((scheduler, members));
+    Ok(table_changed)
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::config::Config;
-
-    /// An in-memory data path: what the maps would hold.
-    #[derive(Default)]
-    pub struct FakeDataplane {
-        pub backends: HashMap<u32, Backend>,
-        pub rings: HashMap<u32, Vec<u32>>,
-        pub vips: HashMap<VipKey, VipInfo>,
-        pub ring_writes: usize,
-    }
-
-    impl Dataplane for FakeDataplane {
-        fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), EngineError> {
-            self.backends.insert(id, *b);
-            Ok(())
-        }
-        fn write_ring(&mut self, ring: u32, table: &[u32]) -> Result<(), EngineError> {
-            self.rings.insert(ring, table.to_vec());
-            self.ring_writes += 1;
-            Ok(())
-        }
-        fn set_vip(&mut self, k: &VipKey, v: &VipInfo) -> Result<(), EngineError> {
-            self.vips.insert(*k, *v);
-            Ok(())
-        }
-        fn remove_vip(&mut self, k: &VipKey) -> Result<(), EngineError> {
-            self.vips.remove(k);
-            Ok(())
-        }
-        fn retire_backend(&mut self, id: u32) -> Result<Counter, EngineError> {
-            // As if each backend had carried id + 1 packets of 100 bytes.
-            let packets = u64::from(id) + 1;
-            Ok(Counter {
-                packets,
-                bytes: packets * 100,
-            })
-        }
-    }
+    use crate::datapath::{
+        DatapathMode,
+        fake::{FakeDatapath, FakeService},
+    };
 
     fn config(backends: &[&str]) -> Config {
         let list: Vec<String> = backends
@@ -590,10 +494,10 @@ pub(crate) mod tests {
             .map(|b| format!("{{ addr = \"{b}\" }}"))
             .collect();
         Config::parse(&format!(
-            "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"198.18.0.100:80\"\nbackends = [{}]\n",
+            "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"198.18.0.100:80\"\nhealth = {{}}\nbackends = [{}]\n",
             list.join(", ")
         ))
-        .unwrap()
+        .expect("test config")
     }
 
     fn macs() -> HashMap<Ipv4Addr, [u8; 6]> {
@@ -602,87 +506,95 @@ pub(crate) mod tests {
             .collect()
     }
 
-    fn live_table(dp: &FakeDataplane) -> (VipInfo, Vec<u32>) {
-        let info = *dp.vips.values().next().unwrap();
-        (info, dp.rings[&info.ring].clone())
+    fn ip(n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, 0, n)
+    }
+
+    fn fake() -> FakeDatapath {
+        FakeDatapath::new(DatapathMode::XdpNative)
+    }
+
+    fn served(dp: &FakeDatapath) -> FakeService {
+        dp.state()
+            .services
+            .values()
+            .next()
+            .cloned()
+            .expect("one service")
+    }
+
+    fn ids(table: &[u32]) -> BTreeSet<u32> {
+        table.iter().copied().collect()
     }
 
     #[test]
-    fn ids_are_stable_and_tables_switch_rings() {
+    fn ids_are_stable_and_tables_are_built_once_per_change() {
         let mut e = Engine::new();
-        let mut dp = FakeDataplane::default();
-        e.apply(
-            &config(&["198.18.0.21", "198.18.0.22", "198.18.0.23"]),
-            &Default::default(),
-            &Default::default(),
-            &macs(),
-            &mut dp,
-        )
-        .unwrap();
-        let (info1, t1) = live_table(&dp);
-        let ids1: BTreeSet<u32> = t1.iter().copied().collect();
+        let mut dp = fake();
+        let three = config(&["198.18.0.21", "198.18.0.22", "198.18.0.23"]);
+        e.apply(&three, &Overrides::default(), &macs(), &mut dp)
+            .expect("apply");
+        let ids1 = ids(&served(&dp).table);
         assert_eq!(ids1.len(), 3);
 
-        // Same config again: nothing rewritten.
+        // Same config again: nothing rebuilt, nothing written.
         let r = e
-            .apply(
-                &config(&["198.18.0.21", "198.18.0.22", "198.18.0.23"]),
-                &Default::default(),
-                &Default::default(),
-                &macs(),
-                &mut dp,
-            )
-            .unwrap();
+            .apply(&three, &Overrides::default(), &macs(), &mut dp)
+            .expect("apply");
         assert_eq!(r.tables_written, 0);
+        assert_eq!(dp.state().tables_written, 1);
 
-        // One backend leaves: the new table goes to the other ring; the others keep their ids.
+        // One backend leaves: a new table; the others keep their ids.
         let r = e
             .apply(
                 &config(&["198.18.0.21", "198.18.0.22"]),
-                &Default::default(),
-                &Default::default(),
+                &Overrides::default(),
                 &macs(),
                 &mut dp,
             )
-            .unwrap();
-        assert_eq!(r.backends_removed, 1);
-        let (info2, t2) = live_table(&dp);
-        assert_eq!(info2.ring, info1.ring ^ 1);
-        let ids2: BTreeSet<u32> = t2.iter().copied().collect();
+            .expect("apply");
+        assert_eq!((r.backends_removed, r.tables_written), (1, 1));
+        let ids2 = ids(&served(&dp).table);
         assert!(ids2.is_subset(&ids1) && ids2.len() == 2);
-        let gone = *ids1.difference(&ids2).next().unwrap();
-        assert_eq!(dp.backends[&gone].state, backend_state::REMOVED);
+        let gone = *ids1.difference(&ids2).next().expect("one id left");
+        let entry = dp.state().backends[&gone];
+        assert_eq!(entry.state, BackendState::Removed);
         assert_eq!(
-            dp.backends[&gone].mac,
-            [2, 0, 0, 0, 0, 23],
+            entry.mac,
+            Some([2, 0, 0, 0, 0, 23]),
             "a removed backend still forwards its flows"
         );
 
-        // Its id is kept while it has flows, freed when they end.
-        assert!(
-            e.reap_removed(|id| u64::from(id == gone), &mut dp)
-                .unwrap()
-                .is_empty()
-        );
-        assert_eq!(e.reap_removed(|_| 0, &mut dp).unwrap(), vec![gone]);
-
-        // The service's counters keep the freed backend's packets (the fake retires id + 1
-        // packets of 100 bytes); the live backends' come from the STATS slots.
-        let mut stats = vec![Counter::default(); lb_common::STATS_LEN as usize];
-        for &id in &ids2 {
-            stats[(STATS_BACKEND_BASE + id) as usize] = Counter {
-                packets: 10,
-                bytes: 1000,
-            };
-        }
-        e.fill_service_stats(&mut stats);
-        let svc = e.services().next().unwrap();
-        let retired = u64::from(gone) + 1;
-        assert_eq!(
-            stats[(STATS_SERVICE_BASE + svc.id) as usize],
+        // Its id is kept while it has flows, freed when they end; the service keeps what it
+        // carried.
+        dp.state().counters.insert(
+            gone,
             Counter {
-                packets: 20 + retired,
-                bytes: 2000 + retired * 100,
+                packets: 7,
+                bytes: 700,
+            },
+        );
+        let kept = e
+            .reap_removed(|id| u64::from(id == gone), &mut dp)
+            .expect("reap");
+        assert!(kept.is_empty());
+        assert_eq!(e.reap_removed(|_| 0, &mut dp).expect("reap"), vec![gone]);
+        for &id in &ids2 {
+            dp.state().counters.insert(
+                id,
+                Counter {
+                    packets: 10,
+                    bytes: 1000,
+                },
+            );
+        }
+        let counters = dp.counters().expect("counters");
+        let svc = e.services().next().expect("service");
+        assert_eq!(
+            e.service_counter(svc, &counters),
+            Counter {
+                packets: 27,
+                bytes: 2700,
             }
         );
     }
@@ -690,91 +602,74 @@ pub(crate) mod tests {
     #[test]
     fn backend_without_mac_stays_out_of_rotation() {
         let mut e = Engine::new();
-        let mut dp = FakeDataplane::default();
+        let mut dp = fake();
+        let cfg = config(&["198.18.0.21", "198.18.0.22"]);
         let mut m = macs();
-        m.remove(&Ipv4Addr::new(198, 18, 0, 22));
-        e.apply(
-            &config(&["198.18.0.21", "198.18.0.22"]),
-            &Default::default(),
-            &Default::default(),
-            &m,
-            &mut dp,
-        )
-        .unwrap();
-        let (_, t) = live_table(&dp);
-        assert_eq!(t.iter().copied().collect::<BTreeSet<_>>().len(), 1);
-        e.apply(
-            &config(&["198.18.0.21", "198.18.0.22"]),
-            &Default::default(),
-            &Default::default(),
-            &macs(),
-            &mut dp,
-        )
-        .unwrap();
-        let (_, t) = live_table(&dp);
-        assert_eq!(t.iter().copied().collect::<BTreeSet<_>>().len(), 2);
+        m.remove(&ip(22));
+        e.apply(&cfg, &Overrides::default(), &m, &mut dp)
+            .expect("apply");
+        assert_eq!(ids(&served(&dp).table).len(), 1);
+        let key = cfg.services[0].key();
+        assert_eq!(
+            e.backend(&key, ip(22)).map(BackendRec::state),
+            Some(BackendState::Unresolved)
+        );
+        e.apply(&cfg, &Overrides::default(), &macs(), &mut dp)
+            .expect("apply");
+        assert_eq!(ids(&served(&dp).table).len(), 2);
+        // The proxy needs no MAC.
+        let mut p = Engine::with_mac_required(false);
+        let mut pdp = FakeDatapath::new(DatapathMode::Userspace);
+        p.apply(&cfg, &Overrides::default(), &HashMap::new(), &mut pdp)
+            .expect("apply");
+        assert_eq!(ids(&served(&pdp).table).len(), 2);
     }
 
     #[test]
     fn empty_service_has_no_backend_and_removed_service_unmatches() {
         let mut e = Engine::new();
-        let mut dp = FakeDataplane::default();
-        e.apply(
-            &config(&[]),
-            &Default::default(),
-            &Default::default(),
-            &macs(),
-            &mut dp,
-        )
-        .unwrap();
-        let (_, t) = live_table(&dp);
-        assert!(t.iter().all(|&x| x == NO_BACKEND));
-        let none = Config::parse("[daemon]\ninterface = \"eth0\"\n").unwrap();
+        let mut dp = fake();
+        e.apply(&config(&[]), &Overrides::default(), &macs(), &mut dp)
+            .expect("apply");
+        assert!(
+            served(&dp)
+                .table
+                .iter()
+                .all(|&x| x == lb_common::NO_BACKEND)
+        );
+        let none = Config::parse("[daemon]\ninterface = \"eth0\"\n").expect("config");
         let r = e
-            .apply(
-                &none,
-                &Default::default(),
-                &Default::default(),
-                &macs(),
-                &mut dp,
-            )
-            .unwrap();
+            .apply(&none, &Overrides::default(), &macs(), &mut dp)
+            .expect("apply");
         assert_eq!(r.services_removed, 1);
-        assert!(dp.vips.is_empty());
+        assert!(dp.state().services.is_empty());
     }
 
     #[test]
     fn two_nodes_build_identical_tables() {
         let (mut a, mut b) = (Engine::new(), Engine::new());
-        let (mut da, mut db) = (FakeDataplane::default(), FakeDataplane::default());
+        let (mut da, mut db) = (fake(), fake());
         a.apply(
             &config(&["198.18.0.21", "198.18.0.22", "198.18.0.23"]),
-            &Default::default(),
-            &Default::default(),
+            &Overrides::default(),
             &macs(),
             &mut da,
         )
-        .unwrap();
+        .expect("apply");
         b.apply(
             &config(&["198.18.0.23", "198.18.0.21", "198.18.0.22"]),
-            &Default::default(),
-            &Default::default(),
+            &Overrides::default(),
             &macs(),
             &mut db,
         )
-        .unwrap();
+        .expect("apply");
         let addr = |e: &Engine, id: u32| {
             e.services()
                 .next()
-                .unwrap()
-                .backends
-                .values()
-                .find(|r| r.id == id)
-                .unwrap()
-                .addr
+                .and_then(|s| s.backends.values().find(|r| r.id == id))
+                .map(|r| r.addr)
         };
-        let (_, ta) = live_table(&da);
-        let (_, tb) = live_table(&db);
+        let (ta, tb) = (served(&da).table, served(&db).table);
         for (x, y) in ta.iter().zip(&tb) {
             assert_eq!(addr(&a, *x), addr(&b, *y));
         }
@@ -782,63 +677,88 @@ pub(crate) mod tests {
 
     #[test]
     fn overrides_and_health_shape_rotation() {
-        use crate::state::{AdminOverride, Overrides};
         let cfg = config(&["198.18.0.21", "198.18.0.22", "198.18.0.23"]);
         let key = cfg.services[0].key();
         let mut o = Overrides::default();
-        let ip = |n| Ipv4Addr::new(198, 18, 0, n);
         o.update(&key.to_string(), ip(21), |b| {
-            b.admin = Some(AdminOverride::Draining)
+            b.admin = Some(Admin::Draining)
         });
         o.update(&key.to_string(), ip(22), |b| {
-            b.admin = Some(AdminOverride::Maintenance)
+            b.admin = Some(Admin::Maintenance)
         });
         o.update(&key.to_string(), ip(24), |b| {
             b.added = true;
             b.weight = Some(5);
         });
         o.update(&key.to_string(), ip(25), |b| b.removed = true); // not in config: ignored
-        let down: BTreeSet<_> = [(key, ip(23))].into_iter().collect();
         let mut e = Engine::new();
-        let mut dp = FakeDataplane::default();
-        e.apply(&cfg, &o, &down, &macs(), &mut dp).unwrap();
-        let svc = e.service(&key).unwrap();
-        let state = |n| dp.backends[&svc.backends[&ip(n)].id].state;
-        assert_eq!(state(21), backend_state::DRAINING);
-        assert_eq!(state(22), backend_state::MAINTENANCE);
-        assert_eq!(state(23), backend_state::DOWN);
-        assert_eq!(state(24), backend_state::ACTIVE);
+        let mut dp = fake();
+        e.apply(&cfg, &o, &macs(), &mut dp).expect("apply");
+        assert!(e.set_health_down(&key, ip(23), true));
+        assert!(!e.set_health_down(&key, ip(23), true), "no change twice");
+        e.apply(&cfg, &o, &macs(), &mut dp).expect("apply");
+        let svc = e.service(&key).expect("service");
+        let state = |n| dp.state().backends[&svc.backends[&ip(n)].id].state;
+        assert_eq!(state(21), BackendState::Draining);
+        assert_eq!(state(22), BackendState::Maintenance);
+        assert_eq!(state(23), BackendState::Down);
+        assert_eq!(state(24), BackendState::Active);
         assert_eq!(svc.backends[&ip(24)].source, Source::Lbctl);
         assert_eq!(svc.backends[&ip(24)].weight, 5);
         assert!(!svc.backends.contains_key(&ip(25)));
         // Only the added backend takes new flows.
-        let (_, t) = live_table(&dp);
-        assert!(t.iter().all(|&id| id == svc.backends[&ip(24)].id));
+        assert_eq!(
+            ids(&served(&dp).table),
+            BTreeSet::from([svc.backends[&ip(24)].id])
+        );
 
         // Health back up and maintenance off: both return to the table.
         let mut o2 = o.clone();
         o2.update(&key.to_string(), ip(22), |b| b.admin = None);
-        e.apply(&cfg, &o2, &BTreeSet::new(), &macs(), &mut dp)
-            .unwrap();
-        let (_, t) = live_table(&dp);
-        let ids: BTreeSet<u32> = t.iter().copied().collect();
-        let svc = e.service(&key).unwrap();
+        e.set_health_down(&key, ip(23), false);
+        e.apply(&cfg, &o2, &macs(), &mut dp).expect("apply");
+        let svc = e.service(&key).expect("service");
         let want: BTreeSet<u32> = [22, 23, 24]
             .iter()
             .map(|n| svc.backends[&ip(*n)].id)
             .collect();
-        assert_eq!(ids, want);
+        assert_eq!(ids(&served(&dp).table), want);
 
         // A config backend removed by lbctl is REMOVED, kept while it has flows.
         let mut o3 = o2.clone();
         o3.update(&key.to_string(), ip(23), |b| b.removed = true);
-        let r = e
-            .apply(&cfg, &o3, &BTreeSet::new(), &macs(), &mut dp)
-            .unwrap();
+        let r = e.apply(&cfg, &o3, &macs(), &mut dp).expect("apply");
         assert_eq!(r.backends_removed, 1);
-        let svc = e.service(&key).unwrap();
-        assert_eq!(svc.backends[&ip(23)].admin, Admin::Removed);
-        let freed = e.free_now(&key, ip(23), &mut dp).unwrap();
-        assert!(freed.is_some());
+        assert_eq!(
+            e.backend(&key, ip(23)).map(BackendRec::state),
+            Some(BackendState::Removed)
+        );
+        assert!(e.free_now(&key, ip(23), &mut dp).expect("free").is_some());
+
+        // Health checks switched off: nothing can stay down.
+        e.set_health_down(&key, ip(24), true);
+        let mut unchecked = cfg.clone();
+        unchecked.services[0].health = None;
+        e.apply(&unchecked, &o3, &macs(), &mut dp).expect("apply");
+        assert!(!e.backend(&key, ip(24)).expect("backend").health_down);
+    }
+
+    #[test]
+    fn a_failed_write_is_retried_by_the_next_apply() {
+        let cfg = config(&["198.18.0.21", "198.18.0.22"]);
+        let mut e = Engine::new();
+        let mut dp = fake();
+        dp.state().fail_after = Some(1);
+        assert!(
+            e.apply(&cfg, &Overrides::default(), &macs(), &mut dp)
+                .is_err()
+        );
+        dp.state().fail_after = None;
+        let r = e
+            .apply(&cfg, &Overrides::default(), &macs(), &mut dp)
+            .expect("apply");
+        assert_eq!(r.tables_written, 1);
+        assert_eq!(dp.state().backends.len(), 2);
+        assert_eq!(ids(&served(&dp).table).len(), 2);
     }
 }

@@ -6,7 +6,9 @@
 //! slot per `max weight` of credit, so slot shares follow weights. The table depends only on the
 //! set of (name, weight) pairs — names are sorted first — so every node builds the same table.
 
-use lb_common::hash::bytes_hash;
+use std::net::IpAddr;
+
+use lb_common::{MAGLEV_M, NO_BACKEND, hash::bytes_hash};
 
 const OFFSET_SEED: u64 = 0x6d61_676c_6576_6f66; // "maglevof"
 const SKIP_SEED: u64 = 0x6d61_676c_6576_736b; // "maglevsk"
@@ -68,10 +70,41 @@ pub fn build(entries: &[Entry<'_>], m: u32) -> Vec<u32> {
     table
 }
 
+/// A backend in rotation, as a service's table holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    /// Backend id (what the table's slots hold).
+    pub id: u32,
+    /// Its address: the Maglev name, so that every node builds the same table.
+    pub addr: IpAddr,
+    /// Relative weight, at least 1.
+    pub weight: u32,
+}
+
+/// The service table both data paths use: `MAGLEV_M` slots of backend ids, built over the
+/// members named by their address; every slot is `NO_BACKEND` when there is no member.
+pub fn id_table(members: &[Member]) -> Vec<u32> {
+    if members.is_empty() {
+        return vec![NO_BACKEND; MAGLEV_M as usize];
+    }
+    let names: Vec<String> = members.iter().map(|m| m.addr.to_string()).collect();
+    let entries: Vec<Entry<'_>> = members
+        .iter()
+        .zip(&names)
+        .map(|(m, name)| Entry {
+            name,
+            weight: m.weight,
+        })
+        .collect();
+    build(&entries, MAGLEV_M)
+        .into_iter()
+        .map(|i| members[i as usize].id)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::MAGLEV_M;
 
     fn names(n: usize) -> Vec<String> {
         (0..n)

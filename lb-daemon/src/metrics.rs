@@ -2,7 +2,8 @@
 //!
 //! The daemon's counters are absolute totals read from per-CPU BPF maps, not events lbd sees
 //! one by one, so nothing here increments anything: on each scrape the server asks the daemon
-//! for a [`MetricsSnapshot`] and builds the metric families from it ([`families`], [`render`]).
+//! for its [`Status`] (the one `lbctl status` gets) and builds the metric families from it
+//! ([`families`], [`render`]).
 //! A scrape therefore shows exactly what `lbctl status` would show at that moment, and a
 //! backend or service that leaves the config leaves the metrics with it.
 //!
@@ -15,7 +16,7 @@
 //! current one (`lbd_backend_state`, `lbd_vrrp_state`, `lbd_datapath_mode`), so that a query
 //! never has to guess which states exist.
 
-use std::{collections::HashMap, convert::Infallible, fmt, io, net::SocketAddr, sync::Arc};
+use std::{convert::Infallible, io, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -34,10 +35,7 @@ use prometheus::{
 use tokio::{net::TcpListener, sync::Semaphore, time::Duration};
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    control::{ReasonCount, Status},
-    health::TargetStatus,
-};
+use crate::{datapath::DatapathMode, model::BackendState, status::Status};
 
 /// The one path metrics are served on.
 pub const METRICS_PATH: &str = "/metrics";
@@ -47,8 +45,6 @@ pub const MAX_CONNECTIONS: usize = 16;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long open connections may finish their request after shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-/// Data path modes the daemon can run in; `lbd_datapath_mode` has one series for each.
-pub const DATAPATH_MODES: [&str; 3] = ["xdp-native", "xdp-generic", "userspace"];
 
 /// Errors of the metrics server.
 #[derive(Debug, thiserror::Error)]
@@ -81,227 +77,6 @@ fn bind_hint(e: &io::Error) -> &'static str {
             " (ports below 1024 need CAP_NET_BIND_SERVICE; use a higher port)"
         }
         _ => "",
-    }
-}
-
-/// State of a backend, as `lbd_backend_state` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BackendState {
-    /// In rotation.
-    Active,
-    /// Takes no new flows; its established flows go on (`lbctl drain`).
-    Draining,
-    /// Failing its health checks: out of rotation.
-    Down,
-    /// Taken out by the operator.
-    Maintenance,
-    /// Gone from the config; kept while flows use it.
-    Removed,
-    /// No MAC address known yet: out of rotation.
-    Unresolved,
-}
-
-impl BackendState {
-    /// Every state, in the order the series are written.
-    pub const ALL: [BackendState; 6] = [
-        BackendState::Active,
-        BackendState::Draining,
-        BackendState::Down,
-        BackendState::Maintenance,
-        BackendState::Removed,
-        BackendState::Unresolved,
-    ];
-
-    /// The label value, as `lbctl status` spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendState::Active => "active",
-            BackendState::Draining => "draining",
-            BackendState::Down => "down",
-            BackendState::Maintenance => "maintenance",
-            BackendState::Removed => "removed",
-            BackendState::Unresolved => "unresolved",
-        }
-    }
-
-    /// The state named `name` (as [`as_str`](Self::as_str) spells it).
-    pub fn from_name(name: &str) -> Option<BackendState> {
-        BackendState::ALL.into_iter().find(|s| s.as_str() == name)
-    }
-}
-
-impl fmt::Display for BackendState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// State of the VRRP instance (RFC 5798 §6.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum VrrpState {
-    /// Starting up.
-    Init,
-    /// Another router is master.
-    Backup,
-    /// This node holds the VIPs.
-    Master,
-}
-
-impl VrrpState {
-    /// Every state, in the order the series are written.
-    pub const ALL: [VrrpState; 3] = [VrrpState::Init, VrrpState::Backup, VrrpState::Master];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VrrpState::Init => "init",
-            VrrpState::Backup => "backup",
-            VrrpState::Master => "master",
-        }
-    }
-}
-
-impl fmt::Display for VrrpState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Everything a scrape shows, supplied by the daemon at scrape time.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct MetricsSnapshot {
-    /// lbd version (`lbd_build_info{version}`).
-    pub version: String,
-    /// Data path in use, one of [`DATAPATH_MODES`] (another value gets its own series).
-    pub datapath: String,
-    /// Connection table entries.
-    pub conntrack_entries: u64,
-    /// Connection table capacity.
-    pub conntrack_capacity: u64,
-    /// Packets the data path passed to the kernel or dropped, by reason (totals).
-    pub reasons: Vec<ReasonCount>,
-    /// Services, in the order to write them.
-    pub services: Vec<ServiceMetrics>,
-    /// The VRRP instance, when one is configured.
-    pub vrrp: Option<VrrpMetrics>,
-    /// Config reloads applied since start.
-    pub config_reloads: u64,
-    /// Config reloads rejected since start (bad config; the running one was kept).
-    pub config_reload_failures: u64,
-    /// Unix time of the last config load; 0 when unknown (then no series).
-    pub config_loaded_unix: u64,
-}
-
-/// One service in a [`MetricsSnapshot`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ServiceMetrics {
-    /// Name (label `service`).
-    pub name: String,
-    /// VIP:port (label `vip`).
-    pub vip: String,
-    /// `tcp` or `udp` (label `proto`).
-    pub proto: String,
-    /// Packets forwarded (total).
-    pub packets: u64,
-    /// Bytes forwarded (total).
-    pub bytes: u64,
-    /// Backends, including removed ones that still carry flows.
-    pub backends: Vec<BackendMetrics>,
-}
-
-/// One backend in a [`MetricsSnapshot`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct BackendMetrics {
-    /// Address (label `backend`), as `lbctl status` shows it.
-    pub addr: String,
-    /// State; `None` for a state this module does not know (then no `lbd_backend_state`).
-    pub state: Option<BackendState>,
-    /// Packets forwarded (total).
-    pub packets: u64,
-    /// Bytes forwarded (total).
-    pub bytes: u64,
-    /// Open flows pinned to it.
-    pub active_flows: u64,
-    /// Flows that saw a FIN or RST and are ending.
-    pub closing_flows: u64,
-    /// Health check state; `None` without a health check (then no `lbd_backend_up`).
-    pub health_up: Option<bool>,
-    /// Latency of the last health check; `None` before the first one.
-    pub health_latency: Option<Duration>,
-}
-
-/// The VRRP part of a [`MetricsSnapshot`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VrrpMetrics {
-    /// Current state.
-    pub state: VrrpState,
-    /// State changes since start.
-    pub transitions: u64,
-}
-
-impl MetricsSnapshot {
-    /// What `lbctl status` shows, as a snapshot. The parts the status does not carry are left
-    /// empty: health (see [`fill_health`](Self::fill_health)), VRRP and reload counts.
-    pub fn from_status(status: &Status) -> MetricsSnapshot {
-        MetricsSnapshot {
-            version: status.version.clone(),
-            datapath: status.datapath.clone(),
-            conntrack_entries: status.conntrack_entries,
-            conntrack_capacity: u64::from(status.conntrack_max),
-            reasons: status.reasons.clone(),
-            services: status
-                .services
-                .iter()
-                .map(|s| ServiceMetrics {
-                    name: s.name.clone(),
-                    vip: s.vip.clone(),
-                    proto: s.proto.clone(),
-                    packets: s.packets,
-                    bytes: s.bytes,
-                    backends: s
-                        .backends
-                        .iter()
-                        .map(|b| BackendMetrics {
-                            addr: b.addr.clone(),
-                            state: BackendState::from_name(&b.state),
-                            packets: b.packets,
-                            bytes: b.bytes,
-                            active_flows: b.flows,
-                            closing_flows: b.closing_flows,
-                            health_up: None,
-                            health_latency: None,
-                        })
-                        .collect(),
-                })
-                .collect(),
-            vrrp: None,
-            config_reloads: 0,
-            config_reload_failures: 0,
-            config_loaded_unix: status.config_loaded_unix,
-        }
-    }
-
-    /// Sets the health of each backend that has a health check target: a target matches a
-    /// backend of the same service whose address is the target's IP (as `lbctl status` shows
-    /// backends) or its IP:port.
-    pub fn fill_health(&mut self, targets: &[TargetStatus]) {
-        let by_key: HashMap<(&str, String), &TargetStatus> = targets
-            .iter()
-            .flat_map(|t| {
-                [
-                    ((t.service.as_str(), t.backend.ip().to_string()), t),
-                    ((t.service.as_str(), t.backend.to_string()), t),
-                ]
-            })
-            .collect();
-        for svc in &mut self.services {
-            for b in &mut svc.backends {
-                if let Some(t) = by_key.get(&(svc.name.as_str(), b.addr.clone())) {
-                    b.health_up = Some(t.state.is_up());
-                    b.health_latency = t.last.as_ref().map(|p| p.latency);
-                }
-            }
-        }
     }
 }
 
@@ -355,7 +130,7 @@ fn flag(b: bool) -> f64 {
 
 /// Builds the metric families of a snapshot. Families without a series are left out (the text
 /// format cannot carry an empty family).
-pub fn families(s: &MetricsSnapshot) -> Vec<MetricFamily> {
+pub fn families(s: &Status) -> Vec<MetricFamily> {
     let mut build_info = Family::gauge(
         "lbd_build_info",
         "Always 1; the label carries the lbd version.",
@@ -366,11 +141,8 @@ pub fn families(s: &MetricsSnapshot) -> Vec<MetricFamily> {
         "lbd_datapath_mode",
         "Data path in use: 1 for the current mode, 0 for the others.",
     );
-    for m in DATAPATH_MODES {
-        mode.add(&[("mode", m)], flag(m == s.datapath));
-    }
-    if !s.datapath.is_empty() && !DATAPATH_MODES.contains(&s.datapath.as_str()) {
-        mode.add(&[("mode", &s.datapath)], 1.0);
+    for m in DatapathMode::ALL {
+        mode.add(&[("mode", m.as_str())], flag(m == s.datapath));
     }
 
     let mut reasons = Family::counter(
@@ -388,7 +160,7 @@ pub fn families(s: &MetricsSnapshot) -> Vec<MetricFamily> {
         "lbd_conntrack_capacity",
         "Capacity of the connection table, in flows (daemon.conntrack_max).",
     );
-    ct_capacity.add(&[], s.conntrack_capacity as f64);
+    ct_capacity.add(&[], f64::from(s.conntrack_max));
 
     let mut svc_packets = Family::counter(
         "lbd_service_packets_total",
@@ -429,10 +201,11 @@ pub fn families(s: &MetricsSnapshot) -> Vec<MetricFamily> {
         "Duration of the backend's last health check (the timeout when it timed out).",
     );
     for svc in &s.services {
+        let proto = svc.proto.to_string();
         let labels = [
             ("service", svc.name.as_str()),
             ("vip", svc.vip.as_str()),
-            ("proto", svc.proto.as_str()),
+            ("proto", proto.as_str()),
         ];
         svc_packets.add(&labels, svc.packets as f64);
         svc_bytes.add(&labels, svc.bytes as f64);
@@ -440,21 +213,19 @@ pub fn families(s: &MetricsSnapshot) -> Vec<MetricFamily> {
             let labels = [("service", svc.name.as_str()), ("backend", b.addr.as_str())];
             be_packets.add(&labels, b.packets as f64);
             be_bytes.add(&labels, b.bytes as f64);
-            be_active.add(&labels, b.active_flows as f64);
+            be_active.add(&labels, b.flows as f64);
             be_closing.add(&labels, b.closing_flows as f64);
-            if let Some(state) = b.state {
-                for st in BackendState::ALL {
-                    be_state.add(
-                        &[labels[0], labels[1], ("state", st.as_str())],
-                        flag(st == state),
-                    );
+            for st in BackendState::ALL {
+                be_state.add(
+                    &[labels[0], labels[1], ("state", st.as_str())],
+                    flag(st == b.state),
+                );
+            }
+            if let Some(h) = &b.health {
+                be_up.add(&labels, flag(h.up));
+                if let Some(seconds) = h.last_seconds {
+                    hc_duration.add(&labels, seconds);
                 }
-            }
-            if let Some(up) = b.health_up {
-                be_up.add(&labels, flag(up));
-            }
-            if let Some(latency) = b.health_latency {
-                hc_duration.add(&labels, latency.as_secs_f64());
             }
         }
     }
@@ -468,8 +239,9 @@ pub fn families(s: &MetricsSnapshot) -> Vec<MetricFamily> {
         "VRRP state changes since lbd started.",
     );
     if let Some(v) = &s.vrrp {
-        for st in VrrpState::ALL {
-            vrrp_state.add(&[("state", st.as_str())], flag(st == v.state));
+        for st in vrrp::State::ALL {
+            let name = st.as_str().to_ascii_lowercase();
+            vrrp_state.add(&[("state", &name)], flag(st == v.state));
         }
         vrrp_transitions.add(&[], v.transitions as f64);
     }
@@ -520,7 +292,7 @@ pub fn families(s: &MetricsSnapshot) -> Vec<MetricFamily> {
 }
 
 /// The text exposition of a snapshot (what `/metrics` answers).
-pub fn render(snapshot: &MetricsSnapshot) -> Result<String, MetricsError> {
+pub fn render(snapshot: &Status) -> Result<String, MetricsError> {
     let mut out = Vec::with_capacity(4096);
     TextEncoder::new()
         .encode(&families(snapshot), &mut out)
@@ -546,10 +318,10 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
 ///
 /// ```no_run
 /// # async fn f(shutdown: tokio_util::sync::CancellationToken) -> Result<(), Box<dyn std::error::Error>> {
-/// use lb_daemon::metrics::{MetricsSnapshot, serve};
+/// use lb_daemon::{metrics::serve, status::Status};
 /// let addr = "127.0.0.1:9300".parse()?;
-/// // The daemon's closure locks its state and reads the maps; an Err becomes a 500.
-/// serve(addr, || async { Ok(MetricsSnapshot::default()) }, shutdown).await?;
+/// // The daemon's closure asks its core for the status; an Err becomes a 500.
+/// serve(addr, || async { Err::<Status, _>("no core here".to_string()) }, shutdown).await?;
 /// # Ok(())
 /// # }
 /// ```
@@ -560,7 +332,7 @@ pub async fn serve<F, Fut>(
 ) -> Result<(), MetricsError>
 where
     F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<MetricsSnapshot, String>> + Send + 'static,
+    Fut: Future<Output = Result<Status, String>> + Send + 'static,
 {
     let listener = bind(addr).await?;
     serve_listener(listener, snapshot, shutdown).await;
@@ -572,7 +344,7 @@ where
 pub async fn serve_listener<F, Fut>(listener: TcpListener, snapshot: F, shutdown: CancellationToken)
 where
     F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<MetricsSnapshot, String>> + Send + 'static,
+    Fut: Future<Output = Result<Status, String>> + Send + 'static,
 {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "metrics served at http://{addr}{METRICS_PATH}");
@@ -643,7 +415,7 @@ fn text_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 async fn respond<F, Fut>(req: &Request<Incoming>, snapshot: &F) -> Response<Full<Bytes>>
 where
     F: Fn() -> Fut,
-    Fut: Future<Output = Result<MetricsSnapshot, String>>,
+    Fut: Future<Output = Result<Status, String>>,
 {
     if req.uri().path() != METRICS_PATH {
         return text_response(
@@ -700,8 +472,9 @@ mod tests {
 
     use super::*;
     use crate::{
-        control::{BackendStatus, ServiceStatus},
-        health::{HealthState, ProbeResult},
+        config::{Proto, Scheduler},
+        engine::Source,
+        status::{BackendStatus, HealthStatus, ReasonCount, ServiceStatus, VrrpStatus},
     };
 
     /// A parsed text exposition: HELP and TYPE by family, and the samples.
@@ -802,12 +575,48 @@ mod tests {
         (name, labels, value)
     }
 
-    fn sample() -> MetricsSnapshot {
-        MetricsSnapshot {
+    fn backend(addr: &str, state: BackendState) -> BackendStatus {
+        BackendStatus {
+            addr: addr.into(),
+            weight: 1,
+            state,
+            source: Source::Config,
+            overrides: Vec::new(),
+            mac: None,
+            packets: 0,
+            bytes: 0,
+            flows: 0,
+            closing_flows: 0,
+            health: None,
+        }
+    }
+
+    fn empty() -> Status {
+        Status {
             version: "0.1.0".into(),
-            datapath: "xdp-native".into(),
+            config_path: "/etc/lbd/lbd.toml".into(),
+            state_file: "/var/lib/lbd/state.json".into(),
+            interface: "eth0".into(),
+            datapath: DatapathMode::XdpNative,
+            datapath_reason: String::new(),
+            uptime_s: 0,
+            config_loaded_unix: 0,
+            config_reloads: 0,
+            config_reload_failures: 0,
+            conntrack_entries: 0,
+            conntrack_max: 262144,
+            reasons: Vec::new(),
+            services: Vec::new(),
+            vrrp: None,
+        }
+    }
+
+    fn sample() -> Status {
+        Status {
             conntrack_entries: 17,
-            conntrack_capacity: 262144,
+            config_reloads: 4,
+            config_reload_failures: 1,
+            config_loaded_unix: 1_700_000_000,
             reasons: vec![
                 ReasonCount {
                     reason: "pass_arp".into(),
@@ -818,46 +627,56 @@ mod tests {
                     packets: 2,
                 },
             ],
-            services: vec![ServiceMetrics {
+            services: vec![ServiceStatus {
                 name: "web".into(),
                 vip: "198.18.0.100:80".into(),
-                proto: "tcp".into(),
+                proto: Proto::Tcp,
+                scheduler: Scheduler::Maglev,
                 packets: 1000,
                 bytes: 64000,
                 backends: vec![
-                    BackendMetrics {
-                        addr: "198.18.0.21".into(),
-                        state: Some(BackendState::Active),
+                    BackendStatus {
                         packets: 600,
                         bytes: 38400,
-                        active_flows: 3,
+                        flows: 3,
                         closing_flows: 1,
-                        health_up: Some(true),
-                        health_latency: Some(Duration::from_micros(1500)),
+                        health: Some(HealthStatus {
+                            up: true,
+                            last_seconds: Some(0.0015),
+                            detail: Some("connected".into()),
+                        }),
+                        ..backend("198.18.0.21", BackendState::Active)
                     },
-                    BackendMetrics {
-                        addr: "198.18.0.22".into(),
-                        state: Some(BackendState::Down),
+                    BackendStatus {
                         packets: 400,
                         bytes: 25600,
-                        active_flows: 0,
-                        closing_flows: 0,
-                        health_up: Some(false),
-                        health_latency: Some(Duration::from_millis(500)),
+                        health: Some(HealthStatus {
+                            up: false,
+                            last_seconds: Some(0.5),
+                            detail: Some("no answer within 500 ms (connecting)".into()),
+                        }),
+                        ..backend("198.18.0.22", BackendState::Down)
                     },
                 ],
             }],
-            vrrp: Some(VrrpMetrics {
-                state: VrrpState::Master,
+            vrrp: Some(VrrpStatus {
+                vrid: 51,
+                state: vrrp::State::Master,
+                priority: 150,
+                configured_priority: 150,
+                master: None,
+                last_transition_unix: None,
+                became_master: 1,
                 transitions: 2,
+                adverts_accepted: 0,
+                adverts_dropped: Vec::new(),
+                failed_conditions: Vec::new(),
             }),
-            config_reloads: 4,
-            config_reload_failures: 1,
-            config_loaded_unix: 1_700_000_000,
+            ..empty()
         }
     }
 
-    fn exposition(s: &MetricsSnapshot) -> Exposition {
+    fn exposition(s: &Status) -> Exposition {
         Exposition::parse(&render(s).expect("render"))
     }
 
@@ -965,12 +784,10 @@ mod tests {
         let mut s = sample();
         s.vrrp = None;
         s.config_loaded_unix = 0;
-        s.datapath = "xdp-\"odd\"\\mode".into();
+        s.services[0].name = "we\"b\\".into();
         for b in &mut s.services[0].backends {
-            b.health_up = None;
-            b.health_latency = None;
+            b.health = None;
         }
-        s.services[0].backends[1].state = None;
         let e = exposition(&s);
         for name in [
             "lbd_vrrp_state",
@@ -982,87 +799,38 @@ mod tests {
             assert_eq!(e.series(name), 0, "{name}");
             assert!(!e.help.contains_key(name), "{name}");
         }
-        assert_eq!(e.series("lbd_backend_state"), 6);
-        assert_eq!(e.series("lbd_datapath_mode"), 4);
+        assert_eq!(e.series("lbd_backend_state"), 12);
+        assert_eq!(e.series("lbd_datapath_mode"), 3);
         assert_eq!(
-            e.value("lbd_datapath_mode", &[("mode", "xdp-\"odd\"\\mode")]),
-            Some(1.0)
+            e.value(
+                "lbd_backend_active_flows",
+                &[("service", "we\"b\\"), ("backend", "198.18.0.21")]
+            ),
+            Some(3.0)
         );
 
         // No services at all: the families still render (without the per-service ones).
-        let e = exposition(&MetricsSnapshot::default());
+        let e = exposition(&empty());
         assert_eq!(e.series("lbd_service_packets_total"), 0);
         assert_eq!(e.value("lbd_conntrack_entries", &[]), Some(0.0));
     }
 
     #[test]
-    fn from_status_and_health() {
-        let status = Status {
-            version: "0.1.0".into(),
-            datapath: "xdp-generic".into(),
-            conntrack_entries: 9,
-            conntrack_max: 1024,
-            config_loaded_unix: 42,
-            reasons: vec![ReasonCount {
-                reason: "pass_not_vip".into(),
-                packets: 7,
-            }],
-            services: vec![ServiceStatus {
-                name: "web".into(),
-                vip: "198.18.0.100:80".into(),
-                proto: "tcp".into(),
-                scheduler: "maglev".into(),
-                packets: 10,
-                bytes: 640,
-                backends: vec![
-                    BackendStatus {
-                        addr: "198.18.0.21".into(),
-                        weight: 1,
-                        state: "unresolved".into(),
-                        mac: None,
-                        packets: 4,
-                        bytes: 256,
-                        flows: 2,
-                        closing_flows: 1,
-                        ..Default::default()
-                    },
-                    BackendStatus {
-                        addr: "198.18.0.22".into(),
-                        state: "someday-new".into(),
-                        ..Default::default()
-                    },
-                ],
-            }],
-            ..Default::default()
-        };
-        let mut s = MetricsSnapshot::from_status(&status);
-        assert_eq!(s.datapath, "xdp-generic");
-        assert_eq!(s.conntrack_capacity, 1024);
-        assert_eq!(s.config_loaded_unix, 42);
-        let b = &s.services[0].backends;
-        assert_eq!(b[0].state, Some(BackendState::Unresolved));
-        assert_eq!((b[0].active_flows, b[0].closing_flows), (2, 1));
-        assert_eq!(b[1].state, None);
-
-        let target = |backend: &str, state, latency_ms| TargetStatus {
-            service: "web".into(),
-            backend: backend.parse().expect("addr"),
-            state,
-            probes: 3,
-            last: Some(ProbeResult {
-                ok: true,
-                latency: Duration::from_millis(latency_ms),
-                detail: String::new(),
-            }),
-        };
-        s.fill_health(&[
-            target("198.18.0.21:80", HealthState::Down, 7),
-            target("198.18.0.99:80", HealthState::Up, 1),
-        ]);
-        let b = &s.services[0].backends;
-        assert_eq!(b[0].health_up, Some(false));
-        assert_eq!(b[0].health_latency, Some(Duration::from_millis(7)));
-        assert_eq!((b[1].health_up, b[1].health_latency), (None, None));
+    fn status_json_round_trips_with_its_types() {
+        let s = sample();
+        let json = serde_json::to_string(&s).expect("encode");
+        for part in [
+            "\"datapath\":\"xdp-native\"",
+            "\"state\":\"active\"",
+            "\"state\":\"MASTER\"",
+            "\"proto\":\"tcp\"",
+            "\"scheduler\":\"maglev\"",
+            "\"source\":\"config\"",
+        ] {
+            assert!(json.contains(part), "{part} in {json}");
+        }
+        let back: Status = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, s);
     }
 
     // ---- the server on loopback ----
@@ -1181,13 +949,9 @@ mod tests {
     async fn bind_errors_name_the_address() {
         let taken = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = taken.local_addr().expect("addr");
-        let e = serve(
-            addr,
-            || async { Ok(MetricsSnapshot::default()) },
-            CancellationToken::new(),
-        )
-        .await
-        .expect_err("bound twice");
+        let e = serve(addr, || async { Ok(empty()) }, CancellationToken::new())
+            .await
+            .expect_err("bound twice");
         let msg = e.to_string();
         assert!(
             msg.starts_with(&format!("cannot listen for metrics on {addr}: ")),

@@ -1,4 +1,6 @@
-//! The XDP data path: load the embedded programs, attach them, and read and write their maps.
+//! The XDP programs: load the embedded object, attach a program, and read and write its maps
+//! ([`XdpMaps`]: services, Maglev rings, backends, counters; [`XdpFlows`]: the connection
+//! table). [`crate::datapath::xdp`] drives them as a [`crate::datapath::Datapath`].
 
 use std::{collections::HashMap, os::fd::AsFd as _};
 
@@ -12,9 +14,9 @@ use lb_common::{
     VipInfo, VipKey,
 };
 
-use crate::engine::{Dataplane, EngineError};
-
 mod batch;
+
+use crate::model::FlowCounts;
 
 /// The compiled XDP programs (`lb-ebpf`), embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -130,28 +132,29 @@ pub fn attach(
         .map_err(|e| attach_err(format!("{e:#}")))
 }
 
-/// The balancer's maps, taken out of the loaded object.
+/// The balancer's tables, taken out of the loaded object (the connection table apart, in
+/// [`XdpFlows`], so that it can be scanned on a thread of its own).
 pub struct XdpMaps {
+    /// VIPS: (VIP, port, protocol) → service id, ring in use, flags.
     vips: BpfHashMap<MapData, VipKey, VipInfo>,
+    /// RINGS: the Maglev tables, two rings per service, `MAGLEV_M` backend ids each.
     rings: Array<MapData, u32>,
+    /// BACKENDS: backend id → MAC, address, state.
     backends: Array<MapData, Backend>,
-    conntrack: BpfHashMap<MapData, FlowKey, FlowState>,
+    /// STATS: per-CPU counters: pass/drop reasons, then services, then backends.
     stats: PerCpuArray<MapData, Counter>,
-    /// Whether the kernel takes batch commands on the connection table (until it refuses one).
-    batch_ops: bool,
+    /// CONNTRACK until [`XdpMaps::take_flows`] hands it out.
+    flows: Option<XdpFlows>,
+    /// Whether the kernel takes batch writes on the rings (until it refuses one).
+    batch_writes: bool,
 }
 
-/// Flows per backend id, from one pass over the connection table.
-#[derive(Debug, Default, Clone)]
-pub struct FlowCounts {
-    /// Open flows (no FIN or RST seen yet, not idle past their timeout), by backend id.
-    pub active: HashMap<u32, u64>,
-    /// Closing flows (FIN or RST seen), by backend id.
-    pub closing: HashMap<u32, u64>,
-    /// Entries in the table after the pass.
-    pub entries: u64,
-    /// Entries deleted by this pass (idle past their timeout, or of a freed backend).
-    pub expired: u64,
+/// The connection table (CONNTRACK: flow key → backend id, last seen, flags), scanned for flow
+/// counts and expiry.
+pub struct XdpFlows {
+    conntrack: BpfHashMap<MapData, FlowKey, FlowState>,
+    /// Whether the kernel takes batch commands on the connection table (until it refuses one).
+    batch_ops: bool,
 }
 
 /// Idle timeouts of connection table entries (IPVS defaults: tcp 900 s, tcpfin 120 s, udp 300 s).
@@ -266,10 +269,78 @@ impl XdpMaps {
             vips: take(ebpf, "VIPS")?,
             rings: take(ebpf, "RINGS")?,
             backends: take(ebpf, "BACKENDS")?,
-            conntrack: take(ebpf, "CONNTRACK")?,
             stats: take(ebpf, "STATS")?,
-            batch_ops: true,
+            flows: Some(XdpFlows {
+                conntrack: take(ebpf, "CONNTRACK")?,
+                batch_ops: true,
+            }),
+            batch_writes: true,
         })
+    }
+
+    /// The connection table, once: its owner scans it (off the daemon's core).
+    pub fn take_flows(&mut self) -> Option<XdpFlows> {
+        self.flows.take()
+    }
+
+    /// Sets BACKENDS[id].
+    pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), XdpError> {
+        self.backends
+            .set(id, backend, 0)
+            .map_err(|e| XdpError::Map("BACKENDS", format!("[{id}]: {e}")))
+    }
+
+    /// Writes a whole Maglev table into ring `ring` (`MAGLEV_M` backend ids): one batch where
+    /// the kernel has them, else entry by entry.
+    pub fn write_ring(&mut self, ring: u32, table: &[u32]) -> Result<(), XdpError> {
+        let base = ring * MAGLEV_M;
+        if self.batch_writes {
+            match batch::update_array(self.rings.map().fd().as_fd(), base, table) {
+                Ok(()) => return Ok(()),
+                Err(e) if batch::unsupported(&e) => {
+                    tracing::info!(error = %e, "no batch writes on the Maglev rings: writing them entry by entry");
+                    self.batch_writes = false;
+                }
+                Err(e) => return Err(XdpError::Map("RINGS", format!("[{ring}]: {e}"))),
+            }
+        }
+        for (slot, id) in table.iter().enumerate() {
+            self.rings
+                .set(base + slot as u32, id, 0)
+                .map_err(|e| XdpError::Map("RINGS", format!("[{ring}][{slot}]: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Inserts or replaces a VIPS entry.
+    pub fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), XdpError> {
+        self.vips
+            .insert(key, info, 0)
+            .map_err(|e| XdpError::Map("VIPS", format!("insert: {e}")))
+    }
+
+    /// Removes a VIPS entry (one already gone is fine).
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), XdpError> {
+        match self.vips.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(XdpError::Map("VIPS", format!("remove: {e}"))),
+        }
+    }
+
+    /// Returns a backend's summed counters and zeroes them, so that the next backend given the
+    /// id starts from zero.
+    pub fn retire_backend(&mut self, id: u32) -> Result<Counter, XdpError> {
+        let index = lb_common::STATS_BACKEND_BASE + id;
+        let err = |e: aya::maps::MapError| XdpError::Map("STATS", format!("[{index}]: {e}"));
+        let per_cpu = self.stats.get(&index, 0).map_err(err)?;
+        let mut last = Counter::default();
+        for c in per_cpu.iter() {
+            last.add(*c);
+        }
+        let zeros = PerCpuValues::try_from(vec![Counter::default(); per_cpu.len()])
+            .map_err(|e| XdpError::Map("STATS", format!("[{index}]: {e}")))?;
+        self.stats.set(index, zeros, 0).map_err(err)?;
+        Ok(last)
     }
 
     /// Sums the per-CPU counters: index → counter (reasons, then services, then backends).
@@ -286,14 +357,16 @@ impl XdpMaps {
         }
         Ok(out)
     }
+}
 
+impl XdpFlows {
     /// One pass over the connection table: counts flows per backend and deletes entries idle
     /// past their timeout and entries whose backend `is_dead` (freed or of a removed service).
     ///
     /// Reads and deletes in batches where the kernel has them (5.6+), else entry by entry. The
     /// table may hold millions of flows, so the per-flow work is array indexing: `is_dead` is
     /// asked once per backend id.
-    pub fn scan_flows(
+    pub fn scan_at(
         &mut self,
         now_ns: u64,
         t: FlowTimeouts,
@@ -372,53 +445,6 @@ impl XdpMaps {
     /// Looks up one flow (tests and diagnostics).
     pub fn flow(&self, key: &FlowKey) -> Option<FlowState> {
         self.conntrack.get(key, 0).ok()
-    }
-}
-
-impl Dataplane for XdpMaps {
-    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), EngineError> {
-        self.backends
-            .set(id, backend, 0)
-            .map_err(|e| EngineError::Dataplane(format!("BACKENDS[{id}]: {e}")))
-    }
-
-    fn write_ring(&mut self, ring: u32, table: &[u32]) -> Result<(), EngineError> {
-        let base = ring * MAGLEV_M;
-        for (slot, id) in table.iter().enumerate() {
-            self.rings
-                .set(base + slot as u32, id, 0)
-                .map_err(|e| EngineError::Dataplane(format!("RINGS[{ring}][{slot}]: {e}")))?;
-        }
-        Ok(())
-    }
-
-    fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), EngineError> {
-        self.vips
-            .insert(key, info, 0)
-            .map_err(|e| EngineError::Dataplane(format!("VIPS insert: {e}")))
-    }
-
-    fn retire_backend(&mut self, id: u32) -> Result<Counter, EngineError> {
-        let index = lb_common::STATS_BACKEND_BASE + id;
-        let err = |e: aya::maps::MapError| EngineError::Dataplane(format!("STATS[{index}]: {e}"));
-        let per_cpu = self.stats.get(&index, 0).map_err(err)?;
-        let mut last = Counter::default();
-        for c in per_cpu.iter() {
-            last.add(*c);
-        }
-        let zeros = PerCpuValues::try_from(vec![Counter::default(); per_cpu.len()])
-            .map_err(|e| EngineError::Dataplane(format!("STATS[{index}]: {e}")))?;
-        self.stats.set(index, zeros, 0).map_err(err)?;
-        Ok(last)
-    }
-
-    fn remove_vip(&mut self, key: &VipKey) -> Result<(), EngineError> {
-        match self.vips.remove(key) {
-            Ok(()) => Ok(()),
-            // Already gone is what we wanted.
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(EngineError::Dataplane(format!("VIPS remove: {e}"))),
-        }
     }
 }
 

@@ -14,19 +14,16 @@ use std::{
 
 use lb_common::{FlowKey, IPPROTO_TCP, MAGLEV_M, hash::flow_hash};
 use lb_daemon::{
-    config::Proto,
+    config::{Proto, ProxyConfig, Scheduler as SchedulerKind},
     maglev,
-    proxy::{
-        BackendSpec, ProxyConfig, SchedulerKind, ServiceHandle, bind_tcp, bind_udp, run_tcp,
-        run_udp,
-    },
+    proxy::{BackendSpec, ServiceHandle, bind_tcp, bind_udp, run_tcp, run_udp},
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpSocket, TcpStream, UdpSocket},
     sync::mpsc,
     task::JoinHandle,
-    time::{sleep, timeout},
+    time::timeout,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -45,11 +42,9 @@ async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
 }
 
 /// Waits (bounded) until `cond` holds.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < BOUND, "{what}: not within {BOUND:?}");
-        sleep(Duration::from_millis(10)).await;
+async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    if let Err(e) = lb_testkit::wait_until_async(what, BOUND, cond).await {
+        panic!("{e}");
     }
 }
 
@@ -138,7 +133,9 @@ impl Proxy {
         let listener = bind_tcp(SocketAddr::new(lo(1), 0)).unwrap();
         let addr = listener.local_addr().unwrap();
         let service = Arc::new(ServiceHandle::new("test", addr, Proto::Tcp, config).unwrap());
-        service.set_backends(scheduler, &specs(backends)).unwrap();
+        service
+            .set_backends(scheduler, &specs(backends), &table(backends))
+            .unwrap();
         let stop = CancellationToken::new();
         let task = tokio::spawn(run_tcp(listener, service.clone(), stop.clone()));
         Proxy {
@@ -157,7 +154,9 @@ impl Proxy {
         let socket = bind_udp(SocketAddr::new(lo(1), 0)).unwrap();
         let addr = socket.local_addr().unwrap();
         let service = Arc::new(ServiceHandle::new("test-udp", addr, Proto::Udp, config).unwrap());
-        service.set_backends(scheduler, &specs(backends)).unwrap();
+        service
+            .set_backends(scheduler, &specs(backends), &table(backends))
+            .unwrap();
         let stop = CancellationToken::new();
         let task = tokio::spawn(run_udp(socket, service.clone(), stop.clone()));
         Proxy {
@@ -187,6 +186,19 @@ fn specs(backends: &[(u32, SocketAddr, u32)]) -> Vec<BackendSpec> {
         .iter()
         .map(|&(id, addr, weight)| BackendSpec { id, addr, weight })
         .collect()
+}
+
+/// The engine's Maglev table for these backends (what the daemon hands the proxy).
+fn table(backends: &[(u32, SocketAddr, u32)]) -> Vec<u32> {
+    let members: Vec<maglev::Member> = backends
+        .iter()
+        .map(|&(id, addr, weight)| maglev::Member {
+            id,
+            addr: addr.ip(),
+            weight,
+        })
+        .collect();
+    maglev::id_table(&members)
 }
 
 fn config() -> ProxyConfig {
@@ -669,6 +681,7 @@ async fn a_removed_backend_keeps_its_open_connection() {
                 addr: b.addr,
                 weight: 1,
             }],
+            &[],
         )
         .unwrap();
     for _ in 0..5 {

@@ -11,8 +11,10 @@ use common::*;
 use lb_common::{FlowKey, IPPROTO_TCP, MAGLEV_M, STATS_BACKEND_BASE, STATS_SERVICE_BASE, reason};
 use lb_daemon::{
     config::Config,
+    datapath::{Datapath as _, xdp::XdpDatapath},
     engine::Engine,
-    xdp::{self, PROG_LBD, XdpMaps},
+    overrides::{Admin, Overrides},
+    xdp::{self, PROG_LBD, XdpFlows, XdpMaps},
 };
 
 const XDP_DROP: u32 = 1;
@@ -31,6 +33,7 @@ interface = "eth0"
 [[service]]
 name = "web"
 vip = "198.18.0.100:80"
+health = {{}}
 backends = [{}]
 [[service]]
 name = "dns"
@@ -58,7 +61,8 @@ fn macs() -> HashMap<Ipv4Addr, [u8; 6]> {
 
 struct Bed {
     ebpf: Ebpf,
-    maps: XdpMaps,
+    dp: XdpDatapath,
+    flows: XdpFlows,
     engine: Engine,
 }
 
@@ -70,25 +74,46 @@ impl Bed {
     fn with_table(web_backends: &[u8], conntrack_max: u32) -> Bed {
         let mut ebpf =
             xdp::load(OWN_MAC, [0; 6], conntrack_max, &[PROG_LBD]).expect("load XDP programs");
-        let mut maps = XdpMaps::new(&mut ebpf).expect("maps");
+        let mut dp = XdpDatapath::with_maps(XdpMaps::new(&mut ebpf).expect("maps"));
+        let flows = dp.take_flows().expect("the connection table");
         let mut engine = Engine::new();
         engine
             .apply(
                 &config(web_backends),
-                &Default::default(),
-                &Default::default(),
+                &Overrides::default(),
                 &macs(),
-                &mut maps,
+                &mut dp,
             )
             .expect("apply config");
-        Bed { ebpf, maps, engine }
+        Bed {
+            ebpf,
+            dp,
+            flows,
+            engine,
+        }
     }
 
-    /// The counters as the daemon shows them: the program's, services summed from backends.
+    /// Applies a config and overrides, as the daemon does.
+    fn apply(&mut self, cfg: &Config, o: &Overrides) -> lb_daemon::engine::ApplyReport {
+        self.engine
+            .apply(cfg, o, &macs(), &mut self.dp)
+            .expect("apply")
+    }
+
+    /// The counters in the STATS layout, services as the daemon shows them (summed from their
+    /// backends, freed ones included).
     fn stats(&self) -> Vec<lb_common::Counter> {
-        let mut stats = self.maps.read_stats().expect("stats");
-        self.engine.fill_service_stats(&mut stats);
+        let mut stats = self.dp.maps().read_stats().expect("stats");
+        let counters = self.dp.counters().expect("counters");
+        for svc in self.engine.services() {
+            stats[(STATS_SERVICE_BASE + svc.id) as usize] =
+                self.engine.service_counter(svc, &counters);
+        }
         stats
+    }
+
+    fn scan(&mut self, now: u64, is_dead: impl Fn(u32) -> bool) -> lb_daemon::model::FlowCounts {
+        self.flows.scan_at(now, Default::default(), is_dead)
     }
 
     fn run(&self, frame: &[u8]) -> xdp::TestRunOutput {
@@ -110,7 +135,7 @@ impl Bed {
             IPPROTO_TCP,
         );
         let slot = lb_common::hash::flow_hash(&key) % MAGLEV_M;
-        let id = svc.table[slot as usize];
+        let id = svc.table()[slot as usize];
         svc.backends
             .values()
             .find(|b| b.id == id)
@@ -319,16 +344,7 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
     }
 
     // Backend .23 leaves, .24 joins: the table changes under established flows.
-    let Bed { maps, engine, .. } = &mut bed;
-    let report = engine
-        .apply(
-            &config(&[21, 22, 24]),
-            &Default::default(),
-            &Default::default(),
-            &macs(),
-            maps,
-        )
-        .expect("apply new config");
+    let report = bed.apply(&config(&[21, 22, 24]), &Overrides::default());
     assert_eq!(
         (
             report.backends_added,
@@ -370,9 +386,7 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
     // A FIN marks the flow closing in the connection table; the scan counts it so.
     let p = ports[0];
     bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, false, true));
-    let counts = bed
-        .maps
-        .scan_flows(xdp::coarse_now_ns(), Default::default(), |_| false);
+    let counts = bed.scan(xdp::coarse_now_ns(), |_| false);
     let id = bed.backend_id("web", before[&p]);
     assert_eq!(
         counts.closing.get(&id).copied().unwrap_or(0),
@@ -397,8 +411,8 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
     let web = (STATS_SERVICE_BASE + bed.service_id("web")) as usize;
     let before_free = stats[web];
     assert!(stats[(STATS_BACKEND_BASE + gone) as usize].packets > 0);
-    let Bed { maps, engine, .. } = &mut bed;
-    assert_eq!(engine.reap_removed(|_| 0, maps).expect("reap"), vec![gone]);
+    let Bed { dp, engine, .. } = &mut bed;
+    assert_eq!(engine.reap_removed(|_| 0, dp).expect("reap"), vec![gone]);
     let stats = bed.stats();
     assert_eq!(stats[(STATS_BACKEND_BASE + gone) as usize].packets, 0);
     assert_eq!(
@@ -415,7 +429,6 @@ fn a_new_connection_on_a_closed_flows_port_is_rescheduled() {
     if !have_root("a_new_connection_on_a_closed_flows_port_is_rescheduled") {
         return;
     }
-    use lb_daemon::state::{AdminOverride, Overrides};
     let mut bed = Bed::new(&[21, 22, 23]);
     // Two flows pinned to .21: one ends (FIN), one stays open.
     let on_21: Vec<u16> = (45000..46000u16)
@@ -434,12 +447,9 @@ fn a_new_connection_on_a_closed_flows_port_is_rescheduled() {
     o.update(
         &cfg.services[0].key().to_string(),
         Ipv4Addr::new(198, 18, 0, 21),
-        |b| b.admin = Some(AdminOverride::Draining),
+        |b| b.admin = Some(Admin::Draining),
     );
-    let Bed { maps, engine, .. } = &mut bed;
-    engine
-        .apply(&cfg, &o, &Default::default(), &macs(), maps)
-        .expect("drain .21");
+    bed.apply(&cfg, &o);
 
     let out = bed.run(&tcp(OWN_MAC, CLIENT, ended, VIP, 80, true, false));
     let now = backend_of(&out.packet);
@@ -469,8 +479,6 @@ fn down_backends_lose_flows_draining_keep_them() {
     if !have_root("down_backends_lose_flows_draining_keep_them") {
         return;
     }
-    use lb_daemon::state::{AdminOverride, Overrides};
-    use std::collections::BTreeSet;
     let mut bed = Bed::new(&[21, 22, 23]);
     let mut pinned = HashMap::new();
     for p in 43000..43150u16 {
@@ -481,11 +489,13 @@ fn down_backends_lose_flows_draining_keep_them() {
     let key = cfg.services[0].key();
     let mut o = Overrides::default();
     o.update(&key.to_string(), Ipv4Addr::new(198, 18, 0, 21), |b| {
-        b.admin = Some(AdminOverride::Draining)
+        b.admin = Some(Admin::Draining)
     });
-    let down: BTreeSet<_> = [(key, Ipv4Addr::new(198, 18, 0, 22))].into_iter().collect();
-    let Bed { maps, engine, .. } = &mut bed;
-    engine.apply(&cfg, &o, &down, &macs(), maps).expect("apply");
+    assert!(
+        bed.engine
+            .set_health_down(&key, Ipv4Addr::new(198, 18, 0, 22), true)
+    );
+    bed.apply(&cfg, &o);
     for (p, b) in &pinned {
         let out = bed.run(&tcp(OWN_MAC, CLIENT, *p, VIP, 80, false, false));
         let now = backend_of(&out.packet);
@@ -526,14 +536,14 @@ fn scans_read_and_delete_in_batches() {
         *on.entry(backend_of(&out.packet)).or_default() += 1;
     }
     let now = xdp::coarse_now_ns();
-    let batched = bed.maps.scan_flows(now, Default::default(), |_| false);
+    let batched = bed.scan(now, |_| false);
     assert!(
-        bed.maps.batch_ops(),
+        bed.flows.batch_ops(),
         "the kernel refused BPF_MAP_LOOKUP_BATCH on the connection table (Linux 5.6+ has it)"
     );
-    bed.maps.set_batch_ops(false);
-    let walked = bed.maps.scan_flows(now, Default::default(), |_| false);
-    bed.maps.set_batch_ops(true);
+    bed.flows.set_batch_ops(false);
+    let walked = bed.scan(now, |_| false);
+    bed.flows.set_batch_ops(true);
     assert_eq!(batched.entries, u64::from(FLOWS), "flows seen in batches");
     assert_eq!(batched.active, walked.active, "batches and the walk agree");
     assert_eq!(batched.expired + walked.expired, 0);
@@ -548,19 +558,17 @@ fn scans_read_and_delete_in_batches() {
 
     // The flows of a dead backend go, in batches.
     let dead = bed.backend_id("web", 22);
-    let cut = bed
-        .maps
-        .scan_flows(now, Default::default(), |id| id == dead);
+    let cut = bed.scan(now, |id| id == dead);
     assert_eq!(cut.expired, on[&22], "flows of the dead backend deleted");
-    let after = bed.maps.scan_flows(now, Default::default(), |_| false);
+    let after = bed.scan(now, |_| false);
     assert_eq!(after.entries, u64::from(FLOWS) - on[&22]);
     assert!(!after.active.contains_key(&dead));
 
     // Past the open-flow timeout every flow is idle: all deleted, none left.
     let later = now + xdp::FlowTimeouts::default().tcp_ns + 1_000_000_000;
-    let idle = bed.maps.scan_flows(later, Default::default(), |_| false);
+    let idle = bed.scan(later, |_| false);
     assert_eq!(idle.expired, after.entries, "idle flows deleted");
     assert_eq!(idle.entries, 0);
-    let empty = bed.maps.scan_flows(now, Default::default(), |_| false);
+    let empty = bed.scan(now, |_| false);
     assert_eq!(empty.entries, 0, "nothing left in the table");
 }

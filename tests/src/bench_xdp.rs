@@ -6,7 +6,9 @@ use anyhow::{Context as _, bail};
 use etherparse::PacketBuilder;
 use lb_daemon::{
     config::Config,
+    datapath::xdp::XdpDatapath,
     engine::Engine,
+    overrides::Overrides,
     xdp::{self, PROG_BARE, PROG_LBD, XdpMaps},
 };
 
@@ -40,7 +42,10 @@ pub fn run() -> anyhow::Result<Vec<(String, f64)>> {
         lb_common::CONNTRACK_DEFAULT_MAX,
         &[PROG_LBD, PROG_BARE],
     )?;
-    let mut maps = XdpMaps::new(&mut ebpf)?;
+    let mut dp = XdpDatapath::with_maps(XdpMaps::new(&mut ebpf)?);
+    let mut flows = dp
+        .take_flows()
+        .context("the connection table was taken already")?;
     let config = Config::parse(
         "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"198.18.0.100:80\"\n\
          backends = [ { addr = \"198.18.0.21\" }, { addr = \"198.18.0.22\" }, { addr = \"198.18.0.23\" } ]\n",
@@ -51,13 +56,7 @@ pub fn run() -> anyhow::Result<Vec<(String, f64)>> {
     let macs: HashMap<Ipv4Addr, [u8; 6]> = (21..=23)
         .map(|i| (Ipv4Addr::new(198, 18, 0, i), OWN_MAC))
         .collect();
-    Engine::new().apply(
-        &config,
-        &Default::default(),
-        &Default::default(),
-        &macs,
-        &mut maps,
-    )?;
+    Engine::new().apply(&config, &Overrides::default(), &macs, &mut dp)?;
 
     let pkt = frame([198, 18, 0, 10], 40000)?;
     let bare = xdp::test_run(&ebpf, PROG_BARE, &pkt, REPEAT)?;
@@ -77,7 +76,7 @@ pub fn run() -> anyhow::Result<Vec<(String, f64)>> {
             established.action
         );
     }
-    let forwarded: u64 = maps.read_stats()?[lb_common::STATS_BACKEND_BASE as usize..]
+    let forwarded: u64 = dp.maps().read_stats()?[lb_common::STATS_BACKEND_BASE as usize..]
         .iter()
         .map(|c| c.packets)
         .sum();
@@ -106,11 +105,11 @@ pub fn run() -> anyhow::Result<Vec<(String, f64)>> {
     // The daemon's periodic scan of the now full connection table: in batches, as it runs,
     // against the walk of two syscalls per entry it replaced.
     let mut scan_ms = |batch: bool| -> anyhow::Result<(f64, u64)> {
-        maps.set_batch_ops(batch);
+        flows.set_batch_ops(batch);
         let start = std::time::Instant::now();
-        let counts = maps.scan_flows(xdp::coarse_now_ns(), Default::default(), |_| false);
+        let counts = flows.scan_at(xdp::coarse_now_ns(), Default::default(), |_| false);
         let ms = start.elapsed().as_secs_f64() * 1e3;
-        if batch && !maps.batch_ops() {
+        if batch && !flows.batch_ops() {
             bail!("the kernel refused batch reads of the connection table");
         }
         Ok((ms, counts.entries))

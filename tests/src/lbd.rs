@@ -1,12 +1,7 @@
-//! Running `lbd` in a node of a [`Topology`]: config, start, status through `lbctl`, reload, stop;
+//! Running `lbd` in a node of a [`Topology`]: config, start, status through `lbctl`, metrics, reload, stop;
 //! and the `xdp_pass` program on the bridge side of a veth, which native XDP_TX on veth needs.
 
-use std::{
-    fmt::Write as _,
-    net::Ipv4Addr,
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{fmt::Write as _, net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use lb_daemon::{control::Status, xdp};
@@ -235,20 +230,30 @@ impl LbdNode {
         what: &str,
         pred: impl Fn(&Status) -> bool,
     ) -> Result<Status> {
-        let deadline = Instant::now() + timeout;
         let mut last = String::from("no answer yet");
-        while Instant::now() < deadline {
-            match self.status() {
-                Ok(s) if pred(&s) => return Ok(s),
-                Ok(s) => last = format!("{:?}", s.services),
-                Err(e) => last = format!("{e:#}"),
+        let mut found = None;
+        let waited = lb_testkit::wait_until(what, timeout, || match self.status() {
+            Ok(s) if pred(&s) => {
+                found = Some(s);
+                true
             }
-            std::thread::sleep(Duration::from_millis(100));
+            Ok(s) => {
+                last = format!("{:?}", s.services);
+                false
+            }
+            Err(e) => {
+                last = format!("{e:#}");
+                false
+            }
+        });
+        match (waited, found) {
+            (Ok(()), Some(s)) => Ok(s),
+            (waited, _) => bail!(
+                "lbd: {}; last status: {last}; lbd stderr: {}",
+                waited.err().map_or_else(String::new, |e| e.to_string()),
+                self.process.stderr_tail()
+            ),
         }
-        bail!(
-            "lbd: not {what} within {timeout:?}; last status: {last}; lbd stderr: {}",
-            self.process.stderr_tail()
-        )
     }
 
     /// Stops lbd (cleanly) and starts it again with the same files: the state file survives.
@@ -330,6 +335,49 @@ impl Drop for LbdNode {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Scrapes lbd's metrics from inside its node (127.0.0.1:9300 there, the default `metrics_addr`) and
+/// returns the samples as (`name{labels}`, value) pairs.
+pub fn scrape(topo: &Topology, node: Host) -> Result<Vec<(String, f64)>> {
+    use std::io::{Read as _, Write as _};
+    let body = topo.ns(node).enter(|| -> Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(
+            &"127.0.0.1:9300".parse()?,
+            Duration::from_secs(2),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lbd\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        anyhow::ensure!(
+            out.starts_with("HTTP/1.1 200"),
+            "scrape: {}",
+            out.lines().next().unwrap_or_default()
+        );
+        Ok(out)
+    })??;
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with("lbd_"))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect())
+}
+
+/// The value of metric `name` in `samples` whose labels include every one of `labels` (e.g.
+/// `backend="198.18.0.22"`); a metric without labels matches with `labels` empty.
+pub fn sample(samples: &[(String, f64)], name: &str, labels: &[&str]) -> Result<f64> {
+    samples
+        .iter()
+        .find(|(k, _)| {
+            (k == name || k.starts_with(&format!("{name}{{")))
+                && labels.iter().all(|l| k.contains(l))
+        })
+        .map(|(_, v)| *v)
+        .with_context(|| format!("no sample {name} with {labels:?}"))
 }
 
 /// Loads `xdp_pass` and attaches it natively to the bridge-side veth of `host`: veth delivers

@@ -20,8 +20,8 @@
 //!   and `cargo xtask bench core`.
 //!
 //! Helpers at the crate root: [`test_tag`] (unique namespace prefix per test), [`netns_tests_enabled`]
-//! (privilege check that fails loudly under `CI=true`), [`bin_path`] (locate workspace binaries) and the
-//! [`Mac`] address type.
+//! (privilege check that fails loudly under CI; the rule is `lb-testkit`'s), [`bin_path`] (locate
+//! workspace binaries) and the [`Mac`] address type.
 //!
 //! A test typically reads:
 //! ```no_run
@@ -56,7 +56,6 @@ pub mod topology;
 
 use std::collections::HashSet;
 use std::fmt;
-use std::io::Write;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -145,72 +144,18 @@ fn fnv1a(bytes: &[u8], salt: u32) -> u32 {
     hash
 }
 
-/// Whether the current environment asks for strict behaviour: `CI` set to anything but empty, `0` or `false`.
-pub fn is_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
-}
-
-/// Why namespace tests cannot run here, or `None` when they can (root-equivalent capabilities and `ip`).
-pub fn netns_unavailable_reason() -> Option<String> {
-    const CAP_NET_ADMIN: u32 = 12;
-    const CAP_NET_RAW: u32 = 13;
-    const CAP_SYS_ADMIN: u32 = 21;
-    let status = match std::fs::read_to_string("/proc/self/status") {
-        Ok(s) => s,
-        Err(e) => return Some(format!("cannot read /proc/self/status: {e}")),
-    };
-    let cap_eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
-    let Some(cap_eff) = cap_eff else {
-        return Some("no CapEff line in /proc/self/status".to_owned());
-    };
-    let missing: Vec<&str> = [
-        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
-        (CAP_NET_RAW, "CAP_NET_RAW"),
-        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
-    ]
-    .into_iter()
-    .filter(|(bit, _)| cap_eff & (1u64 << bit) == 0)
-    .map(|(_, name)| name)
-    .collect();
-    if !missing.is_empty() {
-        return Some(format!(
-            "missing {} (run the namespace tests as root: `sudo -E cargo test -p lbd-tests`)",
-            missing.join(", ")
-        ));
-    }
-    let mut ip = std::process::Command::new("ip");
-    ip.arg("-V");
-    if let Err(e) = exec::output(&mut ip, std::time::Duration::from_secs(5)) {
-        return Some(format!("iproute2 `ip` is not usable: {e:#}"));
-    }
-    None
-}
+pub use lb_testkit::{is_ci, netns_unavailable_reason, require_or_skip};
 
 /// Gate for tests that need namespaces: `true` when they can run.
 ///
-/// When they cannot (not root, no `ip`): with [`is_ci`] true this panics, so CI fails loudly instead of
+/// When they cannot (not root, no `ip`): under [`is_ci`] this panics, so CI fails loudly instead of
 /// passing without testing anything; otherwise it prints the reason to stderr and returns `false` so the
-/// test can return early (the reason is written past the test harness's output capture, so it shows).
+/// test can return early. The rule is [`require_or_skip`]'s, the same in every crate of the workspace.
 ///
 /// # Panics
 /// When namespace tests cannot run and `CI` is set.
 pub fn netns_tests_enabled(test: &str) -> bool {
-    match netns_unavailable_reason() {
-        None => true,
-        Some(reason) if is_ci() => {
-            panic!(
-                "{test}: namespace tests cannot run: {reason}; CI is set, so this is a failure, not a skip"
-            )
-        }
-        Some(reason) => {
-            // Written to the stderr handle directly: the test harness captures `eprintln!` of passing tests.
-            let _ = writeln!(std::io::stderr(), "skipping {test}: {reason}");
-            false
-        }
-    }
+    require_or_skip(test, netns_unavailable_reason())
 }
 
 /// Path of a binary of this workspace (`lbd`, `lbctl`, `lbd-test-backend`, ...).

@@ -168,16 +168,10 @@ fn systemd_unit_verifies_and_default_config_is_valid() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let found = Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        ensure!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "systemd-analyze is not installed (cargo xtask setup installs systemd)"
-        );
-        eprintln!("skipped: systemd-analyze not installed");
+    if !lb_testkit::require_or_skip(
+        "systemd_unit_verifies_and_default_config_is_valid",
+        lb_testkit::tool_unavailable_reason("systemd-analyze", "--version"),
+    ) {
         return Ok(());
     }
     let unit = std::fs::read_to_string(root.join("packaging/lbd.service"))?;

@@ -6,7 +6,7 @@ use std::{net::Ipv4Addr, time::Duration};
 use anyhow::{Context, Result, ensure};
 use lbd_tests::{
     Host, Topology, bin_path, client,
-    lbd::{self, LbdNode, Mode, Services, SingleNode},
+    lbd::{self, LbdNode, Mode, Services, SingleNode, sample, scrape},
 };
 
 fn backends_answering(topo: &Topology, n: usize) -> Result<Vec<String>> {
@@ -117,7 +117,7 @@ fn run(mode: Mode, name: &str) -> Result<()> {
         .find(|b| b.addr == ip(3).to_string())
         .context("b3 lost in the restart")?;
     ensure!(
-        b3.source == "lbctl" && b3.weight == 2,
+        b3.source.to_string() == "lbctl" && b3.weight == 2,
         "b3 after restart: {b3:?}"
     );
     ensure!(
@@ -223,44 +223,6 @@ lbd_tests::test_each_mode!(run:
     lbctl_changes_backends_userspace => Mode::Userspace,
 );
 
-/// Scrapes lbd's metrics from inside its node (127.0.0.1:9300 there) and returns the samples as
-/// `name{labels} value` lines.
-fn scrape(topo: &Topology, node: Host) -> Result<Vec<(String, f64)>> {
-    use std::io::{Read as _, Write as _};
-    let body = topo.ns(node).enter(|| -> Result<String> {
-        let mut s = std::net::TcpStream::connect_timeout(
-            &"127.0.0.1:9300".parse()?,
-            Duration::from_secs(2),
-        )?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lbd\r\nConnection: close\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        ensure!(
-            out.starts_with("HTTP/1.1 200"),
-            "scrape: {}",
-            out.lines().next().unwrap_or_default()
-        );
-        Ok(out)
-    })??;
-    Ok(body
-        .lines()
-        .filter(|l| l.starts_with("lbd_"))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect())
-}
-
-fn sample(samples: &[(String, f64)], name: &str, labels: &[&str]) -> Result<f64> {
-    samples
-        .iter()
-        .find(|(k, _)| k.starts_with(&format!("{name}{{")) && labels.iter().all(|l| k.contains(l)))
-        .map(|(_, v)| *v)
-        .with_context(|| format!("no sample {name} with {labels:?}"))
-}
-
 lbd_tests::test_each_mode!(health_and_metrics:
     health_and_metrics_xdp_native => Mode::XdpNative,
     health_and_metrics_xdp_generic => Mode::XdpGeneric,
@@ -311,21 +273,19 @@ fn health_and_metrics(mode: Mode, name: &str) -> Result<()> {
         "b2 up metric"
     );
     // The first probe runs within one interval of the start.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let s = scrape(&topo, node)?;
-        match sample(
-            &s,
-            "lbd_health_check_duration_seconds",
-            &["backend=\"198.18.0.22\""],
-        ) {
-            Ok(v) if v > 0.0 => break,
-            _ if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(100))
-            }
-            other => anyhow::bail!("health latency metric: {other:?}"),
-        }
-    }
+    lb_testkit::try_wait_until(
+        "a health check latency sample for b2",
+        Duration::from_secs(5),
+        || -> Result<bool> {
+            let s = scrape(&topo, node)?;
+            Ok(sample(
+                &s,
+                "lbd_health_check_duration_seconds",
+                &["backend=\"198.18.0.22\""],
+            )
+            .is_ok_and(|v| v > 0.0))
+        },
+    )?;
 
     // b2's server stops: out of rotation after `fall` failed checks; no connection reaches it.
     let mut stopped = backends.remove(1);

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use lbd_tests::client::{self, KeepAlive};
@@ -192,20 +192,22 @@ fn vip_is_answered_only_by_its_lbd_node() -> Result<()> {
         neigh_mac()?
     );
 
-    // Move it: the client learns lbd2's MAC from the gratuitous ARP once the 1 s locktime has passed.
+    // Move it: the client learns lbd2's MAC from the gratuitous ARP. The client's ARP locktime goes to 0
+    // (in its own namespace): the kernel ignores a new MAC for an entry updated less than locktime (1 s)
+    // ago, which the test would otherwise have to sleep out.
+    topo.client().run(
+        "sysctl",
+        &["-q", "-w", &format!("net.ipv4.neigh.{HOST_IF}.locktime=0")],
+    )?;
     topo.remove_vip(Host::Lbd(1))?;
-    thread::sleep(Duration::from_millis(1100));
     topo.add_vip(Host::Lbd(2))?;
     let lbd2 = topo.mac(Host::Lbd(2)).to_string();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !neigh_mac()?.contains(&lbd2) && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        neigh_mac()?.contains(&lbd2),
-        "VIP should resolve to lbd2 {lbd2}: {}",
-        neigh_mac()?
-    );
+    lb_testkit::try_wait_until(
+        &format!("the VIP resolving to lbd2 {lbd2}"),
+        Duration::from_secs(3),
+        || Ok::<_, anyhow::Error>(neigh_mac()?.contains(&lbd2)),
+    )
+    .with_context(|| format!("neighbour entry: {}", neigh_mac().unwrap_or_default()))?;
     ping(true)?;
     Ok(())
 }
@@ -336,14 +338,11 @@ fn cleanup_leaves_no_namespaces_behind() -> Result<()> {
     })?;
     drop(topo);
     assert_eq!(netns::list(&prefix_of(&tag))?, Vec::<String>::new());
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while sleeper.is_running() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(10));
-    }
-    assert!(
-        !sleeper.is_running(),
-        "a process in a dropped topology must be killed"
-    );
+    lb_testkit::wait_until(
+        "a process in a dropped topology killed",
+        Duration::from_secs(2),
+        || !sleeper.is_running(),
+    )?;
 
     // A build that fails midway cleans up what it made, and says why it failed.
     let tag = test_tag("cleanup_failed_build");

@@ -192,7 +192,18 @@ fn scenario(mode: Mode, name: &str) -> Result<()> {
 
     // 5. A bad config on SIGHUP is rejected; the running config stays.
     lbd.reload("[daemon]\ninterface = \"eth0\"\ndatapath = \"warp\"\n")?;
-    std::thread::sleep(Duration::from_millis(500));
+    lb_testkit::try_wait_until(
+        "the bad config rejected (lbd_config_reload_failures_total 1)",
+        Duration::from_secs(10),
+        // A dead lbd fails the scrape at once.
+        || -> Result<bool> {
+            Ok(lbd::sample(
+                &lbd::scrape(&topo, node)?,
+                "lbd_config_reload_failures_total",
+                &[],
+            )? >= 1.0)
+        },
+    )?;
     ensure!(
         lbd.process.is_running(),
         "lbd died on a bad config: {}",

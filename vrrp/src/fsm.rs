@@ -36,6 +36,9 @@ pub enum State {
 }
 
 impl State {
+    /// Every state, in the order of the RFC's state diagram.
+    pub const ALL: [Self; 3] = [Self::Initialize, Self::Backup, Self::Master];
+
     /// The name keepalived gives the state (`INIT`, `BACKUP`, `MASTER`), as passed to notify programs.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
@@ -44,6 +47,13 @@ impl State {
             Self::Backup => "BACKUP",
             Self::Master => "MASTER",
         }
+    }
+}
+
+/// Compares with the keepalived name, as `lbctl status --json` and notify programs spell it.
+impl PartialEq<&str> for State {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
     }
 }
 

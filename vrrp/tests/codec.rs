@@ -27,6 +27,33 @@ fn adverts(frames: &[Frame]) -> Vec<(Duration, &[u8])> {
         .collect()
 }
 
+/// The fuzz target's seeds (`vrrp/fuzz/seeds`, `cargo xtask test` fuzzes from them) are adverts of the
+/// captures here: `NAME-HASH.ip` is an IPv4 datagram of `NAME.pcap`, `NAME-HASH.vrrp` its payload.
+#[test]
+fn fuzz_seeds_are_adverts_of_the_captures() {
+    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&seeds).expect("vrrp/fuzz/seeds") {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let (stem, ext) = file.rsplit_once('.').expect("seed NAME-HASH.EXT");
+        let (capture, _hash) = stem.rsplit_once('-').expect("seed NAME-HASH.EXT");
+        let frames = fixture(&format!("{capture}.pcap"));
+        let seed = std::fs::read(&path).unwrap();
+        let found = adverts(&frames).into_iter().any(|(_, datagram)| {
+            let ihl = usize::from(datagram[0] & 0x0f) * 4;
+            match ext {
+                "ip" => datagram == seed.as_slice(),
+                "vrrp" => &datagram[ihl..] == seed.as_slice(),
+                other => panic!("{file}: unknown seed kind {other:?}"),
+            }
+        });
+        assert!(found, "{file} is no advert of {capture}.pcap");
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} seeds in {}", seeds.display());
+}
+
 #[test]
 fn v3_captures_decode_verify_and_reencode_byte_for_byte() {
     for name in V3_FIXTURES {

@@ -344,8 +344,8 @@ fn print_status(s: &Status) {
         t.add_row([
             svc.name.clone(),
             svc.vip.clone(),
-            svc.proto.clone(),
-            svc.scheduler.clone(),
+            svc.proto.to_string(),
+            svc.scheduler.to_string(),
             String::new(),
             String::new(),
             String::new(),
@@ -361,7 +361,7 @@ fn print_status(s: &Status) {
                 b.flows.to_string()
             };
             let source = if b.overrides.is_empty() {
-                b.source.clone()
+                b.source.to_string()
             } else {
                 format!("{}; {}", b.source, b.overrides.join("; "))
             };
@@ -372,7 +372,7 @@ fn print_status(s: &Status) {
                 String::new(),
                 b.addr.clone(),
                 b.weight.to_string(),
-                b.state.clone(),
+                b.state.to_string(),
                 b.packets.to_string(),
                 b.bytes.to_string(),
                 flows,

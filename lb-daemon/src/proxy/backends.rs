@@ -20,8 +20,9 @@ use std::{
 
 use super::{
     ProxyError,
-    scheduler::{Flow, Scheduler, SchedulerKind},
+    scheduler::{Candidate, Flow, Picker},
 };
+use crate::config::Scheduler;
 
 /// A backend as the daemon hands it over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,34 +80,48 @@ impl Backend {
     }
 }
 
+impl Candidate for Backend {
+    fn id(&self) -> u32 {
+        Backend::id(self)
+    }
+    fn weight(&self) -> u32 {
+        Backend::weight(self)
+    }
+    fn active(&self) -> u64 {
+        Backend::active(self)
+    }
+}
+
 /// The backends in rotation for one service and the scheduler built for them.
 #[derive(Debug)]
 pub struct BackendSet {
     backends: Vec<Backend>,
-    scheduler: Scheduler,
+    picker: Picker,
 }
 
 impl BackendSet {
-    /// A set of `backends` (ids must be distinct) picked from by `kind`.
-    pub fn new(kind: SchedulerKind, backends: Vec<Backend>) -> Result<BackendSet, ProxyError> {
+    /// A set of `backends` (ids must be distinct) picked from by `kind`; `table` is the
+    /// service's Maglev table in backend ids, as the engine built it (read by `maglev`, `sh`).
+    pub fn new(
+        kind: Scheduler,
+        backends: Vec<Backend>,
+        table: &[u32],
+    ) -> Result<BackendSet, ProxyError> {
         let mut seen = HashSet::with_capacity(backends.len());
         for b in &backends {
             if !seen.insert(b.id()) {
                 return Err(ProxyError::DuplicateBackend { id: b.id() });
             }
         }
-        let scheduler = Scheduler::new(kind, &backends);
-        Ok(BackendSet {
-            backends,
-            scheduler,
-        })
+        let picker = Picker::new(kind, &backends, table);
+        Ok(BackendSet { backends, picker })
     }
 
     /// A set with no backend: every pick gives none.
-    pub fn empty(kind: SchedulerKind) -> BackendSet {
+    pub fn empty(kind: Scheduler) -> BackendSet {
         BackendSet {
             backends: Vec::new(),
-            scheduler: Scheduler::new(kind, &[]),
+            picker: Picker::new::<Backend>(kind, &[], &[]),
         }
     }
 
@@ -126,8 +141,8 @@ impl BackendSet {
     }
 
     /// The scheduler.
-    pub fn scheduler(&self) -> SchedulerKind {
-        self.scheduler.kind()
+    pub fn scheduler(&self) -> Scheduler {
+        self.picker.kind()
     }
 
     /// The backend with this id, if it is in the set.
@@ -139,7 +154,7 @@ impl BackendSet {
     /// retry takes the scheduler's next choice without it). None when no backend is left.
     pub fn pick(&self, flow: &Flow, exclude: Option<u32>) -> Option<&Backend> {
         let exclude = exclude.and_then(|id| self.backends.iter().position(|b| b.id() == id));
-        self.scheduler
+        self.picker
             .pick(&self.backends, flow, exclude)
             .and_then(|i| self.backends.get(i))
     }

@@ -11,8 +11,8 @@
 //!   service, swaps its backend set with [`ServiceHandle::set_backends`] and reads its counters.
 //! - [`backends`]: [`BackendSet`], the immutable snapshot a connection picks from (swapped
 //!   lock-free with `arc-swap`), [`Backend`], and the per-service and per-backend [`Counters`].
-//! - [`scheduler`]: how a new connection picks a backend — `maglev` and `sh` (the same Maglev
-//!   table and flow hash as the XDP program, so a flow picks the same backend on either path),
+//! - [`scheduler`]: how a new connection picks a backend — `maglev` and `sh` (the engine's one
+//!   Maglev table and the XDP program's flow hash, so a flow picks the same backend on either path),
 //!   `rr`, `wrr` (smooth weighted round robin) and `lc` (weighted least connections).
 //! - [`tcp`]: the TCP proxy ([`run_tcp`], [`bind_tcp`]): a bounded number of connections, a
 //!   connect timeout with one retry on another backend, an idle timeout.
@@ -46,96 +46,19 @@ use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 
 pub use backends::{ActiveGuard, Backend, BackendSet, BackendSpec, CounterSnapshot, Counters};
-pub use scheduler::{Flow, SchedulerKind};
+pub use scheduler::Flow;
 pub use tcp::{bind_tcp, run_tcp};
 pub use udp::{bind_udp, run_udp};
 
-use crate::config::Proto;
+use crate::config::{ConfigError, Proto, Scheduler, proxy::ProxyConfig};
 use ratelimit::RateLimit;
-
-/// Limits and timeouts of the proxy, per service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyConfig {
-    /// How long a TCP connect to a backend may take before it counts as failed (and the
-    /// connection is retried once on another backend).
-    pub connect_timeout: Duration,
-    /// A TCP connection with no bytes in either direction for this long is closed.
-    pub idle_timeout: Duration,
-    /// Most TCP connections open at once per service. At the bound the proxy stops accepting:
-    /// new clients wait in the kernel's listen backlog until a connection closes. Each spliced
-    /// connection holds six file descriptors (two sockets, two pipes): the open-files limit
-    /// (`LimitNOFILE=`) must allow for the sum over services.
-    pub max_connections: usize,
-    /// A UDP session with no datagram in either direction for this long is closed.
-    pub udp_session_timeout: Duration,
-    /// Most UDP sessions (client addresses) at once per service. At the bound, datagrams from
-    /// new clients are dropped (UDP has no backlog to wait in); existing sessions go on.
-    pub max_udp_sessions: usize,
-    /// Copy TCP payload with `splice(2)` through a pipe (Linux, zero-copy) instead of a copy
-    /// loop through a userspace buffer. Off only for comparison and tests; when splice fails
-    /// as unsupported, the copy loop takes over by itself.
-    pub splice: bool,
-}
-
-impl Default for ProxyConfig {
-    fn default() -> ProxyConfig {
-        ProxyConfig {
-            connect_timeout: Duration::from_secs(3),
-            idle_timeout: Duration::from_secs(300),
-            max_connections: 10_000,
-            udp_session_timeout: Duration::from_secs(30),
-            max_udp_sessions: 10_000,
-            splice: true,
-        }
-    }
-}
-
-/// Largest connection or session bound: the shutdown waits for all of them with one
-/// `Semaphore::acquire_many(u32)`.
-pub const MAX_LIMIT: usize = 1 << 24;
-
-impl ProxyConfig {
-    /// Checks that every timeout is non-zero and every bound is within 1..=[`MAX_LIMIT`].
-    pub fn validate(&self) -> Result<(), ProxyError> {
-        let durations = [
-            ("connect_timeout", self.connect_timeout),
-            ("idle_timeout", self.idle_timeout),
-            ("udp_session_timeout", self.udp_session_timeout),
-        ];
-        for (field, d) in durations {
-            if d.is_zero() {
-                return Err(ProxyError::Config {
-                    field,
-                    message: "must be greater than zero".into(),
-                });
-            }
-        }
-        for (field, n) in [
-            ("max_connections", self.max_connections),
-            ("max_udp_sessions", self.max_udp_sessions),
-        ] {
-            if !(1..=MAX_LIMIT).contains(&n) {
-                return Err(ProxyError::Config {
-                    field,
-                    message: format!("{n} is out of range (allowed: 1 to {MAX_LIMIT})"),
-                });
-            }
-        }
-        Ok(())
-    }
-}
 
 /// Errors of the proxy's set-up. Errors of single connections are logged and counted instead.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// A [`ProxyConfig`] value is out of range.
-    #[error("proxy.{field}: {message}")]
-    Config {
-        /// The field.
-        field: &'static str,
-        /// What is wrong and what is allowed.
-        message: String,
-    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// Creating, configuring or binding the service's socket failed.
     #[error("cannot bind {proto} {addr}: {source}")]
     Bind {
@@ -200,7 +123,7 @@ impl ServiceHandle {
             vip,
             proto,
             config,
-            set: ArcSwap::from_pointee(BackendSet::empty(SchedulerKind::Maglev)),
+            set: ArcSwap::from_pointee(BackendSet::empty(Scheduler::Maglev)),
             counters: Arc::default(),
             backend_counters: Mutex::default(),
             limit: Arc::new(Semaphore::new(permits)),
@@ -235,12 +158,13 @@ impl ServiceHandle {
     /// their backend, whether or not it is still in the set.
     ///
     /// Pass only the backends that take new connections: drained, maintenance, down and
-    /// removed backends are left out. For `maglev` and `sh` this builds a Maglev table of
-    /// `MAGLEV_M` slots (milliseconds of CPU): call it from the control path, not per packet.
+    /// removed backends are left out. `table` is the service's Maglev table in backend ids, as
+    /// the engine built it for both data paths (`maglev` and `sh` read it; the others ignore it).
     pub fn set_backends(
         &self,
-        scheduler: SchedulerKind,
+        scheduler: Scheduler,
         backends: &[BackendSpec],
+        table: &[u32],
     ) -> Result<(), ProxyError> {
         let members = {
             let mut registry = self
@@ -255,7 +179,7 @@ impl ServiceHandle {
                 })
                 .collect()
         };
-        let set = BackendSet::new(scheduler, members)?;
+        let set = BackendSet::new(scheduler, members, table)?;
         tracing::debug!(service = %self.name, scheduler = %scheduler, backends = set.len(), "proxy backend set swapped");
         self.set.store(Arc::new(set));
         Ok(())
@@ -335,31 +259,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid_and_zero_values_are_named() {
-        assert!(ProxyConfig::default().validate().is_ok());
-        let e = ProxyConfig {
-            connect_timeout: Duration::ZERO,
-            ..ProxyConfig::default()
-        }
-        .validate()
-        .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "proxy.connect_timeout: must be greater than zero"
-        );
-        let e = ProxyConfig {
-            max_connections: 0,
-            ..ProxyConfig::default()
-        }
-        .validate()
-        .unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("proxy.max_connections: 0 is out of range")
-        );
-    }
-
-    #[test]
     fn counters_outlive_sets_until_forgotten() {
         let svc = ServiceHandle::new(
             "t",
@@ -373,14 +272,14 @@ mod tests {
             addr: "127.0.0.2:80".parse().unwrap(),
             weight: 1,
         };
-        svc.set_backends(SchedulerKind::Rr, &[spec]).unwrap();
+        svc.set_backends(Scheduler::Rr, &[spec], &[]).unwrap();
         let set = svc.backend_set();
         let b = set.pick(&svc.flow("127.0.0.9:1000".parse().unwrap()), None);
         let guard = b.map(|b| b.counters().clone());
         let guard = guard.as_ref().map(|c| c.open());
         assert_eq!(svc.active_connections(7), 1);
         // The backend leaves the set: its open connection still counts.
-        svc.set_backends(SchedulerKind::Rr, &[]).unwrap();
+        svc.set_backends(Scheduler::Rr, &[], &[]).unwrap();
         assert!(svc.backend_set().is_empty());
         assert_eq!(svc.active_connections(7), 1);
         drop(guard);
@@ -388,7 +287,7 @@ mod tests {
         svc.forget_backend(7);
         assert!(svc.backend_counters(7).is_none());
         assert!(matches!(
-            svc.set_backends(SchedulerKind::Rr, &[spec, spec]),
+            svc.set_backends(Scheduler::Rr, &[spec, spec], &[]),
             Err(ProxyError::DuplicateBackend { id: 7 })
         ));
     }

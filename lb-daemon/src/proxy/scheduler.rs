@@ -8,16 +8,14 @@
 //!   a a a a a b c);
 //! - `lc`: weighted least connections: the lowest open connections / weight, ties rotated.
 //!
-//! `maglev` and `sh` build the table with [`crate::maglev::build`] over the same (name, weight)
-//! pairs as the engine builds for the XDP program (the name is the backend's IP address) and
-//! hash a [`lb_common::FlowKey`] filled exactly as the XDP program fills it, so a flow picks
-//! the same backend on either path and on either VRRP node.
+//! `maglev` and `sh` use the service's table as the engine built it for either data path (one
+//! build, backend ids in its slots) and hash a [`lb_common::FlowKey`] filled exactly as the XDP
+//! program fills it, so a flow picks the same backend on either path and on either VRRP node.
 //!
 //! The state of `rr`, `wrr` and `lc` belongs to one set and starts afresh with each new set.
 
 use std::{
     collections::HashMap,
-    fmt,
     net::{IpAddr, SocketAddr},
     sync::{
         Mutex, PoisonError,
@@ -25,73 +23,18 @@ use std::{
     },
 };
 
-use lb_common::{FlowKey, MAGLEV_M, hash::flow_hash};
+use lb_common::{FlowKey, hash::flow_hash};
 
-use super::backends::Backend;
-use crate::{
-    config::{self, Proto},
-    maglev,
-};
+use crate::config::{Proto, Scheduler};
 
-/// Which scheduler a service uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SchedulerKind {
-    /// Maglev consistent hashing on the 5-tuple (the XDP path's default).
-    Maglev,
-    /// Maglev on the client address only (IPVS `sh`).
-    Sh,
-    /// Round robin.
-    Rr,
-    /// Smooth weighted round robin (nginx).
-    Wrr,
-    /// Weighted least connections.
-    Lc,
-}
-
-impl SchedulerKind {
-    /// Every scheduler, in the order of the docs.
-    pub const ALL: [SchedulerKind; 5] = [
-        SchedulerKind::Maglev,
-        SchedulerKind::Sh,
-        SchedulerKind::Rr,
-        SchedulerKind::Wrr,
-        SchedulerKind::Lc,
-    ];
-
-    /// The config name: `maglev`, `sh`, `rr`, `wrr`, `lc`.
-    pub fn name(self) -> &'static str {
-        match self {
-            SchedulerKind::Maglev => "maglev",
-            SchedulerKind::Sh => "sh",
-            SchedulerKind::Rr => "rr",
-            SchedulerKind::Wrr => "wrr",
-            SchedulerKind::Lc => "lc",
-        }
-    }
-
-    /// The scheduler of a config name, if there is one.
-    pub fn from_name(name: &str) -> Option<SchedulerKind> {
-        SchedulerKind::ALL.into_iter().find(|k| k.name() == name)
-    }
-}
-
-impl fmt::Display for SchedulerKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl From<config::Scheduler> for SchedulerKind {
-    fn from(s: config::Scheduler) -> SchedulerKind {
-        match s {
-            config::Scheduler::Maglev => SchedulerKind::Maglev,
-            config::Scheduler::Sh => SchedulerKind::Sh,
-            config::Scheduler::Rr => SchedulerKind::Rr,
-            config::Scheduler::Wrr => SchedulerKind::Wrr,
-            config::Scheduler::Lc => SchedulerKind::Lc,
-        }
-    }
+/// What a scheduler reads of a backend.
+pub trait Candidate {
+    /// Its stable id (what the service's table holds).
+    fn id(&self) -> u32;
+    /// Its weight.
+    fn weight(&self) -> u32;
+    /// Its open connections (`lc`).
+    fn active(&self) -> u64;
 }
 
 /// A new flow as the schedulers see it.
@@ -141,10 +84,11 @@ fn addr_word(ip: IpAddr) -> u32 {
     u32::from_ne_bytes(v4.octets())
 }
 
-/// A scheduler built for one backend list; [`Scheduler::pick`] must be given that same list.
+/// A scheduler's state built for one backend list; [`Picker::pick`] must be given that same
+/// list.
 #[derive(Debug)]
-pub struct Scheduler {
-    kind: SchedulerKind,
+pub struct Picker {
+    kind: Scheduler,
     state: State,
 }
 
@@ -160,26 +104,33 @@ enum State {
     Lc(AtomicUsize),
 }
 
-impl Scheduler {
-    /// Builds the scheduler's state for `backends` (for `maglev`/`sh`, the Maglev table).
-    pub fn new(kind: SchedulerKind, backends: &[Backend]) -> Scheduler {
+impl Picker {
+    /// Builds the scheduler's state for `backends`. `table` is the service's Maglev table in
+    /// backend ids, as the engine built it (see [`crate::maglev::id_table`]); only `maglev` and
+    /// `sh` read it.
+    pub fn new<B: Candidate>(kind: Scheduler, backends: &[B], table: &[u32]) -> Picker {
         let state = match kind {
-            SchedulerKind::Maglev | SchedulerKind::Sh => State::Table(maglev_table(backends)),
-            SchedulerKind::Rr => State::Rr(AtomicUsize::new(0)),
-            SchedulerKind::Wrr => State::Wrr(Mutex::new(vec![0; backends.len()])),
-            SchedulerKind::Lc => State::Lc(AtomicUsize::new(0)),
+            Scheduler::Maglev | Scheduler::Sh => State::Table(index_table(backends, table)),
+            Scheduler::Rr => State::Rr(AtomicUsize::new(0)),
+            Scheduler::Wrr => State::Wrr(Mutex::new(vec![0; backends.len()])),
+            Scheduler::Lc => State::Lc(AtomicUsize::new(0)),
         };
-        Scheduler { kind, state }
+        Picker { kind, state }
     }
 
     /// Which scheduler this is.
-    pub fn kind(&self) -> SchedulerKind {
+    pub fn kind(&self) -> Scheduler {
         self.kind
     }
 
     /// Index of the backend for a new flow, skipping the index `exclude` (a backend that just
     /// failed); None when no backend is left.
-    pub fn pick(&self, backends: &[Backend], flow: &Flow, exclude: Option<usize>) -> Option<usize> {
+    pub fn pick<B: Candidate>(
+        &self,
+        backends: &[B],
+        flow: &Flow,
+        exclude: Option<usize>,
+    ) -> Option<usize> {
         let n = backends.len();
         let allowed = |i: usize| Some(i) != exclude;
         if n == 0 || (n == 1 && !allowed(0)) {
@@ -191,7 +142,7 @@ impl Scheduler {
                 if len == 0 {
                     return None;
                 }
-                let key = flow.key(self.kind == SchedulerKind::Sh);
+                let key = flow.key(self.kind == Scheduler::Sh);
                 let slot = lb_common::hash::maglev_slot(flow_hash(&key)) as usize % len;
                 // The first choice is the XDP path's; a retry walks on to the next slot that
                 // holds another backend (slot order is a permutation mix, so the retries of
@@ -255,41 +206,30 @@ impl Scheduler {
     }
 }
 
-/// The Maglev table of a backend list, as indices into it. Names are the IP addresses, as the
-/// engine names backends for the XDP tables; two backends on one IP (possible only on the proxy
-/// path, with different ports) are named `ip:port` instead, so each keeps its own permutation.
-fn maglev_table(backends: &[Backend]) -> Vec<u32> {
-    let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
-    for b in backends {
-        *per_ip.entry(b.addr().ip()).or_default() += 1;
+/// The service's table of backend ids as indices into `backends` (`u32::MAX` in a slot whose id
+/// is not in the list, which [`Picker::pick`] walks past); empty when there is no backend.
+fn index_table<B: Candidate>(backends: &[B], table: &[u32]) -> Vec<u32> {
+    if backends.is_empty() {
+        return Vec::new();
     }
-    let names: Vec<String> = backends
+    let index: HashMap<u32, u32> = (0u32..).zip(backends).map(|(i, b)| (b.id(), i)).collect();
+    table
         .iter()
-        .map(|b| {
-            if per_ip.get(&b.addr().ip()).copied().unwrap_or(0) > 1 {
-                b.addr().to_string()
-            } else {
-                b.addr().ip().to_string()
-            }
-        })
-        .collect();
-    let entries: Vec<maglev::Entry<'_>> = backends
-        .iter()
-        .zip(&names)
-        .map(|(b, name)| maglev::Entry {
-            name,
-            weight: b.weight(),
-        })
-        .collect();
-    maglev::build(&entries, MAGLEV_M)
+        .map(|id| index.get(id).copied().unwrap_or(u32::MAX))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use std::{net::Ipv4Addr, sync::Arc};
 
+    use lb_common::MAGLEV_M;
+
     use super::*;
-    use crate::proxy::backends::{BackendSpec, Counters};
+    use crate::{
+        maglev,
+        proxy::backends::{Backend, BackendSpec, Counters},
+    };
 
     fn backends(weights: &[u32]) -> Vec<Backend> {
         weights
@@ -316,7 +256,24 @@ mod tests {
         }
     }
 
-    fn counts(s: &Scheduler, b: &[Backend], picks: usize) -> Vec<usize> {
+    /// The engine's table for these backends.
+    fn table(b: &[Backend]) -> Vec<u32> {
+        let members: Vec<maglev::Member> = b
+            .iter()
+            .map(|x| maglev::Member {
+                id: x.id(),
+                addr: x.addr().ip(),
+                weight: x.weight(),
+            })
+            .collect();
+        maglev::id_table(&members)
+    }
+
+    fn picker(kind: Scheduler, b: &[Backend]) -> Picker {
+        Picker::new(kind, b, &table(b))
+    }
+
+    fn counts(s: &Picker, b: &[Backend], picks: usize) -> Vec<usize> {
         let mut c = vec![0; b.len()];
         for p in 0..picks {
             let i = s
@@ -329,10 +286,10 @@ mod tests {
 
     #[test]
     fn empty_set_gives_no_backend() {
-        for kind in SchedulerKind::ALL {
-            let s = Scheduler::new(kind, &[]);
+        for kind in Scheduler::ALL {
+            let s = Picker::new::<Backend>(kind, &[], &[]);
             assert_eq!(
-                s.pick(&[], &flow([198, 18, 0, 10], 1), None),
+                s.pick::<Backend>(&[], &flow([198, 18, 0, 10], 1), None),
                 None,
                 "{kind}"
             );
@@ -341,12 +298,12 @@ mod tests {
 
     #[test]
     fn excluding_the_only_backend_gives_none_and_otherwise_another() {
-        for kind in SchedulerKind::ALL {
+        for kind in Scheduler::ALL {
             let one = backends(&[1]);
-            let s = Scheduler::new(kind, &one);
+            let s = picker(kind, &one);
             assert_eq!(s.pick(&one, &flow([198, 18, 0, 10], 1), Some(0)), None);
             let three = backends(&[1, 2, 3]);
-            let s = Scheduler::new(kind, &three);
+            let s = picker(kind, &three);
             for port in 1..200 {
                 let f = flow([198, 18, 0, 10], port);
                 let first = s.pick(&three, &f, None).unwrap();
@@ -357,42 +314,30 @@ mod tests {
     }
 
     #[test]
-    fn names_parse_and_print() {
-        for kind in SchedulerKind::ALL {
-            assert_eq!(SchedulerKind::from_name(kind.name()), Some(kind));
-        }
-        assert_eq!(SchedulerKind::from_name("random"), None);
-        assert_eq!(
-            SchedulerKind::from(config::Scheduler::Sh),
-            SchedulerKind::Sh
-        );
-    }
-
-    #[test]
     fn rr_takes_turns() {
         let b = backends(&[5, 1, 1]);
-        let s = Scheduler::new(SchedulerKind::Rr, &b);
+        let s = picker(Scheduler::Rr, &b);
         assert_eq!(counts(&s, &b, 300), vec![100, 100, 100]);
     }
 
     #[test]
     fn wrr_is_smooth_and_follows_weights() {
         let b = backends(&[5, 1, 1]);
-        let s = Scheduler::new(SchedulerKind::Wrr, &b);
+        let s = picker(Scheduler::Wrr, &b);
         let seq: Vec<usize> = (0..7)
             .map(|_| s.pick(&b, &flow([198, 18, 0, 10], 1), None).unwrap())
             .collect();
         // nginx's example: weights 5, 1, 1 give a a b a c a a.
         assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
         let b = backends(&[1, 2, 3, 4]);
-        let s = Scheduler::new(SchedulerKind::Wrr, &b);
+        let s = picker(Scheduler::Wrr, &b);
         assert_eq!(counts(&s, &b, 1000), vec![100, 200, 300, 400]);
     }
 
     #[test]
     fn lc_picks_the_least_loaded_by_weight() {
         let b = backends(&[1, 1, 2]);
-        let s = Scheduler::new(SchedulerKind::Lc, &b);
+        let s = picker(Scheduler::Lc, &b);
         let f = flow([198, 18, 0, 10], 1);
         let guards: Vec<_> = [3, 1, 4]
             .iter()
@@ -419,7 +364,7 @@ mod tests {
     fn lc_fills_backends_by_weight() {
         // Connections that stay open: each new one goes to the lowest conns/weight.
         let b = backends(&[1, 3]);
-        let s = Scheduler::new(SchedulerKind::Lc, &b);
+        let s = picker(Scheduler::Lc, &b);
         let mut open = Vec::new();
         for port in 0..40 {
             let i = s.pick(&b, &flow([198, 18, 0, 10], port), None).unwrap();
@@ -454,8 +399,8 @@ mod tests {
     #[test]
     fn maglev_and_sh_pick_what_the_xdp_path_picks() {
         let b = backends(&[1, 2, 1, 1]);
-        let mg = Scheduler::new(SchedulerKind::Maglev, &b);
-        let sh = Scheduler::new(SchedulerKind::Sh, &b);
+        let mg = picker(Scheduler::Maglev, &b);
+        let sh = picker(Scheduler::Sh, &b);
         let mut per_backend = [0usize; 4];
         for host in 1..20u8 {
             for port in [1, 80, 1024, 40_000, 65_535] {
@@ -475,7 +420,7 @@ mod tests {
     #[test]
     fn maglev_spreads_by_weight() {
         let b = backends(&[1, 1, 2]);
-        let s = Scheduler::new(SchedulerKind::Maglev, &b);
+        let s = picker(Scheduler::Maglev, &b);
         let mut c = [0u32; 3];
         for host in 0..40u8 {
             for port in 0..100u16 {
@@ -488,24 +433,5 @@ mod tests {
             let got = f64::from(c[i]);
             assert!((got - want).abs() < want / 10.0, "{c:?}");
         }
-    }
-
-    #[test]
-    fn shared_ip_backends_get_distinct_maglev_names() {
-        let mut b = backends(&[1, 1]);
-        b[1] = Backend::new(
-            BackendSpec {
-                id: 200,
-                addr: SocketAddr::from(([198, 18, 0, 21], 8080)),
-                weight: 1,
-            },
-            Arc::new(Counters::default()),
-        );
-        let s = Scheduler::new(SchedulerKind::Maglev, &b);
-        let mut c = [0u32; 2];
-        for port in 0..2000 {
-            c[s.pick(&b, &flow([10, 0, 0, 1], port), None).unwrap()] += 1;
-        }
-        assert!(c[0] > 700 && c[1] > 700, "{c:?}");
     }
 }

@@ -1,5 +1,5 @@
-//! Batched reads and deletes of BPF hash maps (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_DELETE_BATCH`,
-//! Linux 5.6+), which aya does not wrap.
+//! Batched reads, writes and deletes of BPF maps (`BPF_MAP_LOOKUP_BATCH`,
+//! `BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH`, Linux 5.6+), which aya does not wrap.
 //!
 //! Walking a map with aya's iterator costs two syscalls per entry (next key, then lookup). The
 //! connection table holds up to millions of flows and is scanned every few seconds, so that walk
@@ -14,6 +14,8 @@ use aya::Pod;
 
 /// `BPF_MAP_LOOKUP_BATCH` from `enum bpf_cmd` (uapi/linux/bpf.h).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// `BPF_MAP_UPDATE_BATCH` from `enum bpf_cmd`.
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 /// `BPF_MAP_DELETE_BATCH` from `enum bpf_cmd`.
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// `ENOTSUPP`: the kernel-internal "not supported" some map types answer batch commands with.
@@ -141,6 +143,32 @@ pub fn delete<K: Pod>(fd: BorrowedFd<'_>, keys: &[K], deleted: &mut u64) -> io::
                 rest = rest.get(done + 1..).unwrap_or_default()
             }
             Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes `values` at the consecutive indices `first..` of the array map `fd`, a chunk per
+/// syscall (a Maglev table is 65,537 entries: one call instead of 65,537).
+pub fn update_array<V: Pod>(fd: BorrowedFd<'_>, first: u32, values: &[V]) -> io::Result<()> {
+    const CHUNK: usize = 1 << 16;
+    for (n, chunk) in values.chunks(CHUNK).enumerate() {
+        let base = first + (n * CHUNK) as u32;
+        let keys: Vec<u32> = (base..).take(chunk.len()).collect();
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: chunk.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
+        if attr.count as usize != chunk.len() {
+            return Err(io::Error::other(format!(
+                "the kernel wrote {} of {} entries",
+                attr.count,
+                chunk.len()
+            )));
         }
     }
     Ok(())

@@ -1,20 +1,15 @@
 //! Shared by the XDP program tests: the privilege rule and frame builders.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary that includes this module uses a different part of it"
+)]
 
 use etherparse::PacketBuilder;
 
 /// Tests that need root (BPF_PROG_TEST_RUN) call this first: under CI they fail loudly without
-/// the privilege; elsewhere they say why they skip.
+/// the privilege; elsewhere they say why they skip (the workspace's one rule, `lb-testkit`).
 pub fn have_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{test}: needs root (CAP_BPF, CAP_NET_ADMIN) and CI=true: refusing to skip");
-        }
-        eprintln!("{test}: skipped: needs root (CAP_BPF, CAP_NET_ADMIN)");
-    }
-    root
+    lb_testkit::require_or_skip(test, lb_testkit::root_unavailable_reason())
 }
 
 pub const OWN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];

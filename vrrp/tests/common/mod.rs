@@ -10,13 +10,10 @@ pub struct Frame {
     pub data: Vec<u8>,
 }
 
-/// The directory of the keepalived captures: `$VRRP_FIXTURES`, else `shared/fixtures/vrrp` beside
-/// the repository.
+/// The directory of the keepalived captures, in the repository: `vrrp/tests/fixtures` (its README
+/// says how they were made and what they show).
 pub fn fixtures_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("VRRP_FIXTURES") {
-        return PathBuf::from(dir);
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/vrrp")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 /// Reads every frame of fixture `name` (pcap or pcapng). Panics with a clear message if missing.

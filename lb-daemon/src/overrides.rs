@@ -20,10 +20,10 @@ pub const STATE_FILE: &str = "state.json";
 /// Format version written in the file.
 pub const STATE_VERSION: u32 = 1;
 
-/// Administrative state set by an operator.
+/// What an operator took a backend out of rotation for (`lbctl backend drain|maintenance`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum AdminOverride {
+pub enum Admin {
     /// No new flows; established flows go on.
     Draining,
     /// Out of rotation for maintenance; established flows go on.
@@ -42,7 +42,7 @@ pub struct BackendOverride {
     pub weight: Option<u32>,
     /// Drained or in maintenance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub admin: Option<AdminOverride>,
+    pub admin: Option<Admin>,
     /// Removed at run time (also when the config lists it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub removed: bool,
@@ -215,7 +215,7 @@ mod tests {
             b.weight = Some(3);
         });
         o.update("tcp/198.18.0.100:80", Ipv4Addr::new(198, 18, 0, 21), |b| {
-            b.admin = Some(AdminOverride::Draining)
+            b.admin = Some(Admin::Draining)
         });
         f.save(&o).unwrap();
         assert_eq!(f.load().unwrap(), o);

@@ -1,4 +1,6 @@
 //! The TOML config: a raw serde layer (`deny_unknown_fields`) converted into validated types.
+//! The sections have their own files: [`health`] (a service's `health = {..}`), [`proxy`]
+//! (`[proxy]`), [`vrrp`] (`[vrrp]`); this file holds `[daemon]`, `[[service]]` and the whole.
 //! Every error names the key path, the value and what is allowed, e.g.
 //! `service[0].backends[2].addr: "10.0.0.x" is not an IPv4 address (expected 198.18.0.21 or 198.18.0.21:80)`.
 
@@ -10,6 +12,18 @@ use std::{
 };
 
 use serde::Deserialize;
+
+pub mod health;
+pub mod proxy;
+pub mod vrrp;
+
+pub use health::HealthConfig;
+pub use proxy::ProxyConfig;
+pub use vrrp::{TRACK_DATAPATH, TRACK_INTERFACE_PREFIX, TRACK_NO_BACKEND};
+
+use health::RawHealth;
+use proxy::RawProxy;
+use vrrp::RawVrrp;
 
 /// Default control socket path.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/lbd/lbd.sock";
@@ -63,7 +77,9 @@ impl fmt::Display for Datapath {
 }
 
 /// Transport protocol of a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     /// TCP.
@@ -92,7 +108,7 @@ impl fmt::Display for Proto {
 }
 
 /// How a service picks a backend for a new flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheduler {
     /// Maglev consistent hashing on the 5-tuple.
@@ -108,6 +124,26 @@ pub enum Scheduler {
 }
 
 impl Scheduler {
+    /// Every scheduler, in the order of the docs.
+    pub const ALL: [Scheduler; 5] = [
+        Scheduler::Maglev,
+        Scheduler::Sh,
+        Scheduler::Rr,
+        Scheduler::Wrr,
+        Scheduler::Lc,
+    ];
+
+    /// The config name: `maglev`, `sh`, `rr`, `wrr`, `lc`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheduler::Maglev => "maglev",
+            Scheduler::Sh => "sh",
+            Scheduler::Rr => "rr",
+            Scheduler::Wrr => "wrr",
+            Scheduler::Lc => "lc",
+        }
+    }
+
     /// Whether the XDP data path can run it (it hashes; it keeps no per-backend state).
     pub fn xdp_capable(self) -> bool {
         matches!(self, Scheduler::Maglev | Scheduler::Sh)
@@ -116,13 +152,7 @@ impl Scheduler {
 
 impl fmt::Display for Scheduler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Scheduler::Maglev => "maglev",
-            Scheduler::Sh => "sh",
-            Scheduler::Rr => "rr",
-            Scheduler::Wrr => "wrr",
-            Scheduler::Lc => "lc",
-        })
+        f.write_str(self.as_str())
     }
 }
 
@@ -132,9 +162,9 @@ pub struct Config {
     /// `[daemon]`.
     pub daemon: DaemonConfig,
     /// `[vrrp]`, when this node shares its VIPs with another through VRRP.
-    pub vrrp: Option<vrrp::Config>,
+    pub vrrp: Option<::vrrp::Config>,
     /// `[proxy]`: the userspace data path's limits and timeouts.
-    pub proxy: crate::proxy::ProxyConfig,
+    pub proxy: ProxyConfig,
     /// `[[service]]`, in file order.
     pub services: Vec<ServiceConfig>,
 }
@@ -170,7 +200,7 @@ pub struct ServiceConfig {
     /// Backends, in file order.
     pub backends: Vec<BackendConfig>,
     /// Health checks of its backends, when configured.
-    pub health: Option<crate::health::HealthConfig>,
+    pub health: Option<HealthConfig>,
 }
 
 impl ServiceConfig {
@@ -219,191 +249,6 @@ struct RawConfig {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawProxy {
-    connect_timeout_ms: Option<i64>,
-    idle_timeout_s: Option<i64>,
-    max_connections: Option<i64>,
-    udp_session_timeout_s: Option<i64>,
-    max_udp_sessions: Option<i64>,
-    splice: Option<bool>,
-}
-
-impl RawProxy {
-    fn validate(self) -> Result<crate::proxy::ProxyConfig, ConfigError> {
-        let mut c = crate::proxy::ProxyConfig::default();
-        let range = |key: &str, v: i64, lo: i64, hi: i64| -> Result<u64, ConfigError> {
-            if (lo..=hi).contains(&v) {
-                Ok(v as u64)
-            } else {
-                Err(err(
-                    format!("proxy.{key}"),
-                    format!("{v} is out of range (allowed: {lo} to {hi})"),
-                ))
-            }
-        };
-        let max = crate::proxy::MAX_LIMIT as i64;
-        if let Some(v) = self.connect_timeout_ms {
-            c.connect_timeout =
-                std::time::Duration::from_millis(range("connect_timeout_ms", v, 10, 60_000)?);
-        }
-        if let Some(v) = self.idle_timeout_s {
-            c.idle_timeout = std::time::Duration::from_secs(range("idle_timeout_s", v, 1, 86_400)?);
-        }
-        if let Some(v) = self.max_connections {
-            c.max_connections = range("max_connections", v, 1, max)? as usize;
-        }
-        if let Some(v) = self.udp_session_timeout_s {
-            c.udp_session_timeout =
-                std::time::Duration::from_secs(range("udp_session_timeout_s", v, 1, 86_400)?);
-        }
-        if let Some(v) = self.max_udp_sessions {
-            c.max_udp_sessions = range("max_udp_sessions", v, 1, max)? as usize;
-        }
-        if let Some(v) = self.splice {
-            c.splice = v;
-        }
-        c.validate().map_err(|e| err("proxy", e.to_string()))?;
-        Ok(c)
-    }
-}
-
-/// Name of the VRRP tracked condition "a service has no backend in rotation".
-pub const TRACK_NO_BACKEND: &str = "no_backend";
-/// Name of the VRRP tracked condition "the XDP program is not attached to the interface".
-pub const TRACK_DATAPATH: &str = "datapath";
-/// Prefix of the VRRP tracked conditions "interface X is down".
-pub const TRACK_INTERFACE_PREFIX: &str = "interface:";
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawVrrp {
-    vrid: i64,
-    priority: i64,
-    advert_interval_ms: Option<i64>,
-    preempt: Option<bool>,
-    preempt_delay_ms: Option<i64>,
-    interface: Option<String>,
-    vips: Option<Vec<String>>,
-    #[serde(default)]
-    unicast_peers: Vec<String>,
-    notify: Option<PathBuf>,
-    track_no_backend: Option<i64>,
-    track_datapath: Option<i64>,
-    #[serde(default)]
-    track_interfaces: std::collections::BTreeMap<String, i64>,
-}
-
-impl RawVrrp {
-    fn validate(
-        self,
-        daemon: &DaemonConfig,
-        services: &[ServiceConfig],
-    ) -> Result<vrrp::Config, ConfigError> {
-        let byte = |key: &str, v: i64, lo: i64, hi: i64| -> Result<u8, ConfigError> {
-            if (lo..=hi).contains(&v) {
-                Ok(v as u8)
-            } else {
-                Err(err(
-                    format!("vrrp.{key}"),
-                    format!("{v} is out of range (allowed: {lo} to {hi})"),
-                ))
-            }
-        };
-        let vrid = vrrp::VrId::new(byte("vrid", self.vrid, 1, 255)?)
-            .map_err(|e| err("vrrp.vrid", e.to_string()))?;
-        let priority = vrrp::Priority::new(byte("priority", self.priority, 1, 255)?)
-            .map_err(|e| err("vrrp.priority", e.to_string()))?;
-        let ms = self.advert_interval_ms.unwrap_or(1000);
-        let interval = u64::try_from(ms)
-            .map_err(|_| vrrp::ConfigError::AdvertIntervalRange(0))
-            .and_then(vrrp::AdvertInterval::from_millis)
-            .map_err(|e| err("vrrp.advert_interval_ms", format!("{ms}: {e}")))?;
-        let delay = self.preempt_delay_ms.unwrap_or(0);
-        if !(0..=3_600_000).contains(&delay) {
-            return Err(err(
-                "vrrp.preempt_delay_ms",
-                format!("{delay} is out of range (allowed: 0 to 3600000)"),
-            ));
-        }
-        let ip_list = |key: &str, list: &[String]| -> Result<Vec<Ipv4Addr>, ConfigError> {
-            list.iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    t.parse::<Ipv4Addr>().map_err(|_| {
-                        err(
-                            format!("vrrp.{key}[{i}]"),
-                            format!("{t:?} is not an IPv4 address"),
-                        )
-                    })
-                })
-                .collect()
-        };
-        let vips = match &self.vips {
-            Some(list) => ip_list("vips", list)?,
-            None => {
-                // Default: the VIPs of the services, each once.
-                let mut v: Vec<Ipv4Addr> = services.iter().map(|s| *s.vip.ip()).collect();
-                v.sort();
-                v.dedup();
-                v
-            }
-        };
-        let mut c = vrrp::Config::new(
-            vrid,
-            priority,
-            interval,
-            self.interface
-                .clone()
-                .unwrap_or_else(|| daemon.interface.clone()),
-            vips,
-        );
-        c.preempt = self.preempt.unwrap_or(true);
-        c.preempt_delay = std::time::Duration::from_millis(delay as u64);
-        c.unicast_peers = ip_list("unicast_peers", &self.unicast_peers)?;
-        c.notify = self.notify;
-        if let Some(w) = self.track_no_backend {
-            c.tracked.push(vrrp::TrackedCondition {
-                name: TRACK_NO_BACKEND.into(),
-                weight: byte("track_no_backend", w, 1, 254)?,
-            });
-        }
-        if let Some(w) = self.track_datapath {
-            c.tracked.push(vrrp::TrackedCondition {
-                name: TRACK_DATAPATH.into(),
-                weight: byte("track_datapath", w, 1, 254)?,
-            });
-        }
-        for (ifname, w) in &self.track_interfaces {
-            if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ']) {
-                return Err(err(
-                    "vrrp.track_interfaces",
-                    format!(
-                        "{ifname:?} is not an interface name (1 to 15 characters, no '/' or space)"
-                    ),
-                ));
-            }
-            c.tracked.push(vrrp::TrackedCondition {
-                name: format!("{TRACK_INTERFACE_PREFIX}{ifname}"),
-                weight: byte(&format!("track_interfaces.{ifname}"), *w, 1, 254)?,
-            });
-        }
-        c.validate().map_err(|e| {
-            let key = match e {
-                vrrp::ConfigError::NoVips
-                | vrrp::ConfigError::DuplicateVip(_)
-                | vrrp::ConfigError::TooManyVips(_) => "vrrp.vips",
-                vrrp::ConfigError::Peer(_) => "vrrp.unicast_peers",
-                vrrp::ConfigError::Interface(_) => "vrrp.interface",
-                _ => "vrrp",
-            };
-            err(key, e.to_string())
-        })?;
-        Ok(c)
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawDaemon {
     interface: String,
     datapath: Option<String>,
@@ -422,7 +267,7 @@ struct RawService {
     scheduler: Option<String>,
     #[serde(default)]
     backends: Vec<RawBackend>,
-    health: Option<crate::health::RawHealth>,
+    health: Option<RawHealth>,
 }
 
 #[derive(Deserialize)]
@@ -578,7 +423,7 @@ impl RawConfig {
         };
         let proxy = match self.proxy {
             Some(p) => p.validate()?,
-            None => crate::proxy::ProxyConfig::default(),
+            None => ProxyConfig::default(),
         };
         Ok(Config {
             daemon,
@@ -620,19 +465,16 @@ impl RawService {
                 format!("{vip} cannot be a VIP (needs a unicast address and a non-zero port)"),
             ));
         }
-        let scheduler = match self.scheduler.as_deref().unwrap_or("maglev") {
-            "maglev" => Scheduler::Maglev,
-            "sh" => Scheduler::Sh,
-            "rr" => Scheduler::Rr,
-            "wrr" => Scheduler::Wrr,
-            "lc" => Scheduler::Lc,
-            other => {
-                return Err(err(
+        let name = self.scheduler.as_deref().unwrap_or("maglev");
+        let scheduler = Scheduler::ALL
+            .into_iter()
+            .find(|s| s.as_str() == name)
+            .ok_or_else(|| {
+                err(
                     format!("{path}.scheduler"),
-                    format!("{other:?} is not a scheduler (allowed: maglev, sh, rr, wrr, lc)"),
-                ));
-            }
-        };
+                    format!("{name:?} is not a scheduler (allowed: maglev, sh, rr, wrr, lc)"),
+                )
+            })?;
         let name = match self.name {
             Some(n)
                 if n.is_empty()

@@ -1,0 +1,505 @@
+//! The control requests (`lbctl`) and the status, as methods of the [`Core`]. A change is
+//! checked, saved to the state file, then applied; what needs fresh flow counts or a MAC waits
+//! for them without holding up the core (see [`AfterScan`], [`AfterResolve`]).
+
+use std::{
+    collections::HashSet,
+    net::Ipv4Addr,
+    time::{Duration, SystemTime},
+};
+
+use lb_common::reason;
+
+use super::core::{
+    AfterResolve, AfterScan, Core, CoreError, PendingAdd, RESOLVE_WAIT, Reply, respond,
+};
+use crate::{
+    config::{MAX_WEIGHT, ServiceKey, parse_backend_addr},
+    control::{Request, Response},
+    engine::{BackendRec, Source},
+    net,
+    overrides::{Admin, BackendOverride},
+    status::{BackendStatus, HealthStatus, ReasonCount, ServiceStatus, Status, VrrpStatus},
+};
+
+fn check_weight(weight: u32) -> Result<u32, CoreError> {
+    if (1..=MAX_WEIGHT).contains(&weight) {
+        Ok(weight)
+    } else {
+        Err(CoreError::Weight(weight))
+    }
+}
+
+impl Core {
+    /// One control request. Most answer at once; add (XDP), drain, maintenance and remove
+    /// answer once their MAC look-up or flow count is back.
+    pub fn control(&mut self, req: Request, reply: Reply) {
+        let now = match req {
+            Request::Status {} => {
+                let answer = match self.status() {
+                    Ok(s) => Response::Status(Box::new(s)),
+                    Err(e) => Response::Error {
+                        message: e.to_string(),
+                    },
+                };
+                let _ = reply.send(answer);
+                return;
+            }
+            Request::BackendAdd {
+                service,
+                addr,
+                weight,
+            } => match self.backend_add(&service, &addr, weight) {
+                // Learn its MAC first (XDP), so that it enters rotation with the change.
+                Ok(add) if self.datapath.mode().needs_macs() => {
+                    let ip = add.ip;
+                    self.effects
+                        .resolve(vec![ip], RESOLVE_WAIT, AfterResolve::Add(add, reply));
+                    return;
+                }
+                Ok(add) => self.add_resolved(add),
+                Err(e) => Err(e),
+            },
+            Request::BackendWeight {
+                service,
+                addr,
+                weight,
+            } => self.backend_weight(&service, &addr, weight),
+            Request::BackendDrain { service, addr } => {
+                return self.backend_admin(&service, &addr, Some(Admin::Draining), reply);
+            }
+            Request::BackendMaintenance { service, addr, on } => {
+                return self.backend_admin(
+                    &service,
+                    &addr,
+                    on.then_some(Admin::Maintenance),
+                    reply,
+                );
+            }
+            Request::BackendRemove {
+                service,
+                addr,
+                force,
+            } => match self.target(&service, &addr) {
+                Ok((key, ip)) => match self.existing(&key, ip) {
+                    // Count now, not from the last tick: the answer decides whether flows get cut.
+                    Ok(_) => {
+                        self.effects.scan(
+                            HashSet::new(),
+                            AfterScan::Remove {
+                                key,
+                                ip,
+                                force,
+                                reply,
+                            },
+                        );
+                        return;
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            },
+        };
+        let _ = reply.send(respond(now));
+    }
+
+    /// A service by name, `VIP:port`, or `proto/VIP:port`.
+    fn find_service(&self, name: &str) -> Result<ServiceKey, CoreError> {
+        self.config
+            .services
+            .iter()
+            .find(|s| s.name == name || s.vip.to_string() == name || s.key().to_string() == name)
+            .map(|s| s.key())
+            .ok_or_else(|| {
+                let names: Vec<&str> = self
+                    .config
+                    .services
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect();
+                CoreError::UnknownService {
+                    name: name.to_string(),
+                    known: list_or_none(&names),
+                }
+            })
+    }
+
+    fn service_name(&self, key: &ServiceKey) -> String {
+        self.engine
+            .service(key)
+            .map(|s| s.config.name.clone())
+            .unwrap_or_else(|| key.to_string())
+    }
+
+    /// The service and backend address of a request, checked.
+    fn target(&self, service: &str, addr: &str) -> Result<(ServiceKey, Ipv4Addr), CoreError> {
+        let key = self.find_service(service)?;
+        let ip = parse_backend_addr(addr, key.vip.port()).map_err(CoreError::Address)?;
+        Ok((key, ip))
+    }
+
+    /// Checks that a backend exists and is not removed; the error lists the service's backends.
+    fn existing(&self, key: &ServiceKey, ip: Ipv4Addr) -> Result<&BackendRec, CoreError> {
+        match self.engine.backend(key, ip) {
+            Some(b) if !b.removed => Ok(b),
+            _ => {
+                let list: Vec<String> = self
+                    .engine
+                    .service(key)
+                    .map(|s| {
+                        s.backends
+                            .values()
+                            .filter(|b| !b.removed)
+                            .map(|b| b.addr.to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Err(CoreError::NotABackend {
+                    ip,
+                    service: self.service_name(key),
+                    known: list_or_none(&list),
+                })
+            }
+        }
+    }
+
+    /// Checks an add; returns the overrides with the backend in, for after its MAC look-up.
+    fn backend_add(
+        &self,
+        service: &str,
+        addr: &str,
+        weight: Option<u32>,
+    ) -> Result<PendingAdd, CoreError> {
+        let (key, ip) = self.target(service, addr)?;
+        let weight = check_weight(weight.unwrap_or(1))?;
+        if self.engine.backend(&key, ip).is_some_and(|b| !b.removed) {
+            return Err(CoreError::AlreadyBackend {
+                ip,
+                service: self.service_name(&key),
+            });
+        }
+        let in_config = self
+            .config
+            .services
+            .iter()
+            .find(|s| s.key() == key)
+            .and_then(|s| s.backends.iter().find(|b| b.addr == ip))
+            .map(|b| b.weight);
+        let mut new = self.overrides.clone();
+        new.update(&key.to_string(), ip, |o| {
+            *o = BackendOverride::default();
+            o.added = in_config.is_none();
+            o.weight = (in_config != Some(weight)).then_some(weight);
+        });
+        Ok(PendingAdd {
+            overrides: new,
+            key,
+            ip,
+            weight,
+        })
+    }
+
+    /// The add, once the backend's MAC was looked up (XDP: so that it enters rotation with the
+    /// change). The checks run again: the state may have moved meanwhile.
+    pub(super) fn add_resolved(&mut self, add: PendingAdd) -> Result<String, CoreError> {
+        let PendingAdd {
+            overrides,
+            key,
+            ip,
+            weight,
+        } = add;
+        let key = &key;
+        if self.engine.backend(key, ip).is_some_and(|b| !b.removed) {
+            return Err(CoreError::AlreadyBackend {
+                ip,
+                service: self.service_name(key),
+            });
+        }
+        // Keep other changes made while the look-up ran.
+        let mut new = self.overrides.clone();
+        if let Some(o) = overrides.get(&key.to_string(), ip).cloned() {
+            new.update(&key.to_string(), ip, |b| *b = o);
+        }
+        self.commit(new)?;
+        let note = if self.macs.contains_key(&ip) || !self.datapath.mode().needs_macs() {
+            ""
+        } else {
+            "; no ARP answer yet: out of rotation until it answers"
+        };
+        Ok(format!(
+            "added {ip} to {} with weight {weight}{note}",
+            self.service_name(key)
+        ))
+    }
+
+    fn backend_weight(
+        &mut self,
+        service: &str,
+        addr: &str,
+        weight: u32,
+    ) -> Result<String, CoreError> {
+        let (key, ip) = self.target(service, addr)?;
+        let weight = check_weight(weight)?;
+        let config_weight = self.existing(&key, ip)?.config_weight;
+        let mut new = self.overrides.clone();
+        new.update(&key.to_string(), ip, |o| {
+            o.weight = (config_weight != Some(weight)).then_some(weight)
+        });
+        self.commit(new)?;
+        Ok(format!(
+            "{ip} in {} now has weight {weight}",
+            self.service_name(&key)
+        ))
+    }
+
+    /// Drain, maintenance on or off. The answer counts the open flows afresh.
+    fn backend_admin(&mut self, service: &str, addr: &str, admin: Option<Admin>, reply: Reply) {
+        let result = (|| {
+            let (key, ip) = self.target(service, addr)?;
+            let id = self.existing(&key, ip)?.id;
+            let mut new = self.overrides.clone();
+            new.update(&key.to_string(), ip, |o| o.admin = admin);
+            self.commit(new)?;
+            Ok((id, ip, self.service_name(&key)))
+        })();
+        let (id, ip, name) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = reply.send(respond(Err(e)));
+                return;
+            }
+        };
+        let message = match admin {
+            Some(Admin::Draining) => {
+                format!("draining {ip} in {name}: no new flows; {{flows}} open flows go on")
+            }
+            Some(Admin::Maintenance) => {
+                format!(
+                    "{ip} in {name} is in maintenance: no new flows; {{flows}} open flows go on"
+                )
+            }
+            None => {
+                let _ = reply.send(respond(Ok(format!("{ip} in {name} is back in rotation"))));
+                return;
+            }
+        };
+        // Count now, not from the last tick: the operator reads this number.
+        self.effects
+            .scan(HashSet::new(), AfterScan::Report { id, message, reply });
+    }
+
+    /// The removal, with the flow counts of a fresh scan.
+    pub(super) fn remove_counted(
+        &mut self,
+        key: &ServiceKey,
+        ip: Ipv4Addr,
+        force: bool,
+        reply: Reply,
+    ) {
+        let result = (|| {
+            let b = self.existing(key, ip)?;
+            let (id, source) = (b.id, b.source);
+            // Open flows decide, as IPVS's ActiveConn does; closing ones are ending.
+            let flows = self.counts.active_of(id);
+            let closing = self.counts.closing_of(id);
+            let name = self.service_name(key);
+            if flows > 0 && !force {
+                return Err(CoreError::OpenFlows {
+                    ip,
+                    service: name,
+                    flows,
+                });
+            }
+            let mut new = self.overrides.clone();
+            new.update(&key.to_string(), ip, |o| {
+                // A config backend stays removed through the state file; a runtime one just goes.
+                *o = BackendOverride::default();
+                o.removed = source != Source::Lbctl;
+            });
+            self.commit(new)?;
+            Ok((flows, closing, name))
+        })();
+        let (flows, closing, name) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = reply.send(respond(Err(e)));
+                return;
+            }
+        };
+        let message = format!("removed {ip} from {name}");
+        // Without --force a removed backend keeps its closing flows until they end (the tick
+        // frees it).
+        if !force || flows + closing == 0 {
+            let _ = reply.send(respond(Ok(message)));
+            return;
+        }
+        if !self.datapath.mode().needs_macs() {
+            let _ = reply.send(respond(Ok(format!(
+                "{message}; its {flows} proxied connections run to their end"
+            ))));
+            return;
+        }
+        match self.engine.free_now(key, ip, self.datapath.as_mut()) {
+            Ok(Some(freed)) => self.effects.scan(
+                HashSet::from([freed]),
+                AfterScan::Cut {
+                    reply: Some((reply, message)),
+                },
+            ),
+            Ok(None) => {
+                let _ = reply.send(respond(Ok(message)));
+            }
+            Err(e) => {
+                tracing::error!(backend = %ip, error = %e, "freeing the removed backend failed; its flows end on their own");
+                let _ = reply.send(respond(Ok(format!(
+                    "{message}; its flows could not be cut ({e}): they end on their own"
+                ))));
+            }
+        }
+    }
+
+    /// How a backend differs from the config file, for `lbctl status`.
+    fn override_notes(&self, key: &ServiceKey, b: &BackendRec) -> Vec<String> {
+        let mut notes = Vec::new();
+        let Some(o) = self.overrides.get(&key.to_string(), b.addr) else {
+            return notes;
+        };
+        if o.added {
+            notes.push("added by lbctl (not in the config file)".into());
+        }
+        if let Some(w) = o.weight {
+            match b.config_weight {
+                Some(c) => notes.push(format!("weight {w} by lbctl (config file: {c})")),
+                None => notes.push(format!("weight {w} by lbctl")),
+            }
+        }
+        match o.admin {
+            Some(Admin::Draining) => notes.push("drained by lbctl".into()),
+            Some(Admin::Maintenance) => notes.push("maintenance by lbctl".into()),
+            None => {}
+        }
+        if o.removed {
+            notes.push("removed by lbctl (the config file lists it)".into());
+        }
+        notes
+    }
+
+    /// The status: the engine's model, the data path's counters, the last flow counts, health
+    /// and VRRP.
+    pub fn status(&self) -> Result<Status, CoreError> {
+        let counters = self.datapath.counters().map_err(CoreError::Counters)?;
+        let services = self
+            .engine
+            .services()
+            .map(|s| {
+                let key = s.config.key();
+                let total = self.engine.service_counter(s, &counters);
+                ServiceStatus {
+                    name: s.config.name.clone(),
+                    vip: s.config.vip.to_string(),
+                    proto: s.config.proto,
+                    scheduler: s.config.scheduler,
+                    packets: total.packets,
+                    bytes: total.bytes,
+                    backends: s
+                        .backends
+                        .values()
+                        .map(|b| {
+                            let c = counters.backend(b.id);
+                            BackendStatus {
+                                addr: b.addr.to_string(),
+                                weight: b.weight,
+                                state: b.state(),
+                                source: b.source,
+                                overrides: self.override_notes(&key, b),
+                                mac: b.mac.as_ref().map(net::mac_string),
+                                packets: c.packets,
+                                bytes: c.bytes,
+                                flows: self.counts.active_of(b.id),
+                                closing_flows: self.counts.closing_of(b.id),
+                                health: s.config.health.as_ref().map(|_| {
+                                    let last = self.health.get(&(s.config.name.clone(), b.addr));
+                                    HealthStatus {
+                                        up: !b.health_down,
+                                        last_seconds: last.map(|e| e.latency.as_secs_f64()),
+                                        detail: last.map(|e| e.detail.clone()),
+                                    }
+                                }),
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Ok(Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            config_path: self.config_path.display().to_string(),
+            state_file: self.state_file.path().display().to_string(),
+            interface: self.config.daemon.interface.clone(),
+            datapath: self.datapath.mode(),
+            datapath_reason: self.mode_reason.clone(),
+            uptime_s: self.started.elapsed().as_secs(),
+            config_loaded_unix: unix_seconds(self.loaded_at),
+            config_reloads: self.reloads,
+            config_reload_failures: self.reload_failures,
+            conntrack_entries: self.counts.entries,
+            conntrack_max: self.config.daemon.conntrack_max,
+            reasons: (0..reason::COUNT)
+                .map(|r| ReasonCount {
+                    reason: reason::NAMES[r as usize].into(),
+                    packets: counters.reasons.get(r as usize).map_or(0, |c| c.packets),
+                })
+                .collect(),
+            services,
+            vrrp: self.vrrp.as_ref().map(|v| {
+                let s = v.status.borrow().clone();
+                VrrpStatus {
+                    vrid: v.config.vrid.get(),
+                    state: s.state,
+                    priority: s.priority,
+                    configured_priority: v.config.priority.get(),
+                    master: s.master.map(|a| a.to_string()),
+                    last_transition_unix: s
+                        .last_transition
+                        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs_f64()),
+                    became_master: s.counters.became_master,
+                    transitions: s.counters.became_master + s.counters.became_backup,
+                    adverts_accepted: s.counters.accepted,
+                    adverts_dropped: vrrp::DropReason::ALL
+                        .iter()
+                        .map(|r| ReasonCount {
+                            reason: r.as_str().into(),
+                            packets: s.counters.dropped(*r),
+                        })
+                        .filter(|r| r.packets > 0)
+                        .collect(),
+                    failed_conditions: v
+                        .tracker
+                        .conditions()
+                        .into_iter()
+                        .filter(|c| c.failed)
+                        .map(|c| c.name)
+                        .collect(),
+                }
+            }),
+        })
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d: Duration| d.as_secs())
+}
+
+fn list_or_none<S: AsRef<str>>(items: &[S]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items
+            .iter()
+            .map(AsRef::as_ref)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}

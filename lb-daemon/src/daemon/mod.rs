@@ -1,0 +1,408 @@
+//! The daemon: its core and the thin I/O around it.
+//!
+//! ```text
+//! control socket ─┐                          ┌─► Datapath: XDP maps, or the proxies
+//! health checks ──┼─► Command (mpsc) ─► Core ─┤   (engine: services, ids, one Maglev table each)
+//! SIGHUP, ticks ──┤    one thread owns   ▲    └─► Status ─► lbctl, /metrics
+//! metrics scrape ─┘    all the state     │
+//!                    neighbour look-ups (async tasks), flow-table scans (a thread) report back
+//! VRRP speaker: a thread and runtime of its own; the core reads its status, sets its tracker
+//! ```
+//!
+//! - [`core`]: the [`Core`](core::Core) and its commands; [`handlers`]: the control requests and
+//!   the status; [`start`]: the data path choice.
+//! - This file: [`run`] wires them: the runtime's tasks (control socket, metrics, health checks,
+//!   ticks, signals, neighbour look-ups), the core thread, the scan thread and the VRRP thread.
+
+pub mod core;
+pub mod handlers;
+pub mod start;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{Arc, mpsc as std_mpsc},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::SignalKind,
+    sync::{mpsc, oneshot},
+};
+use tokio_util::sync::CancellationToken;
+
+use self::core::{
+    AfterResolve, AfterScan, Command, Core, CoreSetup, Effects, Notify, TICK, VrrpHandles,
+};
+use crate::{
+    config::Config,
+    control::{self, Request, Response},
+    datapath::FlowTable,
+    health::{HealthMonitor, Target},
+    metrics, net,
+    overrides::StateFile,
+};
+
+/// Commands waiting for the core at most; senders wait for room beyond it.
+const COMMAND_QUEUE: usize = 1024;
+/// How long the VRRP speaker may take to resign at stop.
+const VRRP_STOP: Duration = Duration::from_secs(5);
+
+/// A scan the scan thread runs.
+struct ScanJob {
+    dead: HashSet<u32>,
+    then: AfterScan,
+}
+
+/// The core's effects, carried out on the runtime and the scan thread.
+struct IoEffects {
+    runtime: tokio::runtime::Handle,
+    commands: mpsc::Sender<Command>,
+    netlink: rtnetlink::Handle,
+    /// The interface, when backends need MACs (XDP).
+    link: Option<(String, net::Link)>,
+    scans: std_mpsc::Sender<ScanJob>,
+    health: HealthMonitor,
+    watchdog: Option<(Duration, Instant)>,
+}
+
+impl Effects for IoEffects {
+    fn resolve(&mut self, ips: Vec<Ipv4Addr>, wait: Duration, then: AfterResolve) {
+        let Some((iface, link)) = self.link.clone() else {
+            let _ = self.commands.try_send(Command::Resolved {
+                found: HashMap::new(),
+                then,
+            });
+            return;
+        };
+        let (netlink, commands) = (self.netlink.clone(), self.commands.clone());
+        self.runtime.spawn(async move {
+            let found = match net::resolve(&netlink, &iface, link.index, &ips, wait).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(error = %e, "neighbour look-up failed");
+                    HashMap::new()
+                }
+            };
+            let _ = commands.send(Command::Resolved { found, then }).await;
+        });
+    }
+
+    fn scan(&mut self, dead: HashSet<u32>, then: AfterScan) {
+        if let Err(std_mpsc::SendError(job)) = self.scans.send(ScanJob { dead, then }) {
+            // The scan thread is gone (stopping): answer with no flows rather than never.
+            let _ = self.commands.try_send(Command::Scanned {
+                counts: Default::default(),
+                took: Duration::ZERO,
+                then: job.then,
+            });
+        }
+    }
+
+    fn health_targets(&mut self, targets: Vec<Target>) {
+        let _entered = self.runtime.enter();
+        self.health.set_targets(targets);
+    }
+
+    fn notify(&mut self, state: Notify) {
+        let states = match state {
+            Notify::Reloading => vec![sd_notify::NotifyState::Reloading],
+            Notify::Ready => vec![sd_notify::NotifyState::Ready],
+            Notify::Alive => match &mut self.watchdog {
+                Some((every, last)) if last.elapsed() >= *every => {
+                    *last = Instant::now();
+                    vec![sd_notify::NotifyState::Watchdog]
+                }
+                _ => return,
+            },
+        };
+        notify_systemd(&states);
+    }
+}
+
+/// The scan thread: one scan at a time, each result sent back to the core.
+fn scan_thread(
+    mut table: Box<dyn FlowTable>,
+    jobs: std_mpsc::Receiver<ScanJob>,
+    commands: mpsc::Sender<Command>,
+) {
+    while let Ok(ScanJob { dead, then }) = jobs.recv() {
+        let started = Instant::now();
+        let counts = table.scan(&|id| dead.contains(&id));
+        let took = started.elapsed();
+        if commands
+            .blocking_send(Command::Scanned { counts, took, then })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Runs the VRRP speaker on a thread and runtime of its own, where nothing the daemon does can
+/// delay an advert. Returns the thread's end signal.
+fn spawn_vrrp(
+    speaker: vrrp::Speaker,
+    stop: CancellationToken,
+) -> anyhow::Result<std_mpsc::Receiver<Result<(), String>>> {
+    let (done_tx, done_rx) = std_mpsc::channel();
+    std::thread::Builder::new()
+        .name("lbd-vrrp".into())
+        .spawn(move || {
+            let result = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(speaker.run(stop)).map_err(|e| format!("{e:#}")),
+                Err(e) => Err(format!("starting the VRRP runtime: {e}")),
+            };
+            let _ = done_tx.send(result);
+        })
+        .context("starting the VRRP thread")?;
+    Ok(done_rx)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Handle::current();
+    let netlink = net::connect().context("opening a netlink socket")?;
+    let chosen = start::choose(&config, &netlink, runtime.clone()).await?;
+    let mut datapath = chosen.datapath;
+    let state_file = StateFile::in_dir(&config.daemon.state_dir);
+    let overrides = state_file.load()?;
+
+    // Backend MACs before the first apply, so that backends enter rotation at once.
+    let macs = match &chosen.link {
+        Some(l) => {
+            let ips = core::backend_ips(&config, &overrides);
+            net::resolve(
+                &netlink,
+                &config.daemon.interface,
+                l.index,
+                &ips,
+                core::RESOLVE_WAIT,
+            )
+            .await?
+        }
+        None => HashMap::new(),
+    };
+
+    let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (scan_tx, scan_rx) = std_mpsc::channel();
+    let table = datapath.flow_table()?;
+    let scan_commands = commands_tx.clone();
+    let scanner = std::thread::Builder::new()
+        .name("lbd-scan".into())
+        .spawn(move || scan_thread(table, scan_rx, scan_commands))
+        .context("starting the scan thread")?;
+
+    let stop = CancellationToken::new();
+    let (health_tx, mut health_rx) = HealthMonitor::channel();
+    let effects = IoEffects {
+        runtime: runtime.clone(),
+        commands: commands_tx.clone(),
+        netlink: netlink.clone(),
+        link: chosen.link.map(|l| (config.daemon.interface.clone(), l)),
+        scans: scan_tx,
+        health: HealthMonitor::new(health_tx, &stop),
+        watchdog: watchdog_interval().map(|d| (d, Instant::now())),
+    };
+
+    // VRRP last: this node claims the VIP only once it can forward for it. As backup it keeps
+    // its data path filled, so taking over needs no set-up.
+    let vrrp_stop = CancellationToken::new();
+    let mut vrrp_done = None;
+    let vrrp = match &config.vrrp {
+        Some(vc) => {
+            let speaker = vrrp::Speaker::new(vc.clone()).context("[vrrp]")?;
+            let handles = VrrpHandles {
+                config: vc.clone(),
+                status: speaker.status(),
+                tracker: speaker.tracker(),
+            };
+            Some((speaker, handles))
+        }
+        None => None,
+    };
+    let socket_path = config.daemon.control_socket.clone();
+    let tracked = Core::tracked_interfaces(&config);
+    let metrics_addr = config.daemon.metrics_addr;
+    let interface = config.daemon.interface.clone();
+    let (core, report) = Core::start(CoreSetup {
+        config_path,
+        config,
+        datapath,
+        mode_reason: chosen.reason.clone(),
+        effects: Box::new(effects),
+        state_file,
+        macs,
+        vrrp: vrrp.as_ref().map(|(_, h)| VrrpHandles {
+            config: h.config.clone(),
+            status: h.status.clone(),
+            tracker: h.tracker.clone(),
+        }),
+    })
+    .context("setting up the data path")?;
+    core.log_unresolved();
+    tracing::info!(interface = %interface, datapath = %core.datapath.mode(), reason = %chosen.reason, services = report.services_added, backends = report.backends_added, "data path ready");
+    let core_thread = std::thread::Builder::new()
+        .name("lbd-core".into())
+        .spawn(move || {
+            let datapath = core.run(commands_rx);
+            // Stop forwarding: XDP detaches when its object is dropped; the proxies close their
+            // listeners and connections (bounded).
+            datapath.stop();
+        })
+        .context("starting the core thread")?;
+
+    if let Some((speaker, _)) = vrrp {
+        tracing::info!(vrid = speaker.config().vrid.get(), priority = speaker.config().priority.get(), interface = %speaker.config().interface, "VRRP starting");
+        vrrp_done = Some(spawn_vrrp(speaker, vrrp_stop.clone())?);
+    }
+
+    let listener = control::bind(&socket_path).await?;
+    let metrics_listener = metrics::bind(metrics_addr)
+        .await
+        .context("daemon.metrics_addr")?;
+    let metrics_commands = commands_tx.clone();
+    let metrics_task = tokio::spawn(metrics::serve_listener(
+        metrics_listener,
+        move || {
+            let commands = metrics_commands.clone();
+            async move {
+                let (tx, rx) = oneshot::channel();
+                commands
+                    .send(Command::Status(tx))
+                    .await
+                    .map_err(|_| "lbd is stopping".to_string())?;
+                rx.await.map_err(|_| "lbd is stopping".to_string())?
+            }
+        },
+        stop.clone(),
+    ));
+    let control_commands = commands_tx.clone();
+    let server = tokio::spawn(control::serve(
+        listener,
+        Arc::new(move |req: Request| {
+            let commands = control_commands.clone();
+            async move {
+                let stopping = || Response::Error {
+                    message: "lbd is stopping".into(),
+                };
+                let (tx, rx) = oneshot::channel();
+                if commands.send(Command::Control(req, tx)).await.is_err() {
+                    return stopping();
+                }
+                rx.await.unwrap_or_else(|_| stopping())
+            }
+        }),
+    ));
+    tracing::info!(socket = %socket_path.display(), "control socket ready");
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("balancing"),
+    ]);
+
+    // Health results and ticks go to the core as commands.
+    let health_commands = commands_tx.clone();
+    let health_task = tokio::spawn(async move {
+        while let Some(ev) = health_rx.recv().await {
+            if health_commands.send(Command::Health(ev)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let tick_commands = commands_tx.clone();
+    let tick_netlink = netlink.clone();
+    let tick_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tick.tick().await;
+            let mut links = HashMap::new();
+            for name in &tracked {
+                match net::link_health(&tick_netlink, name).await {
+                    Ok(h) => {
+                        links.insert(name.clone(), h);
+                    }
+                    Err(e) => {
+                        tracing::warn!(interface = %name, error = %e, "VRRP tracking: interface look-up failed")
+                    }
+                }
+            }
+            if tick_commands.send(Command::Tick(links)).await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut hup = tokio::signal::unix::signal(SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                if commands_tx.send(Command::Reload).await.is_err() {
+                    break;
+                }
+            }
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+        }
+    }
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    server.abort();
+    tick_task.abort();
+    stop.cancel();
+    let _ = metrics_task.await;
+    // Resign first (a priority-0 advert hands over within the skew time, and the VIP leaves this
+    // node), then stop forwarding.
+    if let Some(done) = vrrp_done {
+        vrrp_stop.cancel();
+        let waited = tokio::task::spawn_blocking(move || done.recv_timeout(VRRP_STOP)).await;
+        match waited {
+            Ok(Ok(Ok(()))) => tracing::info!("VRRP stopped: resigned and removed the VIP"),
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "VRRP ended with an error"),
+            Ok(Err(_)) => tracing::error!("VRRP did not stop within {VRRP_STOP:?}"),
+            Err(e) => tracing::error!(error = %e, "waiting for VRRP failed"),
+        }
+    }
+    let _ = commands_tx.send(Command::Stop).await;
+    drop(commands_tx);
+    health_task.abort();
+    let joined = tokio::task::spawn_blocking(move || {
+        let core = core_thread.join();
+        let scan = scanner.join();
+        (core, scan)
+    })
+    .await;
+    match joined {
+        Ok((Ok(()), Ok(()))) => {}
+        _ => tracing::error!("the core or the scan thread ended with a panic"),
+    }
+    if let Err(e) = std::fs::remove_file(&socket_path) {
+        tracing::warn!(socket = %socket_path.display(), error = %e, "cannot remove the control socket");
+    }
+    tracing::info!("data path stopped; lbd stopped");
+    Ok(())
+}
+
+/// Tells systemd (Type=notify) about readiness, reloads and the watchdog; nothing without it.
+fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Half the systemd watchdog interval, when the unit sets WatchdogSec.
+fn watchdog_interval() -> Option<Duration> {
+    sd_notify::watchdog_enabled()
+        .map(|d| d / 2)
+        .filter(|d| !d.is_zero())
+}

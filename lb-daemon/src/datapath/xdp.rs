@@ -1,0 +1,191 @@
+//! The XDP data path: the loaded object (its program stays attached while it lives) and its
+//! maps, with each service's two Maglev rings: a new table goes into the idle ring, then the
+//! VIPS entry switches to it in one map update.
+
+use std::collections::HashMap;
+
+use aya::Ebpf;
+use lb_common::{Backend, Counter, STATS_BACKEND_BASE, VIP_FLAG_SRC_ONLY, VipInfo, VipKey, reason};
+
+use super::{
+    BackendEntry, Datapath, DatapathCounters, DatapathError, DatapathMode, FlowTable, ServiceEntry,
+};
+use crate::{
+    config::{Scheduler, ServiceKey},
+    model::FlowCounts,
+    xdp::{self, AttachMode, FlowTimeouts, XdpFlows, XdpMaps},
+};
+
+/// A service's rings: which one is live and the table in it.
+struct Rings {
+    live: u32,
+    table: Vec<u32>,
+}
+
+/// XDP, native or generic (or loaded but not attached, for the program tests).
+pub struct XdpDatapath {
+    maps: XdpMaps,
+    /// The object; dropping it detaches the program. None where the caller keeps it.
+    _ebpf: Option<Ebpf>,
+    mode: DatapathMode,
+    rings: HashMap<ServiceKey, Rings>,
+}
+
+impl XdpDatapath {
+    /// The data path over an attached object.
+    pub fn attached(mut ebpf: Ebpf, mode: AttachMode) -> Result<XdpDatapath, DatapathError> {
+        let maps = XdpMaps::new(&mut ebpf)?;
+        Ok(XdpDatapath {
+            maps,
+            _ebpf: Some(ebpf),
+            mode: match mode {
+                AttachMode::Native => DatapathMode::XdpNative,
+                AttachMode::Generic => DatapathMode::XdpGeneric,
+            },
+            rings: HashMap::new(),
+        })
+    }
+
+    /// The data path over maps whose object the caller keeps (program tests, benchmarks).
+    pub fn with_maps(maps: XdpMaps) -> XdpDatapath {
+        XdpDatapath {
+            maps,
+            _ebpf: None,
+            mode: DatapathMode::XdpNative,
+            rings: HashMap::new(),
+        }
+    }
+
+    /// The maps (counters and the like, for tests).
+    pub fn maps(&self) -> &XdpMaps {
+        &self.maps
+    }
+
+    /// The connection table itself, once (tests scan it at a chosen time).
+    pub fn take_flows(&mut self) -> Option<XdpFlows> {
+        self.maps.take_flows()
+    }
+}
+
+/// The VIPS key of a service.
+pub fn vip_key(key: &ServiceKey) -> VipKey {
+    VipKey {
+        addr_be: u32::from_ne_bytes(key.vip.ip().octets()),
+        port_be: key.vip.port().to_be(),
+        proto: key.proto.number(),
+        _pad: 0,
+    }
+}
+
+impl Datapath for XdpDatapath {
+    fn mode(&self) -> DatapathMode {
+        self.mode
+    }
+
+    fn set_backend(&mut self, id: u32, b: &BackendEntry) -> Result<(), DatapathError> {
+        let value = Backend {
+            mac: b.mac.unwrap_or([0; 6]),
+            _pad: [0; 2],
+            addr_be: u32::from_ne_bytes(b.addr.octets()),
+            state: b.state.dataplane_code(),
+        };
+        Ok(self.maps.set_backend(id, &value)?)
+    }
+
+    fn set_service(&mut self, svc: &ServiceEntry<'_>) -> Result<(), DatapathError> {
+        let flags = match svc.scheduler {
+            Scheduler::Sh => VIP_FLAG_SRC_ONLY,
+            // rr, wrr and lc never reach XDP (config and the data path choice keep them off).
+            Scheduler::Maglev | Scheduler::Rr | Scheduler::Wrr | Scheduler::Lc => 0,
+        };
+        let key = vip_key(&svc.key);
+        // Rings 2*id and 2*id+1 belong to the service.
+        let first = 2 * svc.id;
+        let live = match self.rings.get(&svc.key) {
+            Some(r) if r.table == svc.table => {
+                // Same table; the flags may have changed (scheduler maglev <-> sh).
+                self.maps.set_vip(
+                    &key,
+                    &VipInfo {
+                        service_id: svc.id,
+                        ring: r.live,
+                        flags,
+                        _pad: 0,
+                    },
+                )?;
+                return Ok(());
+            }
+            Some(r) => first + ((r.live - first) ^ 1),
+            None => first,
+        };
+        self.maps.write_ring(live, svc.table)?;
+        self.maps.set_vip(
+            &key,
+            &VipInfo {
+                service_id: svc.id,
+                ring: live,
+                flags,
+                _pad: 0,
+            },
+        )?;
+        self.rings.insert(
+            svc.key,
+            Rings {
+                live,
+                table: svc.table.to_vec(),
+            },
+        );
+        Ok(())
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DatapathError> {
+        self.maps.remove_vip(&vip_key(key))?;
+        self.rings.remove(key);
+        Ok(())
+    }
+
+    fn free_backend(&mut self, id: u32) -> Result<Counter, DatapathError> {
+        self.maps.set_backend(
+            id,
+            &Backend {
+                mac: [0; 6],
+                _pad: [0; 2],
+                addr_be: 0,
+                state: lb_common::backend_state::REMOVED,
+            },
+        )?;
+        Ok(self.maps.retire_backend(id)?)
+    }
+
+    fn counters(&self) -> Result<DatapathCounters, DatapathError> {
+        let stats = self.maps.read_stats()?;
+        let reasons = stats[..reason::COUNT as usize].to_vec();
+        let backends = stats
+            .iter()
+            .enumerate()
+            .skip(STATS_BACKEND_BASE as usize)
+            .filter(|(_, c)| c.packets > 0 || c.bytes > 0)
+            .map(|(i, c)| (i as u32 - STATS_BACKEND_BASE, *c))
+            .collect();
+        Ok(DatapathCounters { reasons, backends })
+    }
+
+    fn flow_table(&mut self) -> Result<Box<dyn FlowTable>, DatapathError> {
+        let flows = self
+            .maps
+            .take_flows()
+            .ok_or(DatapathError::FlowTableTaken)?;
+        Ok(Box::new(flows))
+    }
+
+    fn stop(self: Box<Self>) {
+        // Dropping the object detaches the program.
+        drop(self);
+    }
+}
+
+impl FlowTable for XdpFlows {
+    fn scan(&mut self, is_dead: &dyn Fn(u32) -> bool) -> FlowCounts {
+        self.scan_at(xdp::coarse_now_ns(), FlowTimeouts::default(), is_dead)
+    }
+}
