@@ -936,7 +936,7 @@ fn watch_backup(socket: &Path, until: Instant) -> (BTreeSet<String>, u64) {
         if let Ok((s, _)) = status_timed(socket)
             && let Some(v) = &s.vrrp
         {
-            states.insert(v.state.clone());
+            states.insert(v.state.to_string());
             became = became.max(v.became_master);
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -1001,11 +1001,14 @@ pub fn run(name: &str, opts: &StressOptions) -> Result<StressFigures> {
     // during the fill may hold the count low for up to a minute. Putting a backend in rotation
     // (where it already is) counts them now.
     let in_rotation = backends[0].to_string();
-    if let Err(e) = lbctl_timed(
-        &master.socket,
-        &["backend", "maintenance", "s00", &in_rotation, "off"],
-    ) {
-        eprintln!("core stress: lbctl backend maintenance (to count the flows): {e:#}");
+    // A drain answers with a fresh count of the table (maintenance off then undoes it).
+    for args in [
+        ["backend", "drain", "s00", &in_rotation].as_slice(),
+        ["backend", "maintenance", "s00", &in_rotation, "off"].as_slice(),
+    ] {
+        if let Err(e) = lbctl_timed(&master.socket, args) {
+            eprintln!("core stress: lbctl {args:?} (to count the flows): {e:#}");
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
