@@ -165,6 +165,22 @@ impl LbdNode {
     /// Writes `config` (which must use [`LbdNode::socket_path`] as its control socket), starts
     /// lbd in `node`, and waits until `lbctl status` answers with every backend resolved.
     pub fn start(topo: &Topology, node: Host, config: &str) -> Result<LbdNode> {
+        Self::start_until(topo, node, config, "every backend active", |s| {
+            s.services
+                .iter()
+                .all(|svc| svc.backends.iter().all(|b| b.state == "active"))
+        })
+    }
+
+    /// [`start`](Self::start), but waiting until the status satisfies `ready` (described by
+    /// `what` in errors) instead: for configs with backends that never answer ARP.
+    pub fn start_until(
+        topo: &Topology,
+        node: Host,
+        config: &str,
+        what: &str,
+        ready: impl Fn(&Status) -> bool,
+    ) -> Result<LbdNode> {
         let dir = Self::dir(topo, node);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let config_path = dir.join("lbd.toml");
@@ -181,11 +197,7 @@ impl LbdNode {
             socket: dir.join("lbd.sock"),
             dir,
         };
-        node.wait_status(START_TIMEOUT, "every backend active", |s| {
-            s.services
-                .iter()
-                .all(|svc| svc.backends.iter().all(|b| b.state == "active"))
-        })?;
+        node.wait_status(START_TIMEOUT, what, ready)?;
         Ok(node)
     }
 

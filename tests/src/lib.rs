@@ -15,6 +15,9 @@
 //! - [`capture`]: an `AF_PACKET` socket on an interface of a namespace, to prove which MAC a reply came from.
 //! - [`http`]: the minimal HTTP/1.1 message reader shared by the client and the `lbd-test-backend` binary.
 //! - [`exec`]: running commands with a time limit and errors that name the command.
+//! - [`stress`]: the daemon core under stress (a VRRP pair, the largest config reloaded in a loop,
+//!   a million flows, unresolved backends, `lbctl status` timed), shared by the `core_stress` test
+//!   and `cargo xtask bench core`.
 //!
 //! Helpers at the crate root: [`test_tag`] (unique namespace prefix per test), [`netns_tests_enabled`]
 //! (privilege check that fails loudly under CI; the rule is `lb-testkit`'s), [`bin_path`] (locate
@@ -38,6 +41,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench_core;
 pub mod bench_failover;
 pub mod bench_net;
 pub mod bench_xdp;
@@ -47,6 +51,7 @@ pub mod exec;
 pub mod http;
 pub mod lbd;
 pub mod netns;
+pub mod stress;
 pub mod topology;
 
 use std::collections::HashSet;
