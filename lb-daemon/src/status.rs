@@ -2,11 +2,14 @@
 //! path's counters, answered to `lbctl status` (JSON over the control socket) and rendered as
 //! Prometheus metrics ([`crate::metrics`]).
 
+use std::time::Instant;
+
+use lb_common::{Counter, reason};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{Proto, Scheduler},
-    datapath::DatapathMode,
+    datapath::{DatapathCounters, DatapathMode},
     engine::Source,
     model::BackendState,
 };
@@ -139,6 +142,52 @@ pub struct HealthStatus {
     pub last_seconds: Option<f64>,
     /// What the last probe saw.
     pub detail: Option<String>,
+}
+
+/// The status as the core last published it, without the live counters: a reader fills them in
+/// from the data path's [`crate::datapath::CounterSource`], so that `lbctl status` and scrapes
+/// never wait for the core.
+#[derive(Debug, Clone)]
+pub struct StatusView {
+    status: Status,
+    started: Instant,
+    /// Per service (in status order): its backends' ids (in status order) and what its freed
+    /// backends carried.
+    ids: Vec<(Vec<u32>, Counter)>,
+}
+
+impl StatusView {
+    /// A view of `status` (its counters are ignored), with the backend ids behind it.
+    pub fn new(status: Status, started: Instant, ids: Vec<(Vec<u32>, Counter)>) -> StatusView {
+        StatusView {
+            status,
+            started,
+            ids,
+        }
+    }
+
+    /// The status with these counters: backends' own, services summed from their backends
+    /// (freed ones included), the pass/drop reasons, and the uptime now.
+    pub fn fill(&self, counters: &DatapathCounters) -> Status {
+        let mut s = self.status.clone();
+        s.uptime_s = self.started.elapsed().as_secs();
+        s.reasons = (0..reason::COUNT)
+            .map(|r| ReasonCount {
+                reason: reason::NAMES[r as usize].into(),
+                packets: counters.reasons.get(r as usize).map_or(0, |c| c.packets),
+            })
+            .collect();
+        for (svc, (ids, retired)) in s.services.iter_mut().zip(&self.ids) {
+            let mut total = *retired;
+            for (b, id) in svc.backends.iter_mut().zip(ids) {
+                let c = counters.backend(*id);
+                (b.packets, b.bytes) = (c.packets, c.bytes);
+                total.add(c);
+            }
+            (svc.packets, svc.bytes) = (total.packets, total.bytes);
+        }
+        s
+    }
 }
 
 /// Compares with the name `lbctl status` shows (scripts and tests read the JSON so).

@@ -145,8 +145,87 @@ pub struct XdpMaps {
     stats: PerCpuArray<MapData, Counter>,
     /// CONNTRACK until [`XdpMaps::take_flows`] hands it out.
     flows: Option<XdpFlows>,
+    /// RINGS mapped into this process, where the kernel allows it.
+    rings_mem: Option<MappedRings>,
     /// Whether the kernel takes batch writes on the rings (until it refuses one).
     batch_writes: bool,
+}
+
+/// Bytes between two slots of a mapped array: the kernel rounds an array's element size up to
+/// 8 (`round_up(value_size, 8)` in `array_map_alloc`).
+const RING_SLOT_STRIDE: usize = 8;
+
+/// RINGS mapped into memory (`BPF_F_MMAPABLE`): a table is written with plain stores.
+struct MappedRings {
+    ptr: std::ptr::NonNull<u8>,
+    /// Slots mapped.
+    len: usize,
+    /// Bytes mapped.
+    bytes: usize,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; nothing else in this process
+// aliases it.
+unsafe impl Send for MappedRings {}
+
+impl MappedRings {
+    /// Maps the whole RINGS array read-write, shared with the kernel.
+    fn new(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<MappedRings> {
+        use std::os::fd::AsRawFd as _;
+        let len = (lb_common::MAX_RINGS * MAGLEV_M) as usize;
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .map_err(|_| std::io::Error::other("no page size"))?;
+        let bytes = (len * RING_SLOT_STRIDE).div_ceil(page) * page;
+        // SAFETY: a fresh shared mapping of a BPF array's fd; the kernel checks the length and
+        // the map's BPF_F_MMAPABLE flag.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
+        Ok(MappedRings { ptr, len, bytes })
+    }
+
+    /// Copies `table` into the slots from `base`; false when it does not fit.
+    fn write(&mut self, base: usize, table: &[u32]) -> bool {
+        if base
+            .checked_add(table.len())
+            .is_none_or(|end| end > self.len)
+        {
+            return false;
+        }
+        for (i, id) in table.iter().enumerate() {
+            // SAFETY: slot `base + i < len` lies inside the mapping, 8-byte aligned (page-aligned
+            // start, stride 8); the ring written is the idle one, which the program reads only
+            // once VIPS points at it (a syscall later).
+            unsafe {
+                self.ptr
+                    .as_ptr()
+                    .add((base + i) * RING_SLOT_STRIDE)
+                    .cast::<u32>()
+                    .write(*id);
+            }
+        }
+        true
+    }
+}
+
+impl Drop for MappedRings {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, of `bytes` bytes, unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
 }
 
 /// The connection table (CONNTRACK: flow key → backend id, last seen, flags), scanned for flow
@@ -265,9 +344,18 @@ where
 impl XdpMaps {
     /// Takes the maps out of a loaded object.
     pub fn new(ebpf: &mut Ebpf) -> Result<XdpMaps, XdpError> {
+        let rings: Array<MapData, u32> = take(ebpf, "RINGS")?;
+        let rings_mem = match MappedRings::new(rings.map().fd().as_fd()) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::info!(error = %e, "the Maglev rings cannot be mapped: writing them in batches");
+                None
+            }
+        };
         Ok(XdpMaps {
             vips: take(ebpf, "VIPS")?,
-            rings: take(ebpf, "RINGS")?,
+            rings,
+            rings_mem,
             backends: take(ebpf, "BACKENDS")?,
             stats: take(ebpf, "STATS")?,
             flows: Some(XdpFlows {
@@ -276,6 +364,11 @@ impl XdpMaps {
             }),
             batch_writes: true,
         })
+    }
+
+    /// Whether table writes go through the mapped rings (Linux 5.5+), not map updates.
+    pub fn rings_mapped(&self) -> bool {
+        self.rings_mem.is_some()
     }
 
     /// The connection table, once: its owner scans it (off the daemon's core).
@@ -290,10 +383,15 @@ impl XdpMaps {
             .map_err(|e| XdpError::Map("BACKENDS", format!("[{id}]: {e}")))
     }
 
-    /// Writes a whole Maglev table into ring `ring` (`MAGLEV_M` backend ids): one batch where
-    /// the kernel has them, else entry by entry.
+    /// Writes a whole Maglev table into ring `ring` (`MAGLEV_M` backend ids): one copy into the
+    /// mapped rings, else one batch where the kernel has them, else entry by entry.
     pub fn write_ring(&mut self, ring: u32, table: &[u32]) -> Result<(), XdpError> {
         let base = ring * MAGLEV_M;
+        if let Some(mem) = &mut self.rings_mem
+            && mem.write(base as usize, table)
+        {
+            return Ok(());
+        }
         if self.batch_writes {
             match batch::update_array(self.rings.map().fd().as_fd(), base, table) {
                 Ok(()) => return Ok(()),
@@ -345,18 +443,48 @@ impl XdpMaps {
 
     /// Sums the per-CPU counters: index → counter (reasons, then services, then backends).
     pub fn read_stats(&self) -> Result<Vec<Counter>, XdpError> {
-        let mut out = vec![Counter::default(); STATS_LEN as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let per_cpu = self
-                .stats
-                .get(&(i as u32), 0)
-                .map_err(|e| XdpError::Map("STATS", e.to_string()))?;
-            for c in per_cpu.iter() {
-                slot.add(*c);
-            }
-        }
-        Ok(out)
+        sum_stats(&self.stats)
     }
+
+    /// A second handle on the counters, for readers on other threads (`lbctl status` and
+    /// scrapes read them without the daemon's core).
+    pub fn stats_reader(&self) -> Result<XdpStats, XdpError> {
+        let err = |e: String| XdpError::Map("STATS", e);
+        let fd = self
+            .stats
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| err(format!("duplicating the map's descriptor: {e}")))?;
+        let data = MapData::from_fd(fd).map_err(|e| err(e.to_string()))?;
+        let stats = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+            .map_err(|e| err(e.to_string()))?;
+        Ok(XdpStats(stats))
+    }
+}
+
+/// The per-CPU counters (STATS), readable from any thread.
+pub struct XdpStats(PerCpuArray<MapData, Counter>);
+
+impl XdpStats {
+    /// Sums the per-CPU counters: index → counter (reasons, then services, then backends).
+    pub fn read(&self) -> Result<Vec<Counter>, XdpError> {
+        sum_stats(&self.0)
+    }
+}
+
+fn sum_stats(stats: &PerCpuArray<MapData, Counter>) -> Result<Vec<Counter>, XdpError> {
+    let mut out = vec![Counter::default(); STATS_LEN as usize];
+    for (i, slot) in out.iter_mut().enumerate() {
+        let per_cpu = stats
+            .get(&(i as u32), 0)
+            .map_err(|e| XdpError::Map("STATS", e.to_string()))?;
+        for c in per_cpu.iter() {
+            slot.add(*c);
+        }
+    }
+    Ok(out)
 }
 
 impl XdpFlows {

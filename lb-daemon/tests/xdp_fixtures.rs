@@ -74,7 +74,12 @@ impl Bed {
     fn with_table(web_backends: &[u8], conntrack_max: u32) -> Bed {
         let mut ebpf =
             xdp::load(OWN_MAC, [0; 6], conntrack_max, &[PROG_LBD]).expect("load XDP programs");
-        let mut dp = XdpDatapath::with_maps(XdpMaps::new(&mut ebpf).expect("maps"));
+        let maps = XdpMaps::new(&mut ebpf).expect("maps");
+        assert!(
+            maps.rings_mapped(),
+            "the Maglev rings could not be mapped (BPF_F_MMAPABLE, Linux 5.5+)"
+        );
+        let mut dp = XdpDatapath::with_maps(maps);
         let flows = dp.take_flows().expect("the connection table");
         let mut engine = Engine::new();
         engine

@@ -17,9 +17,13 @@ const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 #[map]
 pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
-/// RINGS: the Maglev tables, `MAX_RINGS` of `MAGLEV_M` slots each, slot → backend id.
+/// BPF_F_MMAPABLE: userspace maps the array into its memory (Linux 5.5+).
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// RINGS: the Maglev tables, `MAX_RINGS` of `MAGLEV_M` slots each, slot → backend id. Mappable,
+/// so the daemon writes a whole table as one copy instead of 65,537 map updates.
 #[map]
-pub static RINGS: Array<u32> = Array::with_max_entries(MAX_RINGS * MAGLEV_M, 0);
+pub static RINGS: Array<u32> = Array::with_max_entries(MAX_RINGS * MAGLEV_M, BPF_F_MMAPABLE);
 
 /// BACKENDS: backend id → MAC, address and state.
 #[map]

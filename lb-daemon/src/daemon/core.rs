@@ -14,9 +14,11 @@ use std::{
     collections::{BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
+use arc_swap::ArcSwapOption;
 use tokio::sync::oneshot;
 
 use crate::{
@@ -28,7 +30,7 @@ use crate::{
     model::FlowCounts,
     net::LinkHealth,
     overrides::{Overrides, StateError, StateFile},
-    status::Status,
+    status::StatusView,
 };
 
 /// How often every backend MAC is looked up again (a replaced backend host), in ticks.
@@ -44,6 +46,9 @@ const SCAN_SKIP_MAX: u32 = 60;
 /// The tick's period (the I/O layer sends [`Command::Tick`] this often).
 pub const TICK: Duration = Duration::from_secs(1);
 
+/// Where the core publishes its status (without the live counters) for readers on other tasks.
+pub type StatusBoard = Arc<ArcSwapOption<StatusView>>;
+
 /// Where a control request's answer goes.
 pub type Reply = oneshot::Sender<Response>;
 
@@ -51,8 +56,6 @@ pub type Reply = oneshot::Sender<Response>;
 pub enum Command {
     /// A control socket request.
     Control(Request, Reply),
-    /// The status, for a metrics scrape.
-    Status(oneshot::Sender<Result<Status, String>>),
     /// A health check result.
     Health(HealthEvent),
     /// SIGHUP: read the config file again.
@@ -271,6 +274,8 @@ pub struct Core {
     /// A change is in the engine but not yet in the data path (an apply failed): retried at
     /// the next tick.
     dirty: bool,
+    /// Where the status is published.
+    board: StatusBoard,
 }
 
 /// What a new core starts from.
@@ -291,6 +296,8 @@ pub struct CoreSetup {
     pub macs: HashMap<Ipv4Addr, [u8; 6]>,
     /// The VRRP speaker, when configured.
     pub vrrp: Option<VrrpHandles>,
+    /// Where to publish the status.
+    pub board: StatusBoard,
 }
 
 impl Core {
@@ -320,8 +327,10 @@ impl Core {
             reload_failures: 0,
             reload_gen: 0,
             dirty: false,
+            board: setup.board,
         };
         let report = core.apply()?;
+        core.publish();
         Ok((core, report))
     }
 
@@ -333,17 +342,23 @@ impl Core {
                 break;
             }
             self.handle(cmd);
+            // Once per burst of commands: readers see the state after the last one.
+            if commands.is_empty() {
+                self.publish();
+            }
         }
         self.datapath
+    }
+
+    /// Publishes the status (without counters) for `lbctl status` and scrapes.
+    pub fn publish(&self) {
+        self.board.store(Some(Arc::new(self.view())));
     }
 
     /// One command.
     pub fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Control(req, reply) => self.control(req, reply),
-            Command::Status(reply) => {
-                let _ = reply.send(self.status().map_err(|e| e.to_string()));
-            }
             Command::Health(ev) => self.on_health(ev),
             Command::Reload => self.reload(),
             Command::Tick(links) => self.tick(&links),

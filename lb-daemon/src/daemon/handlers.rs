@@ -8,8 +8,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use lb_common::reason;
-
 use super::core::{
     AfterResolve, AfterScan, Core, CoreError, PendingAdd, RESOLVE_WAIT, Reply, respond,
 };
@@ -19,7 +17,9 @@ use crate::{
     engine::{BackendRec, Source},
     net,
     overrides::{Admin, BackendOverride},
-    status::{BackendStatus, HealthStatus, ReasonCount, ServiceStatus, Status, VrrpStatus},
+    status::{
+        BackendStatus, HealthStatus, ReasonCount, ServiceStatus, Status, StatusView, VrrpStatus,
+    },
 };
 
 fn check_weight(weight: u32) -> Result<u32, CoreError> {
@@ -388,68 +388,70 @@ impl Core {
     /// and VRRP.
     pub fn status(&self) -> Result<Status, CoreError> {
         let counters = self.datapath.counters().map_err(CoreError::Counters)?;
+        Ok(self.view().fill(&counters))
+    }
+
+    /// The status without the live counters, published after each batch of commands so that
+    /// `lbctl status` and scrapes are answered without the core.
+    pub fn view(&self) -> StatusView {
+        let ids = self
+            .engine
+            .services()
+            .map(|s| (s.backends.values().map(|b| b.id).collect(), s.retired))
+            .collect();
         let services = self
             .engine
             .services()
             .map(|s| {
                 let key = s.config.key();
-                let total = self.engine.service_counter(s, &counters);
                 ServiceStatus {
                     name: s.config.name.clone(),
                     vip: s.config.vip.to_string(),
                     proto: s.config.proto,
                     scheduler: s.config.scheduler,
-                    packets: total.packets,
-                    bytes: total.bytes,
+                    packets: 0,
+                    bytes: 0,
                     backends: s
                         .backends
                         .values()
-                        .map(|b| {
-                            let c = counters.backend(b.id);
-                            BackendStatus {
-                                addr: b.addr.to_string(),
-                                weight: b.weight,
-                                state: b.state(),
-                                source: b.source,
-                                overrides: self.override_notes(&key, b),
-                                mac: b.mac.as_ref().map(net::mac_string),
-                                packets: c.packets,
-                                bytes: c.bytes,
-                                flows: self.counts.active_of(b.id),
-                                closing_flows: self.counts.closing_of(b.id),
-                                health: s.config.health.as_ref().map(|_| {
-                                    let last = self.health.get(&(s.config.name.clone(), b.addr));
-                                    HealthStatus {
-                                        up: !b.health_down,
-                                        last_seconds: last.map(|e| e.latency.as_secs_f64()),
-                                        detail: last.map(|e| e.detail.clone()),
-                                    }
-                                }),
-                            }
+                        .map(|b| BackendStatus {
+                            addr: b.addr.to_string(),
+                            weight: b.weight,
+                            state: b.state(),
+                            source: b.source,
+                            overrides: self.override_notes(&key, b),
+                            mac: b.mac.as_ref().map(net::mac_string),
+                            packets: 0,
+                            bytes: 0,
+                            flows: self.counts.active_of(b.id),
+                            closing_flows: self.counts.closing_of(b.id),
+                            health: s.config.health.as_ref().map(|_| {
+                                let last = self.health.get(&(s.config.name.clone(), b.addr));
+                                HealthStatus {
+                                    up: !b.health_down,
+                                    last_seconds: last.map(|e| e.latency.as_secs_f64()),
+                                    detail: last.map(|e| e.detail.clone()),
+                                }
+                            }),
                         })
                         .collect(),
                 }
             })
             .collect();
-        Ok(Status {
+        let status = Status {
             version: env!("CARGO_PKG_VERSION").into(),
             config_path: self.config_path.display().to_string(),
             state_file: self.state_file.path().display().to_string(),
             interface: self.config.daemon.interface.clone(),
             datapath: self.datapath.mode(),
             datapath_reason: self.mode_reason.clone(),
-            uptime_s: self.started.elapsed().as_secs(),
+            uptime_s: 0,
             config_loaded_unix: unix_seconds(self.loaded_at),
             config_reloads: self.reloads,
             config_reload_failures: self.reload_failures,
             conntrack_entries: self.counts.entries,
             conntrack_max: self.config.daemon.conntrack_max,
-            reasons: (0..reason::COUNT)
-                .map(|r| ReasonCount {
-                    reason: reason::NAMES[r as usize].into(),
-                    packets: counters.reasons.get(r as usize).map_or(0, |c| c.packets),
-                })
-                .collect(),
+            reasons: Vec::new(),
             services,
             vrrp: self.vrrp.as_ref().map(|v| {
                 let s = v.status.borrow().clone();
@@ -483,7 +485,8 @@ impl Core {
                         .collect(),
                 }
             }),
-        })
+        };
+        StatusView::new(status, self.started, ids)
     }
 }
 

@@ -36,15 +36,17 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use self::core::{
-    AfterResolve, AfterScan, Command, Core, CoreSetup, Effects, Notify, TICK, VrrpHandles,
+    AfterResolve, AfterScan, Command, Core, CoreSetup, Effects, Notify, StatusBoard, TICK,
+    VrrpHandles,
 };
 use crate::{
     config::Config,
     control::{self, Request, Response},
-    datapath::FlowTable,
+    datapath::{CounterSource, FlowTable},
     health::{HealthMonitor, Target},
     metrics, net,
     overrides::StateFile,
+    status::Status,
 };
 
 /// Commands waiting for the core at most; senders wait for room beyond it.
@@ -124,6 +126,30 @@ impl Effects for IoEffects {
     }
 }
 
+/// Answers status requests and scrapes without the core: its last published view, filled with
+/// the counters read now.
+#[derive(Clone)]
+struct StatusReader {
+    board: StatusBoard,
+    counters: Arc<dyn CounterSource>,
+}
+
+impl StatusReader {
+    async fn read(&self) -> Result<Status, String> {
+        let view = self
+            .board
+            .load_full()
+            .ok_or_else(|| "lbd is starting".to_string())?;
+        let counters = self.counters.clone();
+        // A thousand map reads: off the async workers.
+        let read = tokio::task::spawn_blocking(move || counters.counters())
+            .await
+            .map_err(|e| format!("reading the counters: {e}"))?;
+        let counters = read.map_err(|e| format!("reading the counters: {e}"))?;
+        Ok(view.fill(&counters))
+    }
+}
+
 /// The scan thread: one scan at a time, each result sent back to the core.
 fn scan_thread(
     mut table: Box<dyn FlowTable>,
@@ -194,6 +220,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let (scan_tx, scan_rx) = std_mpsc::channel();
     let table = datapath.flow_table()?;
+    let counters = datapath.counter_source()?;
+    let board = StatusBoard::default();
     let scan_commands = commands_tx.clone();
     let scanner = std::thread::Builder::new()
         .name("lbd-scan".into())
@@ -245,6 +273,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             status: h.status.clone(),
             tracker: h.tracker.clone(),
         }),
+        board: board.clone(),
     })
     .context("setting up the data path")?;
     core.log_unresolved();
@@ -268,19 +297,13 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let metrics_listener = metrics::bind(metrics_addr)
         .await
         .context("daemon.metrics_addr")?;
-    let metrics_commands = commands_tx.clone();
+    let reader = StatusReader { board, counters };
+    let metrics_reader = reader.clone();
     let metrics_task = tokio::spawn(metrics::serve_listener(
         metrics_listener,
         move || {
-            let commands = metrics_commands.clone();
-            async move {
-                let (tx, rx) = oneshot::channel();
-                commands
-                    .send(Command::Status(tx))
-                    .await
-                    .map_err(|_| "lbd is stopping".to_string())?;
-                rx.await.map_err(|_| "lbd is stopping".to_string())?
-            }
+            let reader = metrics_reader.clone();
+            async move { reader.read().await }
         },
         stop.clone(),
     ));
@@ -289,7 +312,14 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         listener,
         Arc::new(move |req: Request| {
             let commands = control_commands.clone();
+            let reader = reader.clone();
             async move {
+                if let Request::Status {} = req {
+                    return match reader.read().await {
+                        Ok(s) => Response::Status(Box::new(s)),
+                        Err(message) => Response::Error { message },
+                    };
+                }
                 let stopping = || Response::Error {
                     message: "lbd is stopping".into(),
                 };

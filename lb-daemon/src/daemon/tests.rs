@@ -101,6 +101,7 @@ impl Bed {
             state_file: StateFile::in_dir(&dir),
             macs: macs(),
             vrrp: None,
+            board: Default::default(),
         })
         .expect("core starts");
         assert_eq!((report.services_added, report.backends_added), (1, 3));

@@ -9,7 +9,8 @@ use std::{
 use lb_common::Counter;
 
 use super::{
-    BackendEntry, Datapath, DatapathCounters, DatapathError, DatapathMode, FlowTable, ServiceEntry,
+    BackendEntry, CounterSource, Datapath, DatapathCounters, DatapathError, DatapathMode,
+    FlowTable, ServiceEntry,
 };
 use crate::{
     config::{Scheduler, ServiceKey},
@@ -138,7 +139,17 @@ impl Datapath for FakeDatapath {
         Ok(Box::new(self.clone()))
     }
 
+    fn counter_source(&self) -> Result<Arc<dyn CounterSource>, DatapathError> {
+        Ok(Arc::new(self.clone()))
+    }
+
     fn stop(self: Box<Self>) {}
+}
+
+impl CounterSource for FakeDatapath {
+    fn counters(&self) -> Result<DatapathCounters, DatapathError> {
+        Datapath::counters(self)
+    }
 }
 
 impl FlowTable for FakeDatapath {

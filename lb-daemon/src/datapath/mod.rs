@@ -12,7 +12,7 @@ pub mod fake;
 pub mod proxy;
 pub mod xdp;
 
-use std::{collections::HashMap, fmt, net::Ipv4Addr};
+use std::{collections::HashMap, fmt, net::Ipv4Addr, sync::Arc};
 
 use lb_common::{Counter, reason};
 
@@ -149,9 +149,18 @@ pub trait Datapath: Send {
     fn counters(&self) -> Result<DatapathCounters, DatapathError>;
     /// Hands out the flow table, once, to be scanned on a thread of its own.
     fn flow_table(&mut self) -> Result<Box<dyn FlowTable>, DatapathError>;
+    /// A reader of the counters for other threads (status and scrapes do not wait for the
+    /// core).
+    fn counter_source(&self) -> Result<Arc<dyn CounterSource>, DatapathError>;
     /// Stops forwarding: XDP detaches, the proxy closes its listeners and (within a bound)
     /// its connections.
     fn stop(self: Box<Self>);
+}
+
+/// The counters of a data path, readable from any thread.
+pub trait CounterSource: Send + Sync {
+    /// Reads them.
+    fn counters(&self) -> Result<DatapathCounters, DatapathError>;
 }
 
 /// The flows a data path holds, per backend.

@@ -12,7 +12,8 @@ use lb_common::Counter;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BackendEntry, Datapath, DatapathCounters, DatapathError, DatapathMode, FlowTable, ServiceEntry,
+    BackendEntry, CounterSource, Datapath, DatapathCounters, DatapathError, DatapathMode,
+    FlowTable, ServiceEntry,
 };
 use crate::{
     config::{Proto, ServiceKey, proxy::ProxyConfig},
@@ -155,13 +156,11 @@ impl Datapath for ProxyDatapath {
     }
 
     fn counters(&self) -> Result<DatapathCounters, DatapathError> {
-        let mut out = DatapathCounters::zero();
-        for p in self.services.values() {
-            for (id, c) in p.handle.all_backend_counters() {
-                out.backends.entry(id).or_default().add(both(&c));
-            }
-        }
-        Ok(out)
+        ProxyFlows(self.handles.clone()).counters()
+    }
+
+    fn counter_source(&self) -> Result<Arc<dyn CounterSource>, DatapathError> {
+        Ok(Arc::new(ProxyFlows(self.handles.clone())))
     }
 
     fn flow_table(&mut self) -> Result<Box<dyn FlowTable>, DatapathError> {
@@ -190,19 +189,37 @@ impl Datapath for ProxyDatapath {
     }
 }
 
-/// The proxy's flows: its open connections (TCP) and sessions (UDP), per backend.
+/// The proxy's flows (its open connections and sessions) and counters, per backend, read from
+/// its services' handles.
 struct ProxyFlows(Handles);
 
-impl FlowTable for ProxyFlows {
-    fn scan(&mut self, _is_dead: &dyn Fn(u32) -> bool) -> FlowCounts {
-        // A connection cannot be cut from here: it ends on its own. Counting is all there is.
-        let handles: Vec<Arc<ServiceHandle>> = self
-            .0
+impl ProxyFlows {
+    fn handles(&self) -> Vec<Arc<ServiceHandle>> {
+        self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+}
+
+impl CounterSource for ProxyFlows {
+    fn counters(&self) -> Result<DatapathCounters, DatapathError> {
+        let mut out = DatapathCounters::zero();
+        for h in self.handles() {
+            for (id, c) in h.all_backend_counters() {
+                out.backends.entry(id).or_default().add(both(&c));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl FlowTable for ProxyFlows {
+    fn scan(&mut self, _is_dead: &dyn Fn(u32) -> bool) -> FlowCounts {
+        // A connection cannot be cut from here: it ends on its own. Counting is all there is.
+        let handles = self.handles();
         let mut counts = FlowCounts::default();
         for h in handles {
             for (id, _) in h.all_backend_counters() {

@@ -2,18 +2,19 @@
 //! maps, with each service's two Maglev rings: a new table goes into the idle ring, then the
 //! VIPS entry switches to it in one map update.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use aya::Ebpf;
 use lb_common::{Backend, Counter, STATS_BACKEND_BASE, VIP_FLAG_SRC_ONLY, VipInfo, VipKey, reason};
 
 use super::{
-    BackendEntry, Datapath, DatapathCounters, DatapathError, DatapathMode, FlowTable, ServiceEntry,
+    BackendEntry, CounterSource, Datapath, DatapathCounters, DatapathError, DatapathMode,
+    FlowTable, ServiceEntry,
 };
 use crate::{
     config::{Scheduler, ServiceKey},
     model::FlowCounts,
-    xdp::{self, AttachMode, FlowTimeouts, XdpFlows, XdpMaps},
+    xdp::{self, AttachMode, FlowTimeouts, XdpFlows, XdpMaps, XdpStats},
 };
 
 /// A service's rings: which one is live and the table in it.
@@ -158,16 +159,11 @@ impl Datapath for XdpDatapath {
     }
 
     fn counters(&self) -> Result<DatapathCounters, DatapathError> {
-        let stats = self.maps.read_stats()?;
-        let reasons = stats[..reason::COUNT as usize].to_vec();
-        let backends = stats
-            .iter()
-            .enumerate()
-            .skip(STATS_BACKEND_BASE as usize)
-            .filter(|(_, c)| c.packets > 0 || c.bytes > 0)
-            .map(|(i, c)| (i as u32 - STATS_BACKEND_BASE, *c))
-            .collect();
-        Ok(DatapathCounters { reasons, backends })
+        Ok(split(&self.maps.read_stats()?))
+    }
+
+    fn counter_source(&self) -> Result<Arc<dyn CounterSource>, DatapathError> {
+        Ok(Arc::new(self.maps.stats_reader()?))
     }
 
     fn flow_table(&mut self) -> Result<Box<dyn FlowTable>, DatapathError> {
@@ -181,6 +177,26 @@ impl Datapath for XdpDatapath {
     fn stop(self: Box<Self>) {
         // Dropping the object detaches the program.
         drop(self);
+    }
+}
+
+/// The STATS layout split into reasons and backends (the program counts a forwarded packet for
+/// its backend only; the engine sums services).
+fn split(stats: &[Counter]) -> DatapathCounters {
+    let reasons = stats[..reason::COUNT as usize].to_vec();
+    let backends = stats
+        .iter()
+        .enumerate()
+        .skip(STATS_BACKEND_BASE as usize)
+        .filter(|(_, c)| c.packets > 0 || c.bytes > 0)
+        .map(|(i, c)| (i as u32 - STATS_BACKEND_BASE, *c))
+        .collect();
+    DatapathCounters { reasons, backends }
+}
+
+impl CounterSource for XdpStats {
+    fn counters(&self) -> Result<DatapathCounters, DatapathError> {
+        Ok(split(&self.read()?))
     }
 }
 
