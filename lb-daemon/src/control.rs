@@ -297,8 +297,11 @@ mod tests {
     /// Bad control messages, each with its error; the server keeps serving after each.
     #[tokio::test]
     async fn bad_messages_get_errors() {
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("bad_messages_get_errors: the server answers root only; run as root");
+        // The server answers root only.
+        if !lb_testkit::require_or_skip(
+            "bad_messages_get_errors",
+            lb_testkit::root_unavailable_reason(),
+        ) {
             return;
         }
         let long = vec![b'x'; MAX_REQUEST + 10];

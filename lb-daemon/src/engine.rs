@@ -681,10 +681,10 @@ mod tests {
         let key = cfg.services[0].key();
         let mut o = Overrides::default();
         o.update(&key.to_string(), ip(21), |b| {
-            b.admin = Some(Admin::Draining)
+            b.admin = Some(Admin::Draining);
         });
         o.update(&key.to_string(), ip(22), |b| {
-            b.admin = Some(Admin::Maintenance)
+            b.admin = Some(Admin::Maintenance);
         });
         o.update(&key.to_string(), ip(24), |b| {
             b.added = true;

@@ -188,7 +188,7 @@ mod tests {
         let all = entries(&n, &[1; 10]);
         let before = build(&all, MAGLEV_M);
         for gone in 0..10 {
-            let rest: Vec<Entry> = all
+            let rest: Vec<Entry<'_>> = all
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| *i != gone)

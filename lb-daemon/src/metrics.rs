@@ -692,7 +692,7 @@ mod tests {
         let b2 = [("service", "web"), ("backend", "198.18.0.22")];
         // (family, labels, value)
         type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
-        let cases: Vec<Case> = vec![
+        let cases: Vec<Case<'_>> = vec![
             ("lbd_build_info", vec![("version", "0.1.0")], 1.0),
             ("lbd_datapath_mode", vec![("mode", "xdp-native")], 1.0),
             ("lbd_datapath_mode", vec![("mode", "xdp-generic")], 0.0),

@@ -215,13 +215,13 @@ mod tests {
             b.weight = Some(3);
         });
         o.update("tcp/198.18.0.100:80", Ipv4Addr::new(198, 18, 0, 21), |b| {
-            b.admin = Some(Admin::Draining)
+            b.admin = Some(Admin::Draining);
         });
         f.save(&o).unwrap();
         assert_eq!(f.load().unwrap(), o);
         // Clearing an override removes it from the file.
         o.update("tcp/198.18.0.100:80", a, |b| {
-            *b = BackendOverride::default()
+            *b = BackendOverride::default();
         });
         assert!(o.get("tcp/198.18.0.100:80", a).is_none());
         let _ = std::fs::remove_dir_all(&dir);

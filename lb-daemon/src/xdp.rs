@@ -547,7 +547,7 @@ impl XdpFlows {
                 Ok(()) => return counts,
                 // The keys deleted already fail again below, uncounted.
                 Err(e) => {
-                    tracing::warn!(error = %e, "deleting expired flows in batches failed: deleting them one by one")
+                    tracing::warn!(error = %e, "deleting expired flows in batches failed: deleting them one by one");
                 }
             }
         }

@@ -341,7 +341,7 @@ fn xdp_pick(
     src_only: bool,
 ) -> String {
     let ips: Vec<String> = backends.iter().map(|(a, _)| a.ip().to_string()).collect();
-    let entries: Vec<maglev::Entry> = ips
+    let entries: Vec<maglev::Entry<'_>> = ips
         .iter()
         .map(|n| maglev::Entry { name: n, weight: 1 })
         .collect();

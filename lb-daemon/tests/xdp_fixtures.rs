@@ -494,7 +494,7 @@ fn down_backends_lose_flows_draining_keep_them() {
     let key = cfg.services[0].key();
     let mut o = Overrides::default();
     o.update(&key.to_string(), Ipv4Addr::new(198, 18, 0, 21), |b| {
-        b.admin = Some(Admin::Draining)
+        b.admin = Some(Admin::Draining);
     });
     assert!(
         bed.engine

@@ -520,7 +520,7 @@ fn run_iperf3(
                     "iperf3 exited with {}: {}",
                     out.status,
                     String::from_utf8_lossy(&out.stderr).trim()
-                ))
+                ));
             }
             Err(e) => {
                 let busy = format!("{e:#}").contains("busy");

@@ -429,6 +429,9 @@ fn tracked_conditions_move_the_vip() -> Result<()> {
         a.lbctl(&["backend", "maintenance", "web", ip, "off"])?;
     }
     wait_state(&a, "MASTER")?;
+    // Both sides settled before the next condition: lbd2 still reporting MASTER from the round
+    // before would otherwise pass the wait below at once.
+    wait_state(&b, "BACKUP")?;
 
     topo.ns(n1).ip(&["link", "set", "t1", "down"])?;
     wait_state(&b, "MASTER")?;
@@ -439,6 +442,7 @@ fn tracked_conditions_move_the_vip() -> Result<()> {
     );
     topo.ns(n1).ip(&["link", "set", "t1", "up"])?;
     wait_state(&a, "MASTER")?;
+    wait_state(&b, "BACKUP")?;
     ensure!(
         exactly_one_holds_vip(&topo, &[n1, n2])? == n1,
         "lbd1 should hold the VIP again"

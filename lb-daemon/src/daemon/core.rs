@@ -676,7 +676,7 @@ impl Core {
                 let flows_of = |id| counts.active_of(id) + counts.closing_of(id);
                 match self.engine.reap_removed(flows_of, self.datapath.as_mut()) {
                     Ok(freed) if !freed.is_empty() => {
-                        tracing::info!(ids = ?freed, "removed backends have no flows left: freed")
+                        tracing::info!(ids = ?freed, "removed backends have no flows left: freed");
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "freeing removed backends failed"),

@@ -243,7 +243,7 @@ impl Core {
         let config_weight = self.existing(&key, ip)?.config_weight;
         let mut new = self.overrides.clone();
         new.update(&key.to_string(), ip, |o| {
-            o.weight = (config_weight != Some(weight)).then_some(weight)
+            o.weight = (config_weight != Some(weight)).then_some(weight);
         });
         self.commit(new)?;
         Ok(format!(

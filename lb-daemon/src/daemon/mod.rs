@@ -359,7 +359,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
                         links.insert(name.clone(), h);
                     }
                     Err(e) => {
-                        tracing::warn!(interface = %name, error = %e, "VRRP tracking: interface look-up failed")
+                        tracing::warn!(interface = %name, error = %e, "VRRP tracking: interface look-up failed");
                     }
                 }
             }

@@ -377,7 +377,7 @@ mod tests {
     /// (IP address string, weight) and the flow hash of the key the program builds.
     fn xdp_choice(b: &[Backend], client: [u8; 4], sport: u16, src_only: bool) -> usize {
         let names: Vec<String> = b.iter().map(|x| x.addr().ip().to_string()).collect();
-        let entries: Vec<maglev::Entry> = b
+        let entries: Vec<maglev::Entry<'_>> = b
             .iter()
             .zip(&names)
             .map(|(x, n)| maglev::Entry {

@@ -140,7 +140,7 @@ pub fn delete<K: Pod>(fd: BorrowedFd<'_>, keys: &[K], deleted: &mut u64) -> io::
         match result {
             Ok(()) => rest = &rest[done..],
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                rest = rest.get(done + 1..).unwrap_or_default()
+                rest = rest.get(done + 1..).unwrap_or_default();
             }
             Err(e) => return Err(e),
         }
