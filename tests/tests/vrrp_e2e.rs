@@ -300,12 +300,14 @@ fn interoperates_with_keepalived_both_ways() -> Result<()> {
         exactly_one_holds_vip(&topo, &[n1, n2])? == n2,
         "keepalived should hold the VIP"
     );
-    let v = ours.status()?.vrrp.context("vrrp")?;
-    ensure!(
-        v.master.as_deref() == Some("198.18.0.3"),
-        "lbd sees master {:?}",
-        v.master
-    );
+    // A backup learns the master from its first accepted advert, which may come after it
+    // entered BACKUP.
+    let s = ours.wait_status(MASTER_WAIT, "keepalived seen as master", |s| {
+        s.vrrp
+            .as_ref()
+            .is_some_and(|v| v.master.as_deref() == Some("198.18.0.3"))
+    })?;
+    let v = s.vrrp.context("vrrp")?;
     ensure!(
         v.adverts_accepted > 0 && v.adverts_dropped.is_empty(),
         "keepalived's adverts: {v:?}"

@@ -276,6 +276,9 @@ pub struct Core {
     dirty: bool,
     /// Where the status is published.
     board: StatusBoard,
+    /// Answers of this command, sent once the status that shows its change is published (a
+    /// client that reads the status right after an answer sees what it changed).
+    outbox: Vec<(Reply, Response)>,
 }
 
 /// What a new core starts from.
@@ -328,6 +331,7 @@ impl Core {
             reload_gen: 0,
             dirty: false,
             board: setup.board,
+            outbox: Vec::new(),
         };
         let report = core.apply()?;
         core.publish();
@@ -355,8 +359,23 @@ impl Core {
         self.board.store(Some(Arc::new(self.view())));
     }
 
-    /// One command.
+    /// Queues an answer (see `outbox`).
+    pub(super) fn answer(&mut self, reply: Reply, response: Response) {
+        self.outbox.push((reply, response));
+    }
+
+    /// One command; its answers go out after the status showing its effect is published.
     pub fn handle(&mut self, cmd: Command) {
+        self.step(cmd);
+        if !self.outbox.is_empty() {
+            self.publish();
+            for (reply, response) in self.outbox.drain(..) {
+                let _ = reply.send(response);
+            }
+        }
+    }
+
+    fn step(&mut self, cmd: Command) {
         match cmd {
             Command::Control(req, reply) => self.control(req, reply),
             Command::Health(ev) => self.on_health(ev),
@@ -664,7 +683,8 @@ impl Core {
                 }
             }
             AfterResolve::Add(add, reply) => {
-                let _ = reply.send(respond(self.add_resolved(add)));
+                let answer = respond(self.add_resolved(add));
+                self.answer(reply, answer);
             }
         }
     }
@@ -686,7 +706,10 @@ impl Core {
             AfterScan::Report { id, message, reply } => {
                 let flows = counts.active_of(id);
                 self.counts = counts;
-                let _ = reply.send(respond(Ok(message.replace("{flows}", &flows.to_string()))));
+                self.answer(
+                    reply,
+                    respond(Ok(message.replace("{flows}", &flows.to_string()))),
+                );
             }
             AfterScan::Remove {
                 key,
@@ -706,7 +729,7 @@ impl Core {
                     } else {
                         message
                     };
-                    let _ = reply.send(respond(Ok(message)));
+                    self.answer(reply, respond(Ok(message)));
                 } else if cut > 0 {
                     tracing::info!(flows = cut, "flows of a down backend re-balanced");
                 }

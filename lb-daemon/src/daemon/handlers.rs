@@ -42,7 +42,7 @@ impl Core {
                         message: e.to_string(),
                     },
                 };
-                let _ = reply.send(answer);
+                self.answer(reply, answer);
                 return;
             }
             Request::BackendAdd {
@@ -100,7 +100,7 @@ impl Core {
                 Err(e) => Err(e),
             },
         };
-        let _ = reply.send(respond(now));
+        self.answer(reply, respond(now));
     }
 
     /// A service by name, `VIP:port`, or `proto/VIP:port`.
@@ -265,7 +265,7 @@ impl Core {
         let (id, ip, name) = match result {
             Ok(r) => r,
             Err(e) => {
-                let _ = reply.send(respond(Err(e)));
+                self.answer(reply, respond(Err(e)));
                 return;
             }
         };
@@ -279,7 +279,10 @@ impl Core {
                 )
             }
             None => {
-                let _ = reply.send(respond(Ok(format!("{ip} in {name} is back in rotation"))));
+                self.answer(
+                    reply,
+                    respond(Ok(format!("{ip} in {name} is back in rotation"))),
+                );
                 return;
             }
         };
@@ -322,7 +325,7 @@ impl Core {
         let (flows, closing, name) = match result {
             Ok(r) => r,
             Err(e) => {
-                let _ = reply.send(respond(Err(e)));
+                self.answer(reply, respond(Err(e)));
                 return;
             }
         };
@@ -330,13 +333,16 @@ impl Core {
         // Without --force a removed backend keeps its closing flows until they end (the tick
         // frees it).
         if !force || flows + closing == 0 {
-            let _ = reply.send(respond(Ok(message)));
+            self.answer(reply, respond(Ok(message)));
             return;
         }
         if !self.datapath.mode().needs_macs() {
-            let _ = reply.send(respond(Ok(format!(
-                "{message}; its {flows} proxied connections run to their end"
-            ))));
+            self.answer(
+                reply,
+                respond(Ok(format!(
+                    "{message}; its {flows} proxied connections run to their end"
+                ))),
+            );
             return;
         }
         match self.engine.free_now(key, ip, self.datapath.as_mut()) {
@@ -347,13 +353,16 @@ impl Core {
                 },
             ),
             Ok(None) => {
-                let _ = reply.send(respond(Ok(message)));
+                self.answer(reply, respond(Ok(message)));
             }
             Err(e) => {
                 tracing::error!(backend = %ip, error = %e, "freeing the removed backend failed; its flows end on their own");
-                let _ = reply.send(respond(Ok(format!(
-                    "{message}; its flows could not be cut ({e}): they end on their own"
-                ))));
+                self.answer(
+                    reply,
+                    respond(Ok(format!(
+                        "{message}; its flows could not be cut ({e}): they end on their own"
+                    ))),
+                );
             }
         }
     }

@@ -13,11 +13,13 @@ use std::{
 use lb_common::Counter;
 use tokio::sync::oneshot;
 
-use super::core::{AfterResolve, AfterScan, Command, Core, CoreSetup, Effects, Notify};
+use super::core::{
+    AfterResolve, AfterScan, Command, Core, CoreSetup, Effects, Notify, StatusBoard,
+};
 use crate::{
     config::Config,
     control::{Request, Response},
-    datapath::{DatapathMode, FlowTable, fake::FakeDatapath},
+    datapath::{DatapathCounters, DatapathMode, FlowTable, fake::FakeDatapath},
     health::{HealthEvent, Target},
     model::{BackendState, FlowCounts},
     overrides::{Admin, StateFile},
@@ -80,6 +82,7 @@ struct Bed {
     core: Core,
     dp: FakeDatapath,
     effects: FakeEffects,
+    board: StatusBoard,
     dir: PathBuf,
 }
 
@@ -92,6 +95,7 @@ impl Bed {
         std::fs::write(&config_path, CONFIG).expect("config file");
         let dp = FakeDatapath::new(mode);
         let effects = FakeEffects::default();
+        let board = StatusBoard::default();
         let (core, report) = Core::start(CoreSetup {
             config_path,
             config: Config::parse(CONFIG).expect("config"),
@@ -101,7 +105,7 @@ impl Bed {
             state_file: StateFile::in_dir(&dir),
             macs: macs(),
             vrrp: None,
-            board: Default::default(),
+            board: board.clone(),
         })
         .expect("core starts");
         assert_eq!((report.services_added, report.backends_added), (1, 3));
@@ -109,6 +113,7 @@ impl Bed {
             core,
             dp,
             effects,
+            board,
             dir,
         }
     }
@@ -307,6 +312,17 @@ fn drain_answers_with_fresh_flow_counts_and_keeps_them_pinned() {
         done(rx),
         "draining 198.18.0.21 in web: no new flows; 4 open flows go on"
     );
+    // The status readers see the change by the time the answer is out.
+    let published = bed
+        .board
+        .load_full()
+        .expect("published")
+        .fill(&DatapathCounters::zero());
+    assert_eq!(
+        published.services[0].backends[0].state,
+        BackendState::Draining
+    );
+    assert_eq!(published.services[0].backends[0].flows, 4);
     assert_eq!(
         bed.dp.state().backends[&bed.id(21)].state,
         BackendState::Draining,
