@@ -45,6 +45,8 @@ const SCAN_SPACING: u32 = 50;
 const SCAN_SKIP_MAX: u32 = 60;
 /// The tick's period (the I/O layer sends [`Command::Tick`] this often).
 pub const TICK: Duration = Duration::from_secs(1);
+/// Shortest time between two publications of the status that no request waits for.
+const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 
 /// Where the core publishes its status (without the live counters) for readers on other tasks.
 pub type StatusBoard = Arc<ArcSwapOption<StatusView>>;
@@ -279,6 +281,8 @@ pub struct Core {
     /// Answers of this command, sent once the status that shows its change is published (a
     /// client that reads the status right after an answer sees what it changed).
     outbox: Vec<(Reply, Response)>,
+    /// When the status was last published.
+    published_at: Instant,
 }
 
 /// What a new core starts from.
@@ -332,6 +336,7 @@ impl Core {
             dirty: false,
             board: setup.board,
             outbox: Vec::new(),
+            published_at: Instant::now(),
         };
         let report = core.apply()?;
         core.publish();
@@ -346,8 +351,10 @@ impl Core {
                 break;
             }
             self.handle(cmd);
-            // Once per burst of commands: readers see the state after the last one.
-            if commands.is_empty() {
+            // Once per burst of commands, and not more often than PUBLISH_EVERY (a health
+            // result a millisecond does not rebuild the view each time; the tick publishes
+            // what is left). Answers to requests are published at once (see `handle`).
+            if commands.is_empty() && self.published_at.elapsed() >= PUBLISH_EVERY {
                 self.publish();
             }
         }
@@ -355,8 +362,9 @@ impl Core {
     }
 
     /// Publishes the status (without counters) for `lbctl status` and scrapes.
-    pub fn publish(&self) {
+    pub fn publish(&mut self) {
         self.board.store(Some(Arc::new(self.view())));
+        self.published_at = Instant::now();
     }
 
     /// Queues an answer (see `outbox`).
