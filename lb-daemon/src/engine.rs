@@ -181,7 +181,7 @@ pub struct Service {
     /// Backends, including removed ones that still carry flows, by address.
     pub backends: BTreeMap<Ipv4Addr, BackendRec>,
     /// Packets and bytes of its backends freed so far: the data paths count per backend only
-    /// (see [`Engine::service_counter`]).
+    /// (see [`DatapathCounters::service`]).
     pub retired: Counter,
     /// The scheduler and members the data path serves now; None before the first write.
     served: Option<(Scheduler, Vec<Member>)>,
@@ -442,15 +442,9 @@ impl Engine {
         Ok(freed)
     }
 
-    /// A service's counter: the data path counts a forwarded packet once, for its backend (one
-    /// per-CPU counter touched per packet, not two), so a service's figure is what its backends
-    /// have now plus what its freed backends had.
+    /// A service's counter, from the data path's per-backend ones.
     pub fn service_counter(&self, svc: &Service, counters: &DatapathCounters) -> Counter {
-        let mut total = svc.retired;
-        for b in svc.backends.values() {
-            total.add(counters.backend(b.id));
-        }
-        total
+        counters.service(svc.retired, svc.backends.values().map(|b| b.id))
     }
 }
 

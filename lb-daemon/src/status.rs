@@ -178,12 +178,11 @@ impl StatusView {
             })
             .collect();
         for (svc, (ids, retired)) in s.services.iter_mut().zip(&self.ids) {
-            let mut total = *retired;
             for (b, id) in svc.backends.iter_mut().zip(ids) {
                 let c = counters.backend(*id);
                 (b.packets, b.bytes) = (c.packets, c.bytes);
-                total.add(c);
             }
+            let total = counters.service(*retired, ids.iter().copied());
             (svc.packets, svc.bytes) = (total.packets, total.bytes);
         }
         s

@@ -14,6 +14,7 @@ use super::core::{
 use crate::{
     config::{MAX_WEIGHT, ServiceKey, parse_backend_addr},
     control::{Request, Response},
+    datapath::DatapathMode,
     engine::{BackendRec, Source},
     net,
     overrides::{Admin, BackendOverride},
@@ -336,7 +337,7 @@ impl Core {
             self.answer(reply, respond(Ok(message)));
             return;
         }
-        if !self.datapath.mode().needs_macs() {
+        if self.datapath.mode() == DatapathMode::Userspace {
             self.answer(
                 reply,
                 respond(Ok(format!(

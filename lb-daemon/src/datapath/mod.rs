@@ -115,6 +115,17 @@ impl DatapathCounters {
     pub fn backend(&self, id: u32) -> Counter {
         self.backends.get(&id).copied().unwrap_or_default()
     }
+
+    /// A service's counter: the data path counts a forwarded packet once, for its backend (one
+    /// per-CPU counter touched per packet, not two), so a service's figure is what its backends
+    /// (`ids`) have now plus what its freed backends had (`retired`).
+    pub fn service(&self, retired: Counter, ids: impl IntoIterator<Item = u32>) -> Counter {
+        let mut total = retired;
+        for id in ids {
+            total.add(self.backend(id));
+        }
+        total
+    }
 }
 
 /// Errors of a data path.
