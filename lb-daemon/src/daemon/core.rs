@@ -405,7 +405,15 @@ impl Core {
             self.datapath.as_mut(),
         );
         self.dirty = result.is_err();
-        self.effects.health_targets(health_targets(&self.engine));
+        let targets = health_targets(&self.engine);
+        // The last results of backends no longer checked go with them.
+        let checked: HashSet<(&str, std::net::IpAddr)> = targets
+            .iter()
+            .map(|t| (t.service.as_str(), t.backend.ip()))
+            .collect();
+        self.health
+            .retain(|(service, ip), _| checked.contains(&(service.as_str(), (*ip).into())));
+        self.effects.health_targets(targets);
         result
     }
 
