@@ -15,13 +15,13 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
 };
 
 use lb_common::{Counter, MAX_BACKENDS, MAX_SERVICES};
 
 use crate::{
-    config::{Config, Scheduler, ServiceConfig, ServiceKey},
+    config::{Config, Proto, Scheduler, ServiceConfig, ServiceKey},
     datapath::{BackendEntry, Datapath, DatapathCounters, DatapathError, ServiceEntry},
     maglev::{self, Member},
     model::BackendState,
@@ -207,6 +207,29 @@ impl Service {
     }
 }
 
+/// The ids the engine gave out, kept beside a pinned data path: the connection table holds
+/// backend ids, so a restart that adopts it must give every backend the id it had.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdMap {
+    /// Services, with their backends.
+    pub services: Vec<ServiceIds>,
+}
+
+/// One service's ids.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceIds {
+    /// Protocol.
+    pub proto: Proto,
+    /// VIP and port.
+    pub vip: SocketAddrV4,
+    /// Service id.
+    pub id: u32,
+    /// Backend address → id, removed ones included.
+    pub backends: BTreeMap<Ipv4Addr, u32>,
+}
+
 /// The engine.
 #[derive(Debug, Default)]
 pub struct Engine {
@@ -244,6 +267,78 @@ impl Engine {
             services: BTreeMap::new(),
             free_service_ids: (0..MAX_SERVICES).collect(),
             free_backend_ids: (0..MAX_BACKENDS).collect(),
+        }
+    }
+
+    /// The ids given out now.
+    pub fn ids(&self) -> IdMap {
+        IdMap {
+            services: self
+                .services
+                .values()
+                .map(|s| ServiceIds {
+                    proto: s.config.proto,
+                    vip: s.config.vip,
+                    id: s.id,
+                    backends: s.backends.values().map(|b| (b.addr, b.id)).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes back the ids of an adopted data path before the first apply: its services and
+    /// backends come back with their ids, as removed (the apply puts the configured ones back
+    /// in, and the others leave once their flows end). `macs` are the backends' MACs by id, as
+    /// the data path holds them. Ids out of range or given twice are skipped.
+    pub fn seed(&mut self, ids: &IdMap, macs: &HashMap<u32, [u8; 6]>) {
+        for s in &ids.services {
+            let key = ServiceKey {
+                vip: s.vip,
+                proto: s.proto,
+            };
+            if self.services.contains_key(&key) || !self.free_service_ids.remove(&s.id) {
+                continue;
+            }
+            let mut backends = BTreeMap::new();
+            for (&addr, &id) in &s.backends {
+                if !self.free_backend_ids.remove(&id) {
+                    continue;
+                }
+                backends.insert(
+                    addr,
+                    BackendRec {
+                        id,
+                        addr,
+                        weight: 1,
+                        admin: None,
+                        removed: true,
+                        health_down: false,
+                        mac: macs.get(&id).copied(),
+                        source: Source::Config,
+                        config_weight: None,
+                        mac_required: self.mac_required,
+                        written: None,
+                    },
+                );
+            }
+            let config = ServiceConfig {
+                name: key.to_string(),
+                vip: s.vip,
+                proto: s.proto,
+                scheduler: Scheduler::Maglev,
+                backends: Vec::new(),
+                health: None,
+            };
+            self.services.insert(
+                key,
+                Service {
+                    id: s.id,
+                    config,
+                    backends,
+                    retired: Counter::default(),
+                    served: None,
+                },
+            );
         }
     }
 

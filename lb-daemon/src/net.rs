@@ -88,11 +88,13 @@ pub struct LinkHealth {
     pub up: bool,
     /// An XDP program is attached to it.
     pub xdp_attached: bool,
+    /// How it is attached: native (driver) or generic (skb), when one is.
+    pub xdp_mode: Option<crate::xdp::AttachMode>,
 }
 
 /// Looks up an interface's state; a missing interface is down.
 pub async fn link_health(handle: &Handle, name: &str) -> Result<LinkHealth, NetError> {
-    use rtnetlink::packet_route::link::{LinkFlags, LinkXdp};
+    use rtnetlink::packet_route::link::{LinkFlags, LinkXdp, XdpAttached};
     let mut links = handle.link().get().match_name(name.to_string()).execute();
     let msg = match links.try_next().await {
         Ok(Some(m)) => m,
@@ -100,6 +102,7 @@ pub async fn link_health(handle: &Handle, name: &str) -> Result<LinkHealth, NetE
             return Ok(LinkHealth {
                 up: false,
                 xdp_attached: false,
+                xdp_mode: None,
             });
         }
         Err(e) => return Err(e.into()),
@@ -111,9 +114,18 @@ pub async fn link_health(handle: &Handle, name: &str) -> Result<LinkHealth, NetE
             .any(|n| matches!(n, LinkXdp::ProgId(id) if *id != 0)),
         _ => false,
     });
+    let xdp_mode = msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Xdp(x) => x.iter().find_map(|n| match n {
+            LinkXdp::Attached(XdpAttached::Driver) => Some(crate::xdp::AttachMode::Native),
+            LinkXdp::Attached(XdpAttached::SocketBuffer) => Some(crate::xdp::AttachMode::Generic),
+            _ => None,
+        }),
+        _ => None,
+    });
     Ok(LinkHealth {
         up: flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp),
         xdp_attached,
+        xdp_mode,
     })
 }
 

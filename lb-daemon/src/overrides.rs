@@ -173,24 +173,26 @@ impl StateFile {
 
     /// Writes the overrides durably: a crash leaves the old file or the new one, never a mix.
     pub fn save(&self, o: &Overrides) -> Result<(), StateError> {
-        let werr = |source| StateError::Write {
+        save_json(&self.path, o).map_err(|source| StateError::Write {
             path: self.path.clone(),
             source,
-        };
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(werr)?;
-        let tmp = self.path.with_extension("json.tmp");
-        let mut text = serde_json::to_vec_pretty(o).map_err(|e| werr(std::io::Error::other(e)))?;
-        text.push(b'\n');
-        let mut f = std::fs::File::create(&tmp).map_err(werr)?;
-        f.write_all(&text).map_err(werr)?;
-        f.sync_all().map_err(werr)?;
-        std::fs::rename(&tmp, &self.path).map_err(werr)?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(werr)?;
-        Ok(())
+        })
     }
+}
+
+/// Writes `value` as JSON durably: a temporary file, fsync, rename, fsync of the directory; a
+/// crash leaves the old file or the new one, never a mix.
+pub fn save_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("json.tmp");
+    let mut text = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&text)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use lb_common::{
 };
 
 mod batch;
+pub mod pins;
 
 use crate::model::FlowCounts;
 
@@ -68,7 +69,8 @@ impl AttachMode {
         }
     }
 
-    fn aya(self) -> XdpMode {
+    /// aya's name for it.
+    pub fn aya(self) -> XdpMode {
         match self {
             AttachMode::Native => XdpMode::Driver,
             AttachMode::Generic => XdpMode::Skb,
@@ -84,10 +86,28 @@ pub fn load(
     conntrack_max: u32,
     programs: &[&str],
 ) -> Result<Ebpf, XdpError> {
-    let mut ebpf = EbpfLoader::new()
+    load_with(own_mac, bare_dst_mac, conntrack_max, programs, None)
+}
+
+/// [`load`], with the maps pinned in `maps_dir` (adopted when pinned there already).
+pub fn load_with(
+    own_mac: [u8; 6],
+    bare_dst_mac: [u8; 6],
+    conntrack_max: u32,
+    programs: &[&str],
+    maps_dir: Option<&std::path::Path>,
+) -> Result<Ebpf, XdpError> {
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global("OWN_MAC", &own_mac, true)
         .override_global("BARE_DST_MAC", &bare_dst_mac, true)
-        .map_max_entries("CONNTRACK", conntrack_max)
+        .map_max_entries("CONNTRACK", conntrack_max);
+    if let Some(dir) = maps_dir {
+        for name in pins::MAP_NAMES {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    let mut ebpf = loader
         .load(EBPF_OBJECT)
         .map_err(|e| XdpError::Load(format!("{e:#}")))?;
     for name in programs {
@@ -364,6 +384,16 @@ impl XdpMaps {
             }),
             batch_writes: true,
         })
+    }
+
+    /// The VIPS entries (what an adopted data path serves).
+    pub fn vips(&self) -> Vec<(VipKey, VipInfo)> {
+        self.vips.iter().filter_map(Result::ok).collect()
+    }
+
+    /// BACKENDS[id].
+    pub fn backend(&self, id: u32) -> Option<Backend> {
+        self.backends.get(&id, 0).ok()
     }
 
     /// Whether table writes go through the mapped rings (Linux 5.5+), not map updates.

@@ -256,6 +256,13 @@ impl LbdNode {
         }
     }
 
+    /// Kills lbd with SIGKILL (a crash), waits `down`, and starts it again with the same files.
+    pub fn crash_and_restart(&mut self, topo: &Topology, node: Host, down: Duration) -> Result<()> {
+        self.process.kill()?;
+        std::thread::sleep(down);
+        self.start_again(topo, node)
+    }
+
     /// Stops lbd (cleanly) and starts it again with the same files: the state file survives.
     pub fn restart(&mut self, topo: &Topology, node: Host) -> Result<()> {
         let status = self.process.terminate(Duration::from_secs(10))?;
@@ -265,6 +272,15 @@ impl LbdNode {
                 self.process.stderr_tail()
             );
         }
+        self.start_again(topo, node)
+    }
+
+    /// The config file this node runs with.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
+    fn start_again(&mut self, topo: &Topology, node: Host) -> Result<()> {
         let mut cmd = topo
             .ns(node)
             .command(&bin_path("lbd")?.display().to_string());

@@ -464,6 +464,22 @@ impl Spawned {
         Ok(())
     }
 
+    /// Kills the child with SIGKILL (no chance to clean up: a crash) and reaps it.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        if let Some(status) = self.try_status() {
+            return Ok(status);
+        }
+        self.child
+            .kill()
+            .with_context(|| format!("killing {}", self.label))?;
+        let status = self
+            .child
+            .wait()
+            .with_context(|| format!("reaping {}", self.label))?;
+        self.exited = Some(status);
+        Ok(status)
+    }
+
     /// Sends SIGTERM and waits up to `timeout` for the child to exit; kills it and fails if it does not.
     pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
         self.signal(libc::SIGTERM)?;

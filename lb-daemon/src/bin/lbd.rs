@@ -15,6 +15,10 @@ struct Args {
     /// Validate the config file and exit.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     check_config: Option<PathBuf>,
+    /// Remove the pinned XDP data path of the config's interface (daemon.pin_dir) and exit;
+    /// refused while lbd runs.
+    #[arg(long)]
+    detach: bool,
 }
 
 fn main() -> ExitCode {
@@ -39,6 +43,21 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("{}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.detach {
+        let result = Config::load(&args.config)
+            .with_context(|| format!("config {}", args.config.display()))
+            .and_then(|c| daemon::detach(&c));
+        return match result {
+            Ok(message) => {
+                println!("{message}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lbd: {e:#}");
                 ExitCode::FAILURE
             }
         };

@@ -184,6 +184,9 @@ pub struct DaemonConfig {
     pub metrics_addr: SocketAddr,
     /// Connection table capacity in flows.
     pub conntrack_max: u32,
+    /// Where the XDP data path is pinned in bpffs so that it outlives the process (a restart or
+    /// a crash adopts it); none: it stops with lbd.
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// `[[service]]`.
@@ -256,6 +259,7 @@ struct RawDaemon {
     state_dir: Option<PathBuf>,
     metrics_addr: Option<String>,
     conntrack_max: Option<i64>,
+    pin_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -359,6 +363,18 @@ impl RawConfig {
             state_dir: d.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             metrics_addr,
             conntrack_max,
+            pin_dir: match d.pin_dir {
+                Some(p) if !p.is_absolute() || p.parent().is_none() => {
+                    return Err(err(
+                        "daemon.pin_dir",
+                        format!(
+                            "{:?} is not an absolute directory below a bpffs mount (e.g. /sys/fs/bpf/lbd/eth0)",
+                            p.display().to_string()
+                        ),
+                    ));
+                }
+                p => p,
+            },
         };
 
         if self.service.len() > lb_common::MAX_SERVICES as usize {
@@ -630,6 +646,10 @@ backends = [ { addr = "198.18.0.21" } ]
             (
                 "[daemon]\ninterface = \"eth0\"\nconntrack_max = 5\n".into(),
                 "daemon.conntrack_max: 5 is out of range (allowed: 1024 to 16777216 flows)",
+            ),
+            (
+                "[daemon]\ninterface = \"eth0\"\npin_dir = \"lbd/eth0\"\n".into(),
+                "daemon.pin_dir: \"lbd/eth0\" is not an absolute directory below a bpffs mount",
             ),
             (
                 "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"198.18.0.100\"\n".into(),

@@ -25,7 +25,7 @@ use crate::{
     config::{Config, ServiceKey},
     control::{Request, Response},
     datapath::{Datapath, DatapathError},
-    engine::{ApplyReport, Engine, EngineError},
+    engine::{ApplyReport, Engine, EngineError, IdMap},
     health::{HealthEvent, Target},
     model::FlowCounts,
     net::LinkHealth,
@@ -283,6 +283,8 @@ pub struct Core {
     outbox: Vec<(Reply, Response)>,
     /// When the status was last published.
     published_at: Instant,
+    /// The ids file of a pinned data path, its maps' layout, and the ids written last.
+    ids_file: Option<(PathBuf, String, IdMap)>,
 }
 
 /// What a new core starts from.
@@ -305,6 +307,8 @@ pub struct CoreSetup {
     pub vrrp: Option<VrrpHandles>,
     /// Where to publish the status.
     pub board: StatusBoard,
+    /// The pinned data path taken over (XDP with `daemon.pin_dir`).
+    pub adoption: Option<super::start::Adoption>,
 }
 
 impl Core {
@@ -312,7 +316,29 @@ impl Core {
     /// the start with its error).
     pub fn start(setup: CoreSetup) -> Result<(Core, ApplyReport), anyhow::Error> {
         let overrides = setup.state_file.load()?;
-        let engine = Engine::with_mac_required(setup.datapath.mode().needs_macs());
+        let mut engine = Engine::with_mac_required(setup.datapath.mode().needs_macs());
+        let mut macs = setup.macs;
+        let ids_file = setup.adoption.as_ref().map(|a| {
+            (
+                super::start::ids_file(&setup.config.daemon.state_dir),
+                a.pins.layout().to_string(),
+                IdMap::default(),
+            )
+        });
+        if let Some(a) = &setup.adoption
+            && let Some(ids) = &a.ids
+        {
+            // The connection table holds these ids: every backend gets its own back, and the
+            // MAC the data path had for it.
+            engine.seed(ids, &a.macs);
+            for s in &ids.services {
+                for (addr, id) in &s.backends {
+                    if let Some(mac) = a.macs.get(id) {
+                        macs.entry(*addr).or_insert(*mac);
+                    }
+                }
+            }
+        }
         let mut core = Core {
             config_path: setup.config_path,
             config: setup.config,
@@ -320,7 +346,7 @@ impl Core {
             datapath: setup.datapath,
             effects: setup.effects,
             mode_reason: setup.mode_reason,
-            macs: setup.macs,
+            macs,
             counts: FlowCounts::default(),
             scan_skip: Some(0),
             mac_age: 0,
@@ -337,8 +363,23 @@ impl Core {
             board: setup.board,
             outbox: Vec::new(),
             published_at: Instant::now(),
+            ids_file,
         };
         let report = core.apply()?;
+        // The tables are current: the program takes over (an adopted link's, atomically).
+        core.datapath.go_live()?;
+        if let Some(a) = &setup.adoption
+            && matches!(a.found, super::start::Found::LayoutChanged { .. })
+        {
+            match a.pins.remove_other_layouts() {
+                Ok(old) => {
+                    tracing::info!(removed = ?old, "the maps of the earlier layout are gone");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "removing the maps of the earlier layout failed");
+                }
+            }
+        }
         core.publish();
         Ok((core, report))
     }
@@ -405,6 +446,7 @@ impl Core {
             self.datapath.as_mut(),
         );
         self.dirty = result.is_err();
+        self.save_ids();
         let targets = health_targets(&self.engine);
         // The last results of backends no longer checked go with them.
         let checked: HashSet<(&str, std::net::IpAddr)> = targets
@@ -415,6 +457,28 @@ impl Core {
             .retain(|(service, ip), _| checked.contains(&(service.as_str(), (*ip).into())));
         self.effects.health_targets(targets);
         result
+    }
+
+    /// Keeps the engine's ids beside a pinned data path when they changed (a restart adopting
+    /// the connection table must give every backend its id back).
+    fn save_ids(&mut self) {
+        let Some((path, layout, saved)) = &mut self.ids_file else {
+            return;
+        };
+        let ids = self.engine.ids();
+        if ids == *saved {
+            return;
+        }
+        let file = super::start::SavedIds {
+            layout: layout.clone(),
+            ids: ids.clone(),
+        };
+        match crate::overrides::save_json(path, &file) {
+            Ok(()) => *saved = ids,
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "saving the backend ids failed; a restart would not adopt the connection table");
+            }
+        }
     }
 
     /// Saves `new` overrides, then applies them; if applying fails the old ones come back,

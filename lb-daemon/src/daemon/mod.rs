@@ -204,7 +204,23 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     // Backend MACs before the first apply, so that backends enter rotation at once.
     let macs = match &chosen.link {
         Some(l) => {
-            let ips = core::backend_ips(&config, &overrides);
+            // What an adopted data path knows already needs no look-up.
+            let known: std::collections::HashSet<Ipv4Addr> = chosen
+                .adoption
+                .iter()
+                .filter_map(|a| a.ids.as_ref().map(|ids| (ids, &a.macs)))
+                .flat_map(|(ids, macs)| {
+                    ids.services
+                        .iter()
+                        .flat_map(|s| s.backends.iter())
+                        .filter(|(_, id)| macs.contains_key(id))
+                        .map(|(addr, _)| *addr)
+                })
+                .collect();
+            let ips: Vec<Ipv4Addr> = core::backend_ips(&config, &overrides)
+                .into_iter()
+                .filter(|ip| !known.contains(ip))
+                .collect();
             net::resolve(
                 &netlink,
                 &config.daemon.interface,
@@ -259,12 +275,25 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let socket_path = config.daemon.control_socket.clone();
     let tracked = Core::tracked_interfaces(&config);
     let metrics_addr = config.daemon.metrics_addr;
+    let pinned = chosen.adoption.as_ref().map(|a| a.pins.dir().to_path_buf());
     let interface = config.daemon.interface.clone();
     let (core, report) = Core::start(CoreSetup {
         config_path,
         config,
         datapath,
-        mode_reason: chosen.reason.clone(),
+        mode_reason: match &chosen.adoption {
+            Some(a) => format!(
+                "{}; pinned in {} ({})",
+                chosen.reason,
+                a.pins.dir().display(),
+                match a.found {
+                    start::Found::Fresh => "new",
+                    start::Found::Adopted => "adopted: flows kept",
+                    start::Found::LayoutChanged { .. } => "new map layout: fresh maps",
+                }
+            ),
+            None => chosen.reason.clone(),
+        },
         effects: Box::new(effects),
         state_file,
         macs,
@@ -274,6 +303,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             tracker: h.tracker.clone(),
         }),
         board: board.clone(),
+        adoption: chosen.adoption,
     })
     .context("setting up the data path")?;
     core.log_unresolved();
@@ -419,8 +449,43 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     if let Err(e) = std::fs::remove_file(&socket_path) {
         tracing::warn!(socket = %socket_path.display(), error = %e, "cannot remove the control socket");
     }
-    tracing::info!("data path stopped; lbd stopped");
+    match pinned {
+        Some(dir) => {
+            tracing::info!(pins = %dir.display(), "lbd stopped; the XDP data path goes on forwarding with the last tables for the next start (`lbd --detach` removes it)");
+        }
+        None => tracing::info!("data path stopped; lbd stopped"),
+    }
     Ok(())
+}
+
+/// `lbd --detach`: removes the pinned XDP data path of the config's interface (the program
+/// leaves the interface, the maps are freed). Refused while an lbd answers on the control
+/// socket: it would lose its data path under it.
+pub fn detach(config: &Config) -> anyhow::Result<String> {
+    let Some(dir) = &config.daemon.pin_dir else {
+        anyhow::bail!("daemon.pin_dir is not set: nothing is pinned, lbd detaches when it stops");
+    };
+    let socket = &config.daemon.control_socket;
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        anyhow::bail!(
+            "lbd is running (it answers on {}): stop it first, then detach",
+            socket.display()
+        );
+    }
+    let pins = crate::xdp::pins::Pins::new(dir, String::new());
+    let removed = pins
+        .remove_all()
+        .with_context(|| format!("removing the pins under {}", dir.display()))?;
+    let _ = std::fs::remove_file(start::ids_file(&config.daemon.state_dir));
+    Ok(if removed {
+        format!(
+            "detached: the XDP program left {} and the pins under {} are gone",
+            config.daemon.interface,
+            dir.display()
+        )
+    } else {
+        format!("nothing pinned under {}", dir.display())
+    })
 }
 
 /// Tells systemd (Type=notify) about readiness, reloads and the watchdog; nothing without it.

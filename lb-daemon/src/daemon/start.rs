@@ -1,14 +1,54 @@
 //! Choosing the data path at start: `[daemon] datapath`, privileges, and the fallbacks of
 //! `auto` (native XDP → generic XDP → userspace), each step logged with its reason.
 
+use std::{collections::HashMap, path::PathBuf};
+
 use anyhow::{Context as _, bail};
+use aya::programs::{
+    Xdp,
+    links::{FdLink, PinnedLink},
+    xdp::XdpLink,
+};
+
+pub use crate::xdp::pins::Found;
 
 use crate::{
     config::{Config, Datapath as DatapathSetting},
     datapath::{Datapath, proxy::ProxyDatapath, xdp::XdpDatapath},
+    engine::IdMap,
     net,
-    xdp::{self, AttachMode},
+    xdp::{
+        self, AttachMode,
+        pins::{self, Pins},
+    },
 };
+
+/// The file beside the state file that keeps the engine's ids for a pinned data path.
+pub fn ids_file(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("datapath-ids.json")
+}
+
+/// What the ids file holds: the layout of the maps the ids are in, and the ids.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedIds {
+    /// The maps' layout (see [`pins::layout`]).
+    pub layout: String,
+    /// The ids.
+    pub ids: IdMap,
+}
+
+/// What a start found pinned and took over.
+pub struct Adoption {
+    /// The pins.
+    pub pins: Pins,
+    /// What was there.
+    pub found: Found,
+    /// The engine's ids when the maps were adopted (None: fresh maps).
+    pub ids: Option<IdMap>,
+    /// The adopted backends' MACs by id.
+    pub macs: HashMap<u32, [u8; 6]>,
+}
 
 /// Capabilities the XDP data path needs, by number and name.
 const NEEDED_CAPS: [(u32, &str); 3] = [(12, "CAP_NET_ADMIN"), (38, "CAP_PERFMON"), (39, "CAP_BPF")];
@@ -45,24 +85,136 @@ pub struct Chosen {
     pub link: Option<net::Link>,
     /// Why this one, for the log and `lbctl status`.
     pub reason: String,
+    /// The pinned data path taken over, when `daemon.pin_dir` is set (XDP).
+    pub adoption: Option<Adoption>,
 }
 
-/// Loads the XDP program and attaches it in one mode.
-fn attach_xdp(config: &Config, link: &net::Link, mode: AttachMode) -> anyhow::Result<XdpDatapath> {
-    let mut ebpf = xdp::load(
+/// Loads the XDP program and attaches it in one mode. With `daemon.pin_dir`, the maps are
+/// pinned (adopted when pinned already) and so is the link: an existing link keeps its place
+/// and gets the new program once the first tables are written ([`Datapath::go_live`]).
+fn attach_xdp(
+    config: &Config,
+    link: &net::Link,
+    mode: AttachMode,
+    attached: Option<AttachMode>,
+) -> anyhow::Result<(XdpDatapath, Option<Adoption>)> {
+    let Some(dir) = &config.daemon.pin_dir else {
+        let mut ebpf = xdp::load(
+            link.mac,
+            [0; 6],
+            config.daemon.conntrack_max,
+            &[xdp::PROG_LBD],
+        )?;
+        xdp::attach(
+            &mut ebpf,
+            xdp::PROG_LBD,
+            &config.daemon.interface,
+            link.index,
+            mode,
+        )?;
+        return Ok((XdpDatapath::attached(ebpf, mode, None)?, None));
+    };
+    let pins = Pins::new(dir, pins::layout(config.daemon.conntrack_max));
+    let mut found = pins
+        .prepare()
+        .with_context(|| format!("daemon.pin_dir = {:?}", dir.display().to_string()))?;
+    let ids_path = ids_file(&config.daemon.state_dir);
+    let mut ids = None;
+    if found == Found::Adopted {
+        let saved = std::fs::read(&ids_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SavedIds>(&b).ok())
+            .filter(|s| s.layout == pins.layout());
+        match saved {
+            Some(s) => ids = Some(s.ids),
+            None => {
+                // Without the ids the connection table cannot be read right: fresh maps.
+                tracing::warn!(file = %ids_path.display(), "pinned maps without their backend ids: building fresh maps");
+                let mine = pins.maps_dir();
+                for name in pins::MAP_NAMES {
+                    let _ = std::fs::remove_file(mine.join(name));
+                }
+                found = Found::LayoutChanged { old: Vec::new() };
+            }
+        }
+    }
+    let maps_dir = pins.maps_dir();
+    std::fs::create_dir_all(&maps_dir)
+        .with_context(|| format!("creating {}", maps_dir.display()))?;
+    let mut ebpf = xdp::load_with(
         link.mac,
         [0; 6],
         config.daemon.conntrack_max,
         &[xdp::PROG_LBD],
+        Some(&maps_dir),
     )?;
-    xdp::attach(
-        &mut ebpf,
-        xdp::PROG_LBD,
-        &config.daemon.interface,
-        link.index,
-        mode,
-    )?;
-    Ok(XdpDatapath::attached(ebpf, mode)?)
+    let link_pin = pins.link();
+    let (mode, pending) = if link_pin.exists() {
+        let pinned = PinnedLink::from_pin(&link_pin)
+            .with_context(|| format!("opening the pinned link {}", link_pin.display()))?;
+        let xdp_link = XdpLink::try_from(FdLink::from(pinned))
+            .with_context(|| format!("{} is not an XDP link", link_pin.display()))?;
+        // The link keeps the mode it was made with.
+        (attached.unwrap_or(mode), Some(xdp_link))
+    } else {
+        let prog: &mut Xdp = ebpf
+            .program_mut(xdp::PROG_LBD)
+            .context("the balancer program is missing")?
+            .try_into()?;
+        let id = prog
+            .attach_to_if_index(link.index, mode.aya())
+            .map_err(|e| xdp::XdpError::Attach {
+                interface: config.daemon.interface.clone(),
+                mode: mode.as_str(),
+                reason: format!("{e:#}"),
+            })?;
+        let taken = prog.take_link(id)?;
+        match FdLink::try_from(taken) {
+            // The pin holds the link (and the program on the interface) after lbd is gone.
+            Ok(fd) => drop(
+                fd.pin(&link_pin)
+                    .with_context(|| format!("pinning the XDP link at {}", link_pin.display()))?,
+            ),
+            Err(e) => bail!(
+                "this kernel attaches XDP without a bpf_link ({e}); daemon.pin_dir needs Linux 5.9+: remove it to run without a pinned data path"
+            ),
+        }
+        (mode, None)
+    };
+    let mut dp = XdpDatapath::attached(ebpf, mode, pending)?;
+    let macs = if ids.is_some() {
+        dp.adopt()
+    } else {
+        HashMap::new()
+    };
+    match &found {
+        Found::Fresh => {
+            tracing::info!(pins = %dir.display(), layout = %pins.layout(), "data path pinned: it outlives lbd; `lbd --detach` removes it");
+        }
+        Found::Adopted => {
+            tracing::info!(pins = %dir.display(), layout = %pins.layout(), "adopted the pinned data path: flows and tables kept; the new program takes over once the tables are current");
+        }
+        Found::LayoutChanged { old } => {
+            tracing::warn!(pins = %dir.display(), layout = %pins.layout(), old = ?old, "the pinned maps have another layout: fresh maps (flows re-hash through Maglev); the old ones go once the new program runs");
+        }
+    }
+    Ok((
+        dp,
+        Some(Adoption {
+            pins,
+            found,
+            ids,
+            macs,
+        }),
+    ))
+}
+
+/// How an XDP program is attached to the interface now (a pinned link keeps its mode).
+async fn attached_mode(handle: &rtnetlink::Handle, iface: &str) -> Option<AttachMode> {
+    net::link_health(handle, iface)
+        .await
+        .ok()
+        .and_then(|h| h.xdp_mode)
 }
 
 /// Picks the data path by `[daemon] datapath`. `auto` steps down native XDP → generic XDP →
@@ -80,23 +232,26 @@ pub async fn choose(
         datapath: Box::new(ProxyDatapath::new(config.proxy.clone(), runtime.clone())),
         link: None,
         reason,
+        adoption: None,
     };
     let link = || async {
         net::link(handle, &iface)
             .await
             .with_context(|| format!("daemon.interface = {iface:?}"))
     };
-    let xdp = |dp: XdpDatapath, link, reason: String| Chosen {
+    let xdp = |(dp, adoption): (XdpDatapath, Option<Adoption>), link, reason: String| Chosen {
         datapath: Box::new(dp),
         link: Some(link),
         reason,
+        adoption,
     };
     match config.daemon.datapath {
         DatapathSetting::Userspace => Ok(userspace("datapath = \"userspace\"".into())),
         DatapathSetting::Xdp => {
             check_privileges()?;
             let link = link().await?;
-            let dp = attach_xdp(config, &link, AttachMode::Native).context(
+            let attached = attached_mode(handle, &iface).await;
+            let dp = attach_xdp(config, &link, AttachMode::Native, attached).context(
                 "datapath = \"xdp\" requires native XDP; use datapath = \"auto\" to allow generic mode",
             )?;
             Ok(xdp(dp, link, "datapath = \"xdp\"".into()))
@@ -104,7 +259,8 @@ pub async fn choose(
         DatapathSetting::XdpGeneric => {
             check_privileges()?;
             let link = link().await?;
-            let dp = attach_xdp(config, &link, AttachMode::Generic)?;
+            let attached = attached_mode(handle, &iface).await;
+            let dp = attach_xdp(config, &link, AttachMode::Generic, attached)?;
             Ok(xdp(dp, link, "datapath = \"xdp-generic\"".into()))
         }
         DatapathSetting::Auto => {
@@ -122,7 +278,8 @@ pub async fn choose(
                 return Ok(userspace(why));
             }
             let link = link().await?;
-            let native = match attach_xdp(config, &link, AttachMode::Native) {
+            let attached = attached_mode(handle, &iface).await;
+            let native = match attach_xdp(config, &link, AttachMode::Native, attached) {
                 Ok(dp) => {
                     return Ok(xdp(
                         dp,
@@ -133,7 +290,7 @@ pub async fn choose(
                 Err(e) => format!("{e:#}"),
             };
             tracing::warn!(error = %native, "native XDP failed; trying generic XDP");
-            let generic = match attach_xdp(config, &link, AttachMode::Generic) {
+            let generic = match attach_xdp(config, &link, AttachMode::Generic, attached) {
                 Ok(dp) => {
                     let why =
                         format!("datapath = \"auto\": native failed ({native}); generic in use");

@@ -106,6 +106,7 @@ impl Bed {
             macs: macs(),
             vrrp: None,
             board: board.clone(),
+            adoption: None,
         })
         .expect("core starts");
         assert_eq!((report.services_added, report.backends_added), (1, 3));

@@ -158,6 +158,11 @@ pub trait Datapath: Send {
     fn free_backend(&mut self, id: u32) -> Result<Counter, DatapathError>;
     /// Reads the counters.
     fn counters(&self) -> Result<DatapathCounters, DatapathError>;
+    /// Starts forwarding with the tables written so far, where that waits for them (XDP taking
+    /// over a pinned link: the earlier program serves until its successor's tables are in).
+    fn go_live(&mut self) -> Result<(), DatapathError> {
+        Ok(())
+    }
     /// Hands out the flow table, once, to be scanned on a thread of its own.
     fn flow_table(&mut self) -> Result<Box<dyn FlowTable>, DatapathError>;
     /// A reader of the counters for other threads (status and scrapes do not wait for the

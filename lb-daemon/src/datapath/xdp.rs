@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use aya::Ebpf;
+use aya::{Ebpf, programs::xdp::XdpLink};
 use lb_common::{Backend, Counter, STATS_BACKEND_BASE, VIP_FLAG_SRC_ONLY, VipInfo, VipKey, reason};
 
 use super::{
@@ -14,7 +14,7 @@ use super::{
 use crate::{
     config::{Scheduler, ServiceKey},
     model::FlowCounts,
-    xdp::{self, AttachMode, FlowTimeouts, XdpFlows, XdpMaps, XdpStats},
+    xdp::{self, AttachMode, FlowTimeouts, XdpError, XdpFlows, XdpMaps, XdpStats},
 };
 
 /// A service's rings: which one is live and the table in it.
@@ -30,11 +30,19 @@ pub struct XdpDatapath {
     _ebpf: Option<Ebpf>,
     mode: DatapathMode,
     rings: HashMap<ServiceKey, Rings>,
+    /// A pinned link of an earlier lbd, whose program this one replaces once its first tables
+    /// are written ([`Datapath::go_live`]).
+    pending: Option<XdpLink>,
 }
 
 impl XdpDatapath {
     /// The data path over an attached object.
-    pub fn attached(mut ebpf: Ebpf, mode: AttachMode) -> Result<XdpDatapath, DatapathError> {
+    /// The data path over an attached object, or one that takes over `pending`'s interface.
+    pub fn attached(
+        mut ebpf: Ebpf,
+        mode: AttachMode,
+        pending: Option<XdpLink>,
+    ) -> Result<XdpDatapath, DatapathError> {
         let maps = XdpMaps::new(&mut ebpf)?;
         Ok(XdpDatapath {
             maps,
@@ -44,6 +52,7 @@ impl XdpDatapath {
                 AttachMode::Generic => DatapathMode::XdpGeneric,
             },
             rings: HashMap::new(),
+            pending,
         })
     }
 
@@ -54,6 +63,7 @@ impl XdpDatapath {
             _ebpf: None,
             mode: DatapathMode::XdpNative,
             rings: HashMap::new(),
+            pending: None,
         }
     }
 
@@ -65,6 +75,35 @@ impl XdpDatapath {
     /// The connection table itself, once (tests scan it at a chosen time).
     pub fn take_flows(&mut self) -> Option<XdpFlows> {
         self.maps.take_flows()
+    }
+
+    /// Takes over the tables of adopted maps: which ring each service serves from, so that the
+    /// first table written goes to the other one; returns the backends' MACs by id.
+    pub fn adopt(&mut self) -> HashMap<u32, [u8; 6]> {
+        for (key, info) in self.maps.vips() {
+            let proto = match key.proto {
+                lb_common::IPPROTO_TCP => crate::config::Proto::Tcp,
+                lb_common::IPPROTO_UDP => crate::config::Proto::Udp,
+                _ => continue,
+            };
+            let vip = std::net::SocketAddrV4::new(
+                std::net::Ipv4Addr::from(key.addr_be.to_ne_bytes()),
+                u16::from_be(key.port_be),
+            );
+            self.rings.insert(
+                ServiceKey { vip, proto },
+                Rings {
+                    live: info.ring,
+                    table: Vec::new(),
+                },
+            );
+        }
+        (0..lb_common::MAX_BACKENDS)
+            .filter_map(|id| {
+                let b = self.maps.backend(id)?;
+                (b.mac != [0; 6]).then_some((id, b.mac))
+            })
+            .collect()
     }
 }
 
@@ -116,8 +155,9 @@ impl Datapath for XdpDatapath {
                 )?;
                 return Ok(());
             }
-            Some(r) => first + ((r.live - first) ^ 1),
-            None => first,
+            // The other ring of the pair; the first when none of the pair is live yet.
+            Some(r) if r.live == first => first + 1,
+            Some(_) | None => first,
         };
         self.maps.write_ring(live, svc.table)?;
         self.maps.set_vip(
@@ -164,6 +204,22 @@ impl Datapath for XdpDatapath {
 
     fn counter_source(&self) -> Result<Arc<dyn CounterSource>, DatapathError> {
         Ok(Arc::new(self.maps.stats_reader()?))
+    }
+
+    fn go_live(&mut self) -> Result<(), DatapathError> {
+        let (Some(link), Some(ebpf)) = (self.pending.take(), self._ebpf.as_mut()) else {
+            return Ok(());
+        };
+        let prog: &mut aya::programs::Xdp = ebpf
+            .program_mut(xdp::PROG_LBD)
+            .ok_or_else(|| XdpError::Load("the balancer program is missing".into()))?
+            .try_into()
+            .map_err(|e| XdpError::Load(format!("{e}")))?;
+        // bpf_link_update: the interface never is without a program.
+        prog.attach_to_link(link).map_err(|e| {
+            XdpError::Load(format!("replacing the program in the pinned link: {e}"))
+        })?;
+        Ok(())
     }
 
     fn flow_table(&mut self) -> Result<Box<dyn FlowTable>, DatapathError> {
