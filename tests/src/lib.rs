@@ -44,6 +44,7 @@
 pub mod bench_core;
 pub mod bench_failover;
 pub mod bench_net;
+pub mod bench_restart;
 pub mod bench_xdp;
 pub mod capture;
 pub mod client;
@@ -51,6 +52,7 @@ pub mod exec;
 pub mod http;
 pub mod lbd;
 pub mod netns;
+pub mod restart;
 pub mod stress;
 pub mod topology;
 

@@ -16,11 +16,12 @@ fn main() -> ExitCode {
     }
     let only: Vec<String> = std::env::args().skip(1).collect();
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
-    let parts: [(&str, Bench); 4] = [
+    let parts: [(&str, Bench); 5] = [
         ("xdp", lbd_tests::bench_xdp::run),
         ("failover", lbd_tests::bench_failover::run),
         ("net", lbd_tests::bench_net::run),
         ("core", lbd_tests::bench_core::run),
+        ("restart", lbd_tests::bench_restart::run),
     ];
     let mut failed = false;
     for (name, run) in parts {
