@@ -149,6 +149,13 @@ fn attach_xdp(
         Some(&maps_dir),
     )?;
     let link_pin = pins.link();
+    if link_pin.exists() && attached.is_none() {
+        // The interface has no program: the pinned link belongs to an interface that is gone
+        // (or was detached by hand). Attach afresh.
+        tracing::warn!(link = %link_pin.display(), "the pinned XDP link is not on the interface any more: attaching anew");
+        std::fs::remove_file(&link_pin)
+            .with_context(|| format!("removing the stale link pin {}", link_pin.display()))?;
+    }
     let (mode, pending) = if link_pin.exists() {
         let pinned = PinnedLink::from_pin(&link_pin)
             .with_context(|| format!("opening the pinned link {}", link_pin.display()))?;
@@ -228,11 +235,26 @@ pub async fn choose(
     runtime: tokio::runtime::Handle,
 ) -> anyhow::Result<Chosen> {
     let iface = config.daemon.interface.clone();
-    let userspace = |reason: String| Chosen {
-        datapath: Box::new(ProxyDatapath::new(config.proxy.clone(), runtime.clone())),
-        link: None,
-        reason,
-        adoption: None,
+    let userspace = |reason: String| {
+        // A pinned XDP data path of an earlier run would go on taking the VIP's packets ahead
+        // of the proxy: it goes.
+        if let Some(dir) = &config.daemon.pin_dir {
+            match Pins::new(dir, String::new()).remove_all() {
+                Ok(true) => {
+                    tracing::warn!(pins = %dir.display(), "the userspace data path runs: the pinned XDP data path of an earlier run is removed")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(pins = %dir.display(), error = %e, "removing the pinned XDP data path failed: it may still take the VIP's packets")
+                }
+            }
+        }
+        Chosen {
+            datapath: Box::new(ProxyDatapath::new(config.proxy.clone(), runtime.clone())),
+            link: None,
+            reason,
+            adoption: None,
+        }
     };
     let link = || async {
         net::link(handle, &iface)
