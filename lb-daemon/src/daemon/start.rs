@@ -241,11 +241,11 @@ pub async fn choose(
         if let Some(dir) = &config.daemon.pin_dir {
             match Pins::new(dir, String::new()).remove_all() {
                 Ok(true) => {
-                    tracing::warn!(pins = %dir.display(), "the userspace data path runs: the pinned XDP data path of an earlier run is removed")
+                    tracing::warn!(pins = %dir.display(), "the userspace data path runs: the pinned XDP data path of an earlier run is removed");
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::error!(pins = %dir.display(), error = %e, "removing the pinned XDP data path failed: it may still take the VIP's packets")
+                    tracing::error!(pins = %dir.display(), error = %e, "removing the pinned XDP data path failed: it may still take the VIP's packets");
                 }
             }
         }
