@@ -50,6 +50,11 @@ impl PinDir {
     pub fn pins(&self) -> PathBuf {
         self.0.join("eth0")
     }
+
+    /// A pin directory named `name` (one per node sharing the mount).
+    pub fn pins_named(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
 }
 
 impl Drop for PinDir {
@@ -68,7 +73,11 @@ impl Drop for PinDir {
             }
             let _ = std::fs::remove_dir(dir);
         }
-        remove(&self.pins());
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for e in entries.flatten() {
+                remove(&e.path());
+            }
+        }
         let _ = std::process::Command::new("umount")
             .arg("-l")
             .arg(&self.0)
@@ -84,7 +93,17 @@ pub fn config(topo: &Topology, pins: &Path, flows: u32) -> String {
 
 /// The node's config for `mode`, pinned in `pins` when given.
 pub fn config_for(topo: &Topology, mode: Mode, pins: Option<&Path>, flows: u32) -> String {
-    let node = Host::Lbd(1);
+    config_for_node(topo, Host::Lbd(1), mode, pins, flows)
+}
+
+/// [`config_for`] for any lbd node of the topology.
+pub fn config_for_node(
+    topo: &Topology,
+    node: Host,
+    mode: Mode,
+    pins: Option<&Path>,
+    flows: u32,
+) -> String {
     let all: Vec<_> = topo.backends().into_iter().map(|b| topo.ip(b)).collect();
     let text = lbd::config_text(
         mode,
@@ -228,6 +247,14 @@ pub fn xdp_prog_id(topo: &Topology, node: Host) -> Result<Option<u32>> {
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|id| id.parse().ok()))
+}
+
+/// Whether `node` holds the VIP on its eth0.
+pub fn holds_vip(topo: &Topology, node: Host) -> Result<bool> {
+    let out = topo
+        .ns(node)
+        .run("ip", &["-4", "addr", "show", "dev", "eth0"])?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains(&format!("{}/32", crate::VIP)))
 }
 
 /// Whether an XDP program is attached to eth0 of `node`.

@@ -4,11 +4,16 @@
 //! of the maps' layout builds fresh maps; `lbd --detach` leaves nothing behind.
 
 use anyhow::{Context, Result, ensure};
+use std::time::Duration;
+
 use lbd_tests::{
-    Host, bin_path, client,
-    lbd::{LbdNode, Mode, SingleNode},
+    Host, Topology, bin_path, client,
+    lbd::{self, LbdNode, Mode, SingleNode},
     netns_tests_enabled,
-    restart::{DOWN, PinDir, check, config, under_load, xdp_attached, xdp_prog_id},
+    restart::{
+        DOWN, PinDir, check, config, config_for_node, detach, holds_vip, under_load, xdp_attached,
+        xdp_prog_id,
+    },
     test_tag,
 };
 
@@ -103,5 +108,79 @@ fn a_crash_or_restart_loses_no_flow_and_refuses_no_connection() -> Result<()> {
     );
     ensure!(!pins.exists(), "lbd --detach left {}", pins.display());
     let _ = std::fs::remove_file(&config_path);
+    Ok(())
+}
+
+/// A VRRP pair at 1 s adverts, both nodes pinned: the master's lbd restarting (SIGTERM and a
+/// start, or kill -9 and a start a second later) is back within the backup's Master_Down_Interval
+/// (3 s and the skew), resumes as master, and the VIP never moves: the backup never becomes
+/// master, no connection fails, the open flow stays.
+#[test]
+fn a_vrrp_master_restarting_in_time_keeps_the_vip() -> Result<()> {
+    let name = "a_vrrp_master_restarting_in_time_keeps_the_vip";
+    if !netns_tests_enabled(name) {
+        return Ok(());
+    }
+    let topo = Topology::builder(&test_tag(name))
+        .lbd_nodes(2)
+        .backends(3)
+        .build()?;
+    let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
+    let bpffs = PinDir::new(&test_tag("restart_vrrp"))?;
+    let (n1, n2) = (Host::Lbd(1), Host::Lbd(2));
+    let node_config = |node: Host, pins: &str, priority: u8| {
+        let mut c = config_for_node(
+            &topo,
+            node,
+            Mode::XdpGeneric,
+            Some(&bpffs.pins_named(pins)),
+            65_536,
+        );
+        c.push_str(
+            &lbd::vrrp_section(priority, true)
+                .replace("advert_interval_ms = 100", "advert_interval_ms = 1000"),
+        );
+        c
+    };
+    let mut a = LbdNode::start(&topo, n1, &node_config(n1, "lbd1", 150))?;
+    let b = LbdNode::start(&topo, n2, &node_config(n2, "lbd2", 100))?;
+    let master = |node: &LbdNode| {
+        node.wait_status(Duration::from_secs(10), "VRRP MASTER", |s| {
+            s.vrrp.as_ref().is_some_and(|v| v.state == "MASTER")
+        })
+    };
+    master(&a)?;
+    b.wait_status(Duration::from_secs(10), "VRRP BACKUP", |s| {
+        s.vrrp.as_ref().is_some_and(|v| v.state == "BACKUP")
+    })?;
+
+    for (what, crash) in [
+        ("SIGTERM and a start", false),
+        ("kill -9 and a start 1 s later", true),
+    ] {
+        let seen = under_load(&topo, || {
+            if crash {
+                a.crash_and_restart(&topo, n1, DOWN)
+            } else {
+                a.restart(&topo, n1)
+            }
+        })?;
+        check(&format!("VRRP master, {what}"), &seen)?;
+        let v = master(&a)?.vrrp.context("vrrp")?;
+        ensure!(v.became_master == 1, "{what}: lbd1 {v:?}");
+        let vb = b.status()?.vrrp.context("vrrp")?;
+        ensure!(
+            vb.became_master == 0 && vb.state == "BACKUP",
+            "{what}: the backup took over: {vb:?}"
+        );
+        ensure!(
+            holds_vip(&topo, n1)? && !holds_vip(&topo, n2)?,
+            "{what}: the VIP moved"
+        );
+    }
+    a.stop()?;
+    b.stop()?;
+    detach(&topo, n1, &bpffs.pins_named("lbd1"))?;
+    detach(&topo, n2, &bpffs.pins_named("lbd2"))?;
     Ok(())
 }

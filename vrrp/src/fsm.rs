@@ -288,6 +288,31 @@ impl Router {
         }
     }
 
+    /// Starts a router that was master until a moment ago and whose forwarding never stopped (a
+    /// restart of its daemon over a data path that outlived it): it takes up as master at once,
+    /// as the address owner does (§6.4.1), instead of waiting out Master_Down_Interval as backup
+    /// while its peer takes the VIPs. A peer that took over meanwhile meets it by the ordinary
+    /// rules (§6.4.3: the lower priority steps back). Does nothing unless in Initialize.
+    pub fn startup_resuming(&mut self, now: Instant) {
+        if self.state == State::Initialize {
+            self.become_master(now);
+        }
+    }
+
+    /// Stops the router for a restart of its daemon while its forwarding goes on: no priority-0
+    /// advert and the VIPs stay (the peer takes over only if no advert comes for
+    /// Master_Down_Interval, i.e. the daemon is not back in time), → Initialize.
+    pub fn shutdown_holding(&mut self, now: Instant) {
+        self.master_down_timer = None;
+        self.adver_timer = None;
+        self.garp_timer = None;
+        if self.state != State::Initialize {
+            self.transition(now, State::Initialize);
+        }
+        self.master = None;
+        self.preempt_deadline = None;
+    }
+
     /// Stops the router (the Shutdown event); a master resigns with a priority-0 advert.
     pub fn shutdown(&mut self, now: Instant) {
         match self.state {

@@ -125,6 +125,7 @@ pub struct Speaker {
     config: Config,
     tracker: Tracker,
     status: watch::Sender<Status>,
+    hold: bool,
 }
 
 impl Speaker {
@@ -140,7 +141,18 @@ impl Speaker {
             config,
             tracker,
             status,
+            hold: false,
         })
+    }
+
+    /// For a daemon whose forwarding outlives it: a stop keeps the VIPs and sends no
+    /// priority-0 advert ([`Router::shutdown_holding`]), and a start that finds the VIPs still
+    /// on the interface takes up as master at once ([`Router::startup_resuming`]), so a restart
+    /// within Master_Down_Interval does not move them.
+    #[must_use]
+    pub const fn hold_across_restarts(mut self, hold: bool) -> Self {
+        self.hold = hold;
+        self
     }
 
     /// The configuration.
@@ -168,7 +180,7 @@ impl Speaker {
     /// [`Error`] when the interface or the sockets cannot be set up; errors while running (a send
     /// that fails, a VIP that cannot be added, a notify program that fails) are logged, not fatal.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
-        run(self.config, self.tracker, self.status, shutdown).await
+        config_run(self.config, self.tracker, self.status, shutdown, self.hold).await
     }
 }
 
@@ -184,11 +196,21 @@ pub async fn run(
     status: watch::Sender<Status>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    config_run(config, tracker, status, shutdown, false).await
+}
+
+async fn config_run(
+    config: Config,
+    tracker: Tracker,
+    status: watch::Sender<Status>,
+    shutdown: CancellationToken,
+    hold: bool,
+) -> Result<(), Error> {
     config.validate()?;
     let (connection, netlink, _) =
         rtnetlink::new_connection().map_err(sock_err("open netlink socket"))?;
     let connection = tokio::spawn(connection);
-    let result = drive(&config, &tracker, &status, &shutdown, &netlink).await;
+    let result = drive(&config, &tracker, &status, &shutdown, &netlink, hold).await;
     connection.abort();
     result
 }
@@ -206,6 +228,7 @@ async fn drive(
     status: &watch::Sender<Status>,
     shutdown: &CancellationToken,
     netlink: &rtnetlink::Handle,
+    hold: bool,
 ) -> Result<(), Error> {
     let link = read_link(netlink, config).await?;
     let mut router_config = RouterConfig::new(
@@ -245,14 +268,23 @@ async fn drive(
         address = %link.address, "vrrp speaker starting"
     );
 
-    // Leftovers of an unclean stop: a backup must not hold the VIPs.
-    io.remove_vips(&router.config().vips).await;
+    // VIPs still on the interface: this node was master when its daemon stopped. Held across a
+    // restart, it goes on as master; otherwise they are leftovers a backup must not hold.
+    let resuming = hold && io.holds_vips(&router.config().vips).await;
+    if !resuming {
+        io.remove_vips(&router.config().vips).await;
+    }
     let mut track_rx = tracker.subscribe();
     router.set_priority(
         now(),
         track::penalty_priority(config.priority, &track_rx.borrow_and_update()),
     );
-    router.startup(now());
+    if resuming {
+        info!("the VIPs are still here: resuming as master");
+        router.startup_resuming(now());
+    } else {
+        router.startup(now());
+    }
     io.perform(&mut router).await;
     publish(status, &router, &io);
 
@@ -300,9 +332,15 @@ async fn drive(
         publish(status, &router, &io);
     };
 
-    // Cancelled, or the socket failed: resign either way so no VIP is left behind.
-    info!("vrrp speaker stopping");
-    router.shutdown(now());
+    // Cancelled, or the socket failed: resign so no VIP is left behind, unless the forwarding
+    // goes on across a restart (then the VIPs stay for the next start).
+    if hold && result.is_ok() {
+        info!("vrrp speaker stopping; the VIPs stay for the next start");
+        router.shutdown_holding(now());
+    } else {
+        info!("vrrp speaker stopping");
+        router.shutdown(now());
+    }
     io.perform(&mut router).await;
     publish(status, &router, &io);
     if let Some(notifier) = io.notifier.take() {
@@ -455,6 +493,25 @@ impl Io<'_> {
                 Err(e) => warn!(%vip, error = %e, "adding vip failed"),
             }
         }
+    }
+
+    /// Whether every VIP is on the interface.
+    async fn holds_vips(&self, vips: &[IpAddr]) -> bool {
+        for vip in vips {
+            let found: Result<Vec<_>, _> = self
+                .netlink
+                .address()
+                .get()
+                .set_link_index_filter(self.link.index)
+                .set_address_filter(*vip)
+                .execute()
+                .try_collect()
+                .await;
+            if !found.is_ok_and(|m| !m.is_empty()) {
+                return false;
+            }
+        }
+        !vips.is_empty()
     }
 
     async fn remove_vips(&self, vips: &[IpAddr]) {

@@ -130,6 +130,23 @@ impl Net {
         self.nodes[i].up = false;
     }
 
+    /// Stop for a restart whose forwarding goes on: no priority-0 advert, the VIPs stay.
+    fn stop_holding(&mut self, i: usize) {
+        self.nodes[i].router.shutdown_holding(self.now);
+        self.flush(i);
+        self.nodes[i].up = false;
+    }
+
+    /// A node stopped (or crashed) while master comes back as a fresh process that resumes as
+    /// master.
+    fn restart_resuming(&mut self, i: usize) {
+        let config = self.nodes[i].router.config().clone();
+        self.nodes[i].router = Router::new(config).unwrap();
+        self.nodes[i].up = true;
+        self.nodes[i].router.startup_resuming(self.now);
+        self.flush(i);
+    }
+
     /// Crash: the node goes silent.
     fn crash(&mut self, i: usize) {
         self.nodes[i].up = false;
@@ -769,4 +786,47 @@ fn adverts_keep_their_cadence_when_the_caller_wakes_late() {
     // A whole interval missed: restart the grid from now.
     r.handle_timeout(t0 + ms(4500));
     assert_eq!(r.poll_timeout(), Some(t0 + ms(5500)));
+}
+
+#[test]
+fn a_held_restart_within_master_down_interval_keeps_the_master() {
+    let mut net = Net::new(vec![cfg(1, 150), cfg(2, 100)]);
+    net.start(0);
+    net.start(1);
+    net.run_until_elapsed(secs(10));
+    assert_eq!(net.masters(), vec![0]);
+    let adverts_before = net.nodes[0].adverts_sent().len();
+    net.stop_holding(0);
+    // No priority-0 advert and no VIP removal on a held stop.
+    assert_eq!(net.nodes[0].adverts_sent().len(), adverts_before);
+    assert!(
+        !net.nodes[0]
+            .log
+            .iter()
+            .any(|(_, a)| matches!(a, Action::RemoveVips(_))),
+        "the VIPs left on a held stop"
+    );
+    // Back within B's Master_Down_Interval (3 × 1 s + skew): B never takes over.
+    net.run_until_elapsed(secs(11));
+    net.restart_resuming(0);
+    net.run_until_elapsed(secs(20));
+    assert_eq!(net.masters(), vec![0]);
+    assert!(net.nodes[1].became_master_at().is_empty());
+}
+
+#[test]
+fn a_held_restart_after_the_peer_took_over_settles_by_priority() {
+    let mut net = Net::new(vec![cfg(1, 150), cfg(2, 100)]);
+    net.start(0);
+    net.start(1);
+    net.run_until_elapsed(secs(10));
+    net.stop_holding(0);
+    // Too late: B has taken over by then.
+    net.run_until_elapsed(secs(15));
+    assert_eq!(net.masters(), vec![1]);
+    net.restart_resuming(0);
+    net.run_until_elapsed(secs(20));
+    // One master again: the lower priority stepped back at A's first advert.
+    assert_eq!(net.masters(), vec![0]);
+    assert_eq!(net.nodes[1].became_master_at().len(), 1);
 }

@@ -262,7 +262,11 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let mut vrrp_done = None;
     let vrrp = match &config.vrrp {
         Some(vc) => {
-            let speaker = vrrp::Speaker::new(vc.clone()).context("[vrrp]")?;
+            // A pinned data path forwards across a restart: the VIPs stay with it, and a start
+            // that finds them resumes as master (no failover for a restart).
+            let speaker = vrrp::Speaker::new(vc.clone())
+                .context("[vrrp]")?
+                .hold_across_restarts(chosen.adoption.is_some());
             let handles = VrrpHandles {
                 config: vc.clone(),
                 status: speaker.status(),
