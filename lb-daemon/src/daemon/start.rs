@@ -168,13 +168,23 @@ fn attach_xdp(
             .program_mut(xdp::PROG_LBD)
             .context("the balancer program is missing")?
             .try_into()?;
-        let id = prog
-            .attach_to_if_index(link.index, mode.aya())
-            .map_err(|e| xdp::XdpError::Attach {
-                interface: config.daemon.interface.clone(),
-                mode: mode.as_str(),
-                reason: format!("{e:#}"),
-            })?;
+        let id = match prog.attach_to_if_index(link.index, mode.aya()) {
+            Ok(id) => id,
+            Err(e) => {
+                // Nothing runs from these pins yet: take them back, so that the next try (auto's
+                // generic mode) starts as fresh as this one did.
+                drop(ebpf);
+                if let Err(e) = pins.remove_all() {
+                    tracing::warn!(pins = %dir.display(), error = %e, "removing the pins of a failed attach failed");
+                }
+                return Err(xdp::XdpError::Attach {
+                    interface: config.daemon.interface.clone(),
+                    mode: mode.as_str(),
+                    reason: format!("{e:#}"),
+                }
+                .into());
+            }
+        };
         let taken = prog.take_link(id)?;
         match FdLink::try_from(taken) {
             // The pin holds the link (and the program on the interface) after lbd is gone.
