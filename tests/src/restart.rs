@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use lb_daemon::xdp::pins::Pins;
 
 use crate::{
     Host, Topology, client,
@@ -59,23 +60,9 @@ impl PinDir {
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        fn remove(dir: &Path) {
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                return;
-            };
-            for e in entries.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    remove(&p);
-                } else {
-                    let _ = std::fs::remove_file(&p);
-                }
-            }
-            let _ = std::fs::remove_dir(dir);
-        }
         if let Ok(entries) = std::fs::read_dir(&self.0) {
             for e in entries.flatten() {
-                remove(&e.path());
+                let _ = Pins::new(&e.path(), String::new()).remove_all();
             }
         }
         let _ = std::process::Command::new("umount")
@@ -268,20 +255,9 @@ pub fn xdp_attached(topo: &Topology, node: Host) -> Result<bool> {
 /// Removes the pinned data path of `node` (its program leaves eth0) whatever its config: the
 /// pins go, which releases the link.
 pub fn detach(topo: &Topology, node: Host, pins: &Path) -> Result<()> {
-    fn remove(dir: &Path) -> std::io::Result<()> {
-        for e in std::fs::read_dir(dir)? {
-            let p = e?.path();
-            if p.is_dir() {
-                remove(&p)?;
-            } else {
-                std::fs::remove_file(&p)?;
-            }
-        }
-        std::fs::remove_dir(dir)
-    }
-    if pins.exists() {
-        remove(pins).with_context(|| format!("removing {}", pins.display()))?;
-    }
+    Pins::new(pins, String::new())
+        .remove_all()
+        .with_context(|| format!("removing {}", pins.display()))?;
     ensure!(
         !xdp_attached(topo, node)?,
         "a program is still on eth0 of {node} after its pins went"

@@ -498,34 +498,31 @@ impl Io<'_> {
     /// Whether every VIP is on the interface.
     async fn holds_vips(&self, vips: &[IpAddr]) -> bool {
         for vip in vips {
-            let found: Result<Vec<_>, _> = self
-                .netlink
-                .address()
-                .get()
-                .set_link_index_filter(self.link.index)
-                .set_address_filter(*vip)
-                .execute()
-                .try_collect()
-                .await;
-            if !found.is_ok_and(|m| !m.is_empty()) {
+            if !self.vip_addresses(*vip).await.is_ok_and(|m| !m.is_empty()) {
                 return false;
             }
         }
         !vips.is_empty()
     }
 
+    /// The interface's address entries for `vip`.
+    async fn vip_addresses(
+        &self,
+        vip: IpAddr,
+    ) -> Result<Vec<rtnetlink::packet_route::address::AddressMessage>, rtnetlink::Error> {
+        self.netlink
+            .address()
+            .get()
+            .set_link_index_filter(self.link.index)
+            .set_address_filter(vip)
+            .execute()
+            .try_collect()
+            .await
+    }
+
     async fn remove_vips(&self, vips: &[IpAddr]) {
         for vip in vips {
-            let found: Result<Vec<_>, _> = self
-                .netlink
-                .address()
-                .get()
-                .set_link_index_filter(self.link.index)
-                .set_address_filter(*vip)
-                .execute()
-                .try_collect()
-                .await;
-            match found {
+            match self.vip_addresses(*vip).await {
                 Ok(messages) => {
                     for msg in messages {
                         match self.netlink.address().del(msg).execute().await {

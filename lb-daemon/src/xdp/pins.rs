@@ -107,15 +107,7 @@ impl Pins {
         let mine = self.maps_dir();
         let mut old = Vec::new();
         let mut adopted = false;
-        for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            let is_maps = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(MAPS_PREFIX));
-            if !is_maps {
-                continue;
-            }
+        for path in self.all_maps_dirs()? {
             if path == mine {
                 adopted = MAP_NAMES.iter().all(|n| path.join(n).exists());
             } else {
@@ -133,18 +125,29 @@ impl Pins {
     pub fn remove_other_layouts(&self) -> io::Result<Vec<PathBuf>> {
         let mine = self.maps_dir();
         let mut removed = Vec::new();
+        for path in self.all_maps_dirs()? {
+            if path != mine {
+                remove_pinned_dir(&path)?;
+                removed.push(path);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The maps' directories of every layout pinned here.
+    fn all_maps_dirs(&self) -> io::Result<Vec<PathBuf>> {
+        let mut dirs = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
             let is_maps = path
                 .file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with(MAPS_PREFIX));
-            if is_maps && path != mine {
-                remove_pinned_dir(&path)?;
-                removed.push(path);
+            if is_maps {
+                dirs.push(path);
             }
         }
-        Ok(removed)
+        Ok(dirs)
     }
 
     /// Removes every pin (the link first: the program leaves the interface), then the
