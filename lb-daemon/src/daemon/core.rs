@@ -301,6 +301,8 @@ pub struct CoreSetup {
     pub effects: Box<dyn Effects>,
     /// Runtime changes from lbctl.
     pub state_file: StateFile,
+    /// What the state file holds (read by the caller, which needed it first).
+    pub overrides: Overrides,
     /// Backend MACs resolved at start.
     pub macs: HashMap<Ipv4Addr, [u8; 6]>,
     /// The VRRP speaker, when configured.
@@ -312,10 +314,9 @@ pub struct CoreSetup {
 }
 
 impl Core {
-    /// Builds the core and fills the data path (the state file is read here: a bad one stops
-    /// the start with its error).
+    /// Builds the core and fills the data path.
     pub fn start(setup: CoreSetup) -> Result<(Core, ApplyReport), anyhow::Error> {
-        let overrides = setup.state_file.load()?;
+        let overrides = setup.overrides;
         let mut engine = Engine::with_mac_required(setup.datapath.mode().needs_macs());
         let mut macs = setup.macs;
         let ids_file = setup.adoption.as_ref().map(|a| {

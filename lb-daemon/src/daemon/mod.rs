@@ -300,6 +300,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         },
         effects: Box::new(effects),
         state_file,
+        overrides,
         macs,
         vrrp: vrrp.as_ref().map(|(_, h)| VrrpHandles {
             config: h.config.clone(),

@@ -103,6 +103,7 @@ impl Bed {
             mode_reason: "test".into(),
             effects: Box::new(effects.clone()),
             state_file: StateFile::in_dir(&dir),
+            overrides: StateFile::in_dir(&dir).load().expect("state file"),
             macs: macs(),
             vrrp: None,
             board: board.clone(),
