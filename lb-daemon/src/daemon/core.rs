@@ -235,6 +235,7 @@ pub enum CoreError {
 }
 
 /// The VRRP speaker's handles: its settings, status and tracked conditions.
+#[derive(Clone)]
 pub struct VrrpHandles {
     /// Its settings.
     pub config: vrrp::Config,

@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::core::{
-    AfterResolve, AfterScan, Core, CoreError, PendingAdd, RESOLVE_WAIT, Reply, respond,
+    AfterResolve, AfterScan, Core, CoreError, PendingAdd, RESOLVE_WAIT, Reply, VrrpHandles, respond,
 };
 use crate::{
     config::{MAX_WEIGHT, ServiceKey, parse_backend_addr},
@@ -463,40 +463,46 @@ impl Core {
             conntrack_max: self.config.daemon.conntrack_max,
             reasons: Vec::new(),
             services,
-            vrrp: self.vrrp.as_ref().map(|v| {
-                let s = v.status.borrow().clone();
-                VrrpStatus {
-                    vrid: v.config.vrid.get(),
-                    state: s.state,
-                    priority: s.priority,
-                    configured_priority: v.config.priority.get(),
-                    master: s.master.map(|a| a.to_string()),
-                    last_transition_unix: s
-                        .last_transition
-                        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-                        .map(|d| d.as_secs_f64()),
-                    became_master: s.counters.became_master,
-                    transitions: s.counters.became_master + s.counters.became_backup,
-                    adverts_accepted: s.counters.accepted,
-                    adverts_dropped: vrrp::DropReason::ALL
-                        .iter()
-                        .map(|r| ReasonCount {
-                            reason: r.as_str().into(),
-                            packets: s.counters.dropped(*r),
-                        })
-                        .filter(|r| r.packets > 0)
-                        .collect(),
-                    failed_conditions: v
-                        .tracker
-                        .conditions()
-                        .into_iter()
-                        .filter(|c| c.failed)
-                        .map(|c| c.name)
-                        .collect(),
-                }
-            }),
+            vrrp: self.vrrp.as_ref().map(VrrpHandles::status),
         };
         StatusView::new(status, self.started, ids)
+    }
+}
+
+impl VrrpHandles {
+    /// The speaker's status now (read live: a status shows the VRRP state of the moment, not of
+    /// the core's last publication).
+    pub fn status(&self) -> VrrpStatus {
+        let s = self.status.borrow().clone();
+        VrrpStatus {
+            vrid: self.config.vrid.get(),
+            state: s.state,
+            priority: s.priority,
+            configured_priority: self.config.priority.get(),
+            master: s.master.map(|a| a.to_string()),
+            last_transition_unix: s
+                .last_transition
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs_f64()),
+            became_master: s.counters.became_master,
+            transitions: s.counters.became_master + s.counters.became_backup,
+            adverts_accepted: s.counters.accepted,
+            adverts_dropped: vrrp::DropReason::ALL
+                .iter()
+                .map(|r| ReasonCount {
+                    reason: r.as_str().into(),
+                    packets: s.counters.dropped(*r),
+                })
+                .filter(|r| r.packets > 0)
+                .collect(),
+            failed_conditions: self
+                .tracker
+                .conditions()
+                .into_iter()
+                .filter(|c| c.failed)
+                .map(|c| c.name)
+                .collect(),
+        }
     }
 }
 

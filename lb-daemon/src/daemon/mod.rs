@@ -132,6 +132,8 @@ impl Effects for IoEffects {
 struct StatusReader {
     board: StatusBoard,
     counters: Arc<dyn CounterSource>,
+    /// The VRRP speaker, read live: its state changes reach no core command.
+    vrrp: Option<VrrpHandles>,
 }
 
 impl StatusReader {
@@ -146,7 +148,9 @@ impl StatusReader {
             .await
             .map_err(|e| format!("reading the counters: {e}"))?;
         let counters = read.map_err(|e| format!("reading the counters: {e}"))?;
-        Ok(view.fill(&counters))
+        let mut status = view.fill(&counters);
+        status.vrrp = self.vrrp.as_ref().map(VrrpHandles::status);
+        Ok(status)
     }
 }
 
@@ -302,11 +306,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         state_file,
         overrides,
         macs,
-        vrrp: vrrp.as_ref().map(|(_, h)| VrrpHandles {
-            config: h.config.clone(),
-            status: h.status.clone(),
-            tracker: h.tracker.clone(),
-        }),
+        vrrp: vrrp.as_ref().map(|(_, h)| h.clone()),
         board: board.clone(),
         adoption: chosen.adoption,
     })
@@ -323,6 +323,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         })
         .context("starting the core thread")?;
 
+    let vrrp_handles = vrrp.as_ref().map(|(_, h)| h.clone());
     if let Some((speaker, _)) = vrrp {
         tracing::info!(vrid = speaker.config().vrid.get(), priority = speaker.config().priority.get(), interface = %speaker.config().interface, "VRRP starting");
         vrrp_done = Some(spawn_vrrp(speaker, vrrp_stop.clone())?);
@@ -332,7 +333,11 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let metrics_listener = metrics::bind(metrics_addr)
         .await
         .context("daemon.metrics_addr")?;
-    let reader = StatusReader { board, counters };
+    let reader = StatusReader {
+        board,
+        counters,
+        vrrp: vrrp_handles,
+    };
     let metrics_reader = reader.clone();
     let metrics_task = tokio::spawn(metrics::serve_listener(
         metrics_listener,
