@@ -33,6 +33,15 @@ pub fn longest_gap_ms(output: &str) -> Option<f64> {
 }
 
 fn ping_through_failure(topo: &Topology, fail: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let gap = ping_gap(topo, fail)?;
+    if gap < 50.0 {
+        bail!("no gap in the replies: the failure did not take the VIP away ({gap:.0} ms)");
+    }
+    Ok(gap)
+}
+
+/// The longest gap between ping replies (10 ms apart) while `event` happens.
+fn ping_gap(topo: &Topology, event: impl FnOnce() -> Result<()>) -> Result<f64> {
     let args = [
         "-D",
         "-n",
@@ -47,7 +56,7 @@ fn ping_through_failure(topo: &Topology, fail: impl FnOnce() -> Result<()>) -> R
     let out = std::thread::scope(|scope| -> Result<String> {
         let ping = scope.spawn(|| topo.client().output("ping", &args, Duration::from_secs(30)));
         std::thread::sleep(FAIL_AFTER);
-        fail()?;
+        event()?;
         let out = ping
             .join()
             .map_err(|_| anyhow::anyhow!("ping thread panicked"))??;
@@ -56,11 +65,7 @@ fn ping_through_failure(topo: &Topology, fail: impl FnOnce() -> Result<()>) -> R
     if std::env::var_os("LBD_BENCH_DEBUG").is_some() {
         eprintln!("{out}");
     }
-    let gap = longest_gap_ms(&out).context("no ping replies")?;
-    if gap < 50.0 {
-        bail!("no gap in the replies: the failure did not take the VIP away ({gap:.0} ms)");
-    }
-    Ok(gap)
+    longest_gap_ms(&out).context("no ping replies")
 }
 
 fn fail(topo: &Topology, node: Host, process: &mut crate::Spawned) -> Result<()> {
@@ -91,27 +96,121 @@ fn wait_settled(topo: &Topology) -> Result<()> {
     bail!("the pair did not settle with lbd1 alone holding the VIP")
 }
 
+/// The two lbd nodes of a failover run (lbd1 priority 150, lbd2 100) at `advert_ms`, settled.
+fn lbd_pair(topo: &Topology, advert_ms: u32) -> Result<Vec<LbdNode>> {
+    let all: Vec<_> = topo.backends().into_iter().map(|b| topo.ip(b)).collect();
+    let mut nodes = Vec::new();
+    for (node, prio) in [(Host::Lbd(1), 150), (Host::Lbd(2), 100)] {
+        let mut c = lbd::config_text(
+            Mode::XdpGeneric,
+            &LbdNode::socket_path(topo, node),
+            &Services {
+                tcp: all.clone(),
+                udp: all.clone(),
+            },
+        );
+        c.push_str(&lbd::vrrp_section(prio, true).replace(
+            "advert_interval_ms = 100",
+            &format!("advert_interval_ms = {advert_ms}"),
+        ));
+        nodes.push(LbdNode::start(topo, node, &c)?);
+    }
+    wait_settled(topo)?;
+    Ok(nodes)
+}
+
+/// A planned handover of lbd: the master is stopped (SIGTERM; it resigns make-before-break),
+/// under a ping every 10 ms. Returns the longest gap.
+fn lbd_planned(advert_ms: u32) -> Result<f64> {
+    let topo = Topology::builder(&crate::test_tag("bench_ho_lbd"))
+        .lbd_nodes(2)
+        .backends(1)
+        .build()?;
+    let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
+    let mut nodes = lbd_pair(&topo, advert_ms)?;
+    let first = nodes.remove(0);
+    ping_gap(&topo, || first.stop())
+}
+
+/// The same for keepalived: its master gets SIGTERM (it resigns with priority 0).
+fn keepalived_planned(advert_ms: u32) -> Result<f64> {
+    let topo = Topology::builder(&crate::test_tag("bench_ho_ka"))
+        .lbd_nodes(2)
+        .backends(1)
+        .build()?;
+    let dir = std::env::temp_dir().join(format!("lbdt-{}-ka", topo.tag()));
+    let procs = start_keepalived_pair(&topo, &dir, advert_ms)?;
+    wait_settled(&topo)?;
+    let result = ping_gap(&topo, || {
+        for pid in topo.ns(Host::Lbd(1)).pids()? {
+            // SAFETY: kill(2) on a process of a namespace this run created.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        Ok(())
+    });
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn start_keepalived_pair(
+    topo: &Topology,
+    dir: &std::path::Path,
+    advert_ms: u32,
+) -> Result<Vec<crate::Spawned>> {
+    let mut procs = Vec::new();
+    for (node, prio) in [(Host::Lbd(1), 150u8), (Host::Lbd(2), 100)] {
+        let d = dir.join(node.role());
+        std::fs::create_dir_all(&d)?;
+        let conf = d.join("keepalived.conf");
+        let text = lbd::keepalived_config(prio, true).replace(
+            "advert_int 0.1",
+            &format!("advert_int {}", f64::from(advert_ms) / 1000.0),
+        );
+        std::fs::write(&conf, text)?;
+        let mut cmd = topo.ns(node).command("keepalived");
+        cmd.args(["-n", "-l", "-D", "-P", "-f"])
+            .arg(&conf)
+            .arg("-p")
+            .arg(d.join("k.pid"))
+            .arg("-r")
+            .arg(d.join("v.pid"));
+        procs.push(topo.ns(node).spawn(cmd)?);
+    }
+    Ok(procs)
+}
+
+/// Planned handovers (make-before-break in lbd; keepalived resigns and lets go at once), at 1 s
+/// and 100 ms adverts, the median of [`RUNS`] each: the longest gap in replies to a ping every
+/// 10 ms (the ping interval itself is the floor).
+pub fn planned_handover() -> Result<Vec<(String, f64)>> {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut out = Vec::new();
+    for (advert_ms, label) in [(1000, "1s"), (100, "100ms")] {
+        let (mut lbd, mut ka) = (Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            lbd.push(lbd_planned(advert_ms).context("lbd planned handover")?);
+            ka.push(keepalived_planned(advert_ms).context("keepalived planned handover")?);
+        }
+        out.push((format!("vrrp_planned_handover_gap_ms_{label}"), median(lbd)));
+        out.push((
+            format!("vrrp_planned_handover_gap_ms_{label}_keepalived"),
+            median(ka),
+        ));
+    }
+    Ok(out)
+}
+
 fn lbd_failover() -> Result<f64> {
     let topo = Topology::builder(&crate::test_tag("bench_fo_lbd"))
         .lbd_nodes(2)
         .backends(3)
         .build()?;
     let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
-    let all: Vec<_> = topo.backends().into_iter().map(|b| topo.ip(b)).collect();
-    let mut nodes = Vec::new();
-    for (node, prio) in [(Host::Lbd(1), 150), (Host::Lbd(2), 100)] {
-        let mut c = lbd::config_text(
-            Mode::XdpGeneric,
-            &LbdNode::socket_path(&topo, node),
-            &Services {
-                tcp: all.clone(),
-                udp: all.clone(),
-            },
-        );
-        c.push_str(&lbd::vrrp_section(prio, true));
-        nodes.push(LbdNode::start(&topo, node, &c)?);
-    }
-    wait_settled(&topo)?;
+    let mut nodes = lbd_pair(&topo, 100)?;
     let (first, _) = nodes.split_at_mut(1);
     ping_through_failure(&topo, || fail(&topo, Host::Lbd(1), &mut first[0].process))
 }
@@ -122,21 +221,7 @@ fn keepalived_failover() -> Result<f64> {
         .backends(1)
         .build()?;
     let dir = std::env::temp_dir().join(format!("lbdt-{}-ka", topo.tag()));
-    let mut procs = Vec::new();
-    for (node, prio) in [(Host::Lbd(1), 150u8), (Host::Lbd(2), 100)] {
-        let d = dir.join(node.role());
-        std::fs::create_dir_all(&d)?;
-        let conf = d.join("keepalived.conf");
-        std::fs::write(&conf, lbd::keepalived_config(prio, true))?;
-        let mut cmd = topo.ns(node).command("keepalived");
-        cmd.args(["-n", "-l", "-D", "-P", "-f"])
-            .arg(&conf)
-            .arg("-p")
-            .arg(d.join("k.pid"))
-            .arg("-r")
-            .arg(d.join("v.pid"));
-        procs.push(topo.ns(node).spawn(cmd)?);
-    }
+    let procs = start_keepalived_pair(&topo, &dir, 100)?;
     wait_settled(&topo)?;
     let result = ping_through_failure(&topo, || {
         // keepalived runs a parent and a VRRP child: kill every process of the node.

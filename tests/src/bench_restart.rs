@@ -69,9 +69,10 @@ fn path(mode: Mode, prefix: &str) -> Result<Vec<(String, f64)>> {
     Ok(out)
 }
 
-/// Runs the XDP and the userspace groups.
+/// Runs the XDP and the userspace groups, then the planned VRRP handovers.
 pub fn run() -> Result<Vec<(String, f64)>> {
     let mut out = path(Mode::XdpNative, "restart_")?;
     out.extend(path(Mode::Userspace, "restart_userspace_")?);
+    out.extend(crate::bench_failover::planned_handover()?);
     Ok(out)
 }

@@ -143,6 +143,11 @@ impl RouterConfig {
     }
 }
 
+/// How long a resigning master keeps the VIPs after its successor's first advert: the neighbours'
+/// ARP entries move to the successor on its gratuitous ARPs, which Linux takes once a second at
+/// most per entry (`locktime`).
+pub const LINGER: Duration = Duration::from_secs(1);
+
 /// One VRRPv3 virtual router: the state machine of RFC 5798 §6.4 with its timers and counters.
 #[derive(Debug, Clone)]
 pub struct Router {
@@ -157,6 +162,10 @@ pub struct Router {
     garp_timer: Option<Instant>,
     /// When a lower-priority master stops being tolerated (preempt delay running).
     preempt_deadline: Option<Instant>,
+    /// A resigning master (make-before-break): when it lets go even if no successor spoke.
+    leaving: Option<Instant>,
+    /// A resigning master that heard its successor: when it lets go of the VIPs.
+    letting_go: Option<Instant>,
     master: Option<IpAddr>,
     last_transition: Option<Instant>,
     actions: VecDeque<Action>,
@@ -191,6 +200,8 @@ impl Router {
             master_down_timer: None,
             garp_timer: None,
             preempt_deadline: None,
+            leaving: None,
+            letting_go: None,
             master: None,
             last_transition: None,
             actions: VecDeque::new(),
@@ -313,6 +324,41 @@ impl Router {
         self.preempt_deadline = None;
     }
 
+    /// Hands over make-before-break (a planned stop): a master sends its priority-0 advert (§6.4.3
+    /// Shutdown) but keeps the VIPs, and so keeps answering for them, until its successor's
+    /// first advert (with its gratuitous ARPs) is heard and [`LINGER`] has passed, or
+    /// Master_Down_Interval without one; then it removes them, → Initialize. The VIPs are never
+    /// without a holder for the backup's skew time. Other states stop as
+    /// [`shutdown`](Self::shutdown) does; [`is_stopped`](Self::is_stopped) says when it is done.
+    pub fn resign(&mut self, now: Instant) {
+        if self.state != State::Master {
+            self.shutdown(now);
+            return;
+        }
+        self.adver_timer = None;
+        self.garp_timer = None;
+        self.send_advert(0);
+        self.leaving = Some(now + self.master_down_interval());
+    }
+
+    /// Whether the router has stopped (Initialize): after a [`resign`](Self::resign), once the
+    /// VIPs are handed over.
+    #[must_use]
+    pub fn is_stopped(&self) -> bool {
+        self.state == State::Initialize
+    }
+
+    /// A resigning master lets go of the VIPs, → Initialize.
+    fn let_go(&mut self, now: Instant) {
+        self.leaving = None;
+        self.letting_go = None;
+        self.actions
+            .push_back(Action::RemoveVips(self.config.vips.clone()));
+        self.transition(now, State::Initialize);
+        self.master = None;
+        self.preempt_deadline = None;
+    }
+
     /// Stops the router (the Shutdown event); a master resigns with a priority-0 advert.
     pub fn shutdown(&mut self, now: Instant) {
         match self.state {
@@ -334,6 +380,8 @@ impl Router {
         }
         self.master = None;
         self.preempt_deadline = None;
+        self.leaving = None;
+        self.letting_go = None;
     }
 
     /// Sets the effective priority (tracking), clamped to 1–254; ignored for the address owner,
@@ -347,7 +395,7 @@ impl Router {
             return;
         }
         self.priority = priority;
-        if self.state == State::Master {
+        if self.state == State::Master && self.leaving.is_none() && self.letting_go.is_none() {
             // Not in RFC 5798: tell the backups now rather than at the next Adver_Timer, so a
             // preempting backup starts its Master_Down_Timer race without waiting an interval.
             self.send_advert(priority);
@@ -388,6 +436,12 @@ impl Router {
 
     /// Fires the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.state == State::Master
+            && (self.leaving.is_some_and(|t| t <= now) || self.letting_go.is_some_and(|t| t <= now))
+        {
+            self.let_go(now);
+            return;
+        }
         if self.state == State::Backup && self.master_down_timer.is_some_and(|t| t <= now) {
             // §6.4.2: Master_Down_Timer fired → send an advert, GARPs, start Adver_Timer, → Master.
             self.become_master(now);
@@ -413,10 +467,16 @@ impl Router {
     /// The next instant [`handle_timeout`](Self::handle_timeout) must be called at, if any.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.adver_timer, self.master_down_timer, self.garp_timer]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.adver_timer,
+            self.master_down_timer,
+            self.garp_timer,
+            self.leaving,
+            self.letting_go,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The next action to perform, in order.
@@ -442,6 +502,14 @@ impl Router {
             return Err(reason);
         }
         self.counters.accepted += 1;
+        if self.leaving.is_some() || self.letting_go.is_some() {
+            // Resigning: the first advert of a successor starts the last moments with the VIPs.
+            if advert.priority > 0 && self.letting_go.is_none() {
+                self.leaving = None;
+                self.letting_go = Some(now + LINGER);
+            }
+            return Ok(());
+        }
         match self.state {
             // Not running: adverts have no effect.
             State::Initialize => {}

@@ -296,25 +296,8 @@ async fn drive(
             biased;
             () = shutdown.cancelled() => break Ok(()),
             readable = vrrp.readable() => {
-                let mut guard = match readable {
-                    Ok(guard) => guard,
-                    Err(e) => break Err(sock_err("wait for vrrp socket")(e)),
-                };
-                for _ in 0..READ_BURST {
-                    match guard.try_io(|fd| fd.get_ref().read(&mut buf)) {
-                        Ok(Ok(n)) => {
-                            let datagram = buf.get(..n).unwrap_or_default();
-                            if let Err(reason) = router.handle_packet(now(), datagram) {
-                                debug!(%reason, "advert dropped");
-                            }
-                            io.perform(&mut router).await;
-                        }
-                        Ok(Err(e)) => {
-                            warn!(error = %e, "vrrp socket read failed");
-                            break;
-                        }
-                        Err(_would_block) => break,
-                    }
+                if let Err(e) = receive(readable, &mut buf, &mut router, &mut io).await {
+                    break Err(e);
                 }
             }
             () = sleep_until(deadline) => router.handle_timeout(now()),
@@ -337,7 +320,29 @@ async fn drive(
     if hold && result.is_ok() {
         info!("vrrp speaker stopping; the VIPs stay for the next start");
         router.shutdown_holding(now());
+    } else if result.is_ok() {
+        // A planned stop: hand over make-before-break, reading adverts until the successor
+        // speaks (bounded by Master_Down_Interval and LINGER).
+        info!("vrrp speaker stopping: handing the VIPs over");
+        router.resign(now());
+        io.perform(&mut router).await;
+        publish(status, &router, &io);
+        while !router.is_stopped() {
+            let deadline = router.poll_timeout();
+            tokio::select! {
+                biased;
+                readable = vrrp.readable() => {
+                    if receive(readable, &mut buf, &mut router, &mut io).await.is_err() {
+                        router.shutdown(now());
+                    }
+                }
+                () = sleep_until(deadline) => router.handle_timeout(now()),
+            }
+            io.perform(&mut router).await;
+            publish(status, &router, &io);
+        }
     } else {
+        // The socket failed: resign at once so no VIP is left behind.
         info!("vrrp speaker stopping");
         router.shutdown(now());
     }
@@ -348,6 +353,33 @@ async fn drive(
         notifier.finish().await;
     }
     result
+}
+
+/// Reads what the VRRP socket has (a bounded burst) into the router, performing its actions.
+async fn receive(
+    readable: std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, socket2::Socket>>,
+    buf: &mut [u8],
+    router: &mut Router,
+    io: &mut Io<'_>,
+) -> Result<(), Error> {
+    let mut guard = readable.map_err(sock_err("wait for vrrp socket"))?;
+    for _ in 0..READ_BURST {
+        match guard.try_io(|fd| fd.get_ref().read(buf)) {
+            Ok(Ok(n)) => {
+                let datagram = buf.get(..n).unwrap_or_default();
+                if let Err(reason) = router.handle_packet(now(), datagram) {
+                    debug!(%reason, "advert dropped");
+                }
+                io.perform(router).await;
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "vrrp socket read failed");
+                break;
+            }
+            Err(_would_block) => break,
+        }
+    }
+    Ok(())
 }
 
 /// The instant of the protocol clock; tokio's, so paused-time tests drive it too.

@@ -32,7 +32,7 @@ pub mod wire;
 pub use config::{
     AdvertInterval, Config, ConfigError, GarpConfig, Priority, TrackedCondition, VrId,
 };
-pub use fsm::{Action, Router, RouterConfig, State};
+pub use fsm::{Action, LINGER, Router, RouterConfig, State};
 pub use io::{Speaker, Status};
 pub use track::Tracker;
 pub use validate::{Counters, DropReason};

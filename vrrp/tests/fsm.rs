@@ -147,6 +147,13 @@ impl Net {
         self.flush(i);
     }
 
+    /// Planned stop, make-before-break: the master resigns but holds the VIPs until its successor
+    /// is heard.
+    fn resign(&mut self, i: usize) {
+        self.nodes[i].router.resign(self.now);
+        self.flush(i);
+    }
+
     /// Crash: the node goes silent.
     fn crash(&mut self, i: usize) {
         self.nodes[i].up = false;
@@ -829,4 +836,65 @@ fn a_held_restart_after_the_peer_took_over_settles_by_priority() {
     // One master again: the lower priority stepped back at A's first advert.
     assert_eq!(net.masters(), vec![0]);
     assert_eq!(net.nodes[1].became_master_at().len(), 1);
+}
+
+/// When node `i` added (true) and removed (false) its VIPs.
+fn vip_changes(node: &Node) -> Vec<(Duration, bool)> {
+    node.log
+        .iter()
+        .filter_map(|(t, a)| match a {
+            Action::AddVips(_) => Some((*t, true)),
+            Action::RemoveVips(_) => Some((*t, false)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn removals(node: &Node) -> Vec<Duration> {
+    vip_changes(node)
+        .into_iter()
+        .filter(|c| !c.1)
+        .map(|c| c.0)
+        .collect()
+}
+
+#[test]
+fn a_resigning_master_holds_the_vips_until_its_successor_speaks() {
+    let mut net = Net::new(vec![cfg(1, 150), cfg(2, 100)]);
+    net.start(0);
+    net.start(1);
+    net.run_until_elapsed(secs(10));
+    net.resign(0);
+    let resigned = net.elapsed();
+    // The priority-0 advert went out at once; the VIPs stay.
+    assert_eq!(net.nodes[0].adverts_sent().last().map(|a| a.1), Some(0));
+    assert!(removals(&net.nodes[0]).is_empty());
+    net.run_until_elapsed(secs(15));
+    // B took over after its skew time; A let go LINGER after B's first advert, not before.
+    let b_master = net.nodes[1].became_master_at();
+    assert_eq!(b_master.len(), 1);
+    assert!(b_master[0] > resigned && b_master[0] <= resigned + secs(1));
+    assert_eq!(removals(&net.nodes[0]), vec![b_master[0] + vrrp::LINGER]);
+    assert!(net.nodes[0].router.is_stopped());
+    assert_eq!(net.masters(), vec![1]);
+    assert_eq!(
+        net.nodes[0].adverts_sent().last().map(|a| a.1),
+        Some(0),
+        "A advertised again while leaving"
+    );
+}
+
+#[test]
+fn a_resigning_master_alone_lets_go_after_master_down_interval() {
+    let mut net = Net::new(vec![cfg(1, 150)]);
+    net.start(0);
+    net.run_until_elapsed(secs(10));
+    net.resign(0);
+    let resigned = net.elapsed();
+    net.run_until_elapsed(secs(20));
+    assert_eq!(
+        removals(&net.nodes[0]),
+        vec![resigned + net.nodes[0].router.master_down_interval()]
+    );
+    assert!(net.nodes[0].router.is_stopped());
 }

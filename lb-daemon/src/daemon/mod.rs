@@ -51,8 +51,10 @@ use crate::{
 
 /// Commands waiting for the core at most; senders wait for room beyond it.
 const COMMAND_QUEUE: usize = 1024;
-/// How long the VRRP speaker may take to resign at stop.
-const VRRP_STOP: Duration = Duration::from_secs(5);
+/// How long the VRRP speaker may take to hand over at stop: until its successor speaks (the
+/// backup's skew time) and a second more, or Master_Down_Interval (3.6 s at 1 s adverts) and
+/// that second when nobody does.
+const VRRP_STOP: Duration = Duration::from_secs(10);
 
 /// A scan the scan thread runs.
 struct ScanJob {
