@@ -186,3 +186,89 @@ fn a_vrrp_master_restarting_in_time_keeps_the_vip() -> Result<()> {
     detach(&topo, n2, &bpffs.pins_named("lbd2"))?;
     Ok(())
 }
+
+/// A planned handover (the master's lbd stopped, no pins: make-before-break) at 1 s adverts,
+/// under a ping every 10 ms and a TCP stream through the VIP: no ping goes unanswered (the VIP is
+/// never without a holder for the backup's skew time, about 0.6 s here) and the stream survives.
+#[test]
+fn a_planned_handover_loses_no_ping_and_keeps_a_stream() -> Result<()> {
+    let name = "a_planned_handover_loses_no_ping_and_keeps_a_stream";
+    if !netns_tests_enabled(name) {
+        return Ok(());
+    }
+    let topo = Topology::builder(&test_tag(name))
+        .lbd_nodes(2)
+        .backends(3)
+        .build()?;
+    let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
+    let (n1, n2) = (Host::Lbd(1), Host::Lbd(2));
+    let node_config = |node: Host, priority: u8| {
+        let mut c = config_for_node(&topo, node, Mode::XdpGeneric, None, 65_536);
+        c.push_str(
+            &lbd::vrrp_section(priority, true)
+                .replace("advert_interval_ms = 100", "advert_interval_ms = 1000"),
+        );
+        c
+    };
+    let a = LbdNode::start(&topo, n1, &node_config(n1, 150))?;
+    let b = LbdNode::start(&topo, n2, &node_config(n2, 100))?;
+    a.wait_status(Duration::from_secs(10), "VRRP MASTER", |s| {
+        s.vrrp.as_ref().is_some_and(|v| v.state == "MASTER")
+    })?;
+    b.wait_status(Duration::from_secs(10), "VRRP BACKUP", |s| {
+        s.vrrp.as_ref().is_some_and(|v| v.state == "BACKUP")
+    })?;
+    const PINGS: u32 = 300;
+    let vip = topo.vip_http();
+    let (ping, stream) = std::thread::scope(|s| -> Result<_> {
+        let ping = s.spawn(|| {
+            topo.client().output(
+                "ping",
+                &[
+                    "-n",
+                    "-i",
+                    "0.01",
+                    "-W",
+                    "1",
+                    "-c",
+                    &PINGS.to_string(),
+                    &lbd_tests::VIP.to_string(),
+                ],
+                Duration::from_secs(30),
+            )
+        });
+        let stream = s.spawn(|| {
+            topo.client().enter(move || {
+                client::http_stream(vip, 2_000_000, 20_000, 30, Duration::from_secs(40))
+            })
+        });
+        std::thread::sleep(Duration::from_millis(1000));
+        a.stop()?;
+        let ping = ping
+            .join()
+            .map_err(|_| anyhow::anyhow!("the ping thread panicked"))??;
+        let stream = stream
+            .join()
+            .map_err(|_| anyhow::anyhow!("the stream thread panicked"))??;
+        Ok((ping, stream))
+    })?;
+    let out = String::from_utf8_lossy(&ping.stdout);
+    let replies = out.lines().filter(|l| l.contains("bytes from")).count();
+    eprintln!(
+        "restart_e2e: planned handover: {replies} of {PINGS} pings answered; the stream got {} bytes",
+        stream.as_ref().map_or(0, |r| r.received)
+    );
+    ensure!(
+        replies == PINGS as usize,
+        "{} of {PINGS} pings went unanswered during the handover",
+        PINGS as usize - replies
+    );
+    let stream = stream.context("the stream through the VIP")?;
+    ensure!(stream.received == 2_000_000, "the stream was cut");
+    let vb = b.status()?.vrrp.context("vrrp")?;
+    ensure!(
+        vb.state == "MASTER" && holds_vip(&topo, n2)? && !holds_vip(&topo, n1)?,
+        "lbd2 should hold the VIP alone: {vb:?}"
+    );
+    Ok(())
+}
