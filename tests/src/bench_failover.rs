@@ -40,8 +40,9 @@ fn ping_through_failure(topo: &Topology, fail: impl FnOnce() -> Result<()>) -> R
     Ok(gap)
 }
 
-/// The longest gap between ping replies (10 ms apart) while `event` happens.
-fn ping_gap(topo: &Topology, event: impl FnOnce() -> Result<()>) -> Result<f64> {
+/// `count` pings from the client to the VIP, 10 ms apart, each line stamped (`ping -D`); bounded
+/// in time.
+pub fn ping_vip(topo: &Topology, count: u32) -> Result<std::process::Output> {
     let args = [
         "-D",
         "-n",
@@ -50,11 +51,16 @@ fn ping_gap(topo: &Topology, event: impl FnOnce() -> Result<()>) -> Result<f64> 
         "-W",
         "1",
         "-c",
-        &PINGS.to_string(),
+        &count.to_string(),
         &crate::VIP.to_string(),
     ];
+    topo.client().output("ping", &args, Duration::from_secs(30))
+}
+
+/// The longest gap between ping replies (10 ms apart) while `event` happens.
+fn ping_gap(topo: &Topology, event: impl FnOnce() -> Result<()>) -> Result<f64> {
     let out = std::thread::scope(|scope| -> Result<String> {
-        let ping = scope.spawn(|| topo.client().output("ping", &args, Duration::from_secs(30)));
+        let ping = scope.spawn(|| ping_vip(topo, PINGS));
         std::thread::sleep(FAIL_AFTER);
         event()?;
         let out = ping

@@ -264,3 +264,28 @@ pub fn detach(topo: &Topology, node: Host, pins: &Path) -> Result<()> {
     );
     Ok(())
 }
+
+/// A VRRP pair of lbd nodes at 1 s adverts (lbd1 priority 150, lbd2 100, generic XDP), each
+/// pinned in `bpffs` under its role when given, settled: lbd1 MASTER, lbd2 BACKUP.
+pub fn vrrp_pair(topo: &Topology, bpffs: Option<&PinDir>) -> Result<(LbdNode, LbdNode)> {
+    let mut nodes = Vec::new();
+    for (node, priority, state) in [(Host::Lbd(1), 150, "MASTER"), (Host::Lbd(2), 100, "BACKUP")] {
+        let pins = bpffs.map(|b| b.pins_named(&node.role()));
+        let mut c = config_for_node(topo, node, Mode::XdpGeneric, pins.as_deref(), 65_536);
+        c.push_str(
+            &lbd::vrrp_section(priority, true)
+                .replace("advert_interval_ms = 100", "advert_interval_ms = 1000"),
+        );
+        nodes.push((LbdNode::start(topo, node, &c)?, state));
+    }
+    for (n, state) in &nodes {
+        n.wait_status(Duration::from_secs(10), &format!("VRRP {state}"), |s| {
+            s.vrrp.as_ref().is_some_and(|v| v.state == *state)
+        })?;
+    }
+    let mut it = nodes.into_iter().map(|(n, _)| n);
+    match (it.next(), it.next()) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => bail!("the pair did not start"),
+    }
+}

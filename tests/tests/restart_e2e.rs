@@ -7,11 +7,13 @@ use anyhow::{Context, Result, ensure};
 use std::time::Duration;
 
 use lbd_tests::{
-    Host, Topology, bin_path, client,
-    lbd::{self, LbdNode, Mode, SingleNode},
+    Host, Topology,
+    bench_failover::ping_vip,
+    bin_path, client,
+    lbd::{LbdNode, Mode, SingleNode},
     netns_tests_enabled,
     restart::{
-        DOWN, PinDir, check, config, config_for_node, detach, holds_vip, under_load, xdp_attached,
+        DOWN, PinDir, check, config, detach, holds_vip, under_load, vrrp_pair, xdp_attached,
         xdp_prog_id,
     },
     test_tag,
@@ -130,31 +132,12 @@ fn a_vrrp_master_restarting_in_time_keeps_the_vip() -> Result<()> {
     let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
     let bpffs = PinDir::new(&test_tag("restart_vrrp"))?;
     let (n1, n2) = (Host::Lbd(1), Host::Lbd(2));
-    let node_config = |node: Host, pins: &str, priority: u8| {
-        let mut c = config_for_node(
-            &topo,
-            node,
-            Mode::XdpGeneric,
-            Some(&bpffs.pins_named(pins)),
-            65_536,
-        );
-        c.push_str(
-            &lbd::vrrp_section(priority, true)
-                .replace("advert_interval_ms = 100", "advert_interval_ms = 1000"),
-        );
-        c
-    };
-    let mut a = LbdNode::start(&topo, n1, &node_config(n1, "lbd1", 150))?;
-    let b = LbdNode::start(&topo, n2, &node_config(n2, "lbd2", 100))?;
+    let (mut a, b) = vrrp_pair(&topo, Some(&bpffs))?;
     let master = |node: &LbdNode| {
         node.wait_status(Duration::from_secs(10), "VRRP MASTER", |s| {
             s.vrrp.as_ref().is_some_and(|v| v.state == "MASTER")
         })
     };
-    master(&a)?;
-    b.wait_status(Duration::from_secs(10), "VRRP BACKUP", |s| {
-        s.vrrp.as_ref().is_some_and(|v| v.state == "BACKUP")
-    })?;
 
     for (what, crash) in [
         ("SIGTERM and a start", false),
@@ -202,41 +185,11 @@ fn a_planned_handover_loses_no_ping_and_keeps_a_stream() -> Result<()> {
         .build()?;
     let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
     let (n1, n2) = (Host::Lbd(1), Host::Lbd(2));
-    let node_config = |node: Host, priority: u8| {
-        let mut c = config_for_node(&topo, node, Mode::XdpGeneric, None, 65_536);
-        c.push_str(
-            &lbd::vrrp_section(priority, true)
-                .replace("advert_interval_ms = 100", "advert_interval_ms = 1000"),
-        );
-        c
-    };
-    let a = LbdNode::start(&topo, n1, &node_config(n1, 150))?;
-    let b = LbdNode::start(&topo, n2, &node_config(n2, 100))?;
-    a.wait_status(Duration::from_secs(10), "VRRP MASTER", |s| {
-        s.vrrp.as_ref().is_some_and(|v| v.state == "MASTER")
-    })?;
-    b.wait_status(Duration::from_secs(10), "VRRP BACKUP", |s| {
-        s.vrrp.as_ref().is_some_and(|v| v.state == "BACKUP")
-    })?;
+    let (a, b) = vrrp_pair(&topo, None)?;
     const PINGS: u32 = 300;
     let vip = topo.vip_http();
     let (ping, stream) = std::thread::scope(|s| -> Result<_> {
-        let ping = s.spawn(|| {
-            topo.client().output(
-                "ping",
-                &[
-                    "-n",
-                    "-i",
-                    "0.01",
-                    "-W",
-                    "1",
-                    "-c",
-                    &PINGS.to_string(),
-                    &lbd_tests::VIP.to_string(),
-                ],
-                Duration::from_secs(30),
-            )
-        });
+        let ping = s.spawn(|| ping_vip(&topo, PINGS));
         let stream = s.spawn(|| {
             topo.client().enter(move || {
                 client::http_stream(vip, 2_000_000, 20_000, 30, Duration::from_secs(40))
