@@ -304,7 +304,7 @@ pub struct CoreSetup {
     pub state_file: StateFile,
     /// What the state file holds (read by the caller, which needed it first).
     pub overrides: Overrides,
-    /// Backend MACs resolved at start.
+    /// Backend MACs at start: adopted ones and those resolved then.
     pub macs: HashMap<Ipv4Addr, [u8; 6]>,
     /// The VRRP speaker, when configured.
     pub vrrp: Option<VrrpHandles>,
@@ -319,7 +319,6 @@ impl Core {
     pub fn start(setup: CoreSetup) -> Result<(Core, ApplyReport), anyhow::Error> {
         let overrides = setup.overrides;
         let mut engine = Engine::with_mac_required(setup.datapath.mode().needs_macs());
-        let mut macs = setup.macs;
         let ids_file = setup.adoption.as_ref().map(|a| {
             (
                 super::start::ids_file(&setup.config.daemon.state_dir),
@@ -333,13 +332,6 @@ impl Core {
             // The connection table holds these ids: every backend gets its own back, and the
             // MAC the data path had for it.
             engine.seed(ids, &a.macs);
-            for s in &ids.services {
-                for (addr, id) in &s.backends {
-                    if let Some(mac) = a.macs.get(id) {
-                        macs.entry(*addr).or_insert(*mac);
-                    }
-                }
-            }
         }
         let mut core = Core {
             config_path: setup.config_path,
@@ -348,7 +340,7 @@ impl Core {
             datapath: setup.datapath,
             effects: setup.effects,
             mode_reason: setup.mode_reason,
-            macs,
+            macs: setup.macs,
             counts: FlowCounts::default(),
             scan_skip: Some(0),
             mac_age: 0,

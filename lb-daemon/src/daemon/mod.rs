@@ -208,36 +208,27 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let overrides = state_file.load()?;
 
     // Backend MACs before the first apply, so that backends enter rotation at once.
-    let macs = match &chosen.link {
-        Some(l) => {
-            // What an adopted data path knows already needs no look-up.
-            let known: std::collections::HashSet<Ipv4Addr> = chosen
-                .adoption
-                .iter()
-                .filter_map(|a| a.ids.as_ref().map(|ids| (ids, &a.macs)))
-                .flat_map(|(ids, macs)| {
-                    ids.services
-                        .iter()
-                        .flat_map(|s| s.backends.iter())
-                        .filter(|(_, id)| macs.contains_key(id))
-                        .map(|(addr, _)| *addr)
-                })
-                .collect();
-            let ips: Vec<Ipv4Addr> = core::backend_ips(&config, &overrides)
-                .into_iter()
-                .filter(|ip| !known.contains(ip))
-                .collect();
-            net::resolve(
-                &netlink,
-                &config.daemon.interface,
-                l.index,
-                &ips,
-                core::RESOLVE_WAIT,
-            )
-            .await?
-        }
-        None => HashMap::new(),
-    };
+    // What an adopted data path knows already needs no look-up.
+    let mut macs = chosen
+        .adoption
+        .as_ref()
+        .map(start::Adoption::macs_by_addr)
+        .unwrap_or_default();
+    if let Some(l) = &chosen.link {
+        let ips: Vec<Ipv4Addr> = core::backend_ips(&config, &overrides)
+            .into_iter()
+            .filter(|ip| !macs.contains_key(ip))
+            .collect();
+        let found = net::resolve(
+            &netlink,
+            &config.daemon.interface,
+            l.index,
+            &ips,
+            core::RESOLVE_WAIT,
+        )
+        .await?;
+        macs.extend(found);
+    }
 
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let (scan_tx, scan_rx) = std_mpsc::channel();

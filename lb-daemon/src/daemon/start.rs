@@ -50,6 +50,20 @@ pub struct Adoption {
     pub macs: HashMap<u32, [u8; 6]>,
 }
 
+impl Adoption {
+    /// The adopted backends' MACs by address: what needs no look-up at start.
+    pub fn macs_by_addr(&self) -> HashMap<std::net::Ipv4Addr, [u8; 6]> {
+        let Some(ids) = &self.ids else {
+            return HashMap::new();
+        };
+        ids.services
+            .iter()
+            .flat_map(|s| s.backends.iter())
+            .filter_map(|(addr, id)| self.macs.get(id).map(|mac| (*addr, *mac)))
+            .collect()
+    }
+}
+
 /// Capabilities the XDP data path needs, by number and name.
 const NEEDED_CAPS: [(u32, &str); 3] = [(12, "CAP_NET_ADMIN"), (38, "CAP_PERFMON"), (39, "CAP_BPF")];
 
