@@ -72,6 +72,9 @@ pub enum Request {
         /// On or off.
         on: bool,
     },
+    /// `lbd --replace`: the successor asks for the listening sockets; the answer is frames
+    /// ([`crate::handover`]), not a JSON line.
+    Handover {},
 }
 
 pub use crate::status::Status;
@@ -167,6 +170,19 @@ where
     H: Fn(Request) -> F + Send + Sync + 'static,
     F: Future<Output = Response> + Send,
 {
+    serve_with_handover(listener, handler, None).await;
+}
+
+/// [`serve`], and a `handover` request's connection goes to `handover` (the daemon answers
+/// it with frames, see [`crate::handover`]).
+pub async fn serve_with_handover<H, F>(
+    listener: UnixListener,
+    handler: Arc<H>,
+    handover: Option<tokio::sync::mpsc::Sender<UnixStream>>,
+) where
+    H: Fn(Request) -> F + Send + Sync + 'static,
+    F: Future<Output = Response> + Send,
+{
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -178,15 +194,20 @@ where
             }
         };
         let handler = handler.clone();
+        let handover = handover.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_one(stream, &*handler).await {
+            if let Err(e) = serve_one(stream, &*handler, handover).await {
                 tracing::debug!(error = %e, "control connection ended with an error");
             }
         });
     }
 }
 
-async fn serve_one<H, F>(stream: UnixStream, handler: &H) -> io::Result<()>
+async fn serve_one<H, F>(
+    stream: UnixStream,
+    handler: &H,
+    handover: Option<tokio::sync::mpsc::Sender<UnixStream>>,
+) -> io::Result<()>
 where
     H: Fn(Request) -> F,
     F: Future<Output = Response>,
@@ -207,6 +228,21 @@ where
             error(format!("request longer than {MAX_REQUEST} bytes"))
         }
         Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
+            Ok(Request::Handover {}) => match handover {
+                Some(to) => {
+                    let stream = reader
+                        .into_inner()
+                        .into_inner()
+                        .reunite(write)
+                        .map_err(io::Error::other)?;
+                    if let Err(e) = to.send(stream).await {
+                        // The daemon is stopping: the successor sees the connection close.
+                        drop(e);
+                    }
+                    return Ok(());
+                }
+                None => error("this server takes no hand-over".into()),
+            },
             Ok(req) => handler(req).await,
             Err(e) => error(format!("malformed request: {e}")),
         },

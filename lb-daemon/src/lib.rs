@@ -30,6 +30,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod engine;
+pub mod handover;
 pub mod health;
 pub mod maglev;
 pub mod metrics;

@@ -6,7 +6,7 @@ use std::{fmt::Write as _, net::Ipv4Addr, path::PathBuf, time::Duration};
 use anyhow::{Context, Result, bail};
 use lb_daemon::{control::Status, xdp};
 
-use crate::{Host, Spawned, Topology, bin_path};
+use crate::{Host, Spawned, Topology, bin_path, fdstore::FdStore};
 
 /// How long lbd may take to come up (load, verify, resolve MACs, attach).
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -154,6 +154,8 @@ pub struct LbdNode {
     pub socket: PathBuf,
     /// Its directory (removed on drop).
     pub dir: PathBuf,
+    /// A stand-in for systemd's fd store that every (re)start goes through, if any.
+    pub fdstore: Option<FdStore>,
 }
 
 impl LbdNode {
@@ -196,9 +198,45 @@ impl LbdNode {
             config_path,
             socket: dir.join("lbd.sock"),
             dir,
+            fdstore: None,
         };
         node.wait_status(START_TIMEOUT, what, ready)?;
         Ok(node)
+    }
+
+    /// [`start`](Self::start) as systemd would with `FileDescriptorStoreMax=` (a stand-in
+    /// store, [`FdStore`]): every later start gets the listeners lbd pushed to it.
+    pub fn start_with_fdstore(topo: &Topology, node: Host, config: &str) -> Result<LbdNode> {
+        let dir = Self::dir(topo, node);
+        let store = FdStore::new(&dir)?;
+        let config_path = dir.join("lbd.toml");
+        std::fs::write(&config_path, config)
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        let mut node_ = LbdNode {
+            // Replaced at once by start_again.
+            process: topo.ns(node).spawn(topo.ns(node).command("true"))?,
+            config_path,
+            socket: dir.join("lbd.sock"),
+            dir,
+            fdstore: Some(store),
+        };
+        node_.start_again(topo, node)?;
+        Ok(node_)
+    }
+
+    /// The command that starts lbd in `node` with this node's config (through the fd store,
+    /// if any).
+    fn command(&self, topo: &Topology, node: Host, extra: &[&str]) -> Result<std::process::Command> {
+        let program = bin_path("lbd")?.display().to_string();
+        let mut cmd = match &self.fdstore {
+            Some(store) => store.command(topo.ns(node), &program)?,
+            None => topo.ns(node).command(&program),
+        };
+        cmd.args(extra)
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("LBD_LOG", "info");
+        Ok(cmd)
     }
 
     /// The control socket path a node's config must use.
@@ -275,18 +313,31 @@ impl LbdNode {
         self.start_again(topo, node)
     }
 
+    /// A planned restart with a hand-over: a new lbd started with `--replace` takes the running
+    /// one's listeners (and VIPs, and pinned data path). Returns the replaced process, which
+    /// finishes its open connections and exits by itself.
+    pub fn replace(&mut self, topo: &Topology, node: Host) -> Result<Spawned> {
+        let cmd = self.command(topo, node, &["--replace"])?;
+        let new = topo.ns(node).spawn(cmd)?;
+        let old = std::mem::replace(&mut self.process, new);
+        // The old lbd answers until it lets go: wait for the new one's answer.
+        let from = format!("from lbd pid {}", old.pid());
+        self.wait_status(START_TIMEOUT, "the new lbd, every backend active", |s| {
+            s.datapath_reason.contains(&from)
+                && s.services
+                    .iter()
+                    .all(|svc| svc.backends.iter().all(|b| b.state == "active"))
+        })?;
+        Ok(old)
+    }
+
     /// The config file this node runs with.
     pub fn config_path(&self) -> &std::path::Path {
         &self.config_path
     }
 
     fn start_again(&mut self, topo: &Topology, node: Host) -> Result<()> {
-        let mut cmd = topo
-            .ns(node)
-            .command(&bin_path("lbd")?.display().to_string());
-        cmd.arg("--config")
-            .arg(&self.config_path)
-            .env("LBD_LOG", "info");
+        let cmd = self.command(topo, node, &[])?;
         self.process = topo.ns(node).spawn(cmd)?;
         self.wait_status(START_TIMEOUT, "every backend active", |s| {
             s.services

@@ -49,6 +49,7 @@ pub mod bench_xdp;
 pub mod capture;
 pub mod client;
 pub mod exec;
+pub mod fdstore;
 pub mod http;
 pub mod lbd;
 pub mod netns;

@@ -13,7 +13,9 @@ use lbd_tests::{
     lbd::{LbdNode, Mode, SingleNode},
     netns_tests_enabled,
     restart::{
-        DOWN, PinDir, check, config, detach, holds_vip, under_load, vrrp_pair, xdp_attached,
+        DOWN, PinDir, check, check_new, config, config_for, detach, holds_vip, under_load,
+        vrrp_pair,
+        xdp_attached,
         xdp_prog_id,
     },
     test_tag,
@@ -223,5 +225,105 @@ fn a_planned_handover_loses_no_ping_and_keeps_a_stream() -> Result<()> {
         vb.state == "MASTER" && holds_vip(&topo, n2)? && !holds_vip(&topo, n1)?,
         "lbd2 should hold the VIP alone: {vb:?}"
     );
+    Ok(())
+}
+
+/// The userspace proxy, restarted the planned way (`lbd --replace`): the new lbd takes the
+/// running one's listening sockets, so under a loop of new connections none is refused, and the
+/// open flow finishes on the old process, which then exits by itself.
+#[test]
+fn a_planned_restart_of_the_proxy_refuses_no_connection() -> Result<()> {
+    let name = "a_planned_restart_of_the_proxy_refuses_no_connection";
+    if !netns_tests_enabled(name) {
+        return Ok(());
+    }
+    let SingleNode {
+        topo,
+        backends: _backends,
+        peer: _peer,
+    } = SingleNode::build(name, Mode::Userspace)?;
+    let node = Host::Lbd(1);
+    let mut lbd = LbdNode::start(&topo, node, &config_for(&topo, Mode::Userspace, None, 1024))?;
+    for round in 1..=2 {
+        let mut old = None;
+        let seen = under_load(&topo, || {
+            old = Some(lbd.replace(&topo, node)?);
+            Ok(())
+        })?;
+        let mut old = old.context("the replaced lbd")?;
+        check(&format!("lbd --replace, round {round}"), &seen)
+            .with_context(|| format!("the replaced lbd said: {}", old.stderr_tail()))?;
+        // Its last connection (the flow) closed with the load: it exits on its own.
+        lb_testkit::wait_until("the replaced lbd to exit", Duration::from_secs(15), || {
+            old.try_status().is_some()
+        })?;
+        let status = old.try_status().context("exit status")?;
+        ensure!(
+            status.success(),
+            "the replaced lbd exited with {status}: {}",
+            old.stderr_tail()
+        );
+        let reason = lbd.status()?.datapath_reason;
+        ensure!(
+            reason.contains(&format!("listeners from lbd pid {}", old.pid())),
+            "round {round}: {reason}"
+        );
+    }
+    lbd.stop()?;
+    Ok(())
+}
+
+/// The userspace proxy under systemd with `FileDescriptorStoreMax=` (a stand-in store here):
+/// lbd pushes its listeners to the store, and a start gets them back, so across SIGTERM and a
+/// start, and across kill -9 and a start a second later, no new connection is refused (clients
+/// wait in the backlog the store keeps open). The open flow dies with the process: it is
+/// proxied there. A service removed by a reload leaves the store.
+#[test]
+fn the_proxy_under_systemd_keeps_its_listeners_across_restarts() -> Result<()> {
+    let name = "the_proxy_under_systemd_keeps_its_listeners_across_restarts";
+    if !netns_tests_enabled(name) {
+        return Ok(());
+    }
+    let SingleNode {
+        topo,
+        backends: _backends,
+        peer: _peer,
+    } = SingleNode::build(name, Mode::Userspace)?;
+    let node = Host::Lbd(1);
+    let config = config_for(&topo, Mode::Userspace, None, 1024);
+    let mut lbd = LbdNode::start_with_fdstore(&topo, node, &config)?;
+    let store = |lbd: &LbdNode| lbd.fdstore.as_ref().context("the store")?.names();
+    let vip = topo.vip_http();
+    let tcp = format!("tcp-{}-{}", vip.ip(), vip.port());
+    ensure!(
+        store(&lbd)?.contains(&tcp),
+        "lbd did not store its listener: {:?}",
+        store(&lbd)?
+    );
+    let seen = under_load(&topo, || lbd.restart(&topo, node))?;
+    check_new("SIGTERM and a start, listeners in the fd store", &seen)?;
+    let seen = under_load(&topo, || lbd.crash_and_restart(&topo, node, DOWN))?;
+    check_new("kill -9 and a start 1 s later, listeners in the fd store", &seen)?;
+    let reason = lbd.status()?.datapath_reason;
+    ensure!(reason.contains("listeners from systemd"), "{reason}");
+
+    // The UDP service leaves the config: its socket leaves the store.
+    let before = store(&lbd)?;
+    let udp: Vec<&String> = before.iter().filter(|n| n.starts_with("udp-")).collect();
+    ensure!(!udp.is_empty(), "no UDP listener stored: {before:?}");
+    let without_udp: String = config
+        .split("\n[[service]]")
+        .enumerate()
+        .filter(|(i, part)| *i == 0 || !part.contains("proto = \"udp\""))
+        .map(|(i, part)| if i == 0 { part.to_string() } else { format!("\n[[service]]{part}") })
+        .collect();
+    ensure!(without_udp != config, "the config has no UDP service to remove");
+    lbd.reload(&without_udp)?;
+    lb_testkit::wait_until("the UDP listener to leave the store", Duration::from_secs(10), || {
+        store(&lbd).is_ok_and(|names| names.iter().all(|n| !n.starts_with("udp-")))
+    })?;
+    ensure!(store(&lbd)?.contains(&tcp), "the TCP listener left the store");
+    let _old = lbd.replace(&topo, node)?;
+    lbd.stop()?;
     Ok(())
 }

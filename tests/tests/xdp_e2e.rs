@@ -289,6 +289,7 @@ fn datapath_policy_without_native_xdp() -> Result<()> {
         config_path: cfg("auto")?,
         socket: dir.join("auto.sock"),
         dir: dir.clone(),
+        fdstore: None,
     };
     let st = node.wait_status(Duration::from_secs(20), "attached", |_| true)?;
     ensure!(
@@ -346,6 +347,7 @@ fn auto_without_privileges_falls_back_to_userspace() -> Result<()> {
         config_path: cfg,
         socket: dir.join("auto.sock"),
         dir: dir.clone(),
+        fdstore: None,
     };
     let st = node.wait_status(Duration::from_secs(20), "serving", |_| true)?;
     ensure!(

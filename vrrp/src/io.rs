@@ -28,6 +28,7 @@ use std::io::{self as stdio, Read};
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::TryStreamExt;
@@ -125,7 +126,25 @@ pub struct Speaker {
     config: Config,
     tracker: Tracker,
     status: watch::Sender<Status>,
-    hold: bool,
+    hold: HoldSwitch,
+}
+
+/// Whether a stopping speaker keeps the VIPs for its successor ([`Speaker::hold_across_restarts`]),
+/// switchable while it runs: a daemon that hands its forwarding to a successor decides at stop.
+#[derive(Debug, Clone, Default)]
+pub struct HoldSwitch(Arc<AtomicBool>);
+
+impl HoldSwitch {
+    /// Sets whether a stop keeps the VIPs.
+    pub fn set(&self, hold: bool) {
+        self.0.store(hold, Ordering::SeqCst);
+    }
+
+    /// Whether a stop keeps the VIPs.
+    #[must_use]
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 impl Speaker {
@@ -141,7 +160,7 @@ impl Speaker {
             config,
             tracker,
             status,
-            hold: false,
+            hold: HoldSwitch::default(),
         })
     }
 
@@ -150,9 +169,16 @@ impl Speaker {
     /// on the interface takes up as master at once ([`Router::startup_resuming`]), so a restart
     /// within Master_Down_Interval does not move them.
     #[must_use]
-    pub const fn hold_across_restarts(mut self, hold: bool) -> Self {
-        self.hold = hold;
+    pub fn hold_across_restarts(self, hold: bool) -> Self {
+        self.hold.set(hold);
         self
+    }
+
+    /// The switch of [`hold_across_restarts`](Self::hold_across_restarts), to flip it while
+    /// the speaker runs (read at start and at stop).
+    #[must_use]
+    pub fn hold_switch(&self) -> HoldSwitch {
+        self.hold.clone()
     }
 
     /// The configuration.
@@ -196,7 +222,7 @@ pub async fn run(
     status: watch::Sender<Status>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    config_run(config, tracker, status, shutdown, false).await
+    config_run(config, tracker, status, shutdown, HoldSwitch::default()).await
 }
 
 async fn config_run(
@@ -204,13 +230,13 @@ async fn config_run(
     tracker: Tracker,
     status: watch::Sender<Status>,
     shutdown: CancellationToken,
-    hold: bool,
+    hold: HoldSwitch,
 ) -> Result<(), Error> {
     config.validate()?;
     let (connection, netlink, _) =
         rtnetlink::new_connection().map_err(sock_err("open netlink socket"))?;
     let connection = tokio::spawn(connection);
-    let result = drive(&config, &tracker, &status, &shutdown, &netlink, hold).await;
+    let result = drive(&config, &tracker, &status, &shutdown, &netlink, &hold).await;
     connection.abort();
     result
 }
@@ -228,7 +254,7 @@ async fn drive(
     status: &watch::Sender<Status>,
     shutdown: &CancellationToken,
     netlink: &rtnetlink::Handle,
-    hold: bool,
+    hold: &HoldSwitch,
 ) -> Result<(), Error> {
     let link = read_link(netlink, config).await?;
     let mut router_config = RouterConfig::new(
@@ -270,7 +296,7 @@ async fn drive(
 
     // VIPs still on the interface: this node was master when its daemon stopped. Held across a
     // restart, it goes on as master; otherwise they are leftovers a backup must not hold.
-    let resuming = hold && io.holds_vips(&router.config().vips).await;
+    let resuming = hold.get() && io.holds_vips(&router.config().vips).await;
     if !resuming {
         io.remove_vips(&router.config().vips).await;
     }
@@ -317,7 +343,7 @@ async fn drive(
 
     // Cancelled, or the socket failed: resign so no VIP is left behind, unless the forwarding
     // goes on across a restart (then the VIPs stay for the next start).
-    if hold && result.is_ok() {
+    if hold.get() && result.is_ok() {
         info!("vrrp speaker stopping; the VIPs stay for the next start");
         router.shutdown_holding(now());
     } else if result.is_ok() {

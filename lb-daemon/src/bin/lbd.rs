@@ -3,7 +3,11 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Parser;
-use lb_daemon::{config::Config, daemon};
+use lb_daemon::{
+    config::Config,
+    daemon,
+    handover::{self, HandoverError, Inherited},
+};
 
 /// lbd: layer-4 load balancer (XDP direct routing with Maglev hashing, userspace proxy fallback, VRRPv3).
 #[derive(Parser)]
@@ -15,6 +19,11 @@ struct Args {
     /// Validate the config file and exit.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     check_config: Option<PathBuf>,
+    /// Take over from the lbd running with this config: its listening sockets (no connection
+    /// is refused), its VIPs and its pinned data path; it finishes its open connections and
+    /// exits. Starts as usual when none runs.
+    #[arg(long, conflicts_with = "detach")]
+    replace: bool,
     /// Remove the pinned XDP data path of the config's interface (daemon.pin_dir) and exit;
     /// refused while lbd runs.
     #[arg(long)]
@@ -62,7 +71,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    match run(args.config) {
+    match run(args.config, args.replace) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lbd: {e:#}");
@@ -71,12 +80,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: PathBuf) -> anyhow::Result<()> {
+fn run(path: PathBuf, replace: bool) -> anyhow::Result<()> {
     let config = Config::load(&path).with_context(|| format!("config {}", path.display()))?;
+    // Sockets systemd kept across a restart (its fd store) or a socket unit passed.
+    let mut inherited = Inherited::from_systemd().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "ignoring the sockets systemd passed (LISTEN_FDS, LISTEN_FDNAMES): binding anew");
+        Inherited::none()
+    });
+    if replace {
+        match handover::take_over(&config.daemon.control_socket) {
+            Ok(from) => {
+                tracing::info!(listeners = from.len(), from = ?from.source, "took over from the running lbd");
+                inherited.merge(from);
+            }
+            Err(HandoverError::NotRunning { path, .. }) => {
+                tracing::info!(socket = %path, "--replace: no lbd runs; starting");
+            }
+            Err(e) => return Err(e).context("--replace"),
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(daemon::run(path, config))
+    rt.block_on(daemon::run(path, config, inherited))
 }

@@ -80,6 +80,9 @@ pub enum Command {
         /// What asked for it.
         then: AfterScan,
     },
+    /// `lbd --replace`: second descriptors of the data path's listening sockets, for the
+    /// successor.
+    Listeners(std::sync::mpsc::Sender<Vec<(String, std::os::fd::OwnedFd)>>),
     /// Stop: the core ends and hands the data path back (see [`Core::run`]).
     Stop,
 }
@@ -232,6 +235,9 @@ pub enum CoreError {
     /// Reading the data path's counters failed.
     #[error("reading the counters: {0}")]
     Counters(#[source] DatapathError),
+    /// A request the core does not answer.
+    #[error("{0}")]
+    NotHere(&'static str),
 }
 
 /// The VRRP speaker's handles: its settings, status and tracked conditions.
@@ -426,6 +432,9 @@ impl Core {
             Command::Tick(links) => self.tick(&links),
             Command::Resolved { found, then } => self.on_resolved(found, then),
             Command::Scanned { counts, took, then } => self.on_scanned(counts, took, then),
+            Command::Listeners(reply) => {
+                let _ = reply.send(self.datapath.listeners());
+            }
             Command::Stop => {}
         }
     }

@@ -66,6 +66,10 @@ impl Core {
                 addr,
                 weight,
             } => self.backend_weight(&service, &addr, weight),
+            // The control server hands these to the daemon's I/O layer, never to the core.
+            Request::Handover {} => Err(CoreError::NotHere(
+                "a hand-over is answered by the control server",
+            )),
             Request::BackendDrain { service, addr } => {
                 return self.backend_admin(&service, &addr, Some(Admin::Draining), reply);
             }

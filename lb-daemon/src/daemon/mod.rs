@@ -42,7 +42,8 @@ use self::core::{
 use crate::{
     config::Config,
     control::{self, Request, Response},
-    datapath::{CounterSource, FlowTable},
+    datapath::{CounterSource, Datapath, FlowTable},
+    handover::{self, Inherited},
     health::{HealthMonitor, Target},
     metrics, net,
     overrides::StateFile,
@@ -55,6 +56,9 @@ const COMMAND_QUEUE: usize = 1024;
 /// backup's skew time) and a second more, or Master_Down_Interval (3.6 s at 1 s adverts) and
 /// that second when nobody does.
 const VRRP_STOP: Duration = Duration::from_secs(10);
+/// How long a replaced lbd (`lbd --replace`) lets its open proxied connections go on after
+/// handing its listeners over; then it closes what is left and exits.
+const HANDOVER_GRACE: Duration = Duration::from_secs(60);
 
 /// A scan the scan thread runs.
 struct ScanJob {
@@ -198,11 +202,47 @@ fn spawn_vrrp(
     Ok(done_rx)
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
+/// Hands the data path's listening sockets to a successor (`lbd --replace`) on its control
+/// connection; the connection comes back for the `released` frame.
+async fn hand_listeners(
+    stream: tokio::net::UnixStream,
+    commands: &mpsc::Sender<Command>,
+) -> anyhow::Result<std::os::unix::net::UnixStream> {
+    let (tx, rx) = std_mpsc::channel();
+    commands
+        .send(Command::Listeners(tx))
+        .await
+        .map_err(|_| anyhow::anyhow!("the core is gone"))?;
+    let stream = stream.into_std().context("the successor's connection")?;
+    stream
+        .set_nonblocking(false)
+        .context("the successor's connection")?;
+    tokio::task::spawn_blocking(move || {
+        let listeners = rx
+            .recv_timeout(Duration::from_secs(5))
+            .context("the core did not hand out the listeners")?;
+        handover::send_sockets(&stream, &listeners).context("sending the listeners")?;
+        tracing::info!(
+            listeners = listeners.len(),
+            "listeners handed to a successor lbd"
+        );
+        Ok(stream)
+    })
+    .await
+    .context("the hand-over task")?
+}
+
+/// Runs the daemon until SIGTERM or SIGINT, or until a successor takes over (`lbd --replace`).
+/// `inherited`: listening sockets from systemd or the lbd this one replaces.
+pub async fn run(config_path: PathBuf, config: Config, inherited: Inherited) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Handle::current();
     let netlink = net::connect().context("opening a netlink socket")?;
-    let chosen = start::choose(&config, &netlink, runtime.clone()).await?;
+    let replacing = inherited.replaced;
+    let handed = inherited
+        .source
+        .clone()
+        .map(|from| format!("; listeners from {from}"));
+    let chosen = start::choose(&config, &netlink, runtime.clone(), inherited).await?;
     let mut datapath = chosen.datapath;
     let state_file = StateFile::in_dir(&config.daemon.state_dir);
     let overrides = state_file.load()?;
@@ -259,11 +299,12 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let mut vrrp_done = None;
     let vrrp = match &config.vrrp {
         Some(vc) => {
-            // A pinned data path forwards across a restart: the VIPs stay with it, and a start
-            // that finds them resumes as master (no failover for a restart).
+            // A pinned data path forwards across a restart, and a replaced lbd held the VIPs for
+            // this one: the VIPs stay, and a start that finds them resumes as master (no
+            // failover for a restart).
             let speaker = vrrp::Speaker::new(vc.clone())
                 .context("[vrrp]")?
-                .hold_across_restarts(chosen.adoption.is_some());
+                .hold_across_restarts(chosen.adoption.is_some() || replacing.is_some());
             let handles = VrrpHandles {
                 config: vc.clone(),
                 status: speaker.status(),
@@ -294,7 +335,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
                 }
             ),
             None => chosen.reason.clone(),
-        },
+        } + handed.as_deref().unwrap_or_default(),
         effects: Box::new(effects),
         state_file,
         overrides,
@@ -306,17 +347,14 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     .context("setting up the data path")?;
     core.log_unresolved();
     tracing::info!(interface = %interface, datapath = %core.datapath.mode(), reason = %chosen.reason, services = report.services_added, backends = report.backends_added, "data path ready");
+    // The core hands the data path back when it stops; it is stopped last (below).
     let core_thread = std::thread::Builder::new()
         .name("lbd-core".into())
-        .spawn(move || {
-            let datapath = core.run(commands_rx);
-            // Stop forwarding: XDP detaches when its object is dropped; the proxies close their
-            // listeners and connections (bounded).
-            datapath.stop();
-        })
+        .spawn(move || core.run(commands_rx))
         .context("starting the core thread")?;
 
     let vrrp_handles = vrrp.as_ref().map(|(_, h)| h.clone());
+    let vrrp_hold = vrrp.as_ref().map(|(s, _)| s.hold_switch());
     if let Some((speaker, _)) = vrrp {
         tracing::info!(vrid = speaker.config().vrid.get(), priority = speaker.config().priority.get(), interface = %speaker.config().interface, "VRRP starting");
         vrrp_done = Some(spawn_vrrp(speaker, vrrp_stop.clone())?);
@@ -341,7 +379,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         stop.clone(),
     ));
     let control_commands = commands_tx.clone();
-    let server = tokio::spawn(control::serve(
+    let (handover_tx, mut handover_rx) = mpsc::channel(1);
+    let server = tokio::spawn(control::serve_with_handover(
         listener,
         Arc::new(move |req: Request| {
             let commands = control_commands.clone();
@@ -363,6 +402,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
                 rx.await.unwrap_or_else(|_| stopping())
             }
         }),
+        Some(handover_tx),
     ));
     tracing::info!(socket = %socket_path.display(), "control socket ready");
     notify_systemd(&[
@@ -408,6 +448,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         .context("installing the SIGTERM handler")?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())
         .context("installing the SIGINT handler")?;
+    let mut successor = None;
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -417,7 +458,21 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            Some(stream) = handover_rx.recv() => match hand_listeners(stream, &commands_tx).await {
+                Ok(s) => {
+                    tracing::info!("a successor lbd takes over: stopping, the VIPs and any pinned data path stay for it");
+                    successor = Some(s);
+                    break;
+                }
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "hand-over to a successor failed; serving on"),
+            },
         }
+    }
+    // The successor serves the VIPs from where this one leaves them.
+    if successor.is_some()
+        && let Some(hold) = &vrrp_hold
+    {
+        hold.set(true);
     }
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
     server.abort();
@@ -445,12 +500,39 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         (core, scan)
     })
     .await;
-    match joined {
-        Ok((Ok(()), Ok(()))) => {}
-        _ => tracing::error!("the core or the scan thread ended with a panic"),
-    }
+    let datapath: Option<Box<dyn Datapath>> = match joined {
+        Ok((Ok(datapath), Ok(()))) => Some(datapath),
+        Ok((Ok(datapath), Err(_))) => {
+            tracing::error!("the scan thread ended with a panic");
+            Some(datapath)
+        }
+        _ => {
+            tracing::error!("the core thread ended with a panic");
+            None
+        }
+    };
     if let Err(e) = std::fs::remove_file(&socket_path) {
         tracing::warn!(socket = %socket_path.display(), error = %e, "cannot remove the control socket");
+    }
+    // Everything the two cannot share is let go: the successor goes on; the open proxied
+    // connections here may finish meanwhile.
+    let mut linger = Duration::ZERO;
+    if let Some(stream) = successor {
+        let frame = handover::Frame::Released {
+            pid: std::process::id(),
+        };
+        match handover::send_frame(&stream, &frame, &[]) {
+            Ok(()) => linger = HANDOVER_GRACE,
+            Err(e) => tracing::error!(error = %e, "telling the successor failed"),
+        }
+    }
+    // Stop forwarding: XDP detaches unless pinned; the proxies close their listeners and
+    // connections (bounded).
+    if let Some(datapath) = datapath {
+        let stopped = tokio::task::spawn_blocking(move || datapath.stop(linger)).await;
+        if stopped.is_err() {
+            tracing::error!("stopping the data path ended with a panic");
+        }
     }
     match pinned {
         Some(dir) => {

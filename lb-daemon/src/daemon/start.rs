@@ -13,6 +13,7 @@ use aya::programs::{
 pub use crate::xdp::pins::Found;
 
 use crate::{
+    handover::Inherited,
     config::{Config, Datapath as DatapathSetting},
     datapath::{Datapath, proxy::ProxyDatapath, xdp::XdpDatapath},
     engine::IdMap,
@@ -257,9 +258,11 @@ pub async fn choose(
     config: &Config,
     handle: &rtnetlink::Handle,
     runtime: tokio::runtime::Handle,
+    inherited: Inherited,
 ) -> anyhow::Result<Chosen> {
     let iface = config.daemon.interface.clone();
-    let userspace = |reason: String| {
+    let mut inherited = Some(inherited);
+    let mut userspace = |reason: String| {
         // A pinned XDP data path of an earlier run would go on taking the VIP's packets ahead
         // of the proxy: it goes.
         if let Some(dir) = &config.daemon.pin_dir {
@@ -274,7 +277,11 @@ pub async fn choose(
             }
         }
         Chosen {
-            datapath: Box::new(ProxyDatapath::new(config.proxy.clone(), runtime.clone())),
+            datapath: Box::new(ProxyDatapath::new(
+                config.proxy.clone(),
+                runtime.clone(),
+                inherited.take().unwrap_or_default(),
+            )),
             link: None,
             reason,
             adoption: None,

@@ -143,7 +143,7 @@ impl Datapath for FakeDatapath {
         Ok(Arc::new(self.clone()))
     }
 
-    fn stop(self: Box<Self>) {}
+    fn stop(self: Box<Self>, _: std::time::Duration) {}
 }
 
 impl CounterSource for FakeDatapath {

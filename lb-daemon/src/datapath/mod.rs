@@ -168,9 +168,15 @@ pub trait Datapath: Send {
     /// A reader of the counters for other threads (status and scrapes do not wait for the
     /// core).
     fn counter_source(&self) -> Result<Arc<dyn CounterSource>, DatapathError>;
-    /// Stops forwarding: XDP detaches, the proxy closes its listeners and (within a bound)
-    /// its connections.
-    fn stop(self: Box<Self>);
+    /// Second descriptors of the listening sockets, by [`crate::handover::name`], for a
+    /// successor lbd (none for XDP).
+    fn listeners(&self) -> Vec<(String, std::os::fd::OwnedFd)> {
+        Vec::new()
+    }
+    /// Stops forwarding: XDP detaches (unless pinned), the proxy closes its listeners and lets
+    /// its open connections go on for up to `linger` (a successor took the listeners), then
+    /// closes them (within a bound).
+    fn stop(self: Box<Self>, linger: std::time::Duration);
 }
 
 /// The counters of a data path, readable from any thread.

@@ -4,6 +4,7 @@
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
+    os::fd::{AsFd as _, OwnedFd},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -17,6 +18,7 @@ use super::{
 };
 use crate::{
     config::{Proto, ServiceKey, proxy::ProxyConfig},
+    handover::{self, Inherited},
     model::FlowCounts,
     proxy::{self, BackendSpec, CounterSnapshot, ServiceHandle},
 };
@@ -29,6 +31,8 @@ struct Proxied {
     handle: Arc<ServiceHandle>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    /// A second descriptor of its listening socket, for a successor lbd (`lbd --replace`).
+    listener: Option<OwnedFd>,
 }
 
 /// The services' handles, shared with the flow table (read on the scan thread).
@@ -41,20 +45,30 @@ pub struct ProxyDatapath {
     runtime: tokio::runtime::Handle,
     services: BTreeMap<ServiceKey, Proxied>,
     handles: Handles,
+    /// Listeners an earlier lbd or systemd handed over, taken by the services they belong to.
+    inherited: Inherited,
 }
 
 impl ProxyDatapath {
-    /// A proxy with no services yet; its listeners and connections run on `runtime`.
-    pub fn new(config: ProxyConfig, runtime: tokio::runtime::Handle) -> ProxyDatapath {
+    /// A proxy with no services yet; its listeners and connections run on `runtime`. A service
+    /// whose listener is in `inherited` serves on it instead of binding its own.
+    pub fn new(
+        config: ProxyConfig,
+        runtime: tokio::runtime::Handle,
+        inherited: Inherited,
+    ) -> ProxyDatapath {
         ProxyDatapath {
             config,
             runtime,
             services: BTreeMap::new(),
             handles: Arc::default(),
+            inherited,
         }
     }
 
-    fn start(&mut self, svc: &ServiceEntry<'_>) -> Result<Arc<ServiceHandle>, DatapathError> {
+    /// Starts serving `svc` with its backends set first: an inherited listener may hold
+    /// clients already, and none of them must meet an empty backend set.
+    fn start(&mut self, svc: &ServiceEntry<'_>, specs: &[BackendSpec]) -> Result<(), DatapathError> {
         let vip = SocketAddr::V4(svc.key.vip);
         let handle = Arc::new(ServiceHandle::new(
             svc.name,
@@ -62,35 +76,68 @@ impl ProxyDatapath {
             svc.key.proto,
             self.config.clone(),
         )?);
+        handle.set_backends(svc.scheduler, specs, svc.table)?;
         let stop = CancellationToken::new();
         let _guard = self.runtime.enter();
+        let proto = svc.key.proto;
+        let name = handover::name(proto, vip);
+        let inherited = self.inherited.take(proto, vip);
+        let from = if inherited.is_some() {
+            self.inherited.source.as_deref().unwrap_or("an earlier lbd")
+        } else {
+            "bound here"
+        };
         // Bindable before the VIP is on the interface (IP_FREEBIND): a VRRP backup is ready.
-        let task = match svc.key.proto {
+        let (task, fd) = match proto {
             Proto::Tcp => {
-                let l = proxy::bind_tcp(vip)?;
-                self.runtime
-                    .spawn(proxy::run_tcp(l, handle.clone(), stop.clone()))
+                let l = match inherited {
+                    Some(fd) => proxy::tcp_listener_from(fd, vip)?,
+                    None => proxy::bind_tcp(vip)?,
+                };
+                let fd = l.as_fd().try_clone_to_owned();
+                let task = self
+                    .runtime
+                    .spawn(proxy::run_tcp(l, handle.clone(), stop.clone()));
+                (task, fd)
             }
             Proto::Udp => {
-                let s = proxy::bind_udp(vip)?;
-                self.runtime
-                    .spawn(proxy::run_udp(s, handle.clone(), stop.clone()))
+                let s = match inherited {
+                    Some(fd) => proxy::udp_socket_from(fd, vip)?,
+                    None => proxy::bind_udp(vip)?,
+                };
+                let fd = s.as_fd().try_clone_to_owned();
+                let task = self
+                    .runtime
+                    .spawn(proxy::run_udp(s, handle.clone(), stop.clone()));
+                (task, fd)
             }
         };
-        tracing::info!(service = %svc.key, "proxy listening");
+        let listener = match fd {
+            Ok(fd) => {
+                // systemd keeps it across a restart (with FileDescriptorStoreMax=).
+                handover::store(&name, fd.as_fd());
+                Some(fd)
+            }
+            Err(e) => {
+                tracing::warn!(service = %svc.key, error = %e, "cannot keep a second descriptor of the listener: a hand-over will bind it anew");
+                None
+            }
+        };
+        tracing::info!(service = %svc.key, socket = from, "proxy listening");
         self.services.insert(
             svc.key,
             Proxied {
                 handle: handle.clone(),
                 stop,
                 task,
+                listener,
             },
         );
         self.handles
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(svc.key, handle.clone());
-        Ok(handle)
+            .insert(svc.key, handle);
+        Ok(())
     }
 }
 
@@ -114,10 +161,6 @@ impl Datapath for ProxyDatapath {
     }
 
     fn set_service(&mut self, svc: &ServiceEntry<'_>) -> Result<(), DatapathError> {
-        let handle = match self.services.get(&svc.key) {
-            Some(p) => p.handle.clone(),
-            None => self.start(svc)?,
-        };
         let port = svc.key.vip.port();
         let specs: Vec<BackendSpec> = svc
             .members
@@ -128,13 +171,17 @@ impl Datapath for ProxyDatapath {
                 weight: m.weight,
             })
             .collect();
-        handle.set_backends(svc.scheduler, &specs, svc.table)?;
+        match self.services.get(&svc.key) {
+            Some(p) => p.handle.set_backends(svc.scheduler, &specs, svc.table)?,
+            None => self.start(svc, &specs)?,
+        }
         Ok(())
     }
 
     fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DatapathError> {
         if let Some(p) = self.services.remove(key) {
             p.stop.cancel();
+            handover::unstore(&handover::name(key.proto, SocketAddr::V4(key.vip)));
             tracing::info!(service = %key, "proxy stopped");
         }
         self.handles
@@ -163,22 +210,39 @@ impl Datapath for ProxyDatapath {
         Ok(Arc::new(ProxyFlows(self.handles.clone())))
     }
 
+    fn go_live(&mut self) -> Result<(), DatapathError> {
+        // Every service of the config has taken its listener by now.
+        self.inherited.close_rest();
+        Ok(())
+    }
+
+    fn listeners(&self) -> Vec<(String, OwnedFd)> {
+        self.services
+            .iter()
+            .filter_map(|(key, p)| {
+                let fd = p.listener.as_ref()?.try_clone().ok()?;
+                Some((handover::name(key.proto, SocketAddr::V4(key.vip)), fd))
+            })
+            .collect()
+    }
+
     fn flow_table(&mut self) -> Result<Box<dyn FlowTable>, DatapathError> {
         Ok(Box::new(ProxyFlows(self.handles.clone())))
     }
 
     /// Blocks on the runtime until the proxies are gone: call it from outside the runtime.
-    fn stop(self: Box<Self>) {
+    fn stop(self: Box<Self>, linger: Duration) {
         let ProxyDatapath {
             runtime, services, ..
         } = *self;
         for p in services.values() {
+            p.handle.set_linger(linger);
             p.stop.cancel();
         }
         // The proxies close their listeners and connections; a stuck peer cannot hold the stop.
         let all = futures::future::join_all(services.into_values().map(|p| p.task));
         if runtime
-            .block_on(tokio::time::timeout(STOP_GRACE, all))
+            .block_on(tokio::time::timeout(linger + STOP_GRACE, all))
             .is_err()
         {
             tracing::warn!(

@@ -230,8 +230,8 @@ impl Datapath for XdpDatapath {
         Ok(Box::new(flows))
     }
 
-    fn stop(self: Box<Self>) {
-        // Dropping the object detaches the program.
+    fn stop(self: Box<Self>, _linger: std::time::Duration) {
+        // Dropping the object detaches the program (a pinned link stays).
         drop(self);
     }
 }

@@ -38,7 +38,10 @@ use std::{
     collections::HashMap,
     io,
     net::SocketAddr,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -47,8 +50,8 @@ use tokio::sync::Semaphore;
 
 pub use backends::{ActiveGuard, Backend, BackendSet, BackendSpec, CounterSnapshot, Counters};
 pub use scheduler::Flow;
-pub use tcp::{bind_tcp, run_tcp};
-pub use udp::{bind_udp, run_udp};
+pub use tcp::{bind_tcp, run_tcp, tcp_listener_from};
+pub use udp::{bind_udp, run_udp, udp_socket_from};
 
 use crate::config::{ConfigError, Proto, Scheduler, proxy::ProxyConfig};
 use ratelimit::RateLimit;
@@ -100,6 +103,9 @@ pub struct ServiceHandle {
     /// Warnings that could come once per connection are rate-limited per service.
     limit_log: RateLimit,
     failure_log: RateLimit,
+    /// How long open connections may go on after the listener stops (milliseconds): zero for a
+    /// plain stop, the hand-over's grace when a successor took the listener.
+    linger_ms: AtomicU64,
 }
 
 impl ServiceHandle {
@@ -130,6 +136,7 @@ impl ServiceHandle {
             limit_total: permits,
             limit_log: RateLimit::new(Duration::from_secs(10)),
             failure_log: RateLimit::new(Duration::from_secs(1)),
+            linger_ms: AtomicU64::new(0),
         })
     }
 
@@ -232,6 +239,13 @@ impl ServiceHandle {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Lets open connections go on for up to `grace` once the service stops accepting (a
+    /// successor lbd took its listener), instead of closing them at once.
+    pub fn set_linger(&self, grace: Duration) {
+        let ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        self.linger_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// The flow of a client of this service, as the schedulers hash it.
     pub fn flow(&self, client: SocketAddr) -> Flow {
         Flow {
@@ -240,6 +254,26 @@ impl ServiceHandle {
             proto: self.proto,
         }
     }
+}
+
+/// After a service stopped accepting: lets its connections go on for its linger (see
+/// [`ServiceHandle::set_linger`]), then cancels what is left with `conns` and waits for the end.
+async fn finish(service: &ServiceHandle, conns: &tokio_util::sync::CancellationToken) {
+    let linger = Duration::from_millis(service.linger_ms.load(Ordering::Relaxed));
+    if !linger.is_zero() {
+        let open = service.limit_total - service.limit.available_permits();
+        if open > 0 {
+            tracing::info!(service = %service.name, open, grace_s = linger.as_secs(), "listener handed over; letting open connections finish");
+        }
+        if tokio::time::timeout(linger, wait_all_released(service))
+            .await
+            .is_err()
+        {
+            tracing::warn!(service = %service.name, grace_s = linger.as_secs(), "connections still open after the hand-over's grace; closing them");
+        }
+    }
+    conns.cancel();
+    wait_all_released(service).await;
 }
 
 /// Waits until every permit of the service's bound is back: every connection or session task

@@ -30,7 +30,7 @@ use super::{
     ProxyError, ServiceHandle,
     backends::Backend,
     pump::{End, PumpParams, pump, read_first},
-    wait_all_released,
+    finish,
 };
 use crate::config::Proto;
 
@@ -61,6 +61,18 @@ pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
     socket.bind(&addr.into()).map_err(bind_err)?;
     socket.listen(LISTEN_BACKLOG).map_err(bind_err)?;
     TcpListener::from_std(socket.into()).map_err(bind_err)
+}
+
+/// A listener handed over by an earlier lbd or systemd (see [`crate::handover`]).
+pub fn tcp_listener_from(fd: std::os::fd::OwnedFd, addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    let bind_err = |source: io::Error| ProxyError::Bind {
+        addr,
+        proto: Proto::Tcp,
+        source,
+    };
+    let listener = std::net::TcpListener::from(fd);
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    TcpListener::from_std(listener).map_err(bind_err)
 }
 
 /// `IP_FREEBIND` (or its IPv6 twin) where the system has it.
@@ -113,8 +125,8 @@ pub async fn run_tcp(
         }
     };
     tracing::info!(service = %service.name, listen = ?local, max_connections = service.config.max_connections, "TCP proxy serving");
-    // Connections get a child token: cancelling the service's token ends them too.
-    let conns = shutdown.child_token();
+    // The connections' own token: a stop cancels it at once, a hand-over after its grace.
+    let conns = CancellationToken::new();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let permit = match service.limit.clone().try_acquire_owned() {
@@ -173,9 +185,9 @@ pub async fn run_tcp(
             .instrument(span),
         );
     }
-    conns.cancel();
+    // A successor holding the same listener goes on accepting from its backlog.
     drop(listener);
-    wait_all_released(&service).await;
+    finish(&service, &conns).await;
     tracing::info!(service = %service.name, "TCP proxy stopped");
 }
 

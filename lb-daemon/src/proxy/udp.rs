@@ -31,7 +31,7 @@ use super::{
     ProxyError, ServiceHandle,
     backends::{ActiveGuard, Backend},
     tcp::set_freebind,
-    wait_all_released,
+    finish,
 };
 use crate::config::Proto;
 
@@ -61,6 +61,18 @@ pub fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, ProxyError> {
     socket.set_nonblocking(true).map_err(bind_err)?;
     socket.bind(&addr.into()).map_err(bind_err)?;
     UdpSocket::from_std(socket.into()).map_err(bind_err)
+}
+
+/// A socket handed over by an earlier lbd or systemd (see [`crate::handover`]).
+pub fn udp_socket_from(fd: std::os::fd::OwnedFd, addr: SocketAddr) -> Result<UdpSocket, ProxyError> {
+    let bind_err = |source: io::Error| ProxyError::Bind {
+        addr,
+        proto: Proto::Udp,
+        source,
+    };
+    let socket = std::net::UdpSocket::from(fd);
+    socket.set_nonblocking(true).map_err(bind_err)?;
+    UdpSocket::from_std(socket).map_err(bind_err)
 }
 
 /// One client's session.
@@ -104,7 +116,8 @@ pub async fn run_udp(socket: UdpSocket, service: Arc<ServiceHandle>, shutdown: C
     let socket = Arc::new(socket);
     tracing::info!(service = %service.name, listen = ?socket.local_addr().ok(), max_sessions = service.config.max_udp_sessions, "UDP proxy serving");
     let sessions: Arc<Table> = Arc::default();
-    let cancel = shutdown.child_token();
+    // The sessions' own token: a stop cancels it at once, a hand-over after its grace.
+    let cancel = CancellationToken::new();
     let mut buf = vec![0u8; DATAGRAM_MAX];
     let mut backoff = RECV_BACKOFF_MIN;
     loop {
@@ -159,8 +172,7 @@ pub async fn run_udp(socket: UdpSocket, service: Arc<ServiceHandle>, shutdown: C
             }
         }
     }
-    cancel.cancel();
-    wait_all_released(&service).await;
+    finish(&service, &cancel).await;
     tracing::info!(service = %service.name, "UDP proxy stopped");
 }
 
