@@ -72,6 +72,11 @@ pub enum Request {
         /// On or off.
         on: bool,
     },
+    /// Takes this node out of the VRRP election, make-before-break if it is master (maintenance);
+    /// kept across restarts.
+    VrrpResign {},
+    /// Takes this node back into the VRRP election.
+    VrrpResume {},
     /// `lbd --replace`: the successor asks for the listening sockets; the answer is frames
     /// ([`crate::handover`]), not a JSON line.
     Handover {},

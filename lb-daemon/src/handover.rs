@@ -247,7 +247,10 @@ pub fn recv_frame(stream: &UnixStream) -> Result<(Frame, Vec<OwnedFd>), Handover
             if let ControlMessageOwned::ScmRights(raw) = c {
                 // SAFETY: the kernel just installed these descriptors in this process for
                 // this message; nothing else refers to them.
-                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
             }
         }
         (msg.bytes, fds)
@@ -269,7 +272,8 @@ pub fn recv_frame(stream: &UnixStream) -> Result<(Frame, Vec<OwnedFd>), Handover
     reader
         .read_exact(&mut body)
         .map_err(io("receiving a frame"))?;
-    let frame = serde_json::from_slice(&body).map_err(|e| HandoverError::BadFrame(e.to_string()))?;
+    let frame =
+        serde_json::from_slice(&body).map_err(|e| HandoverError::BadFrame(e.to_string()))?;
     Ok((frame, fds))
 }
 

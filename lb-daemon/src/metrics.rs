@@ -238,12 +238,17 @@ pub fn families(s: &Status) -> Vec<MetricFamily> {
         "lbd_vrrp_transitions_total",
         "VRRP state changes since lbd started.",
     );
+    let mut vrrp_resigned = Family::gauge(
+        "lbd_vrrp_resigned",
+        "1 while this node is out of the VRRP election by `lbctl vrrp resign`.",
+    );
     if let Some(v) = &s.vrrp {
         for st in vrrp::State::ALL {
             let name = st.as_str().to_ascii_lowercase();
             vrrp_state.add(&[("state", &name)], flag(st == v.state));
         }
         vrrp_transitions.add(&[], v.transitions as f64);
+        vrrp_resigned.add(&[], flag(v.resigned));
     }
 
     let mut reloads = Family::counter(
@@ -281,6 +286,7 @@ pub fn families(s: &Status) -> Vec<MetricFamily> {
         hc_duration,
         vrrp_state,
         vrrp_transitions,
+        vrrp_resigned,
         reloads,
         reload_failures,
         loaded,
@@ -671,6 +677,7 @@ mod tests {
                 adverts_accepted: 0,
                 adverts_dropped: Vec::new(),
                 failed_conditions: Vec::new(),
+                resigned: false,
             }),
             ..empty()
         }
@@ -723,6 +730,7 @@ mod tests {
             ("lbd_vrrp_state", vec![("state", "backup")], 0.0),
             ("lbd_vrrp_state", vec![("state", "init")], 0.0),
             ("lbd_vrrp_transitions_total", vec![], 2.0),
+            ("lbd_vrrp_resigned", vec![], 0.0),
             ("lbd_config_reloads_total", vec![], 4.0),
             ("lbd_config_reload_failures_total", vec![], 1.0),
             (
@@ -792,6 +800,7 @@ mod tests {
         for name in [
             "lbd_vrrp_state",
             "lbd_vrrp_transitions_total",
+            "lbd_vrrp_resigned",
             "lbd_backend_up",
             "lbd_health_check_duration_seconds",
             "lbd_config_last_load_timestamp_seconds",

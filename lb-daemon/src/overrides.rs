@@ -64,6 +64,9 @@ pub struct Overrides {
     /// Per service key (`tcp/198.18.0.100:80`).
     #[serde(default)]
     pub services: BTreeMap<String, BTreeMap<Ipv4Addr, BackendOverride>>,
+    /// `lbctl vrrp resign`: this node stays out of the VRRP election until `lbctl vrrp resume`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub vrrp_resigned: bool,
 }
 
 impl Overrides {

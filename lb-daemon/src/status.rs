@@ -75,6 +75,9 @@ pub struct VrrpStatus {
     pub adverts_dropped: Vec<ReasonCount>,
     /// Tracked conditions that are failing.
     pub failed_conditions: Vec<String>,
+    /// Out of the election by `lbctl vrrp resign` (until `lbctl vrrp resume`).
+    #[serde(default)]
+    pub resigned: bool,
 }
 
 /// A pass/drop reason and its packet count.

@@ -69,7 +69,10 @@ impl FdStore {
             for c in msg.cmsgs()? {
                 if let ControlMessageOwned::ScmRights(raw) = c {
                     // SAFETY: the kernel just installed these descriptors in this process.
-                    got.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                    got.extend(
+                        raw.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
                 }
             }
             let n = msg.bytes;
@@ -111,7 +114,11 @@ impl FdStore {
         let fds = self.fds.lock().unwrap_or_else(PoisonError::into_inner);
         let names: Vec<String> = fds.keys().cloned().collect();
         let raw: Vec<RawFd> = fds.values().map(|fd| fd.as_raw_fd()).collect();
-        anyhow::ensure!(raw.len() <= 64, "{} descriptors stored (64 at most here)", raw.len());
+        anyhow::ensure!(
+            raw.len() <= 64,
+            "{} descriptors stored (64 at most here)",
+            raw.len()
+        );
         // bash moves the descriptors (their numbers are the same in the child): first above
         // every number in play, then to 3, 4, ...; the originals and the temporaries are closed.
         // (The namespace's own pre_exec needs its descriptor: nothing is moved before exec.)
@@ -122,7 +129,12 @@ impl FdStore {
             script.push_str(&format!("exec {}<&{fd} {fd}<&-; ", base + i as RawFd));
         }
         for i in 0..n {
-            script.push_str(&format!("exec {}<&{} {}<&-; ", FIRST_FD + i, base + i, base + i));
+            script.push_str(&format!(
+                "exec {}<&{} {}<&-; ",
+                FIRST_FD + i,
+                base + i,
+                base + i
+            ));
         }
         script.push_str("export LISTEN_PID=$$; exec \"$0\" \"$@\"");
         let mut cmd = Command::new("bash");

@@ -226,7 +226,12 @@ impl LbdNode {
 
     /// The command that starts lbd in `node` with this node's config (through the fd store,
     /// if any).
-    fn command(&self, topo: &Topology, node: Host, extra: &[&str]) -> Result<std::process::Command> {
+    fn command(
+        &self,
+        topo: &Topology,
+        node: Host,
+        extra: &[&str],
+    ) -> Result<std::process::Command> {
         let program = bin_path("lbd")?.display().to_string();
         let mut cmd = match &self.fdstore {
             Some(store) => store.command(topo.ns(node), &program)?,

@@ -14,9 +14,7 @@ use lbd_tests::{
     netns_tests_enabled,
     restart::{
         DOWN, PinDir, check, check_new, config, config_for, detach, holds_vip, under_load,
-        vrrp_pair,
-        xdp_attached,
-        xdp_prog_id,
+        vrrp_pair, xdp_attached, xdp_prog_id,
     },
     test_tag,
 };
@@ -165,6 +163,59 @@ fn a_vrrp_master_restarting_in_time_keeps_the_vip() -> Result<()> {
             "{what}: the VIP moved"
         );
     }
+
+    // Maintenance of the pinned master: `lbctl vrrp resign` hands over make-before-break (no
+    // ping of the VIP goes unanswered), and the node stays out across a restart until
+    // `lbctl vrrp resume`, when it takes the VIP back (it has the higher priority, preempt on).
+    const PINGS: u32 = 250;
+    let ping = std::thread::scope(|s| -> Result<_> {
+        let ping = s.spawn(|| ping_vip(&topo, PINGS));
+        std::thread::sleep(Duration::from_millis(500));
+        let (code, out, err) = a.lbctl(&["vrrp", "resign"])?;
+        ensure!(
+            code == 0 && out.contains("resigned"),
+            "lbctl vrrp resign: {out}{err}"
+        );
+        ping.join()
+            .map_err(|_| anyhow::anyhow!("the ping thread panicked"))?
+    })?;
+    let replies = String::from_utf8_lossy(&ping.stdout)
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .count();
+    eprintln!("restart_e2e: lbctl vrrp resign: {replies} of {PINGS} pings answered");
+    ensure!(
+        replies == PINGS as usize,
+        "{} of {PINGS} pings went unanswered while the master resigned",
+        PINGS as usize - replies
+    );
+    let out = |node: &LbdNode, what: &str| {
+        node.wait_status(Duration::from_secs(10), what, |s| {
+            s.vrrp
+                .as_ref()
+                .is_some_and(|v| v.resigned && v.state == "INIT")
+        })
+    };
+    out(&a, "lbd1 resigned")?;
+    ensure!(
+        holds_vip(&topo, n2)? && !holds_vip(&topo, n1)?,
+        "after resign lbd2 should hold the VIP alone"
+    );
+    a.restart(&topo, n1)?;
+    std::thread::sleep(Duration::from_millis(1500));
+    out(&a, "lbd1 still resigned after a restart")?;
+    ensure!(
+        b.status()?.vrrp.context("vrrp")?.state == "MASTER" && !holds_vip(&topo, n1)?,
+        "a resigned node took the VIP back after its restart"
+    );
+    let (code, out_, err) = a.lbctl(&["vrrp", "resume"])?;
+    ensure!(code == 0, "lbctl vrrp resume: {out_}{err}");
+    master(&a)?;
+    ensure!(
+        !a.status()?.vrrp.context("vrrp")?.resigned,
+        "still resigned"
+    );
+
     a.stop()?;
     b.stop()?;
     detach(&topo, n1, &bpffs.pins_named("lbd1"))?;
@@ -303,7 +354,10 @@ fn the_proxy_under_systemd_keeps_its_listeners_across_restarts() -> Result<()> {
     let seen = under_load(&topo, || lbd.restart(&topo, node))?;
     check_new("SIGTERM and a start, listeners in the fd store", &seen)?;
     let seen = under_load(&topo, || lbd.crash_and_restart(&topo, node, DOWN))?;
-    check_new("kill -9 and a start 1 s later, listeners in the fd store", &seen)?;
+    check_new(
+        "kill -9 and a start 1 s later, listeners in the fd store",
+        &seen,
+    )?;
     let reason = lbd.status()?.datapath_reason;
     ensure!(reason.contains("listeners from systemd"), "{reason}");
 
@@ -315,14 +369,28 @@ fn the_proxy_under_systemd_keeps_its_listeners_across_restarts() -> Result<()> {
         .split("\n[[service]]")
         .enumerate()
         .filter(|(i, part)| *i == 0 || !part.contains("proto = \"udp\""))
-        .map(|(i, part)| if i == 0 { part.to_string() } else { format!("\n[[service]]{part}") })
+        .map(|(i, part)| {
+            if i == 0 {
+                part.to_string()
+            } else {
+                format!("\n[[service]]{part}")
+            }
+        })
         .collect();
-    ensure!(without_udp != config, "the config has no UDP service to remove");
+    ensure!(
+        without_udp != config,
+        "the config has no UDP service to remove"
+    );
     lbd.reload(&without_udp)?;
-    lb_testkit::wait_until("the UDP listener to leave the store", Duration::from_secs(10), || {
-        store(&lbd).is_ok_and(|names| names.iter().all(|n| !n.starts_with("udp-")))
-    })?;
-    ensure!(store(&lbd)?.contains(&tcp), "the TCP listener left the store");
+    lb_testkit::wait_until(
+        "the UDP listener to leave the store",
+        Duration::from_secs(10),
+        || store(&lbd).is_ok_and(|names| names.iter().all(|n| !n.starts_with("udp-"))),
+    )?;
+    ensure!(
+        store(&lbd)?.contains(&tcp),
+        "the TCP listener left the store"
+    );
     let _old = lbd.replace(&topo, node)?;
     lbd.stop()?;
     Ok(())

@@ -127,6 +127,33 @@ pub struct Speaker {
     tracker: Tracker,
     status: watch::Sender<Status>,
     hold: HoldSwitch,
+    standby: StandbySwitch,
+}
+
+/// Whether the router stands out (`lbctl vrrp resign`): a master hands over make-before-break
+/// ([`Router::resign`]) and the router stays in Initialize, neither advertising nor taking over,
+/// until the switch is cleared ([`Router::startup`] again). Watched by the running speaker.
+#[derive(Debug, Clone)]
+pub struct StandbySwitch(Arc<watch::Sender<bool>>);
+
+impl Default for StandbySwitch {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(false).0))
+    }
+}
+
+impl StandbySwitch {
+    /// Stands out (`true`) or takes part again (`false`).
+    pub fn set(&self, standby: bool) {
+        self.0
+            .send_if_modified(|s| std::mem::replace(s, standby) != standby);
+    }
+
+    /// Whether the router stands out.
+    #[must_use]
+    pub fn get(&self) -> bool {
+        *self.0.borrow()
+    }
 }
 
 /// Whether a stopping speaker keeps the VIPs for its successor ([`Speaker::hold_across_restarts`]),
@@ -161,6 +188,7 @@ impl Speaker {
             tracker,
             status,
             hold: HoldSwitch::default(),
+            standby: StandbySwitch::default(),
         })
     }
 
@@ -172,6 +200,13 @@ impl Speaker {
     pub fn hold_across_restarts(self, hold: bool) -> Self {
         self.hold.set(hold);
         self
+    }
+
+    /// The switch that takes the router out of the election and back
+    /// ([`StandbySwitch`]); set before [`run`](Self::run), the router starts out.
+    #[must_use]
+    pub fn standby_switch(&self) -> StandbySwitch {
+        self.standby.clone()
     }
 
     /// The switch of [`hold_across_restarts`](Self::hold_across_restarts), to flip it while
@@ -206,7 +241,11 @@ impl Speaker {
     /// [`Error`] when the interface or the sockets cannot be set up; errors while running (a send
     /// that fails, a VIP that cannot be added, a notify program that fails) are logged, not fatal.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
-        config_run(self.config, self.tracker, self.status, shutdown, self.hold).await
+        let switches = Switches {
+            hold: self.hold,
+            standby: self.standby,
+        };
+        config_run(self.config, self.tracker, self.status, shutdown, switches).await
     }
 }
 
@@ -222,7 +261,14 @@ pub async fn run(
     status: watch::Sender<Status>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    config_run(config, tracker, status, shutdown, HoldSwitch::default()).await
+    config_run(config, tracker, status, shutdown, Switches::default()).await
+}
+
+/// The switches a daemon flips while the speaker runs.
+#[derive(Debug, Default)]
+struct Switches {
+    hold: HoldSwitch,
+    standby: StandbySwitch,
 }
 
 async fn config_run(
@@ -230,13 +276,13 @@ async fn config_run(
     tracker: Tracker,
     status: watch::Sender<Status>,
     shutdown: CancellationToken,
-    hold: HoldSwitch,
+    switches: Switches,
 ) -> Result<(), Error> {
     config.validate()?;
     let (connection, netlink, _) =
         rtnetlink::new_connection().map_err(sock_err("open netlink socket"))?;
     let connection = tokio::spawn(connection);
-    let result = drive(&config, &tracker, &status, &shutdown, &netlink, &hold).await;
+    let result = drive(&config, &tracker, &status, &shutdown, &netlink, &switches).await;
     connection.abort();
     result
 }
@@ -254,8 +300,11 @@ async fn drive(
     status: &watch::Sender<Status>,
     shutdown: &CancellationToken,
     netlink: &rtnetlink::Handle,
-    hold: &HoldSwitch,
+    switches: &Switches,
 ) -> Result<(), Error> {
+    let hold = &switches.hold;
+    let mut standby_rx = switches.standby.0.subscribe();
+    let mut standby = *standby_rx.borrow_and_update();
     let link = read_link(netlink, config).await?;
     let mut router_config = RouterConfig::new(
         config.vrid,
@@ -308,6 +357,14 @@ async fn drive(
     if resuming {
         info!("the VIPs are still here: resuming as master");
         router.startup_resuming(now());
+        if standby {
+            // Resigned before the restart: hand over make-before-break now.
+            router.resign(now());
+        }
+    } else if standby {
+        info!(
+            "resigned (`lbctl vrrp resign`): staying out of the election until `lbctl vrrp resume`"
+        );
     } else {
         router.startup(now());
     }
@@ -327,6 +384,22 @@ async fn drive(
                 }
             }
             () = sleep_until(deadline) => router.handle_timeout(now()),
+            changed = standby_rx.changed() => {
+                if changed.is_ok() {
+                    let now_standby = *standby_rx.borrow_and_update();
+                    if now_standby != standby {
+                        standby = now_standby;
+                        if standby {
+                            // Maintenance: make-before-break, then out of the election.
+                            info!("resigning: handing the VIPs over, then staying out until `lbctl vrrp resume`");
+                            router.resign(now());
+                        } else {
+                            info!("resuming: taking part in the election again");
+                            router.startup(now());
+                        }
+                    }
+                }
+            }
             changed = track_rx.changed(), if tracker_open => {
                 if changed.is_ok() {
                     let p = track::penalty_priority(config.priority, &track_rx.borrow_and_update());

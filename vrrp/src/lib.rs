@@ -33,6 +33,6 @@ pub use config::{
     AdvertInterval, Config, ConfigError, GarpConfig, Priority, TrackedCondition, VrId,
 };
 pub use fsm::{Action, LINGER, Router, RouterConfig, State};
-pub use io::{HoldSwitch, Speaker, Status};
+pub use io::{HoldSwitch, Speaker, StandbySwitch, Status};
 pub use track::Tracker;
 pub use validate::{Counters, DropReason};

@@ -36,6 +36,21 @@ enum Command {
         #[command(subcommand)]
         action: BackendCmd,
     },
+    /// This node in the VRRP election.
+    Vrrp {
+        #[command(subcommand)]
+        action: VrrpCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum VrrpCmd {
+    /// Take this node out for maintenance: a master sends its priority-0 advert and keeps the
+    /// VIPs until the new master's first advert (make-before-break); then it stays out of the
+    /// election, across restarts, until `resume`.
+    Resign,
+    /// Take this node back into the election.
+    Resume,
 }
 
 #[derive(Subcommand)]
@@ -253,6 +268,14 @@ fn run(args: Args) -> Result<(), String> {
                 },
             ),
         },
+        Command::Vrrp { action } => change(
+            &rt,
+            socket,
+            match action {
+                VrrpCmd::Resign => Request::VrrpResign {},
+                VrrpCmd::Resume => Request::VrrpResume {},
+            },
+        ),
     }
 }
 
@@ -320,11 +343,14 @@ fn print_status(s: &Status) {
                 Some(format!(" since {:.1}s", (now - t).max(0.0)))
             })
             .unwrap_or_default();
-        let failed = if v.failed_conditions.is_empty() {
+        let mut failed = if v.failed_conditions.is_empty() {
             String::new()
         } else {
             format!("  failed: {}", v.failed_conditions.join(", "))
         };
+        if v.resigned {
+            failed.push_str("  resigned (lbctl vrrp resume)");
+        }
         println!(
             "vrrp vrid {}  {}{since}  priority {} (configured {})  master {}{failed}",
             v.vrid,

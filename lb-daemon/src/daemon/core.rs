@@ -249,6 +249,8 @@ pub struct VrrpHandles {
     pub status: tokio::sync::watch::Receiver<vrrp::Status>,
     /// Its tracked conditions.
     pub tracker: vrrp::Tracker,
+    /// Out of the election (`lbctl vrrp resign`) or in.
+    pub standby: vrrp::StandbySwitch,
 }
 
 /// The daemon's state, owned by the core thread.

@@ -66,6 +66,8 @@ impl Core {
                 addr,
                 weight,
             } => self.backend_weight(&service, &addr, weight),
+            Request::VrrpResign {} => self.vrrp_standby(true),
+            Request::VrrpResume {} => self.vrrp_standby(false),
             // The control server hands these to the daemon's I/O layer, never to the core.
             Request::Handover {} => Err(CoreError::NotHere(
                 "a hand-over is answered by the control server",
@@ -255,6 +257,26 @@ impl Core {
             "{ip} in {} now has weight {weight}",
             self.service_name(&key)
         ))
+    }
+
+    /// `lbctl vrrp resign` / `resume`: saved first (a restart keeps it), then the speaker told.
+    fn vrrp_standby(&mut self, standby: bool) -> Result<String, CoreError> {
+        let Some(vrrp) = &self.vrrp else {
+            return Err(CoreError::NotHere(
+                "this node runs no VRRP ([vrrp] is not in the config)",
+            ));
+        };
+        let standby_switch = vrrp.standby.clone();
+        let mut new = self.overrides.clone();
+        new.vrrp_resigned = standby;
+        self.commit(new)?;
+        standby_switch.set(standby);
+        Ok(if standby {
+            "resigned: a master keeps the VIPs until the backup's first advert (and a second more),              then stays out of the election until `lbctl vrrp resume` (kept across restarts)"
+                .into()
+        } else {
+            "resumed: taking part in the VRRP election again".into()
+        })
     }
 
     /// Drain, maintenance on or off. The answer counts the open flows afresh.
@@ -506,6 +528,7 @@ impl VrrpHandles {
                 .filter(|c| c.failed)
                 .map(|c| c.name)
                 .collect(),
+            resigned: self.standby.get(),
         }
     }
 }

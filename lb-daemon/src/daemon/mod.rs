@@ -305,10 +305,13 @@ pub async fn run(config_path: PathBuf, config: Config, inherited: Inherited) -> 
             let speaker = vrrp::Speaker::new(vc.clone())
                 .context("[vrrp]")?
                 .hold_across_restarts(chosen.adoption.is_some() || replacing.is_some());
+            // Resigned by lbctl before this start: it stays out.
+            speaker.standby_switch().set(overrides.vrrp_resigned);
             let handles = VrrpHandles {
                 config: vc.clone(),
                 status: speaker.status(),
                 tracker: speaker.tracker(),
+                standby: speaker.standby_switch(),
             };
             Some((speaker, handles))
         }

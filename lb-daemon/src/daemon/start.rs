@@ -13,10 +13,10 @@ use aya::programs::{
 pub use crate::xdp::pins::Found;
 
 use crate::{
-    handover::Inherited,
     config::{Config, Datapath as DatapathSetting},
     datapath::{Datapath, proxy::ProxyDatapath, xdp::XdpDatapath},
     engine::IdMap,
+    handover::Inherited,
     net,
     xdp::{
         self, AttachMode,

@@ -68,7 +68,11 @@ impl ProxyDatapath {
 
     /// Starts serving `svc` with its backends set first: an inherited listener may hold
     /// clients already, and none of them must meet an empty backend set.
-    fn start(&mut self, svc: &ServiceEntry<'_>, specs: &[BackendSpec]) -> Result<(), DatapathError> {
+    fn start(
+        &mut self,
+        svc: &ServiceEntry<'_>,
+        specs: &[BackendSpec],
+    ) -> Result<(), DatapathError> {
         let vip = SocketAddr::V4(svc.key.vip);
         let handle = Arc::new(ServiceHandle::new(
             svc.name,

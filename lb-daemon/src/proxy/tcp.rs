@@ -29,8 +29,8 @@ use tracing::Instrument as _;
 use super::{
     ProxyError, ServiceHandle,
     backends::Backend,
-    pump::{End, PumpParams, pump, read_first},
     finish,
+    pump::{End, PumpParams, pump, read_first},
 };
 use crate::config::Proto;
 
@@ -64,7 +64,10 @@ pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
 }
 
 /// A listener handed over by an earlier lbd or systemd (see [`crate::handover`]).
-pub fn tcp_listener_from(fd: std::os::fd::OwnedFd, addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+pub fn tcp_listener_from(
+    fd: std::os::fd::OwnedFd,
+    addr: SocketAddr,
+) -> Result<TcpListener, ProxyError> {
     let bind_err = |source: io::Error| ProxyError::Bind {
         addr,
         proto: Proto::Tcp,

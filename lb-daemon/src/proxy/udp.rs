@@ -30,8 +30,8 @@ use tracing::Instrument as _;
 use super::{
     ProxyError, ServiceHandle,
     backends::{ActiveGuard, Backend},
-    tcp::set_freebind,
     finish,
+    tcp::set_freebind,
 };
 use crate::config::Proto;
 
@@ -64,7 +64,10 @@ pub fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, ProxyError> {
 }
 
 /// A socket handed over by an earlier lbd or systemd (see [`crate::handover`]).
-pub fn udp_socket_from(fd: std::os::fd::OwnedFd, addr: SocketAddr) -> Result<UdpSocket, ProxyError> {
+pub fn udp_socket_from(
+    fd: std::os::fd::OwnedFd,
+    addr: SocketAddr,
+) -> Result<UdpSocket, ProxyError> {
     let bind_err = |source: io::Error| ProxyError::Bind {
         addr,
         proto: Proto::Udp,
