@@ -760,7 +760,7 @@ mod tests {
     #[test]
     fn every_family_has_help_type_and_conventional_name() {
         let e = exposition(&sample());
-        assert_eq!(e.help.len(), 19, "{:?}", e.help.keys());
+        assert_eq!(e.help.len(), 20, "{:?}", e.help.keys());
         for (name, _, _) in &e.samples {
             assert!(name.starts_with("lbd_"), "{name}");
             let ty = e

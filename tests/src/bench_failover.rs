@@ -19,6 +19,14 @@ const RUNS: usize = 3;
 /// When the master fails, after the first ping.
 const FAIL_AFTER: Duration = Duration::from_millis(1500);
 
+/// The replies in `ping` output.
+pub fn ping_replies(output: &std::process::Output) -> usize {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .count()
+}
+
 /// Longest gap between consecutive ping replies, in ms, from `ping -D` output.
 pub fn longest_gap_ms(output: &str) -> Option<f64> {
     let stamps: Vec<f64> = output

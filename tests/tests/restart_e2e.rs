@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lbd_tests::{
     Host, Topology,
-    bench_failover::ping_vip,
+    bench_failover::{ping_replies, ping_vip},
     bin_path, client,
     lbd::{LbdNode, Mode, SingleNode},
     netns_tests_enabled,
@@ -179,10 +179,7 @@ fn a_vrrp_master_restarting_in_time_keeps_the_vip() -> Result<()> {
         ping.join()
             .map_err(|_| anyhow::anyhow!("the ping thread panicked"))?
     })?;
-    let replies = String::from_utf8_lossy(&ping.stdout)
-        .lines()
-        .filter(|l| l.contains("bytes from"))
-        .count();
+    let replies = ping_replies(&ping);
     eprintln!("restart_e2e: lbctl vrrp resign: {replies} of {PINGS} pings answered");
     ensure!(
         replies == PINGS as usize,
@@ -258,8 +255,7 @@ fn a_planned_handover_loses_no_ping_and_keeps_a_stream() -> Result<()> {
             .map_err(|_| anyhow::anyhow!("the stream thread panicked"))??;
         Ok((ping, stream))
     })?;
-    let out = String::from_utf8_lossy(&ping.stdout);
-    let replies = out.lines().filter(|l| l.contains("bytes from")).count();
+    let replies = ping_replies(&ping);
     eprintln!(
         "restart_e2e: planned handover: {replies} of {PINGS} pings answered; the stream got {} bytes",
         stream.as_ref().map_or(0, |r| r.received)
