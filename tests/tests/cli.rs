@@ -195,3 +195,78 @@ fn systemd_unit_verifies_and_default_config_is_valid() -> Result<()> {
     );
     Ok(())
 }
+
+/// Completions and man pages come from the clap definitions: bash accepts the scripts and they
+/// know the newest options; every man page renders with groff without a warning.
+#[test]
+fn completions_and_man_pages_are_generated() -> Result<()> {
+    for (bin, args, wants) in [
+        (
+            "lbctl",
+            &["completions", "bash"][..],
+            &["resign", "maintenance"][..],
+        ),
+        (
+            "lbd",
+            &["--completions", "bash"][..],
+            &["--replace", "--detach"][..],
+        ),
+    ] {
+        let out = Command::new(bin_path(bin)?).args(args).output()?;
+        ensure!(
+            out.status.success(),
+            "{bin} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let script = String::from_utf8(out.stdout).context("completion script")?;
+        for want in wants {
+            ensure!(
+                script.contains(want),
+                "{bin}'s bash completion lacks {want}"
+            );
+        }
+        let path = tmp(&format!("{bin}.bash"), &script)?;
+        let check = Command::new("bash").arg("-n").arg(&path).output()?;
+        ensure!(
+            check.status.success(),
+            "bash -n {bin}.bash: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("lbdt-cli-man-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for (bin, args) in [("lbctl", &["man"][..]), ("lbd", &["--man"][..])] {
+        let out = Command::new(bin_path(bin)?).args(args).arg(&dir).output()?;
+        ensure!(
+            out.status.success(),
+            "{bin} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut pages: Vec<String> = std::fs::read_dir(&dir)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    pages.sort();
+    for want in [
+        "lbd.1",
+        "lbctl.1",
+        "lbctl-backend-drain.1",
+        "lbctl-vrrp-resign.1",
+    ] {
+        ensure!(pages.iter().any(|p| p == want), "no {want} in {pages:?}");
+    }
+    for page in &pages {
+        let out = Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .arg(dir.join(page))
+            .output()
+            .context("running groff (cargo xtask setup installs groff-base)")?;
+        ensure!(
+            out.status.success() && out.stderr.is_empty(),
+            "groff on {page}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -14,7 +14,7 @@ use lb_daemon::{
 
 /// Control a running lbd: status, and backend changes that survive restarts.
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "lbctl", version)]
 struct Args {
     /// lbd's control socket.
     #[arg(long, env = "LBD_SOCKET", default_value = DEFAULT_CONTROL_SOCKET, global = true)]
@@ -40,6 +40,16 @@ enum Command {
     Vrrp {
         #[command(subcommand)]
         action: VrrpCmd,
+    },
+    /// Print lbctl's completion script for a shell (`cargo xtask install` installs them).
+    Completions {
+        /// The shell.
+        shell: lb_daemon::clidoc::Shell,
+    },
+    /// Write lbctl's man pages (one per subcommand) into a directory.
+    Man {
+        /// The directory.
+        dir: PathBuf,
     },
 }
 
@@ -268,6 +278,20 @@ fn run(args: Args) -> Result<(), String> {
                 },
             ),
         },
+        Command::Completions { shell } => {
+            lb_daemon::clidoc::completions(
+                <Args as clap::CommandFactory>::command(),
+                shell,
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man { dir } => {
+            let n = lb_daemon::clidoc::man_pages(<Args as clap::CommandFactory>::command(), &dir)
+                .map_err(|e| format!("writing man pages into {}: {e}", dir.display()))?;
+            println!("{n} man pages written to {}", dir.display());
+            Ok(())
+        }
         Command::Vrrp { action } => change(
             &rt,
             socket,

@@ -11,7 +11,7 @@ use lb_daemon::{
 
 /// lbd: layer-4 load balancer (XDP direct routing with Maglev hashing, userspace proxy fallback, VRRPv3).
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "lbd", version)]
 struct Args {
     /// Config file.
     #[arg(long, short, value_name = "FILE", default_value = "/etc/lbd/lbd.toml")]
@@ -24,6 +24,12 @@ struct Args {
     /// exits. Starts as usual when none runs.
     #[arg(long, conflicts_with = "detach")]
     replace: bool,
+    /// Print lbd's completion script for a shell and exit.
+    #[arg(long, value_name = "SHELL", conflicts_with_all = ["replace", "detach"])]
+    completions: Option<lb_daemon::clidoc::Shell>,
+    /// Write lbd's man page into a directory and exit.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["replace", "detach"])]
+    man: Option<PathBuf>,
     /// Remove the pinned XDP data path of the config's interface (daemon.pin_dir) and exit;
     /// refused while lbd runs.
     #[arg(long)]
@@ -39,6 +45,24 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Some(shell) = args.completions {
+        let cmd = <Args as clap::CommandFactory>::command();
+        lb_daemon::clidoc::completions(cmd, shell, &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    if let Some(dir) = args.man {
+        let cmd = <Args as clap::CommandFactory>::command();
+        return match lb_daemon::clidoc::man_pages(cmd, &dir) {
+            Ok(n) => {
+                println!("{n} man pages written to {}", dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lbd: writing man pages into {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(path) = args.check_config {
         return match Config::load(&path) {
             Ok(c) => {
