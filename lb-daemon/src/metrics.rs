@@ -144,6 +144,16 @@ pub fn families(s: &Status) -> Vec<MetricFamily> {
     for m in DatapathMode::ALL {
         mode.add(&[("mode", m.as_str())], flag(m == s.datapath));
     }
+    let mut setting = Family::gauge(
+        "lbd_datapath_configured",
+        "The configured daemon.datapath: 1 for it, 0 for the others (an XDP setting with \
+         lbd_datapath_mode{mode=\"userspace\"} is a fallback).",
+    );
+    if !s.datapath_setting.is_empty() {
+        for name in ["auto", "xdp", "xdp-generic", "userspace"] {
+            setting.add(&[("setting", name)], flag(name == s.datapath_setting));
+        }
+    }
 
     let mut reasons = Family::counter(
         "lbd_datapath_packets_total",
@@ -200,6 +210,14 @@ pub fn families(s: &Status) -> Vec<MetricFamily> {
         "lbd_health_check_duration_seconds",
         "Duration of the backend's last health check (the timeout when it timed out).",
     );
+    let mut hc_timeout = Family::gauge(
+        "lbd_health_check_timeout_seconds",
+        "The backend's health check timeout.",
+    );
+    let mut svc_rotation = Family::gauge(
+        "lbd_service_backends_in_rotation",
+        "Backends of the service that take new flows (state active).",
+    );
     for svc in &s.services {
         let proto = svc.proto.to_string();
         let labels = [
@@ -209,6 +227,12 @@ pub fn families(s: &Status) -> Vec<MetricFamily> {
         ];
         svc_packets.add(&labels, svc.packets as f64);
         svc_bytes.add(&labels, svc.bytes as f64);
+        let in_rotation = svc
+            .backends
+            .iter()
+            .filter(|b| b.state == BackendState::Active)
+            .count();
+        svc_rotation.add(&labels, in_rotation as f64);
         for b in &svc.backends {
             let labels = [("service", svc.name.as_str()), ("backend", b.addr.as_str())];
             be_packets.add(&labels, b.packets as f64);
@@ -223,6 +247,7 @@ pub fn families(s: &Status) -> Vec<MetricFamily> {
             }
             if let Some(h) = &b.health {
                 be_up.add(&labels, flag(h.up));
+                hc_timeout.add(&labels, h.timeout_seconds);
                 if let Some(seconds) = h.last_seconds {
                     hc_duration.add(&labels, seconds);
                 }
@@ -272,11 +297,13 @@ pub fn families(s: &Status) -> Vec<MetricFamily> {
     [
         build_info,
         mode,
+        setting,
         reasons,
         ct_entries,
         ct_capacity,
         svc_packets,
         svc_bytes,
+        svc_rotation,
         be_packets,
         be_bytes,
         be_active,
@@ -284,6 +311,7 @@ pub fn families(s: &Status) -> Vec<MetricFamily> {
         be_state,
         be_up,
         hc_duration,
+        hc_timeout,
         vrrp_state,
         vrrp_transitions,
         vrrp_resigned,
@@ -605,6 +633,7 @@ mod tests {
             interface: "eth0".into(),
             datapath: DatapathMode::XdpNative,
             datapath_reason: String::new(),
+            datapath_setting: "auto".into(),
             uptime_s: 0,
             config_loaded_unix: 0,
             config_reloads: 0,
@@ -649,6 +678,7 @@ mod tests {
                         health: Some(HealthStatus {
                             up: true,
                             last_seconds: Some(0.0015),
+                            timeout_seconds: 0.5,
                             detail: Some("connected".into()),
                         }),
                         ..backend("198.18.0.21", BackendState::Active)
@@ -659,6 +689,7 @@ mod tests {
                         health: Some(HealthStatus {
                             up: false,
                             last_seconds: Some(0.5),
+                            timeout_seconds: 0.5,
                             detail: Some("no answer within 500 ms (connecting)".into()),
                         }),
                         ..backend("198.18.0.22", BackendState::Down)
@@ -731,6 +762,26 @@ mod tests {
             ("lbd_vrrp_state", vec![("state", "init")], 0.0),
             ("lbd_vrrp_transitions_total", vec![], 2.0),
             ("lbd_vrrp_resigned", vec![], 0.0),
+            ("lbd_datapath_configured", vec![("setting", "auto")], 1.0),
+            (
+                "lbd_datapath_configured",
+                vec![("setting", "userspace")],
+                0.0,
+            ),
+            (
+                "lbd_service_backends_in_rotation",
+                vec![
+                    ("service", "web"),
+                    ("vip", "198.18.0.100:80"),
+                    ("proto", "tcp"),
+                ],
+                1.0,
+            ),
+            (
+                "lbd_health_check_timeout_seconds",
+                vec![("service", "web"), ("backend", "198.18.0.22")],
+                0.5,
+            ),
             ("lbd_config_reloads_total", vec![], 4.0),
             ("lbd_config_reload_failures_total", vec![], 1.0),
             (
@@ -757,10 +808,28 @@ mod tests {
         assert_eq!(e.series("lbd_backend_state"), 12);
     }
 
+    /// Every lbd metric the shipped alert rules use is one lbd exports.
+    #[test]
+    fn the_alert_rules_use_exported_metrics() {
+        let rules = include_str!("../../packaging/prometheus/lbd-alerts.yml");
+        let names: std::collections::BTreeSet<String> = families(&sample())
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        let mut used = 0;
+        for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("lbd_") {
+                used += 1;
+                assert!(names.contains(word), "{word} is not exported: {names:?}");
+            }
+        }
+        assert!(used > 10, "only {used} lbd metrics in the rules");
+    }
+
     #[test]
     fn every_family_has_help_type_and_conventional_name() {
         let e = exposition(&sample());
-        assert_eq!(e.help.len(), 20, "{:?}", e.help.keys());
+        assert_eq!(e.help.len(), 23, "{:?}", e.help.keys());
         for (name, _, _) in &e.samples {
             assert!(name.starts_with("lbd_"), "{name}");
             let ty = e

@@ -29,6 +29,9 @@ pub struct Status {
     pub datapath: DatapathMode,
     /// Why this data path (the configured mode and any fallback).
     pub datapath_reason: String,
+    /// The configured `daemon.datapath` (`auto`, `xdp`, `xdp-generic`, `userspace`).
+    #[serde(default)]
+    pub datapath_setting: String,
     /// Seconds since the daemon started.
     pub uptime_s: u64,
     /// Unix time of the last config load.
@@ -145,6 +148,9 @@ pub struct HealthStatus {
     pub last_seconds: Option<f64>,
     /// What the last probe saw.
     pub detail: Option<String>,
+    /// The probe's timeout in seconds.
+    #[serde(default)]
+    pub timeout_seconds: f64,
 }
 
 /// The status as the core last published it, without the live counters: a reader fills them in

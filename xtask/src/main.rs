@@ -40,6 +40,8 @@ const APT_PACKAGES: &[&str] = &[
     "systemd",
     // groff checks the generated man pages (tests/cli.rs).
     "groff-base",
+    // promtool checks and unit-tests the shipped alert rules (tests/alerts.rs).
+    "prometheus",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -434,6 +436,12 @@ fn install(args: &[String]) -> anyhow::Result<()> {
         "/etc/lbd/lbd.toml",
         0o644,
         false,
+    )?;
+    put(
+        &root.join("packaging/prometheus/lbd-alerts.yml"),
+        "/usr/local/share/lbd/prometheus/lbd-alerts.yml",
+        0o644,
+        true,
     )?;
     docs(&root, &put)?;
     if destdir == Path::new("/") && Path::new("/run/systemd/system").exists() {

@@ -461,12 +461,13 @@ impl Core {
                             bytes: 0,
                             flows: self.counts.active_of(b.id),
                             closing_flows: self.counts.closing_of(b.id),
-                            health: s.config.health.as_ref().map(|_| {
+                            health: s.config.health.as_ref().map(|hc| {
                                 let last = self.health.get(&(s.config.name.clone(), b.addr));
                                 HealthStatus {
                                     up: !b.health_down,
                                     last_seconds: last.map(|e| e.latency.as_secs_f64()),
                                     detail: last.map(|e| e.detail.clone()),
+                                    timeout_seconds: hc.timeout.as_secs_f64(),
                                 }
                             }),
                         })
@@ -481,6 +482,7 @@ impl Core {
             interface: self.config.daemon.interface.clone(),
             datapath: self.datapath.mode(),
             datapath_reason: self.mode_reason.clone(),
+            datapath_setting: self.config.daemon.datapath.to_string(),
             uptime_s: 0,
             config_loaded_unix: unix_seconds(self.loaded_at),
             config_reloads: self.reloads,
