@@ -808,22 +808,58 @@ mod tests {
         assert_eq!(e.series("lbd_backend_state"), 12);
     }
 
-    /// Every lbd metric the shipped alert rules use is one lbd exports.
-    #[test]
-    fn the_alert_rules_use_exported_metrics() {
-        let rules = include_str!("../../packaging/prometheus/lbd-alerts.yml");
+    /// Every `lbd_*` name in `text` is a family lbd exports; returns how many names there were.
+    fn assert_exported(text: &str, what: &str) -> usize {
         let names: std::collections::BTreeSet<String> = families(&sample())
             .iter()
             .map(|f| f.name().to_string())
             .collect();
         let mut used = 0;
-        for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             if word.starts_with("lbd_") {
                 used += 1;
-                assert!(names.contains(word), "{word} is not exported: {names:?}");
+                assert!(
+                    names.contains(word),
+                    "{what}: {word} is not exported: {names:?}"
+                );
             }
         }
+        used
+    }
+
+    /// Every lbd metric the shipped alert rules use is one lbd exports.
+    #[test]
+    fn the_alert_rules_use_exported_metrics() {
+        let rules = include_str!("../../packaging/prometheus/lbd-alerts.yml");
+        let used = assert_exported(rules, "lbd-alerts.yml");
         assert!(used > 10, "only {used} lbd metrics in the rules");
+    }
+
+    /// The shipped Grafana dashboard: valid JSON, the instance and service variables, every
+    /// panel query on exported metrics and filtered by instance.
+    #[test]
+    fn the_dashboard_queries_exported_metrics() {
+        let text = include_str!("../../packaging/grafana/lbd.json");
+        let dash: serde_json::Value = serde_json::from_str(text).expect("lbd.json is JSON");
+        let vars: Vec<&str> = dash["templating"]["list"]
+            .as_array()
+            .expect("variables")
+            .iter()
+            .filter_map(|v| v["name"].as_str())
+            .collect();
+        for want in ["datasource", "instance", "service"] {
+            assert!(vars.contains(&want), "no ${want} variable: {vars:?}");
+        }
+        let mut exprs = 0;
+        for panel in dash["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().expect("a target's expr");
+                assert!(expr.contains("$instance"), "{}: {expr}", panel["title"]);
+                assert!(assert_exported(expr, "lbd.json") > 0, "{expr}");
+                exprs += 1;
+            }
+        }
+        assert!(exprs >= 15, "{exprs} queries");
     }
 
     #[test]

@@ -443,6 +443,12 @@ fn install(args: &[String]) -> anyhow::Result<()> {
         0o644,
         true,
     )?;
+    put(
+        &root.join("packaging/grafana/lbd.json"),
+        "/usr/local/share/lbd/grafana/lbd.json",
+        0o644,
+        true,
+    )?;
     docs(&root, &put)?;
     if destdir == Path::new("/") && Path::new("/run/systemd/system").exists() {
         run(Command::new("systemctl").arg("daemon-reload"))?;
