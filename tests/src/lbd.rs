@@ -409,6 +409,35 @@ impl Drop for LbdNode {
     }
 }
 
+/// Checks that every `lbd_*` metric the shipped alert rules and Grafana dashboard use, of those
+/// `which` selects, is in `scraped` (a live scrape); returns how many were checked.
+pub fn check_shipped_metrics(
+    scraped: &[(String, f64)],
+    which: impl Fn(&str) -> bool,
+) -> Result<usize> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging");
+    let mut used = std::collections::BTreeSet::new();
+    for file in ["prometheus/lbd-alerts.yml", "grafana/lbd.json"] {
+        let text = std::fs::read_to_string(root.join(file))
+            .with_context(|| format!("reading packaging/{file}"))?;
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("lbd_") && which(word) {
+                used.insert(word.to_string());
+            }
+        }
+    }
+    let live: std::collections::BTreeSet<&str> = scraped
+        .iter()
+        .map(|(k, _)| k.split('{').next().unwrap_or(k))
+        .collect();
+    let missing: Vec<&String> = used.iter().filter(|n| !live.contains(n.as_str())).collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "the shipped rules or dashboard use metrics lbd does not export: {missing:?}"
+    );
+    Ok(used.len())
+}
+
 /// Scrapes lbd's metrics from inside its node (127.0.0.1:9300 there, the default `metrics_addr`) and
 /// returns the samples as (`name{labels}`, value) pairs.
 pub fn scrape(topo: &Topology, node: Host) -> Result<Vec<(String, f64)>> {

@@ -287,6 +287,12 @@ fn health_and_metrics(mode: Mode, name: &str) -> Result<()> {
         },
     )?;
 
+    // What the shipped alert rules and dashboard use is in a live scrape (VRRP's series need
+    // [vrrp]: restart_e2e checks those).
+    let checked =
+        lbd::check_shipped_metrics(&scrape(&topo, node)?, |n| !n.starts_with("lbd_vrrp_"))?;
+    ensure!(checked > 10, "{checked} shipped metrics checked");
+
     // b2's server stops: out of rotation after `fall` failed checks; no connection reaches it.
     let mut stopped = backends.remove(1);
     stopped.terminate(Duration::from_secs(5))?;

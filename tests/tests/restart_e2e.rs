@@ -212,6 +212,12 @@ fn a_vrrp_master_restarting_in_time_keeps_the_vip() -> Result<()> {
         !a.status()?.vrrp.context("vrrp")?.resigned,
         "still resigned"
     );
+    // The VRRP metrics the shipped alert rules and dashboard use are in a live scrape.
+    let checked =
+        lbd_tests::lbd::check_shipped_metrics(&lbd_tests::lbd::scrape(&topo, n1)?, |n| {
+            n.starts_with("lbd_vrrp_")
+        })?;
+    ensure!(checked >= 2, "{checked} VRRP metrics checked");
 
     a.stop()?;
     b.stop()?;
