@@ -14,10 +14,21 @@ pub fn completions(mut cmd: clap::Command, shell: Shell, out: &mut dyn Write) {
 }
 
 /// Writes `cmd`'s man pages into `dir`: one for the command and one per subcommand, as git's
-/// (`lbctl.1`, `lbctl-backend-add.1`, ...). Returns how many.
+/// (`lbctl.8`, `lbctl-backend-add.8`, ...), in section 8 (both are root's tools in sbin).
+/// Returns how many.
 pub fn man_pages(cmd: clap::Command, dir: &Path) -> std::io::Result<usize> {
+    fn write(cmd: clap::Command, dir: &Path, n: &mut usize) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned() {
+            write(sub, dir, n)?;
+        }
+        clap_mangen::Man::new(cmd).section("8").generate_to(dir)?;
+        *n += 1;
+        Ok(())
+    }
     std::fs::create_dir_all(dir)?;
-    let before = std::fs::read_dir(dir)?.count();
-    clap_mangen::generate_to(cmd, dir)?;
-    Ok(std::fs::read_dir(dir)?.count().saturating_sub(before))
+    let mut cmd = cmd.disable_help_subcommand(true);
+    cmd.build();
+    let mut n = 0;
+    write(cmd, dir, &mut n)?;
+    Ok(n)
 }

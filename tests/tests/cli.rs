@@ -248,10 +248,10 @@ fn completions_and_man_pages_are_generated() -> Result<()> {
         .collect::<Result<_>>()?;
     pages.sort();
     for want in [
-        "lbd.1",
-        "lbctl.1",
-        "lbctl-backend-drain.1",
-        "lbctl-vrrp-resign.1",
+        "lbd.8",
+        "lbctl.8",
+        "lbctl-backend-drain.8",
+        "lbctl-vrrp-resign.8",
     ] {
         ensure!(pages.iter().any(|p| p == want), "no {want} in {pages:?}");
     }

@@ -42,6 +42,8 @@ const APT_PACKAGES: &[&str] = &[
     "groff-base",
     // promtool checks and unit-tests the shipped alert rules (tests/alerts.rs).
     "prometheus",
+    // The package check (cargo xtask test builds the .deb and lints it).
+    "lintian",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -56,6 +58,8 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("install") => install(&args[1..]),
+        Some("deb") if args.get(1).is_some_and(|a| a == "--check") => check_deb(),
+        Some("deb") => deb(&args[1..]).map(|path| println!("{}", path.display())),
         _ => {
             eprintln!("usage: cargo xtask <setup|test|demo|bench|install [--destdir DIR]>");
             return ExitCode::from(2);
@@ -253,7 +257,145 @@ fn test() -> anyhow::Result<()> {
     // which only builds for the BPF target.)
     run(cargo().args(["build", "--bins"]))?;
     run(cargo().args(["test", "--no-fail-fast"]))?;
+    check_deb()?;
     fuzz_vrrp()
+}
+
+/// Lintian tags accepted on the package, each with why.
+const LINTIAN_ACCEPTED: [(&str, &str); 1] = [(
+    "initial-upload-closes-no-bugs",
+    "the package is built outside Debian's archive: there is no ITP bug to close",
+)];
+
+/// The package as CI checks it: built (from the debug binaries, stripped), its control data and
+/// contents checked, lintian clean but for [`LINTIAN_ACCEPTED`], installed and removed again in
+/// a throwaway root (dpkg --instdir, maintainer scripts run with DPKG_ROOT), and its unit
+/// verified by `systemd-analyze verify`.
+fn check_deb() -> anyhow::Result<()> {
+    let deb = deb(&["--debug".to_string()])?;
+    let output = |cmd: &mut Command| -> anyhow::Result<String> {
+        eprintln!("+ {}", describe(cmd));
+        let out = cmd.output().with_context(|| describe(cmd))?;
+        if !out.status.success() {
+            bail!(
+                "{} failed: {}{}",
+                describe(cmd),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let info = output(Command::new("dpkg-deb").arg("--info").arg(&deb))?;
+    for want in [
+        "Package: lbd",
+        "Depends: libc6",
+        "conffiles",
+        "postinst",
+        "prerm",
+        "postrm",
+    ] {
+        anyhow::ensure!(
+            info.contains(want),
+            "dpkg-deb --info lacks {want:?}:\n{info}"
+        );
+    }
+    let contents = output(Command::new("dpkg-deb").arg("--contents").arg(&deb))?;
+    for want in [
+        "./usr/sbin/lbd",
+        "./usr/sbin/lbctl",
+        "./lib/systemd/system/lbd.service",
+        "./etc/lbd/lbd.toml",
+        "./usr/share/lbd/prometheus/lbd-alerts.yml",
+        "./usr/share/lbd/grafana/lbd.json",
+        "./usr/share/man/man8/lbd.8.gz",
+        "./usr/share/bash-completion/completions/lbctl",
+        "./usr/share/doc/lbd/copyright",
+    ] {
+        anyhow::ensure!(
+            contents.lines().any(|l| l.ends_with(want)),
+            "the package lacks {want}"
+        );
+    }
+    let lintian = Command::new("lintian")
+        .args(["--tag-display-limit", "0"])
+        .arg(&deb)
+        .output()
+        .context("running lintian")?;
+    let tags = String::from_utf8_lossy(&lintian.stdout).into_owned();
+    for line in tags.lines().filter(|l| l.starts_with(['E', 'W', 'I'])) {
+        let accepted = LINTIAN_ACCEPTED
+            .iter()
+            .find(|(tag, _)| line.contains(&format!(": {tag}")));
+        match accepted {
+            Some((tag, why)) => eprintln!("lintian: {tag} accepted: {why}"),
+            None => bail!("lintian: {line}"),
+        }
+    }
+
+    // Installed into a throwaway root and removed again.
+    let root = root().join("target/deb/root");
+    let _ = std::fs::remove_dir_all(&root);
+    let admin = root.join("var/lib/dpkg");
+    for dir in ["info", "updates", "triggers"] {
+        std::fs::create_dir_all(admin.join(dir))?;
+    }
+    std::fs::write(admin.join("status"), "")?;
+    std::fs::write(admin.join("available"), "")?;
+    let dpkg = |args: &[&str]| -> anyhow::Result<String> {
+        output(
+            Command::new("dpkg")
+                .arg(format!("--instdir={}", root.display()))
+                .arg(format!("--admindir={}", admin.display()))
+                .args([
+                    "--force-script-chrootless",
+                    "--force-depends",
+                    "--force-not-root",
+                    "--log=/dev/null",
+                ])
+                .args(args),
+        )
+    };
+    dpkg(&["-i", &deb.display().to_string()])?;
+    for want in [
+        "usr/sbin/lbd",
+        "var/lib/lbd",
+        "etc/systemd/system/multi-user.target.wants/lbd.service",
+    ] {
+        // The enable link points into the root's /lib: not followed here.
+        anyhow::ensure!(
+            root.join(want).symlink_metadata().is_ok(),
+            "after install: no {want}"
+        );
+    }
+    // The installed unit, verified against this host's systemd with its paths pointing into the
+    // throwaway root (binaries, man pages).
+    let unit = std::fs::read_to_string(root.join("lib/systemd/system/lbd.service"))?
+        .replace("/usr/sbin/", &format!("{}/usr/sbin/", root.display()));
+    let verify_dir = root.join("verify");
+    std::fs::create_dir_all(&verify_dir)?;
+    std::fs::write(verify_dir.join("lbd.service"), unit)?;
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(verify_dir.join("lbd.service"))
+        .env("MANPATH", root.join("usr/share/man"))
+        .output()
+        .context("running systemd-analyze")?;
+    let said = String::from_utf8_lossy(&verify.stderr).into_owned();
+    anyhow::ensure!(
+        verify.status.success() && !said.contains("lbd.service:"),
+        "systemd-analyze verify lbd.service: {said}"
+    );
+    dpkg(&["--purge", "lbd"])?;
+    for gone in ["usr/sbin/lbd", "var/lib/lbd", "etc/lbd/lbd.toml"] {
+        anyhow::ensure!(
+            root.join(gone).symlink_metadata().is_err(),
+            "after purge: {gone} is left"
+        );
+    }
+    std::fs::remove_dir_all(&root)?;
+    eprintln!("deb: {} checked", deb.display());
+    Ok(())
 }
 
 /// Fuzzes the VRRP decoder for a bounded time, starting from keepalived's real adverts.
@@ -306,17 +448,254 @@ fn run_release_bin(name: &str, args: &[String]) -> anyhow::Result<()> {
 
 /// Installs the release binaries, the systemd unit, the README and (if there is none yet) the
 /// default config. `--destdir DIR` installs under DIR instead of `/` (packaging, tests).
-/// Completions (bash, zsh, fish) and man pages of `lbd` and `lbctl`, generated by the binaries
-/// just built from their clap definitions, installed with `put`.
+/// `cargo xtask deb [--debug]`: builds `target/deb/lbd_VERSION-1_amd64.deb` from the release
+/// binaries (`--debug`: the debug ones, stripped all the same, for the tests), and returns its
+/// path. The package holds lbd and lbctl in /usr/sbin, the unit, the default config as a
+/// conffile, completions, man pages, the alert rules and the dashboard under /usr/share/lbd; its
+/// maintainer scripts (packaging/debian) create the state directory, enable the service without
+/// starting it, and stop it on removal.
+fn deb(args: &[String]) -> anyhow::Result<PathBuf> {
+    let debug = match args {
+        [] => false,
+        [flag] if flag == "--debug" => true,
+        _ => bail!("usage: cargo xtask deb [--debug]"),
+    };
+    setup()?;
+    let mut build = cargo();
+    build.args(["build", "-p", "lb-daemon", "--bins"]);
+    if !debug {
+        build.arg("--release");
+    }
+    run(&mut build)?;
+    let root = root();
+    let bins = root.join(if debug {
+        "target/debug"
+    } else {
+        "target/release"
+    });
+    let version = format!("{}-1", env!("CARGO_PKG_VERSION"));
+    let name = format!("lbd_{version}_amd64");
+    let deb_dir = root.join("target/deb");
+    let stage = deb_dir.join(&name);
+    let _ = std::fs::remove_dir_all(&stage);
+    let put = |from: &Path, to: &str, mode: u32, _replace: bool| -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dest = stage.join(to.trim_start_matches('/'));
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::copy(from, &dest)
+            .with_context(|| format!("copying {} to {}", from.display(), dest.display()))?;
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))?;
+        Ok(())
+    };
+    let text = |to: &str, body: &str, mode: u32| -> anyhow::Result<()> {
+        let tmp = deb_dir.join("tmp-file");
+        std::fs::create_dir_all(&deb_dir)?;
+        std::fs::write(&tmp, body)?;
+        put(&tmp, to, mode, true)
+    };
+    for bin in ["lbd", "lbctl"] {
+        let to = format!("/usr/sbin/{bin}");
+        put(&bins.join(bin), &to, 0o755, true)?;
+        run(Command::new("strip")
+            .args([
+                "--strip-unneeded",
+                "--remove-section=.comment",
+                "--remove-section=.note",
+            ])
+            .arg(stage.join(to.trim_start_matches('/'))))?;
+    }
+    let unit = std::fs::read_to_string(root.join("packaging/lbd.service"))?
+        .replace("/usr/local/sbin/", "/usr/sbin/")
+        .replace(
+            "Documentation=file:///usr/local/share/doc/lbd/README.md",
+            "Documentation=man:lbd(8) man:lbctl(8) file:///usr/share/doc/lbd/README.md.gz",
+        )
+        .replace("cargo xtask install", "the lbd package");
+    text("/lib/systemd/system/lbd.service", &unit, 0o644)?;
+    put(
+        &root.join("packaging/lbd.toml"),
+        "/etc/lbd/lbd.toml",
+        0o644,
+        true,
+    )?;
+    put(
+        &root.join("packaging/prometheus/lbd-alerts.yml"),
+        "/usr/share/lbd/prometheus/lbd-alerts.yml",
+        0o644,
+        true,
+    )?;
+    put(
+        &root.join("packaging/grafana/lbd.json"),
+        "/usr/share/lbd/grafana/lbd.json",
+        0o644,
+        true,
+    )?;
+    put(
+        &root.join("packaging/debian/copyright"),
+        "/usr/share/doc/lbd/copyright",
+        0o644,
+        true,
+    )?;
+    // Completions and man pages, generated by the binaries just built.
+    let gen_dir = deb_dir.join("gen");
+    let _ = std::fs::remove_dir_all(&gen_dir);
+    generate_docs(&bins, &gen_dir)?;
+    for bin in ["lbd", "lbctl"] {
+        put(
+            &gen_dir.join(format!("{bin}.bash")),
+            &format!("/usr/share/bash-completion/completions/{bin}"),
+            0o644,
+            true,
+        )?;
+        put(
+            &gen_dir.join(format!("{bin}.zsh")),
+            &format!("/usr/share/zsh/vendor-completions/_{bin}"),
+            0o644,
+            true,
+        )?;
+        put(
+            &gen_dir.join(format!("{bin}.fish")),
+            &format!("/usr/share/fish/vendor_completions.d/{bin}.fish"),
+            0o644,
+            true,
+        )?;
+    }
+    // Compressed as Debian policy wants (gzip -9n: no name, no time stamp).
+    let gz = |from: &Path, to: &str| -> anyhow::Result<()> {
+        let out = Command::new("gzip").args(["-9nc"]).arg(from).output()?;
+        anyhow::ensure!(out.status.success(), "gzip {}", from.display());
+        text(to, "", 0o644)?;
+        std::fs::write(stage.join(to.trim_start_matches('/')), out.stdout)?;
+        Ok(())
+    };
+    for page in std::fs::read_dir(gen_dir.join("man"))? {
+        let page = page?.path();
+        let file = page
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("page name")?;
+        gz(&page, &format!("/usr/share/man/man8/{file}.gz"))?;
+    }
+    gz(&root.join("README.md"), "/usr/share/doc/lbd/README.md.gz")?;
+    let changelog = format!(
+        "lbd ({version}) unstable; urgency=medium\n\n  * Built by cargo xtask deb.\n\n -- lbd developers <lbd@lbd.dev>  Fri, 04 Dec 2026 00:00:00 +0000\n"
+    );
+    let changelog_file = deb_dir.join("changelog.Debian");
+    std::fs::write(&changelog_file, changelog)?;
+    gz(&changelog_file, "/usr/share/doc/lbd/changelog.Debian.gz")?;
+
+    // The control files.
+    let shlibs = deb_dir.join("shlibs");
+    let _ = std::fs::remove_dir_all(&shlibs);
+    std::fs::create_dir_all(shlibs.join("debian"))?;
+    std::fs::write(
+        shlibs.join("debian/control"),
+        "Source: lbd\n\nPackage: lbd\nArchitecture: any\n",
+    )?;
+    let out = Command::new("dpkg-shlibdeps")
+        .args(["-O", "-e"])
+        .arg(stage.join("usr/sbin/lbd"))
+        .arg("-e")
+        .arg(stage.join("usr/sbin/lbctl"))
+        .current_dir(&shlibs)
+        .output()
+        .context("running dpkg-shlibdeps")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "dpkg-shlibdeps: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let depends = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("shlibs:Depends=").map(str::to_string))
+        .context("dpkg-shlibdeps gave no shlibs:Depends")?;
+    let size_kib = dir_size(&stage)?.div_ceil(1024);
+    let control = format!(
+        "Package: lbd\nVersion: {version}\nArchitecture: amd64\nMaintainer: lbd developers <lbd@lbd.dev>\n\
+         Installed-Size: {size_kib}\nDepends: {depends}, iproute2\nSection: net\nPriority: optional\n\
+         Homepage: https://lbd.dev\n\
+         Description: layer-4 load balancer with XDP, Maglev hashing and VRRP\n \
+         lbd balances TCP and UDP services on virtual IPs: an XDP program in the NIC\n \
+         driver picks a backend by Maglev consistent hashing with a connection table\n \
+         and forwards in direct-routing mode, with a userspace proxy where XDP cannot\n \
+         run. A VRRPv3 speaker moves the VIPs between nodes and interoperates with\n \
+         keepalived. Health checks, lbctl for run-time changes, Prometheus metrics.\n"
+    );
+    text("/DEBIAN/control", &control, 0o644)?;
+    text("/DEBIAN/conffiles", "/etc/lbd/lbd.toml\n", 0o644)?;
+    for script in ["postinst", "prerm", "postrm"] {
+        put(
+            &root.join("packaging/debian").join(script),
+            &format!("/DEBIAN/{script}"),
+            0o755,
+            true,
+        )?;
+    }
+    let _ = std::fs::remove_file(deb_dir.join("tmp-file"));
+    let deb = deb_dir.join(format!("{name}.deb"));
+    run(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-Zxz", "--build"])
+        .arg(&stage)
+        .arg(&deb))?;
+    Ok(deb)
+}
+
+/// Bytes of the files under `dir`.
+fn dir_size(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+/// Generates completions (`DIR/BIN.SHELL` for bash, zsh, fish) and man pages (`DIR/man/`) of
+/// `lbd` and `lbctl` with the binaries in `bins`, from their clap definitions.
+fn generate_docs(bins: &Path, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for bin in ["lbd", "lbctl"] {
+        let exe = bins.join(bin);
+        let flag = |lbd: &'static str, lbctl: &'static str| if bin == "lbd" { lbd } else { lbctl };
+        for shell in ["bash", "zsh", "fish"] {
+            let out = Command::new(&exe)
+                .args([flag("--completions", "completions"), shell])
+                .output()
+                .with_context(|| format!("running {}", exe.display()))?;
+            if !out.status.success() {
+                bail!(
+                    "{bin}: generating {shell} completions failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let file = dir.join(format!("{bin}.{shell}"));
+            std::fs::write(&file, &out.stdout)
+                .with_context(|| format!("writing {}", file.display()))?;
+        }
+        run(Command::new(&exe)
+            .arg(flag("--man", "man"))
+            .arg(dir.join("man")))?;
+    }
+    Ok(())
+}
+
+/// Completions and man pages of `lbd` and `lbctl` (see [`generate_docs`]), installed with `put`
+/// under /usr/local/share.
 fn docs(
     root: &Path,
     put: &dyn Fn(&Path, &str, u32, bool) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let gen_dir = root.join("target/release/docs");
     let _ = std::fs::remove_dir_all(&gen_dir);
-    std::fs::create_dir_all(&gen_dir).with_context(|| format!("creating {}", gen_dir.display()))?;
+    generate_docs(&root.join("target/release"), &gen_dir)?;
     for bin in ["lbd", "lbctl"] {
-        let exe = root.join("target/release").join(bin);
         for (shell, to) in [
             (
                 "bash",
@@ -328,37 +707,10 @@ fn docs(
                 format!("/usr/local/share/fish/vendor_completions.d/{bin}.fish"),
             ),
         ] {
-            let mut cmd = Command::new(&exe);
-            if bin == "lbd" {
-                cmd.args(["--completions", shell]);
-            } else {
-                cmd.args(["completions", shell]);
-            }
-            let out = cmd
-                .output()
-                .with_context(|| format!("running {}", exe.display()))?;
-            if !out.status.success() {
-                bail!(
-                    "{bin}: generating {shell} completions failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            let file = gen_dir.join(format!("{bin}.{shell}"));
-            std::fs::write(&file, &out.stdout)
-                .with_context(|| format!("writing {}", file.display()))?;
-            put(&file, &to, 0o644, true)?;
+            put(&gen_dir.join(format!("{bin}.{shell}")), &to, 0o644, true)?;
         }
-        let man_dir = gen_dir.join("man");
-        let mut cmd = Command::new(&exe);
-        if bin == "lbd" {
-            cmd.arg("--man").arg(&man_dir);
-        } else {
-            cmd.arg("man").arg(&man_dir);
-        }
-        run(&mut cmd)?;
     }
-    let pages = std::fs::read_dir(gen_dir.join("man")).context("reading the man pages")?;
-    for page in pages {
+    for page in std::fs::read_dir(gen_dir.join("man")).context("reading the man pages")? {
         let page = page?.path();
         let name = page
             .file_name()
@@ -367,7 +719,7 @@ fn docs(
             .to_string();
         put(
             &page,
-            &format!("/usr/local/share/man/man1/{name}"),
+            &format!("/usr/local/share/man/man8/{name}"),
             0o644,
             true,
         )?;
