@@ -44,6 +44,9 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     // The package check (cargo xtask test builds the .deb and lints it).
     "lintian",
+    // dpkg-shlibdeps and strip for the package.
+    "dpkg-dev",
+    "binutils",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
