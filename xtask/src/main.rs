@@ -481,22 +481,18 @@ fn deb(args: &[String]) -> anyhow::Result<PathBuf> {
     let deb_dir = root.join("target/deb");
     let stage = deb_dir.join(&name);
     let _ = std::fs::remove_dir_all(&stage);
-    let put = |from: &Path, to: &str, mode: u32, _replace: bool| -> anyhow::Result<()> {
+    let put =
+        |from: &Path, to: &str, mode: u32, replace: bool| place(&stage, from, to, mode, replace);
+    // Bytes made here (the unit, the control files, compressed pages) go straight in.
+    let write = |to: &str, body: &[u8], mode: u32| -> anyhow::Result<()> {
         use std::os::unix::fs::PermissionsExt as _;
         let dest = stage.join(to.trim_start_matches('/'));
         if let Some(dir) = dest.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        std::fs::copy(from, &dest)
-            .with_context(|| format!("copying {} to {}", from.display(), dest.display()))?;
+        std::fs::write(&dest, body).with_context(|| format!("writing {}", dest.display()))?;
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))?;
         Ok(())
-    };
-    let text = |to: &str, body: &str, mode: u32| -> anyhow::Result<()> {
-        let tmp = deb_dir.join("tmp-file");
-        std::fs::create_dir_all(&deb_dir)?;
-        std::fs::write(&tmp, body)?;
-        put(&tmp, to, mode, true)
     };
     for bin in ["lbd", "lbctl"] {
         let to = format!("/usr/sbin/{bin}");
@@ -516,7 +512,7 @@ fn deb(args: &[String]) -> anyhow::Result<PathBuf> {
             "Documentation=man:lbd(8) man:lbctl(8) file:///usr/share/doc/lbd/README.md.gz",
         )
         .replace("cargo xtask install", "the lbd package");
-    text("/lib/systemd/system/lbd.service", &unit, 0o644)?;
+    write("/lib/systemd/system/lbd.service", unit.as_bytes(), 0o644)?;
     put(
         &root.join("packaging/lbd.toml"),
         "/etc/lbd/lbd.toml",
@@ -569,9 +565,7 @@ fn deb(args: &[String]) -> anyhow::Result<PathBuf> {
     let gz = |from: &Path, to: &str| -> anyhow::Result<()> {
         let out = Command::new("gzip").args(["-9nc"]).arg(from).output()?;
         anyhow::ensure!(out.status.success(), "gzip {}", from.display());
-        text(to, "", 0o644)?;
-        std::fs::write(stage.join(to.trim_start_matches('/')), out.stdout)?;
-        Ok(())
+        write(to, &out.stdout, 0o644)
     };
     for page in std::fs::read_dir(gen_dir.join("man"))? {
         let page = page?.path();
@@ -626,8 +620,8 @@ fn deb(args: &[String]) -> anyhow::Result<PathBuf> {
          run. A VRRPv3 speaker moves the VIPs between nodes and interoperates with\n \
          keepalived. Health checks, lbctl for run-time changes, Prometheus metrics.\n"
     );
-    text("/DEBIAN/control", &control, 0o644)?;
-    text("/DEBIAN/conffiles", "/etc/lbd/lbd.toml\n", 0o644)?;
+    write("/DEBIAN/control", control.as_bytes(), 0o644)?;
+    write("/DEBIAN/conffiles", b"/etc/lbd/lbd.toml\n", 0o644)?;
     for script in ["postinst", "prerm", "postrm"] {
         put(
             &root.join("packaging/debian").join(script),
@@ -636,7 +630,6 @@ fn deb(args: &[String]) -> anyhow::Result<PathBuf> {
             true,
         )?;
     }
-    let _ = std::fs::remove_file(deb_dir.join("tmp-file"));
     let deb = deb_dir.join(format!("{name}.deb"));
     run(Command::new("dpkg-deb")
         .args(["--root-owner-group", "-Zxz", "--build"])
@@ -730,6 +723,31 @@ fn docs(
     Ok(())
 }
 
+/// Copies `from` to `to` under `destdir` with `mode`; a file there is kept unless `replace` (a
+/// conffile). Written aside and renamed, so a running lbd binary is replaced, not overwritten.
+fn place(destdir: &Path, from: &Path, to: &str, mode: u32, replace: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dest = destdir.join(to.trim_start_matches('/'));
+    if !replace && dest.exists() {
+        eprintln!(
+            "install: {} exists, kept (the new default is {})",
+            dest.display(),
+            from.display()
+        );
+        return Ok(());
+    }
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = dest.with_extension("xtask-new");
+    std::fs::copy(from, &tmp)
+        .with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&tmp, &dest).with_context(|| format!("installing {}", dest.display()))?;
+    eprintln!("install: {}", dest.display());
+    Ok(())
+}
+
 fn install(args: &[String]) -> anyhow::Result<()> {
     let destdir = match args {
         [] => PathBuf::from("/"),
@@ -739,29 +757,8 @@ fn install(args: &[String]) -> anyhow::Result<()> {
     setup()?;
     run(cargo().args(["build", "--release", "-p", "lb-daemon", "--bins"]))?;
     let root = root();
-    let put = |from: &Path, to: &str, mode: u32, replace: bool| -> anyhow::Result<()> {
-        use std::os::unix::fs::PermissionsExt as _;
-        let dest = destdir.join(to.trim_start_matches('/'));
-        if !replace && dest.exists() {
-            eprintln!(
-                "install: {} exists, kept (the new default is {})",
-                dest.display(),
-                from.display()
-            );
-            return Ok(());
-        }
-        if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        // Write aside and rename, so a running lbd binary is replaced, not overwritten.
-        let tmp = dest.with_extension("xtask-new");
-        std::fs::copy(from, &tmp)
-            .with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-        std::fs::rename(&tmp, &dest).with_context(|| format!("installing {}", dest.display()))?;
-        eprintln!("install: {}", dest.display());
-        Ok(())
-    };
+    let put =
+        |from: &Path, to: &str, mode: u32, replace: bool| place(&destdir, from, to, mode, replace);
     put(
         &root.join("target/release/lbd"),
         "/usr/local/sbin/lbd",
