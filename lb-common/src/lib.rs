@@ -157,14 +157,18 @@ pub struct Counter {
     pub packets: u64,
     /// Bytes (whole frames).
     pub bytes: u64,
+    /// Flows started: connection-table inserts in XDP, connections or UDP sessions opened by the
+    /// proxy (what `ipvsadm --rate` calls CPS). Zero for pass/drop reasons.
+    pub new_flows: u64,
 }
-const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+const _: () = assert!(core::mem::size_of::<Counter>() == 24);
 
 impl Counter {
     /// Adds `other` (wrapping, as the per-CPU counters themselves do).
     pub fn add(&mut self, other: Counter) {
         self.packets = self.packets.wrapping_add(other.packets);
         self.bytes = self.bytes.wrapping_add(other.bytes);
+        self.new_flows = self.new_flows.wrapping_add(other.new_flows);
     }
 }
 

@@ -661,6 +661,7 @@ mod tests {
             Counter {
                 packets: 7,
                 bytes: 700,
+                new_flows: 3,
             },
         );
         let kept = e
@@ -674,6 +675,7 @@ mod tests {
                 Counter {
                     packets: 10,
                     bytes: 1000,
+                    new_flows: 2,
                 },
             );
         }
@@ -684,6 +686,7 @@ mod tests {
             Counter {
                 packets: 27,
                 bytes: 2700,
+                new_flows: 7,
             }
         );
     }

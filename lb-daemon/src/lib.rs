@@ -39,5 +39,6 @@ pub mod model;
 pub mod net;
 pub mod overrides;
 pub mod proxy;
+pub mod rates;
 pub mod status;
 pub mod xdp;

@@ -1,4 +1,5 @@
-//! Prometheus metrics, served over HTTP at `/metrics` on the metrics address.
+//! Prometheus metrics, served over HTTP at `/metrics` on the metrics address, beside the
+//! status page (`/`) and the status as JSON (`/status.json`).
 //!
 //! The daemon's counters are absolute totals read from per-CPU BPF maps, not events lbd sees
 //! one by one, so nothing here increments anything: on each scrape the server asks the daemon
@@ -7,8 +8,9 @@
 //! A scrape therefore shows exactly what `lbctl status` would show at that moment, and a
 //! backend or service that leaves the config leaves the metrics with it.
 //!
-//! [`serve`] (or [`bind`] then [`serve_listener`]) runs the HTTP server: `GET` or `HEAD
-//! /metrics` answers the text exposition format, any other path 404, any other method 405.
+//! [`serve`] (or [`bind`] then [`serve_listener`]) runs the HTTP server: `GET` or `HEAD` of
+//! `/metrics` answers the text exposition format, `/status.json` the [`Status`] as JSON, `/` the
+//! read-only HTML page ([`STATUS_PAGE`]) that polls it; any other path 404, any other method 405.
 //! Connections are capped and slow clients time out, so a scraper cannot tie up the daemon.
 //!
 //! Metric names follow Prometheus conventions: the `lbd_` prefix, `_total` for counters, base
@@ -23,7 +25,7 @@ use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
     body::Incoming,
-    header::{ALLOW, CONTENT_TYPE, HeaderValue},
+    header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue},
     server::conn::http1,
     service::service_fn,
 };
@@ -37,8 +39,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{datapath::DatapathMode, model::BackendState, status::Status};
 
-/// The one path metrics are served on.
+/// The path metrics are served on.
 pub const METRICS_PATH: &str = "/metrics";
+/// The path the status is served on as JSON (the status page polls it).
+pub const STATUS_JSON_PATH: &str = "/status.json";
+/// The status page (at `/`): one self-contained HTML file, embedded so that no asset is fetched
+/// from anywhere else.
+pub const STATUS_PAGE: &str = include_str!("page/status.html");
 /// Connections served at once; more are closed at accept. Scrapers need one or two.
 pub const MAX_CONNECTIONS: usize = 16;
 /// How long a client may take to send its request head.
@@ -188,6 +195,16 @@ pub fn families(s: &Status) -> Vec<MetricFamily> {
         "lbd_backend_bytes_total",
         "Bytes forwarded to the backend (whole frames).",
     );
+    let mut svc_new = Family::counter(
+        "lbd_service_new_flows_total",
+        "Flows started for the service (connection-table inserts in XDP, connections or UDP \
+         sessions in the proxy).",
+    );
+    let mut be_new = Family::counter(
+        "lbd_backend_new_flows_total",
+        "Flows started to the backend (connection-table inserts in XDP, connections or UDP \
+         sessions in the proxy).",
+    );
     let mut be_active = Family::gauge(
         "lbd_backend_active_flows",
         "Open flows pinned to the backend in the connection table.",
@@ -227,6 +244,7 @@ pub fn families(s: &Status) -> Vec<MetricFamily> {
         ];
         svc_packets.add(&labels, svc.packets as f64);
         svc_bytes.add(&labels, svc.bytes as f64);
+        svc_new.add(&labels, svc.new_flows as f64);
         let in_rotation = svc
             .backends
             .iter()
@@ -237,6 +255,7 @@ pub fn families(s: &Status) -> Vec<MetricFamily> {
             let labels = [("service", svc.name.as_str()), ("backend", b.addr.as_str())];
             be_packets.add(&labels, b.packets as f64);
             be_bytes.add(&labels, b.bytes as f64);
+            be_new.add(&labels, b.new_flows as f64);
             be_active.add(&labels, b.flows as f64);
             be_closing.add(&labels, b.closing_flows as f64);
             for st in BackendState::ALL {
@@ -303,9 +322,11 @@ pub fn families(s: &Status) -> Vec<MetricFamily> {
         ct_capacity,
         svc_packets,
         svc_bytes,
+        svc_new,
         svc_rotation,
         be_packets,
         be_bytes,
+        be_new,
         be_active,
         be_closing,
         be_state,
@@ -446,47 +467,76 @@ fn text_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     resp
 }
 
+/// What the server answers at a path.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Page {
+    /// The Prometheus text exposition.
+    Metrics,
+    /// The status as JSON (what `lbctl status --json` prints).
+    StatusJson,
+    /// The HTML status page, which polls [`Page::StatusJson`].
+    Html,
+}
+
+/// The paths served, for the 404 answer.
+const PATHS: &str = "/ (status page), /status.json, /metrics";
+
+fn response(content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // Every answer is a live reading: nothing to cache.
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
 async fn respond<F, Fut>(req: &Request<Incoming>, snapshot: &F) -> Response<Full<Bytes>>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<Status, String>>,
 {
-    if req.uri().path() != METRICS_PATH {
-        return text_response(
-            StatusCode::NOT_FOUND,
-            format!("not found: metrics are at {METRICS_PATH}\n"),
-        );
-    }
+    let page = match req.uri().path() {
+        METRICS_PATH => Page::Metrics,
+        STATUS_JSON_PATH => Page::StatusJson,
+        "/" | "/index.html" => Page::Html,
+        _ => {
+            return text_response(
+                StatusCode::NOT_FOUND,
+                format!("not found: lbd serves {PATHS}\n"),
+            );
+        }
+    };
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = text_response(
             StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed: use GET\n".into(),
+            "method not allowed: use GET (the status page is read-only)\n".into(),
         );
         resp.headers_mut()
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return resp;
     }
+    if page == Page::Html {
+        // The page itself holds no data: it is the same bytes every time.
+        return response("text/html; charset=utf-8", STATUS_PAGE);
+    }
     let rendered = match snapshot().await {
-        Ok(snap) => render(&snap).map_err(|e| e.to_string()),
+        Ok(snap) => match page {
+            Page::StatusJson => serde_json::to_vec(&snap)
+                .map(|body| response("application/json", body))
+                .map_err(|e| e.to_string()),
+            _ => render(&snap)
+                .map(|body| response(prometheus::TEXT_FORMAT, body))
+                .map_err(|e| e.to_string()),
+        },
         Err(e) => Err(e),
     };
-    match rendered {
-        Ok(body) => {
-            let mut resp = Response::new(Full::new(Bytes::from(body)));
-            resp.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static(prometheus::TEXT_FORMAT),
-            );
-            resp
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "metrics scrape failed");
-            text_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot collect the metrics: {e}\n"),
-            )
-        }
-    }
+    rendered.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, path = req.uri().path(), "status read for an HTTP client failed");
+        text_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot read the status: {e}\n"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -619,6 +669,9 @@ mod tests {
             mac: None,
             packets: 0,
             bytes: 0,
+            new_flows: 0,
+            rates: Default::default(),
+            history_pps: Vec::new(),
             flows: 0,
             closing_flows: 0,
             health: None,
@@ -669,10 +722,13 @@ mod tests {
                 scheduler: Scheduler::Maglev,
                 packets: 1000,
                 bytes: 64000,
+                new_flows: 30,
+                rates: Default::default(),
                 backends: vec![
                     BackendStatus {
                         packets: 600,
                         bytes: 38400,
+                        new_flows: 18,
                         flows: 3,
                         closing_flows: 1,
                         health: Some(HealthStatus {
@@ -686,6 +742,7 @@ mod tests {
                     BackendStatus {
                         packets: 400,
                         bytes: 25600,
+                        new_flows: 12,
                         health: Some(HealthStatus {
                             up: false,
                             last_seconds: Some(0.5),
@@ -751,6 +808,9 @@ mod tests {
             ("lbd_service_bytes_total", web.to_vec(), 64000.0),
             ("lbd_backend_packets_total", b1.to_vec(), 600.0),
             ("lbd_backend_bytes_total", b2.to_vec(), 25600.0),
+            ("lbd_service_new_flows_total", web.to_vec(), 30.0),
+            ("lbd_backend_new_flows_total", b1.to_vec(), 18.0),
+            ("lbd_backend_new_flows_total", b2.to_vec(), 12.0),
             ("lbd_backend_active_flows", b1.to_vec(), 3.0),
             ("lbd_backend_closing_flows", b1.to_vec(), 1.0),
             ("lbd_backend_up", b1.to_vec(), 1.0),
@@ -865,7 +925,7 @@ mod tests {
     #[test]
     fn every_family_has_help_type_and_conventional_name() {
         let e = exposition(&sample());
-        assert_eq!(e.help.len(), 23, "{:?}", e.help.keys());
+        assert_eq!(e.help.len(), 25, "{:?}", e.help.keys());
         for (name, _, _) in &e.samples {
             assert!(name.starts_with("lbd_"), "{name}");
             let ty = e
@@ -947,6 +1007,64 @@ mod tests {
         assert_eq!(back, s);
     }
 
+    /// Every key path of a JSON value (`a.b[].c`), arrays by their first element.
+    fn key_paths(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    out.push(path.clone());
+                    key_paths(v, &path, out);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                if let Some(first) = a.first() {
+                    key_paths(first, &format!("{prefix}[]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `/status.json` and `lbctl status --json` are read by scripts and the status page: this
+    /// pins their shape, so that a change to it is a decision (add keys; never rename or drop).
+    #[test]
+    fn status_json_schema_is_stable() {
+        let mut s = sample();
+        s.services[0].backends[0].history_pps = vec![1, 2];
+        s.services[0].backends[0].overrides = vec!["weight 3 by lbctl (config: 1)".into()];
+        s.services[0].backends[0].mac = Some("02:00:00:00:00:01".into());
+        s.vrrp.as_mut().expect("vrrp").adverts_dropped = vec![ReasonCount::default()];
+        let mut paths = Vec::new();
+        key_paths(&serde_json::to_value(&s).expect("json"), "", &mut paths);
+        paths.sort();
+        let expected = "\
+config_loaded_unix config_path config_reload_failures config_reloads conntrack_entries \
+conntrack_max datapath datapath_reason datapath_setting interface reasons reasons[].packets \
+reasons[].reason services services[].backends services[].backends[].addr \
+services[].backends[].bytes services[].backends[].closing_flows services[].backends[].flows \
+services[].backends[].health services[].backends[].health.detail \
+services[].backends[].health.last_seconds services[].backends[].health.timeout_seconds \
+services[].backends[].health.up services[].backends[].history_pps services[].backends[].mac \
+services[].backends[].new_flows services[].backends[].overrides services[].backends[].packets \
+services[].backends[].rates services[].backends[].rates.bytes_per_s \
+services[].backends[].rates.new_flows_per_s services[].backends[].rates.packets_per_s \
+services[].backends[].source services[].backends[].state services[].backends[].weight \
+services[].bytes services[].name services[].new_flows services[].packets services[].proto \
+services[].rates services[].rates.bytes_per_s services[].rates.new_flows_per_s \
+services[].rates.packets_per_s services[].scheduler services[].vip state_file uptime_s version \
+vrrp vrrp.adverts_accepted vrrp.adverts_dropped vrrp.adverts_dropped[].packets \
+vrrp.adverts_dropped[].reason vrrp.became_master vrrp.configured_priority \
+vrrp.failed_conditions vrrp.last_transition_unix vrrp.master vrrp.priority vrrp.resigned \
+vrrp.state vrrp.transitions vrrp.vrid";
+        let expected: Vec<&str> = expected.split_whitespace().collect();
+        assert_eq!(paths, expected);
+    }
+
     // ---- the server on loopback ----
 
     /// One HTTP/1.1 request; returns the status, the head and the body.
@@ -1017,9 +1135,35 @@ mod tests {
 
         let (status, _, body) = http(addr, "GET", "/other").await;
         assert_eq!(status, 404);
-        assert_eq!(body, "not found: metrics are at /metrics\n");
-        let (status, _, _) = http(addr, "GET", "/").await;
-        assert_eq!(status, 404);
+        assert_eq!(
+            body,
+            "not found: lbd serves / (status page), /status.json, /metrics\n"
+        );
+        // The page and the JSON it polls.
+        let (status, head, body) = http(addr, "GET", "/").await;
+        assert_eq!(status, 200, "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/html"),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("cache-control: no-store"),
+            "{head}"
+        );
+        assert_eq!(body, STATUS_PAGE);
+        let (status, head, body) = http(addr, "GET", STATUS_JSON_PATH).await;
+        assert_eq!(status, 200, "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{head}"
+        );
+        let read: Status = serde_json::from_str(&body).expect("status JSON");
+        assert_eq!(read, *current.lock().expect("lock"));
+        let (status, head, _) = http(addr, "POST", "/").await;
+        assert_eq!(status, 405, "the page is read-only: {head}");
         let (status, head, _) = http(addr, "POST", "/metrics").await;
         assert_eq!(status, 405);
         assert!(
@@ -1053,7 +1197,7 @@ mod tests {
         assert_eq!(status, 500);
         assert_eq!(
             body,
-            "cannot collect the metrics: reading the counters: map STATS: EPERM\n"
+            "cannot read the status: reading the counters: map STATS: EPERM\n"
         );
         shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;

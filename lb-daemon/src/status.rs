@@ -12,6 +12,7 @@ use crate::{
     datapath::{DatapathCounters, DatapathMode},
     engine::Source,
     model::BackendState,
+    rates::{RateBook, Rates},
 };
 
 /// What `lbctl status` shows and `/metrics` renders.
@@ -107,6 +108,12 @@ pub struct ServiceStatus {
     pub packets: u64,
     /// Bytes forwarded.
     pub bytes: u64,
+    /// Flows started (connections or UDP sessions).
+    #[serde(default)]
+    pub new_flows: u64,
+    /// Rates over the last second (its backends' summed).
+    #[serde(default)]
+    pub rates: Rates,
     /// Backends, including removed ones that still carry flows.
     pub backends: Vec<BackendStatus>,
 }
@@ -130,6 +137,15 @@ pub struct BackendStatus {
     pub packets: u64,
     /// Bytes forwarded.
     pub bytes: u64,
+    /// Flows started (connections or UDP sessions).
+    #[serde(default)]
+    pub new_flows: u64,
+    /// Rates over the last second.
+    #[serde(default)]
+    pub rates: Rates,
+    /// Packets per second, one point per 5 s, oldest first: the last minutes, for sparklines.
+    #[serde(default)]
+    pub history_pps: Vec<u32>,
     /// Open flows pinned to it.
     pub flows: u64,
     /// Flows that saw a FIN or RST and are ending.
@@ -189,12 +205,24 @@ impl StatusView {
         for (svc, (ids, retired)) in s.services.iter_mut().zip(&self.ids) {
             for (b, id) in svc.backends.iter_mut().zip(ids) {
                 let c = counters.backend(*id);
-                (b.packets, b.bytes) = (c.packets, c.bytes);
+                (b.packets, b.bytes, b.new_flows) = (c.packets, c.bytes, c.new_flows);
             }
             let total = counters.service(*retired, ids.iter().copied());
-            (svc.packets, svc.bytes) = (total.packets, total.bytes);
+            (svc.packets, svc.bytes, svc.new_flows) = (total.packets, total.bytes, total.new_flows);
         }
         s
+    }
+
+    /// Puts the rates and histories of `book` into `status` (one [`StatusView::fill`] made).
+    pub fn fill_rates(&self, status: &mut Status, book: &RateBook) {
+        for (svc, (ids, _)) in status.services.iter_mut().zip(&self.ids) {
+            svc.rates = Rates::default();
+            for (b, id) in svc.backends.iter_mut().zip(ids) {
+                b.rates = book.rates(*id);
+                b.history_pps = book.history(*id);
+                svc.rates.add(b.rates);
+            }
+        }
     }
 }
 

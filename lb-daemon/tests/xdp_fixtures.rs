@@ -320,6 +320,15 @@ fn fixtures_table() {
         stats[chosen_id as usize].packets, 2,
         "packets of the chosen web backend"
     );
+    // New flows: the SYN inserted one, the packet that followed found it; likewise for UDP.
+    assert_eq!(stats[chosen_id as usize].new_flows, 1, "web flows started");
+    assert_eq!(stats[dns as usize].new_flows, 1, "dns flows started");
+    assert!(
+        stats[..reason::COUNT as usize]
+            .iter()
+            .all(|c| c.new_flows == 0),
+        "a passed or dropped frame starts no flow"
+    );
 }
 
 #[test]

@@ -35,6 +35,8 @@ const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 /// The frame goes to a backend: which backend to count it for.
 struct Forward {
     backend_id: u32,
+    /// 1 when this frame started a flow (a connection-table insert), else 0.
+    new_flow: u64,
 }
 
 /// The frame does not go to a backend: the action and the reason counter.
@@ -66,23 +68,25 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     match balance(ctx) {
         Ok(fwd) => {
-            count(STATS_BACKEND_BASE + fwd.backend_id, len);
+            count(STATS_BACKEND_BASE + fwd.backend_id, len, fwd.new_flow);
             xdp_action::XDP_TX
         }
         Err(skip) => {
-            count(skip.reason, len);
+            count(skip.reason, len, 0);
             skip.action
         }
     }
 }
 
 #[inline(always)]
-fn count(index: u32, len: u64) {
+fn count(index: u32, len: u64, new_flow: u64) {
     if let Some(c) = STATS.get_ptr_mut(index) {
         // SAFETY: a per-CPU value: no other CPU writes it, and XDP does not preempt itself.
         unsafe {
             (*c).packets += 1;
             (*c).bytes += len;
+            // Same cache line: no branch, no extra miss.
+            (*c).new_flows += new_flow;
         }
     }
 }
@@ -183,7 +187,10 @@ fn balance(ctx: &XdpContext) -> Result<Forward, Skip> {
                 }
             }
             rewrite_macs(ctx, &backend.mac).ok_or(pass(reason::PASS_TRUNCATED))?;
-            return Ok(Forward { backend_id: id });
+            return Ok(Forward {
+                backend_id: id,
+                new_flow: 0,
+            });
         }
     }
 
@@ -203,5 +210,8 @@ fn balance(ctx: &XdpContext) -> Result<Forward, Skip> {
     // pinning, so the packet still goes out.
     let _ = CONNTRACK.insert(flow, state, 0);
     rewrite_macs(ctx, &backend.mac).ok_or(pass(reason::PASS_TRUNCATED))?;
-    Ok(Forward { backend_id: id })
+    Ok(Forward {
+        backend_id: id,
+        new_flow: 1,
+    })
 }

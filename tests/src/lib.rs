@@ -12,6 +12,8 @@
 //!   pairs, deterministic addresses and MACs, backends set up for direct routing.
 //! - [`client`]: bounded-time HTTP/1.1 and UDP clients that talk to [`lbd-test-backend`](crate::http) and
 //!   report which backend answered.
+//! - [`browser`]: headless Chromium in a namespace, driven over the DevTools protocol (the status
+//!   page test).
 //! - [`capture`]: an `AF_PACKET` socket on an interface of a namespace, to prove which MAC a reply came from.
 //! - [`http`]: the minimal HTTP/1.1 message reader shared by the client and the `lbd-test-backend` binary.
 //! - [`exec`]: running commands with a time limit and errors that name the command.
@@ -46,6 +48,7 @@ pub mod bench_failover;
 pub mod bench_net;
 pub mod bench_restart;
 pub mod bench_xdp;
+pub mod browser;
 pub mod capture;
 pub mod client;
 pub mod exec;

@@ -261,12 +261,19 @@ fn health_and_metrics(mode: Mode, name: &str) -> Result<()> {
     // reads and writes (at least one per connection).
     let per_connection = if mode == Mode::Userspace { 1.0 } else { 3.0 };
     let web_before = sample(&before, "lbd_service_packets_total", &["service=\"web\""])?;
+    let new_before = sample(&before, "lbd_service_new_flows_total", &["service=\"web\""])?;
     backends_answering(&topo, 30)?;
     let after = scrape(&topo, node)?;
     let web_after = sample(&after, "lbd_service_packets_total", &["service=\"web\""])?;
     ensure!(
         web_after >= web_before + per_connection * 30.0,
         "web packets {web_before} -> {web_after} for 30 connections"
+    );
+    // Each connection is one new flow (a table insert in XDP, a connection in the proxy).
+    let new_after = sample(&after, "lbd_service_new_flows_total", &["service=\"web\""])?;
+    ensure!(
+        new_after - new_before == 30.0,
+        "web new flows {new_before} -> {new_after} for 30 connections"
     );
     ensure!(
         sample(&after, "lbd_backend_up", &["backend=\"198.18.0.22\""])? == 1.0,

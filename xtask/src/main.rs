@@ -47,6 +47,8 @@ const APT_PACKAGES: &[&str] = &[
     // dpkg-shlibdeps and strip for the package.
     "dpkg-dev",
     "binutils",
+    // Headless browser for the status page test (tests/status_page.rs).
+    "chromium",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";

@@ -447,6 +447,8 @@ impl Core {
                     scheduler: s.config.scheduler,
                     packets: 0,
                     bytes: 0,
+                    new_flows: 0,
+                    rates: Default::default(),
                     backends: s
                         .backends
                         .values()
@@ -459,6 +461,9 @@ impl Core {
                             mac: b.mac.as_ref().map(net::mac_string),
                             packets: 0,
                             bytes: 0,
+                            new_flows: 0,
+                            rates: Default::default(),
+                            history_pps: Vec::new(),
                             flows: self.counts.active_of(b.id),
                             closing_flows: self.counts.closing_of(b.id),
                             health: s.config.health.as_ref().map(|hc| {

@@ -24,7 +24,7 @@ use std::{
     collections::{HashMap, HashSet},
     net::Ipv4Addr,
     path::PathBuf,
-    sync::{Arc, mpsc as std_mpsc},
+    sync::{Arc, Mutex, PoisonError, mpsc as std_mpsc},
     time::{Duration, Instant},
 };
 
@@ -47,6 +47,7 @@ use crate::{
     health::{HealthMonitor, Target},
     metrics, net,
     overrides::StateFile,
+    rates::RateBook,
     status::Status,
 };
 
@@ -140,6 +141,8 @@ struct StatusReader {
     counters: Arc<dyn CounterSource>,
     /// The VRRP speaker, read live: its state changes reach no core command.
     vrrp: Option<VrrpHandles>,
+    /// Rates from the sampler ([`sample_rates`]).
+    rates: Arc<Mutex<RateBook>>,
 }
 
 impl StatusReader {
@@ -155,8 +158,43 @@ impl StatusReader {
             .map_err(|e| format!("reading the counters: {e}"))?;
         let counters = read.map_err(|e| format!("reading the counters: {e}"))?;
         let mut status = view.fill(&counters);
+        view.fill_rates(
+            &mut status,
+            &self.rates.lock().unwrap_or_else(PoisonError::into_inner),
+        );
         status.vrrp = self.vrrp.as_ref().map(VrrpHandles::status);
         Ok(status)
+    }
+}
+
+/// How often the rates are sampled (what `lbctl top` and the status page refresh at).
+const RATE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Reads the counters once a second into the rate book, until `stop`.
+async fn sample_rates(
+    counters: Arc<dyn CounterSource>,
+    book: Arc<Mutex<RateBook>>,
+    stop: CancellationToken,
+) {
+    let origin = Instant::now();
+    let mut tick = tokio::time::interval(RATE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let source = counters.clone();
+        let read = tokio::task::spawn_blocking(move || source.counters()).await;
+        match read {
+            Ok(Ok(c)) => book
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .observe(origin.elapsed(), &c.backends),
+            // Logged at debug: the status reader reports the same failure to whoever asks.
+            Ok(Err(e)) => tracing::debug!(error = %e, "rates: reading the counters failed"),
+            Err(e) => tracing::debug!(error = %e, "rates: the reader task failed"),
+        }
     }
 }
 
@@ -367,10 +405,13 @@ pub async fn run(config_path: PathBuf, config: Config, inherited: Inherited) -> 
     let metrics_listener = metrics::bind(metrics_addr)
         .await
         .context("daemon.metrics_addr")?;
+    let rates = Arc::new(Mutex::new(RateBook::new()));
+    let rates_task = tokio::spawn(sample_rates(counters.clone(), rates.clone(), stop.clone()));
     let reader = StatusReader {
         board,
         counters,
         vrrp: vrrp_handles,
+        rates,
     };
     let metrics_reader = reader.clone();
     let metrics_task = tokio::spawn(metrics::serve_listener(
@@ -482,6 +523,7 @@ pub async fn run(config_path: PathBuf, config: Config, inherited: Inherited) -> 
     tick_task.abort();
     stop.cancel();
     let _ = metrics_task.await;
+    let _ = rates_task.await;
     // Resign first (a priority-0 advert hands over within the skew time, and the VIP leaves this
     // node), then stop forwarding.
     if let Some(done) = vrrp_done {

@@ -608,6 +608,7 @@ fn status_sums_services_from_backends_and_the_proxy_needs_no_macs() {
             Counter {
                 packets: 10,
                 bytes: 1000,
+                new_flows: 1,
             },
         );
     }

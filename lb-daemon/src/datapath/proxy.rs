@@ -150,6 +150,7 @@ fn both(c: &CounterSnapshot) -> Counter {
     Counter {
         packets: c.packets_in + c.packets_out,
         bytes: c.bytes_in + c.bytes_out,
+        new_flows: c.connections,
     }
 }
 

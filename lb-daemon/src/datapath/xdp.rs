@@ -244,7 +244,7 @@ fn split(stats: &[Counter]) -> DatapathCounters {
         .iter()
         .enumerate()
         .skip(STATS_BACKEND_BASE as usize)
-        .filter(|(_, c)| c.packets > 0 || c.bytes > 0)
+        .filter(|(_, c)| **c != Counter::default())
         .map(|(i, c)| (i as u32 - STATS_BACKEND_BASE, *c))
         .collect();
     DatapathCounters { reasons, backends }
