@@ -72,6 +72,21 @@ pub enum Request {
         /// On or off.
         on: bool,
     },
+    /// Lists the connection table (`lbctl flows`), filtered, at most `limit` rows.
+    Flows {
+        /// Only this service (name or VIP:port).
+        #[serde(default)]
+        service: Option<String>,
+        /// Only flows to this backend address.
+        #[serde(default)]
+        backend: Option<String>,
+        /// Only this client (address or address:port).
+        #[serde(default)]
+        client: Option<String>,
+        /// Rows at most (default [`crate::flows::DEFAULT_LIMIT`]).
+        #[serde(default)]
+        limit: Option<usize>,
+    },
     /// Takes this node out of the VRRP election, make-before-break if it is master (maintenance);
     /// kept across restarts.
     VrrpResign {},
@@ -90,6 +105,8 @@ pub use crate::status::Status;
 pub enum Response {
     /// Status.
     Status(Box<Status>),
+    /// The connection table (`lbctl flows`).
+    Flows(Box<crate::flows::FlowsReport>),
     /// A change was made and saved.
     Done {
         /// What was done, one line.
@@ -331,6 +348,7 @@ mod tests {
         match r {
             Response::Error { message } => message,
             Response::Status(_) => "status".into(),
+            Response::Flows(_) => "flows".into(),
             Response::Done { message } => message,
         }
     }

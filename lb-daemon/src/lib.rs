@@ -31,6 +31,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod engine;
+pub mod flows;
 pub mod handover;
 pub mod health;
 pub mod maglev;

@@ -2,7 +2,12 @@
 //! ([`XdpMaps`]: services, Maglev rings, backends, counters; [`XdpFlows`]: the connection
 //! table). [`crate::datapath::xdp`] drives them as a [`crate::datapath::Datapath`].
 
-use std::{collections::HashMap, os::fd::AsFd as _};
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::AsFd as _,
+    time::Duration,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -17,7 +22,11 @@ use lb_common::{
 mod batch;
 pub mod pins;
 
-use crate::model::FlowCounts;
+use crate::{
+    config::Proto,
+    flows::{Collector, FlowListing, FlowQuery, FlowRecord},
+    model::FlowCounts,
+};
 
 /// The compiled XDP programs (`lb-ebpf`), embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -265,6 +274,17 @@ pub struct FlowTimeouts {
     pub tcp_closing_ns: u64,
     /// A UDP flow.
     pub udp_ns: u64,
+}
+
+impl FlowTimeouts {
+    /// The timeout of a flow of IP protocol `proto`, closing or not.
+    pub fn of(&self, proto: u8, closing: bool) -> u64 {
+        match (proto, closing) {
+            (lb_common::IPPROTO_UDP, _) => self.udp_ns,
+            (_, true) => self.tcp_closing_ns,
+            (_, false) => self.tcp_ns,
+        }
+    }
 }
 
 impl Default for FlowTimeouts {
@@ -535,44 +555,22 @@ impl XdpFlows {
         let visit =
             |tally: &mut Tally<_>, doomed: &mut Vec<FlowKey>, key: &FlowKey, st: &FlowState| {
                 let closing = st.flags & FLOW_FLAG_CLOSING != 0;
-                let timeout = match (key.proto, closing) {
-                    (lb_common::IPPROTO_UDP, _) => t.udp_ns,
-                    (_, true) => t.tcp_closing_ns,
-                    (_, false) => t.tcp_ns,
-                };
+                let timeout = t.of(key.proto, closing);
                 if now_ns.saturating_sub(st.last_seen_ns) > timeout
                     || !tally.count(st.backend_id, closing)
                 {
                     doomed.push(*key);
                 }
             };
-        let fd = self.conntrack.map().fd().as_fd();
-        let mut batched = self.batch_ops;
-        if batched {
-            match batch::for_each(fd, |k, v| visit(&mut tally, &mut doomed, k, v)) {
-                Ok(()) => {}
-                Err(e) => {
-                    if batch::unsupported(&e) {
-                        tracing::info!(error = %e, "no batch operations on the connection table: reading it entry by entry");
-                        self.batch_ops = false;
-                    } else {
-                        tracing::warn!(error = %e, "reading the connection table in batches failed: reading it entry by entry");
-                    }
-                    batched = false;
-                }
-            }
-        }
+        let batched = self.try_batched(|k, v| visit(&mut tally, &mut doomed, k, v));
         if !batched {
             tally.clear();
             doomed.clear();
-            for item in self.conntrack.iter() {
-                // An entry can vanish under us (LRU eviction): skip it.
-                let Ok((key, st)) = item else { continue };
-                visit(&mut tally, &mut doomed, &key, &st);
-            }
+            self.each_flow(|k, v| visit(&mut tally, &mut doomed, k, v));
         }
         let mut counts = tally.into_counts();
         if batched {
+            let fd = self.conntrack.map().fd().as_fd();
             match batch::delete(fd, &doomed, &mut counts.expired) {
                 Ok(()) => return counts,
                 // The keys deleted already fail again below, uncounted.
@@ -587,6 +585,72 @@ impl XdpFlows {
             }
         }
         counts
+    }
+
+    /// Calls `f` on every flow in batches, where the kernel has them. Returns false when it
+    /// could not (then `f` may have seen part of the table: start over with [`Self::each_flow`]).
+    fn try_batched(&mut self, f: impl FnMut(&FlowKey, &FlowState)) -> bool {
+        if !self.batch_ops {
+            return false;
+        }
+        match batch::for_each(self.conntrack.map().fd().as_fd(), f) {
+            Ok(()) => true,
+            Err(e) => {
+                if batch::unsupported(&e) {
+                    tracing::info!(error = %e, "no batch operations on the connection table: reading it entry by entry");
+                    self.batch_ops = false;
+                } else {
+                    tracing::warn!(error = %e, "reading the connection table in batches failed: reading it entry by entry");
+                }
+                false
+            }
+        }
+    }
+
+    /// Calls `f` on every flow, entry by entry.
+    fn each_flow(&self, mut f: impl FnMut(&FlowKey, &FlowState)) {
+        for item in self.conntrack.iter() {
+            // An entry can vanish under us (LRU eviction): skip it.
+            let Ok((key, st)) = item else { continue };
+            f(&key, &st);
+        }
+    }
+
+    /// Lists the flows `query` asks for (see [`crate::flows`]): one read pass, the `limit`
+    /// most recently active kept.
+    pub fn list_at(&mut self, now_ns: u64, t: FlowTimeouts, query: &FlowQuery) -> FlowListing {
+        let record = |key: &FlowKey, st: &FlowState| {
+            let proto = Proto::from_number(key.proto)?;
+            let closing = st.flags & FLOW_FLAG_CLOSING != 0;
+            let idle = now_ns.saturating_sub(st.last_seen_ns);
+            let timeout = t.of(key.proto, closing);
+            Some(FlowRecord {
+                proto,
+                client: SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(key.src_be)),
+                    u16::from_be(key.sport_be),
+                ),
+                vip: SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(key.dst_be)),
+                    u16::from_be(key.dport_be),
+                ),
+                backend_id: st.backend_id,
+                closing,
+                idle: Duration::from_nanos(idle),
+                expires: Some(Duration::from_nanos(timeout.saturating_sub(idle))),
+            })
+        };
+        let mut collector = Collector::new(query);
+        let offer = |c: &mut Collector<'_>, k: &FlowKey, v: &FlowState| {
+            if let Some(r) = record(k, v) {
+                c.offer(r);
+            }
+        };
+        if !self.try_batched(|k, v| offer(&mut collector, k, v)) {
+            collector = Collector::new(query);
+            self.each_flow(|k, v| offer(&mut collector, k, v));
+        }
+        collector.finish()
     }
 
     /// Whether scans read and delete in batches (the default, where the kernel has them) or

@@ -170,6 +170,12 @@ pub struct StressFigures {
     pub conntrack_entries_before: u64,
     /// `conntrack_entries` at the end of the window.
     pub conntrack_entries_after: u64,
+    /// `lbctl flows --limit 100` on the full table, in ms (the command, end to end).
+    pub flows_list_ms: f64,
+    /// The flows that listing saw in the table.
+    pub flows_listed_total: u64,
+    /// `lbctl flows` with a client filter nothing matches, in ms.
+    pub flows_filter_ms: f64,
 }
 
 impl StressFigures {
@@ -212,6 +218,12 @@ impl StressFigures {
                 "conntrack_entries_after",
                 self.conntrack_entries_after as f64,
             ),
+            ("lbctl_flows_full_table_ms", self.flows_list_ms),
+            (
+                "lbctl_flows_full_table_seen",
+                self.flows_listed_total as f64,
+            ),
+            ("lbctl_flows_filtered_ms", self.flows_filter_ms),
         ]
         .into_iter()
         .map(|(n, v)| (n.to_owned(), v))
@@ -236,6 +248,12 @@ impl StressFigures {
             failed.push(format!(
                 "the master's connection table held {} flows after a scan, not the {flows} wanted",
                 self.conntrack_entries_before
+            ));
+        }
+        if self.flows_listed_total < u64::from(flows) {
+            failed.push(format!(
+                "lbctl flows saw {} flows in the table, not the {flows} there",
+                self.flows_listed_total
             ));
         }
         if self.backup_became_master > 0
@@ -1029,6 +1047,26 @@ pub fn run(name: &str, opts: &StressOptions) -> Result<StressFigures> {
         figures.conntrack_entries_before,
         backup_became(),
     );
+    // `lbctl flows` on the full table: the 100 most recent of all, then a filter nothing
+    // matches (the whole pass, no row); each must list or count every flow.
+    for (args, field) in [
+        (["flows", "--json", "--limit", "100"].as_slice(), 0),
+        (
+            ["flows", "--json", "--client", "203.0.113.1", "--limit", "0"].as_slice(),
+            1,
+        ),
+    ] {
+        let (text, took) = lbctl_timed(&master.socket, args)?;
+        let report: serde_json::Value =
+            serde_json::from_str(&text).context("lbctl flows --json")?;
+        let total = report["total"].as_u64().unwrap_or(0);
+        if field == 0 {
+            figures.flows_list_ms = took.as_secs_f64() * 1000.0;
+            figures.flows_listed_total = total;
+        } else {
+            figures.flows_filter_ms = took.as_secs_f64() * 1000.0;
+        }
+    }
 
     let ns1 = topo.try_ns(n1)?;
     let (reloads_before, failures_before) = reload_counts(&metrics_text(ns1, RELOAD_TIMEOUT)?)?;

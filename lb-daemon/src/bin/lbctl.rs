@@ -31,6 +31,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The connection table, like `ipvsadm -Lnc`: protocol, client, VIP, backend, state, idle
+    /// time and time to expiry, the most recently active first.
+    Flows {
+        /// Only this service (name or VIP:port).
+        #[arg(long)]
+        service: Option<String>,
+        /// Only flows to this backend address.
+        #[arg(long)]
+        backend: Option<String>,
+        /// Only this client (address, or address:port).
+        #[arg(long)]
+        client: Option<String>,
+        /// Rows at most; the others are counted (0 counts only).
+        #[arg(long, default_value_t = lb_daemon::flows::DEFAULT_LIMIT)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Change backends at run time (saved in lbd's state file, kept across restarts).
     Backend {
         #[command(subcommand)]
@@ -172,6 +191,7 @@ fn status(rt: &tokio::runtime::Runtime, socket: &Path) -> Result<Status, String>
         Response::Status(s) => Ok(*s),
         Response::Error { message } => Err(message),
         Response::Done { message } => Err(format!("unexpected answer: {message}")),
+        Response::Flows(_) => Err("unexpected answer: flows".into()),
     }
 }
 
@@ -183,6 +203,7 @@ fn change(rt: &tokio::runtime::Runtime, socket: &Path, req: Request) -> Result<(
         }
         Response::Error { message } => Err(message),
         Response::Status(_) => Err("unexpected answer: a status".into()),
+        Response::Flows(_) => Err("unexpected answer: flows".into()),
     }
 }
 
@@ -202,6 +223,34 @@ fn run(args: Args) -> Result<(), String> {
                 );
             } else {
                 print_status(&s);
+            }
+            Ok(())
+        }
+        Command::Flows {
+            service,
+            backend,
+            client,
+            limit,
+            json,
+        } => {
+            let req = Request::Flows {
+                service,
+                backend,
+                client,
+                limit: Some(limit),
+            };
+            let report = match ask(&rt, socket, &req)? {
+                Response::Flows(r) => r,
+                Response::Error { message } => return Err(message),
+                _ => return Err("unexpected answer to a flows request".into()),
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+                );
+            } else {
+                print!("{}", report.render());
             }
             Ok(())
         }

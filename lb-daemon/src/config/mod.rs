@@ -96,6 +96,15 @@ impl Proto {
             Proto::Udp => lb_common::IPPROTO_UDP,
         }
     }
+
+    /// The protocol of an IP protocol number (none for others).
+    pub fn from_number(n: u8) -> Option<Proto> {
+        match n {
+            lb_common::IPPROTO_TCP => Some(Proto::Tcp),
+            lb_common::IPPROTO_UDP => Some(Proto::Udp),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Proto {

@@ -26,6 +26,7 @@ use crate::{
     control::{Request, Response},
     datapath::{Datapath, DatapathError},
     engine::{ApplyReport, Engine, EngineError, IdMap},
+    flows::{FlowListing, FlowQuery},
     health::{HealthEvent, Target},
     model::FlowCounts,
     net::LinkHealth,
@@ -53,6 +54,9 @@ pub type StatusBoard = Arc<ArcSwapOption<StatusView>>;
 
 /// Where a control request's answer goes.
 pub type Reply = oneshot::Sender<Response>;
+
+/// What receives a flow listing: it answers the request itself.
+pub type ListDone = Box<dyn FnOnce(FlowListing, Duration) + Send>;
 
 /// What the core is asked to do.
 pub enum Command {
@@ -149,6 +153,9 @@ pub trait Effects: Send {
     /// Scans the connection table, cutting the flows of the backends in `dead`; then
     /// [`Command::Scanned`].
     fn scan(&mut self, dead: HashSet<u32>, then: AfterScan);
+    /// Lists the flows `query` asks for, off the core (the table may hold millions); then
+    /// calls `done` with them and how long the pass took.
+    fn list_flows(&mut self, query: FlowQuery, done: ListDone);
     /// Makes the health checks probe exactly these targets.
     fn health_targets(&mut self, targets: Vec<Target>);
     /// Tells systemd (or whoever supervises) how the daemon is doing.
@@ -180,6 +187,9 @@ pub enum CoreError {
     /// A bad backend address.
     #[error("address: {0}")]
     Address(String),
+    /// A bad `lbctl flows` filter.
+    #[error("{0}")]
+    Filter(String),
     /// A weight out of range.
     #[error("weight {0} is out of range (allowed: 1 to {max})", max = crate::config::MAX_WEIGHT)]
     Weight(u32),

@@ -3,7 +3,7 @@
 //! for them without holding up the core (see [`AfterScan`], [`AfterResolve`]).
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::Ipv4Addr,
     time::{Duration, SystemTime},
 };
@@ -16,6 +16,7 @@ use crate::{
     control::{Request, Response},
     datapath::DatapathMode,
     engine::{BackendRec, Source},
+    flows::{ClientFilter, DEFAULT_LIMIT, FlowQuery, FlowsReport, MAX_LIMIT},
     net,
     overrides::{Admin, BackendOverride},
     status::{
@@ -66,6 +67,18 @@ impl Core {
                 addr,
                 weight,
             } => self.backend_weight(&service, &addr, weight),
+            Request::Flows {
+                service,
+                backend,
+                client,
+                limit,
+            } => match self.flow_query(service, backend, client, limit) {
+                Ok(query) => {
+                    self.list_flows(query, reply);
+                    return;
+                }
+                Err(e) => Err(e),
+            },
             Request::VrrpResign {} => self.vrrp_standby(true),
             Request::VrrpResume {} => self.vrrp_standby(false),
             // The control server hands these to the daemon's I/O layer, never to the core.
@@ -129,6 +142,93 @@ impl Core {
                     known: list_or_none(&names),
                 }
             })
+    }
+
+    /// Checks the filters of `lbctl flows`; each error names the filter and what is allowed.
+    fn flow_query(
+        &self,
+        service: Option<String>,
+        backend: Option<String>,
+        client: Option<String>,
+        limit: Option<usize>,
+    ) -> Result<FlowQuery, CoreError> {
+        let limit = limit.unwrap_or(DEFAULT_LIMIT);
+        if limit > MAX_LIMIT {
+            return Err(CoreError::Filter(format!(
+                "limit: {limit} is too many rows (allowed: 0 to {MAX_LIMIT}; 0 counts only)"
+            )));
+        }
+        let service = service.map(|s| self.find_service(&s)).transpose()?;
+        let backends = match backend {
+            None => None,
+            Some(addr) => {
+                let ip: Ipv4Addr = addr.parse().map_err(|_| {
+                    CoreError::Filter(format!(
+                        "backend: {addr:?} is not an IPv4 address (e.g. 198.18.0.21)"
+                    ))
+                })?;
+                let ids: HashSet<u32> = self
+                    .engine
+                    .services()
+                    .filter(|s| service.is_none_or(|k| s.config.key() == k))
+                    .filter_map(|s| s.backends.get(&ip).map(|b| b.id))
+                    .collect();
+                if ids.is_empty() {
+                    return Err(match service {
+                        Some(key) => self.existing(&key, ip).err().unwrap_or_else(|| {
+                            CoreError::Filter(format!("backend: {ip} has no id"))
+                        }),
+                        None => CoreError::Filter(format!(
+                            "backend: {ip} is not a backend of any service (see `lbctl status`)"
+                        )),
+                    });
+                }
+                Some(ids)
+            }
+        };
+        let client = client
+            .map(|c| ClientFilter::parse(&c))
+            .transpose()
+            .map_err(CoreError::Filter)?;
+        Ok(FlowQuery {
+            service,
+            backends,
+            client,
+            limit,
+        })
+    }
+
+    /// Hands the listing to the table thread, with what names the ids; it answers itself.
+    fn list_flows(&mut self, query: FlowQuery, reply: Reply) {
+        let mut backends: HashMap<u32, String> = HashMap::new();
+        let mut services: HashMap<ServiceKey, String> = HashMap::new();
+        for s in self.engine.services() {
+            services.insert(s.config.key(), s.config.name.clone());
+            for b in s.backends.values() {
+                backends.insert(b.id, b.addr.to_string());
+            }
+        }
+        self.effects.list_flows(
+            query,
+            Box::new(move |listing, took| {
+                let report = FlowsReport::new(
+                    listing,
+                    took,
+                    |f| {
+                        let key = ServiceKey {
+                            vip: f.vip,
+                            proto: f.proto,
+                        };
+                        services
+                            .get(&key)
+                            .cloned()
+                            .unwrap_or_else(|| key.to_string())
+                    },
+                    |id| backends.get(&id).cloned(),
+                );
+                let _ = reply.send(Response::Flows(Box::new(report)));
+            }),
+        );
     }
 
     fn service_name(&self, key: &ServiceKey) -> String {

@@ -36,13 +36,14 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use self::core::{
-    AfterResolve, AfterScan, Command, Core, CoreSetup, Effects, Notify, StatusBoard, TICK,
-    VrrpHandles,
+    AfterResolve, AfterScan, Command, Core, CoreSetup, Effects, ListDone, Notify, StatusBoard,
+    TICK, VrrpHandles,
 };
 use crate::{
     config::Config,
     control::{self, Request, Response},
     datapath::{CounterSource, Datapath, FlowTable},
+    flows::FlowQuery,
     handover::{self, Inherited},
     health::{HealthMonitor, Target},
     metrics, net,
@@ -61,10 +62,12 @@ const VRRP_STOP: Duration = Duration::from_secs(10);
 /// handing its listeners over; then it closes what is left and exits.
 const HANDOVER_GRACE: Duration = Duration::from_secs(60);
 
-/// A scan the scan thread runs.
-struct ScanJob {
-    dead: HashSet<u32>,
-    then: AfterScan,
+/// What the table thread does: a scan, or a listing for `lbctl flows`.
+enum TableJob {
+    /// Count flows per backend, cut those of the `dead` backends; then [`Command::Scanned`].
+    Scan { dead: HashSet<u32>, then: AfterScan },
+    /// List flows; `done` answers the request.
+    List { query: FlowQuery, done: ListDone },
 }
 
 /// The core's effects, carried out on the runtime and the scan thread.
@@ -74,7 +77,7 @@ struct IoEffects {
     netlink: rtnetlink::Handle,
     /// The interface, when backends need MACs (XDP).
     link: Option<(String, net::Link)>,
-    scans: std_mpsc::Sender<ScanJob>,
+    scans: std_mpsc::Sender<TableJob>,
     health: HealthMonitor,
     watchdog: Option<(Duration, Instant)>,
 }
@@ -102,13 +105,24 @@ impl Effects for IoEffects {
     }
 
     fn scan(&mut self, dead: HashSet<u32>, then: AfterScan) {
-        if let Err(std_mpsc::SendError(job)) = self.scans.send(ScanJob { dead, then }) {
+        if let Err(std_mpsc::SendError(TableJob::Scan { then, .. })) =
+            self.scans.send(TableJob::Scan { dead, then })
+        {
             // The scan thread is gone (stopping): answer with no flows rather than never.
             let _ = self.commands.try_send(Command::Scanned {
                 counts: Default::default(),
                 took: Duration::ZERO,
-                then: job.then,
+                then,
             });
+        }
+    }
+
+    fn list_flows(&mut self, query: FlowQuery, done: ListDone) {
+        if let Err(std_mpsc::SendError(TableJob::List { done, .. })) =
+            self.scans.send(TableJob::List { query, done })
+        {
+            // Stopping: an empty answer rather than none.
+            done(Default::default(), Duration::ZERO);
         }
     }
 
@@ -198,21 +212,30 @@ async fn sample_rates(
     }
 }
 
-/// The scan thread: one scan at a time, each result sent back to the core.
+/// The table thread: one scan or listing at a time; a scan's result goes back to the core, a
+/// listing answers its request.
 fn scan_thread(
     mut table: Box<dyn FlowTable>,
-    jobs: std_mpsc::Receiver<ScanJob>,
+    jobs: std_mpsc::Receiver<TableJob>,
     commands: mpsc::Sender<Command>,
 ) {
-    while let Ok(ScanJob { dead, then }) = jobs.recv() {
+    while let Ok(job) = jobs.recv() {
         let started = Instant::now();
-        let counts = table.scan(&|id| dead.contains(&id));
-        let took = started.elapsed();
-        if commands
-            .blocking_send(Command::Scanned { counts, took, then })
-            .is_err()
-        {
-            return;
+        match job {
+            TableJob::Scan { dead, then } => {
+                let counts = table.scan(&|id| dead.contains(&id));
+                let took = started.elapsed();
+                if commands
+                    .blocking_send(Command::Scanned { counts, took, then })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            TableJob::List { query, done } => {
+                let listing = table.list(&query);
+                done(listing, started.elapsed());
+            }
         }
     }
 }

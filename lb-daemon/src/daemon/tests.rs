@@ -14,12 +14,13 @@ use lb_common::Counter;
 use tokio::sync::oneshot;
 
 use super::core::{
-    AfterResolve, AfterScan, Command, Core, CoreSetup, Effects, Notify, StatusBoard,
+    AfterResolve, AfterScan, Command, Core, CoreSetup, Effects, ListDone, Notify, StatusBoard,
 };
 use crate::{
     config::Config,
     control::{Request, Response},
     datapath::{DatapathCounters, DatapathMode, FlowTable, fake::FakeDatapath},
+    flows::{FlowQuery, FlowRecord, FlowStateName},
     health::{HealthEvent, Target},
     model::{BackendState, FlowCounts},
     overrides::{Admin, StateFile},
@@ -30,6 +31,7 @@ use crate::{
 struct Asked {
     resolves: Vec<(Vec<Ipv4Addr>, Duration, AfterResolve)>,
     scans: Vec<(HashSet<u32>, AfterScan)>,
+    lists: Vec<(FlowQuery, ListDone)>,
     targets: Vec<Target>,
     notified: Vec<Notify>,
 }
@@ -49,6 +51,9 @@ impl Effects for FakeEffects {
     }
     fn scan(&mut self, dead: HashSet<u32>, then: AfterScan) {
         self.asked().scans.push((dead, then));
+    }
+    fn list_flows(&mut self, query: FlowQuery, done: ListDone) {
+        self.asked().lists.push((query, done));
     }
     fn health_targets(&mut self, targets: Vec<Target>) {
         self.asked().targets = targets;
@@ -139,6 +144,16 @@ impl Bed {
                 took: Duration::from_millis(1),
                 then,
             });
+        }
+        n
+    }
+
+    /// Carries out the flow listings on the fake's table; returns how many there were.
+    fn run_lists(&mut self) -> usize {
+        let lists = std::mem::take(&mut self.effects.asked().lists);
+        let n = lists.len();
+        for (query, done) in lists {
+            done(self.dp.clone().list(&query), Duration::from_millis(2));
         }
         n
     }
@@ -629,4 +644,121 @@ fn status_sums_services_from_backends_and_the_proxy_needs_no_macs() {
         weight: None,
     });
     assert_eq!(done(rx), "added 198.18.0.24 to web with weight 1");
+}
+
+#[test]
+fn flows_are_listed_named_and_filtered() {
+    let mut bed = Bed::new("flows", DatapathMode::XdpGeneric);
+    let vip = std::net::SocketAddrV4::new(ip(100), 80);
+    let flow = |port: u16, backend: u8, idle_s: u64| FlowRecord {
+        proto: crate::config::Proto::Tcp,
+        client: std::net::SocketAddrV4::new(ip(10), port),
+        vip,
+        backend_id: bed.id(backend),
+        closing: port == 3,
+        idle: Duration::from_secs(idle_s),
+        expires: Some(Duration::from_secs(900 - idle_s)),
+    };
+    let listed = vec![flow(1, 21, 5), flow(2, 22, 1), flow(3, 21, 9)];
+    bed.dp.state().listed = listed;
+
+    let flows = |bed: &mut Bed, req: Request| -> Result<crate::flows::FlowsReport, String> {
+        let mut rx = bed.request(req);
+        bed.run_lists();
+        match rx.try_recv().expect("an answer") {
+            Response::Flows(r) => Ok(*r),
+            Response::Error { message } => Err(message),
+            _ => Err("another answer".into()),
+        }
+    };
+    let all = flows(
+        &mut bed,
+        Request::Flows {
+            service: None,
+            backend: None,
+            client: None,
+            limit: None,
+        },
+    )
+    .expect("flows");
+    assert_eq!((all.matched, all.total, all.flows.len()), (3, 3, 3));
+    assert_eq!(all.flows[0].client, "198.18.0.10:2", "most recent first");
+    assert_eq!(all.flows[0].backend, "198.18.0.22");
+    assert_eq!(all.flows[0].service, "web");
+    assert_eq!(all.flows[2].state, FlowStateName::Closing);
+
+    let b1 = flows(
+        &mut bed,
+        Request::Flows {
+            service: Some("web".into()),
+            backend: Some("198.18.0.21".into()),
+            client: None,
+            limit: Some(1),
+        },
+    )
+    .expect("flows");
+    assert_eq!((b1.matched, b1.flows.len()), (2, 1));
+    assert_eq!(b1.flows[0].idle_s, 5);
+
+    // Bad filters: each says which and what is allowed; nothing is listed.
+    for (req, want) in [
+        (
+            Request::Flows {
+                service: Some("nosuch".into()),
+                backend: None,
+                client: None,
+                limit: None,
+            },
+            "unknown service \"nosuch\"",
+        ),
+        (
+            Request::Flows {
+                service: None,
+                backend: Some("198.18.0.99".into()),
+                client: None,
+                limit: None,
+            },
+            "backend: 198.18.0.99 is not a backend of any service",
+        ),
+        (
+            Request::Flows {
+                service: Some("web".into()),
+                backend: Some("198.18.0.99".into()),
+                client: None,
+                limit: None,
+            },
+            "198.18.0.99 is not a backend of web",
+        ),
+        (
+            Request::Flows {
+                service: None,
+                backend: Some("x".into()),
+                client: None,
+                limit: None,
+            },
+            "backend: \"x\" is not an IPv4 address",
+        ),
+        (
+            Request::Flows {
+                service: None,
+                backend: None,
+                client: Some("1.2.3".into()),
+                limit: None,
+            },
+            "client: \"1.2.3\" is not an IPv4 address or address:port",
+        ),
+        (
+            Request::Flows {
+                service: None,
+                backend: None,
+                client: None,
+                limit: Some(10_000_000),
+            },
+            "limit: 10000000 is too many rows",
+        ),
+    ] {
+        let e = flows(&mut bed, req).expect_err("refused");
+        assert!(e.contains(want), "{e:?} should contain {want:?}");
+    }
+    assert!(bed.effects.asked().lists.is_empty());
 }

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::{
     config::{Scheduler, ServiceKey},
+    flows::{Collector, FlowListing, FlowQuery, FlowRecord},
     maglev::Member,
     model::FlowCounts,
     xdp::XdpError,
@@ -47,6 +48,8 @@ pub struct FakeState {
     pub counters: HashMap<u32, Counter>,
     /// What a scan of the flow table finds.
     pub flows: FlowCounts,
+    /// What a listing of the flow table finds (`lbctl flows`).
+    pub listed: Vec<FlowRecord>,
     /// Backend ids whose flows scans were asked to cut.
     pub cut: Vec<u32>,
     /// Writes left before the next one fails (None: never).
@@ -153,6 +156,14 @@ impl CounterSource for FakeDatapath {
 }
 
 impl FlowTable for FakeDatapath {
+    fn list(&mut self, query: &FlowQuery) -> FlowListing {
+        let mut c = Collector::new(query);
+        for f in &self.state().listed {
+            c.offer(*f);
+        }
+        c.finish()
+    }
+
     fn scan(&mut self, is_dead: &dyn Fn(u32) -> bool) -> FlowCounts {
         let mut st = self.state();
         let mut counts = st.flows.clone();

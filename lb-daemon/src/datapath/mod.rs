@@ -18,6 +18,7 @@ use lb_common::{Counter, reason};
 
 use crate::{
     config::{Scheduler, ServiceKey},
+    flows::{FlowListing, FlowQuery},
     maglev::Member,
     model::{BackendState, FlowCounts},
 };
@@ -190,4 +191,6 @@ pub trait FlowTable: Send {
     /// One pass: counts flows per backend and deletes the expired ones and those of backends
     /// `is_dead` names (freed, or down: their clients get a new backend at once).
     fn scan(&mut self, is_dead: &dyn Fn(u32) -> bool) -> FlowCounts;
+    /// One pass that lists the flows `query` asks for (`lbctl flows`), changing nothing.
+    fn list(&mut self, query: &FlowQuery) -> FlowListing;
 }

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::{
     config::{Proto, ServiceKey, proxy::ProxyConfig},
+    flows::{Collector, FlowListing, FlowQuery, FlowRecord},
     handover::{self, Inherited},
     model::FlowCounts,
     proxy::{self, BackendSpec, CounterSnapshot, ServiceHandle},
@@ -286,6 +287,36 @@ impl CounterSource for ProxyFlows {
 }
 
 impl FlowTable for ProxyFlows {
+    fn list(&mut self, query: &FlowQuery) -> FlowListing {
+        let mut collector = Collector::new(query);
+        for h in self.handles() {
+            let SocketAddr::V4(vip) = h.vip() else {
+                continue;
+            };
+            // An idle connection or session ends at this timeout.
+            let timeout = match h.proto() {
+                Proto::Tcp => h.config().idle_timeout,
+                Proto::Udp => h.config().udp_session_timeout,
+            };
+            for open in h.open_flows() {
+                let SocketAddr::V4(client) = open.client else {
+                    continue;
+                };
+                collector.offer(FlowRecord {
+                    proto: h.proto(),
+                    client,
+                    vip,
+                    backend_id: open.backend_id,
+                    // The proxy sees a close as the end of the connection: no closing state.
+                    closing: false,
+                    idle: open.activity.idle(),
+                    expires: Some(timeout.saturating_sub(open.activity.idle())),
+                });
+            }
+        }
+        collector.finish()
+    }
+
     fn scan(&mut self, _is_dead: &dyn Fn(u32) -> bool) -> FlowCounts {
         // A connection cannot be cut from here: it ends on its own. Counting is all there is.
         let handles = self.handles();

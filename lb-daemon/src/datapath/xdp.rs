@@ -13,6 +13,7 @@ use super::{
 };
 use crate::{
     config::{Scheduler, ServiceKey},
+    flows::{FlowListing, FlowQuery},
     model::FlowCounts,
     xdp::{self, AttachMode, FlowTimeouts, XdpError, XdpFlows, XdpMaps, XdpStats},
 };
@@ -259,5 +260,9 @@ impl CounterSource for XdpStats {
 impl FlowTable for XdpFlows {
     fn scan(&mut self, is_dead: &dyn Fn(u32) -> bool) -> FlowCounts {
         self.scan_at(xdp::coarse_now_ns(), FlowTimeouts::default(), is_dead)
+    }
+
+    fn list(&mut self, query: &FlowQuery) -> FlowListing {
+        self.list_at(xdp::coarse_now_ns(), FlowTimeouts::default(), query)
     }
 }

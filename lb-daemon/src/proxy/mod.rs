@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod backends;
+pub mod open;
 mod pump;
 mod ratelimit;
 pub mod scheduler;
@@ -49,6 +50,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 
 pub use backends::{ActiveGuard, Backend, BackendSet, BackendSpec, CounterSnapshot, Counters};
+pub use open::{Activity, OpenFlow, OpenFlows, OpenGuard};
 pub use scheduler::Flow;
 pub use tcp::{bind_tcp, run_tcp, tcp_listener_from};
 pub use udp::{bind_udp, run_udp, udp_socket_from};
@@ -106,6 +108,8 @@ pub struct ServiceHandle {
     /// How long open connections may go on after the listener stops (milliseconds): zero for a
     /// plain stop, the hand-over's grace when a successor took the listener.
     linger_ms: AtomicU64,
+    /// Open connections or sessions, for `lbctl flows`.
+    open: Arc<OpenFlows>,
 }
 
 impl ServiceHandle {
@@ -137,7 +141,13 @@ impl ServiceHandle {
             limit_log: RateLimit::new(Duration::from_secs(10)),
             failure_log: RateLimit::new(Duration::from_secs(1)),
             linger_ms: AtomicU64::new(0),
+            open: Arc::default(),
         })
+    }
+
+    /// Its open connections or sessions (`lbctl flows`).
+    pub fn open_flows(&self) -> Vec<OpenFlow> {
+        self.open.snapshot()
     }
 
     /// Name, for logs.

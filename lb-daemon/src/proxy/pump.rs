@@ -38,7 +38,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{backends::Counters, ratelimit::RateLimit};
+use super::{backends::Counters, open::Activity, ratelimit::RateLimit};
 
 /// Copy-loop buffer per direction. Small, because a busy proxy holds two per connection; the
 /// splice path needs no buffer at all.
@@ -108,6 +108,8 @@ pub(crate) struct PumpParams<'a> {
     pub idle: Duration,
     /// The service's and the backend's counters.
     pub counters: [&'a Counters; 2],
+    /// Stamped on every transfer: the idle timeout and `lbctl flows` read it.
+    pub activity: &'a Activity,
     /// Cancelled when the service shuts down.
     pub cancel: &'a CancellationToken,
 }
@@ -135,8 +137,7 @@ pub(crate) async fn pump(
     p: PumpParams<'_>,
 ) -> (End, Totals) {
     let state = State {
-        start: Instant::now(),
-        last_ms: AtomicU64::new(0),
+        activity: p.activity,
         bytes: [AtomicU64::new(0), AtomicU64::new(0)],
         copy_loops: AtomicU64::new(0),
         ended: AtomicU64::new(0),
@@ -174,9 +175,8 @@ enum Dir {
 /// Shared by both directions of one connection (atomics: the two directions run in one task,
 /// but the task must be `Send`, which rules out `Cell`).
 struct State<'a> {
-    start: Instant,
-    /// Milliseconds from `start` to the last byte moved in either direction.
-    last_ms: AtomicU64,
+    /// The last byte moved in either direction.
+    activity: &'a Activity,
     /// Bytes moved in and out.
     bytes: [AtomicU64; 2],
     copy_loops: AtomicU64,
@@ -188,8 +188,7 @@ struct State<'a> {
 impl State<'_> {
     fn moved(&self, dir: Dir, n: usize) {
         let n = n as u64;
-        let since = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(since, Ordering::Relaxed);
+        self.activity.touch();
         let i = match dir {
             Dir::In => 0,
             Dir::Out => 1,
@@ -207,8 +206,7 @@ impl State<'_> {
 /// Returns once no byte has moved for `timeout`.
 async fn idle(state: &State<'_>, timeout: Duration) {
     loop {
-        let last = state.start + Duration::from_millis(state.last_ms.load(Ordering::Relaxed));
-        let deadline = last + timeout;
+        let deadline = state.activity.last() + timeout;
         if Instant::now() >= deadline {
             return;
         }

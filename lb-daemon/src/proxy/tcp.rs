@@ -259,6 +259,7 @@ async fn serve(
     service.counters.add_connection();
     backend.counters().add_connection();
     tracing::debug!(backend = %backend.addr(), backend_id = backend.id(), "connected");
+    let (_listed, activity) = service.open.open(peer, backend.id());
     let (end, totals) = pump(
         &mut client,
         &mut stream,
@@ -267,6 +268,7 @@ async fn serve(
             splice: service.config.splice,
             idle: service.config.idle_timeout,
             counters: [&service.counters, backend.counters()],
+            activity: &activity,
             cancel,
         },
     )

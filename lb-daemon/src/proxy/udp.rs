@@ -11,10 +11,7 @@ use std::{
     collections::HashMap,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
@@ -31,6 +28,7 @@ use super::{
     ProxyError, ServiceHandle,
     backends::{ActiveGuard, Backend},
     finish,
+    open::{Activity, OpenGuard},
     tcp::set_freebind,
 };
 use crate::config::Proto;
@@ -82,19 +80,17 @@ pub fn udp_socket_from(
 struct Session {
     upstream: UdpSocket,
     backend: Backend,
-    start: Instant,
-    /// Milliseconds from `start` to the last datagram either way.
-    last_ms: AtomicU64,
+    /// The last datagram either way.
+    activity: Arc<Activity>,
 }
 
 impl Session {
     fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
+        self.activity.touch();
     }
 
     fn deadline(&self, timeout: Duration) -> Instant {
-        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + timeout
+        self.activity.last() + timeout
     }
 }
 
@@ -214,11 +210,11 @@ async fn open(
     let guards = [service.counters.open(), backend.counters().open()];
     service.counters.add_connection();
     backend.counters().add_connection();
+    let (listed, activity) = service.open.open(client, backend.id());
     let session = Arc::new(Session {
         upstream,
         backend,
-        start: Instant::now(),
-        last_ms: AtomicU64::new(0),
+        activity,
     });
     lock(sessions).insert(client, session.clone());
     let span = tracing::debug_span!("udp", service = %service.name, client = %client, backend = %session.backend.addr());
@@ -231,7 +227,7 @@ async fn open(
             sessions.clone(),
             service.clone(),
             cancel.clone(),
-            (permit, guards),
+            (permit, guards, listed),
         )
         .instrument(span),
     );
@@ -250,7 +246,8 @@ async fn upstream_socket(backend: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 /// The session's task: relays replies until the session idles out or the service stops.
-/// `_held` (the session's permit and active counts) is released when the task ends.
+/// `_held` (the session's permit, active counts and `lbctl flows` entry) is released when the
+/// task ends.
 async fn relay_replies(
     session: Arc<Session>,
     client: SocketAddr,
@@ -258,7 +255,7 @@ async fn relay_replies(
     sessions: Arc<Table>,
     service: Arc<ServiceHandle>,
     cancel: CancellationToken,
-    _held: (OwnedSemaphorePermit, [ActiveGuard; 2]),
+    _held: (OwnedSemaphorePermit, [ActiveGuard; 2], OpenGuard),
 ) {
     let timeout = service.config.udp_session_timeout;
     loop {
