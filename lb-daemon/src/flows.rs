@@ -171,7 +171,12 @@ impl<'q> Collector<'q> {
     /// The kept flows, most recently active first, and the counts.
     pub fn finish(self) -> FlowListing {
         // Ascending: the least idle first.
-        let flows = self.kept.into_sorted_vec().into_iter().map(|k| k.0).collect();
+        let flows = self
+            .kept
+            .into_sorted_vec()
+            .into_iter()
+            .map(|k| k.0)
+            .collect();
         FlowListing {
             flows,
             matched: self.matched,

@@ -42,4 +42,5 @@ pub mod overrides;
 pub mod proxy;
 pub mod rates;
 pub mod status;
+pub mod top;
 pub mod xdp;

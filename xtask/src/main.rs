@@ -49,6 +49,8 @@ const APT_PACKAGES: &[&str] = &[
     "binutils",
     // Headless browser for the status page test (tests/status_page.rs).
     "chromium",
+    // A terminal for the lbctl top test (tests/top.rs).
+    "tmux",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";

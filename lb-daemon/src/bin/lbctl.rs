@@ -50,6 +50,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live view refreshed every second, like `ipvsadm -L --rate` with top's feel: per
+    /// service and backend, new connections/s, packets/s, bytes/s and flows; q quits.
+    Top,
     /// Change backends at run time (saved in lbd's state file, kept across restarts).
     Backend {
         #[command(subcommand)]
@@ -253,6 +256,14 @@ fn run(args: Args) -> Result<(), String> {
                 print!("{}", report.render());
             }
             Ok(())
+        }
+        Command::Top => {
+            use std::io::IsTerminal as _;
+            if !std::io::stdout().is_terminal() {
+                return Err("top needs a terminal; use `lbctl status` in scripts".into());
+            }
+            lb_daemon::top::run(|| status(&rt, socket))
+                .map_err(|e| format!("the terminal failed: {e}"))
         }
         Command::Backend { action } => match action {
             BackendCmd::Add {
