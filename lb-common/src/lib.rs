@@ -149,6 +149,32 @@ pub struct FlowState {
 }
 const _: () = assert!(core::mem::size_of::<FlowState>() == 16);
 
+/// Length of the flood guard's time slice: new flows are counted per CPU per slice.
+pub const FLOOD_SLICE_NS: u64 = 100_000_000;
+/// Slices per second.
+pub const FLOOD_SLICES_PER_SEC: u64 = 1_000_000_000 / FLOOD_SLICE_NS;
+
+/// Value of SETTINGS[0]: what userspace sets at run time without reloading the program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// New flows one CPU may insert into the connection table per [`FLOOD_SLICE_NS`]; beyond
+    /// them new flows go by Maglev alone until the slice ends. Zero: no guard.
+    pub flood_new_flows_per_slice: u64,
+}
+const _: () = assert!(core::mem::size_of::<Settings>() == 8);
+
+/// Value of the per-CPU FLOOD map: the flood guard's count in the current slice.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodSlot {
+    /// When the slice began (`bpf_ktime_get_coarse_ns`).
+    pub slice_start_ns: u64,
+    /// New flows seen in it.
+    pub new_flows: u64,
+}
+const _: () = assert!(core::mem::size_of::<FloodSlot>() == 16);
+
 /// Value of the per-CPU STATS map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -198,8 +224,12 @@ pub mod reason {
     pub const DROP_NO_BACKEND: u32 = 10;
     /// A backend id the BACKENDS map does not hold (a table update in flight): dropped.
     pub const DROP_BAD_BACKEND: u32 = 11;
+    /// New flows above the flood guard's rate: forwarded by the Maglev table without a
+    /// connection-table entry (XDP), or held back at accept (proxy). Counted beside the
+    /// backend's own counter.
+    pub const FLOOD_GUARD: u32 = 12;
     /// Number of reasons.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
     /// Names for userspace (metrics, `lbctl status`), indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
         "pass_arp",
@@ -214,6 +244,7 @@ pub mod reason {
         "pass_not_vip",
         "drop_no_backend",
         "drop_bad_backend",
+        "flood_guard",
     ];
 }
 
@@ -234,5 +265,7 @@ mod pod {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::FloodSlot {}
     unsafe impl aya::Pod for super::Counter {}
 }

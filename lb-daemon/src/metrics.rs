@@ -178,6 +178,16 @@ pub fn families(s: &Status) -> Vec<MetricFamily> {
         "Capacity of the connection table, in flows (daemon.conntrack_max).",
     );
     ct_capacity.add(&[], f64::from(s.conntrack_max));
+    let mut flood_active = Family::gauge(
+        "lbd_flood_guard_active",
+        "Whether the new-flow flood guard is holding new flows back now (1) or not (0).",
+    );
+    flood_active.add(&[], flag(s.flood_guard.active));
+    let mut flood_limit = Family::gauge(
+        "lbd_flood_guard_new_flows_per_second",
+        "The flood guard's rate (daemon.flood_new_flows_per_sec); 0: off.",
+    );
+    flood_limit.add(&[], f64::from(s.flood_guard.new_flows_per_sec));
 
     let mut svc_packets = Family::counter(
         "lbd_service_packets_total",
@@ -320,6 +330,8 @@ pub fn families(s: &Status) -> Vec<MetricFamily> {
         reasons,
         ct_entries,
         ct_capacity,
+        flood_active,
+        flood_limit,
         svc_packets,
         svc_bytes,
         svc_new,
@@ -694,6 +706,7 @@ mod tests {
             conntrack_entries: 0,
             conntrack_max: 262144,
             reasons: Vec::new(),
+            flood_guard: Default::default(),
             services: Vec::new(),
             vrrp: None,
         }
@@ -804,6 +817,8 @@ mod tests {
             ),
             ("lbd_conntrack_entries", vec![], 17.0),
             ("lbd_conntrack_capacity", vec![], 262144.0),
+            ("lbd_flood_guard_active", vec![], 0.0),
+            ("lbd_flood_guard_new_flows_per_second", vec![], 0.0),
             ("lbd_service_packets_total", web.to_vec(), 1000.0),
             ("lbd_service_bytes_total", web.to_vec(), 64000.0),
             ("lbd_backend_packets_total", b1.to_vec(), 600.0),
@@ -925,7 +940,7 @@ mod tests {
     #[test]
     fn every_family_has_help_type_and_conventional_name() {
         let e = exposition(&sample());
-        assert_eq!(e.help.len(), 25, "{:?}", e.help.keys());
+        assert_eq!(e.help.len(), 27, "{:?}", e.help.keys());
         for (name, _, _) in &e.samples {
             assert!(name.starts_with("lbd_"), "{name}");
             let ty = e
@@ -1044,7 +1059,8 @@ mod tests {
         paths.sort();
         let expected = "\
 config_loaded_unix config_path config_reload_failures config_reloads conntrack_entries \
-conntrack_max datapath datapath_reason datapath_setting interface reasons reasons[].packets \
+conntrack_max datapath datapath_reason datapath_setting flood_guard flood_guard.active \
+flood_guard.episodes flood_guard.held flood_guard.new_flows_per_sec interface reasons reasons[].packets \
 reasons[].reason services services[].backends services[].backends[].addr \
 services[].backends[].bytes services[].backends[].closing_flows services[].backends[].flows \
 services[].backends[].health services[].backends[].health.detail \

@@ -87,6 +87,19 @@ impl Overrides {
             self.services.remove(service);
         }
     }
+
+    /// Parses the text of a state file (what [`StateFile::load`] reads; a fuzz target feeds it
+    /// arbitrary bytes). The error says what is wrong, without the file's path.
+    pub fn parse(text: &str) -> Result<Overrides, String> {
+        let o: Overrides = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if o.version != STATE_VERSION {
+            return Err(format!(
+                "version {} (this lbd reads version {STATE_VERSION})",
+                o.version
+            ));
+        }
+        Ok(o)
+    }
 }
 
 /// Errors of the state file.
@@ -158,20 +171,10 @@ impl StateFile {
                 });
             }
         };
-        let o: Overrides = serde_json::from_str(&text).map_err(|e| StateError::Parse {
+        Overrides::parse(&text).map_err(|message| StateError::Parse {
             path: self.path.clone(),
-            message: e.to_string(),
-        })?;
-        if o.version != STATE_VERSION {
-            return Err(StateError::Parse {
-                path: self.path.clone(),
-                message: format!(
-                    "version {} (this lbd reads version {STATE_VERSION})",
-                    o.version
-                ),
-            });
-        }
-        Ok(o)
+            message,
+        })
     }
 
     /// Writes the overrides durably: a crash leaves the old file or the new one, never a mix.

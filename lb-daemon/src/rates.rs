@@ -52,11 +52,13 @@ struct Entry {
     pending_secs: f64,
 }
 
-/// Rates per backend id, from successive counter readings.
+/// Rates per backend id, from successive counter readings, and the flood guard's episodes.
 #[derive(Debug, Default)]
 pub struct RateBook {
     last_at: Option<Duration>,
     entries: HashMap<u32, Entry>,
+    /// The flood guard's episodes.
+    pub flood: FloodWatch,
 }
 
 impl RateBook {
@@ -119,6 +121,78 @@ impl RateBook {
             .get(&id)
             .map(|e| e.history.iter().copied().collect())
             .unwrap_or_default()
+    }
+}
+
+/// How long the flood guard must stay quiet before an episode counts as over.
+pub const FLOOD_QUIET: Duration = Duration::from_secs(10);
+
+/// What the flood guard did, as the status shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FloodGuardStatus {
+    /// The configured rate (`daemon.flood_new_flows_per_sec`); 0: off.
+    pub new_flows_per_sec: u32,
+    /// Holding new flows back now (within the last [`FLOOD_QUIET`]).
+    pub active: bool,
+    /// Episodes since start.
+    pub episodes: u64,
+    /// Packets (XDP) or connections (proxy) it held back since start.
+    pub held: u64,
+}
+
+/// A change of the flood guard's episode, to log once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FloodEvent {
+    /// It began holding new flows back.
+    Started,
+    /// It held none back for [`FLOOD_QUIET`]: the episode held `held` over `secs` seconds.
+    Ended {
+        /// Held back in the episode.
+        held: u64,
+        /// From its first to its last held flow.
+        secs: f64,
+    },
+}
+
+/// Episodes of the flood guard, from its counter.
+#[derive(Debug, Default)]
+pub struct FloodWatch {
+    last: Option<u64>,
+    /// (start, count at start, last growth) of the episode under way.
+    episode: Option<(Duration, u64, Duration)>,
+    episodes: u64,
+}
+
+impl FloodWatch {
+    /// Takes a reading of the counter at `now`; returns an episode's start or end.
+    pub fn observe(&mut self, now: Duration, total: u64) -> Option<FloodEvent> {
+        let before = self.last.replace(total);
+        let grew = before.is_some_and(|b| total > b);
+        match (&mut self.episode, grew) {
+            (None, true) => {
+                self.episode = Some((now, before.unwrap_or(0), now));
+                self.episodes += 1;
+                Some(FloodEvent::Started)
+            }
+            (Some((_, _, last)), true) => {
+                *last = now;
+                None
+            }
+            (Some((start, at_start, last)), false) if now.saturating_sub(*last) >= FLOOD_QUIET => {
+                let ended = FloodEvent::Ended {
+                    held: total.saturating_sub(*at_start),
+                    secs: last.saturating_sub(*start).as_secs_f64(),
+                };
+                self.episode = None;
+                Some(ended)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether an episode is under way, and how many there were.
+    pub fn state(&self) -> (bool, u64) {
+        (self.episode.is_some(), self.episodes)
     }
 }
 
@@ -219,5 +293,33 @@ mod tests {
         book.observe(secs(6), &reading(&[(1, 99, 0, 0)]));
         // No interval: the rate and base stay; the next interval counts from the last value.
         assert_eq!(book.rates(1).packets_per_s, 10.0);
+    }
+}
+
+#[cfg(test)]
+mod flood_tests {
+    use super::*;
+
+    #[test]
+    fn one_episode_per_flood_ended_after_the_quiet_time() {
+        let s = Duration::from_secs;
+        let mut w = FloodWatch::default();
+        assert_eq!(w.observe(s(0), 5), None, "the first reading is a base");
+        assert_eq!(w.observe(s(1), 5), None);
+        assert_eq!(w.observe(s(2), 100), Some(FloodEvent::Started));
+        assert_eq!(w.state(), (true, 1));
+        assert_eq!(w.observe(s(3), 500), None, "logged once per episode");
+        assert_eq!(w.observe(s(4), 500), None);
+        assert_eq!(w.observe(s(12), 500), None, "quiet for 9 s only");
+        assert_eq!(
+            w.observe(s(13), 500),
+            Some(FloodEvent::Ended {
+                held: 495,
+                secs: 1.0
+            })
+        );
+        assert_eq!(w.state(), (false, 1));
+        assert_eq!(w.observe(s(14), 501), Some(FloodEvent::Started));
+        assert_eq!(w.state(), (true, 2));
     }
 }

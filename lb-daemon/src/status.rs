@@ -12,7 +12,7 @@ use crate::{
     datapath::{DatapathCounters, DatapathMode},
     engine::Source,
     model::BackendState,
-    rates::{RateBook, Rates},
+    rates::{FloodGuardStatus, RateBook, Rates},
 };
 
 /// What `lbctl status` shows and `/metrics` renders.
@@ -47,6 +47,9 @@ pub struct Status {
     pub conntrack_max: u32,
     /// Packets the data path passed to the kernel or dropped, by reason.
     pub reasons: Vec<ReasonCount>,
+    /// The new-flow flood guard.
+    #[serde(default)]
+    pub flood_guard: FloodGuardStatus,
     /// Services.
     pub services: Vec<ServiceStatus>,
     /// VRRP, when configured.
@@ -202,6 +205,10 @@ impl StatusView {
                 packets: counters.reasons.get(r as usize).map_or(0, |c| c.packets),
             })
             .collect();
+        s.flood_guard.held = counters
+            .reasons
+            .get(reason::FLOOD_GUARD as usize)
+            .map_or(0, |c| c.packets);
         for (svc, (ids, retired)) in s.services.iter_mut().zip(&self.ids) {
             for (b, id) in svc.backends.iter_mut().zip(ids) {
                 let c = counters.backend(*id);
@@ -213,8 +220,10 @@ impl StatusView {
         s
     }
 
-    /// Puts the rates and histories of `book` into `status` (one [`StatusView::fill`] made).
+    /// Puts the rates and histories of `book` into `status` (one [`StatusView::fill`] made),
+    /// and the flood guard's state.
     pub fn fill_rates(&self, status: &mut Status, book: &RateBook) {
+        (status.flood_guard.active, status.flood_guard.episodes) = book.flood.state();
         for (svc, (ids, _)) in status.services.iter_mut().zip(&self.ids) {
             svc.rates = Rates::default();
             for (b, id) in svc.backends.iter_mut().zip(ids) {

@@ -301,6 +301,7 @@ mod tests {
             conntrack_entries: 1500,
             conntrack_max: 262_144,
             reasons: Vec::new(),
+            flood_guard: Default::default(),
             services: vec![ServiceStatus {
                 name: "web".into(),
                 vip: "198.18.0.100:80".into(),

@@ -16,7 +16,7 @@ use aya::{
 };
 use lb_common::{
     Backend, Counter, FLOW_FLAG_CLOSING, FlowKey, FlowState, MAGLEV_M, MAX_BACKENDS, STATS_LEN,
-    VipInfo, VipKey,
+    Settings, VipInfo, VipKey,
 };
 
 mod batch;
@@ -172,6 +172,8 @@ pub struct XdpMaps {
     backends: Array<MapData, Backend>,
     /// STATS: per-CPU counters: pass/drop reasons, then services, then backends.
     stats: PerCpuArray<MapData, Counter>,
+    /// SETTINGS: the run-time knobs (the flood guard).
+    settings: Array<MapData, Settings>,
     /// CONNTRACK until [`XdpMaps::take_flows`] hands it out.
     flows: Option<XdpFlows>,
     /// RINGS mapped into this process, where the kernel allows it.
@@ -398,6 +400,7 @@ impl XdpMaps {
             rings_mem,
             backends: take(ebpf, "BACKENDS")?,
             stats: take(ebpf, "STATS")?,
+            settings: take(ebpf, "SETTINGS")?,
             flows: Some(XdpFlows {
                 conntrack: take(ebpf, "CONNTRACK")?,
                 batch_ops: true,
@@ -424,6 +427,18 @@ impl XdpMaps {
     /// The connection table, once: its owner scans it (off the daemon's core).
     pub fn take_flows(&mut self) -> Option<XdpFlows> {
         self.flows.take()
+    }
+
+    /// Sets the flood guard to `new_flows_per_sec` for the node (0: off): each CPU may insert
+    /// its share per slice, as receive-side scaling spreads a flood over the CPUs.
+    pub fn set_flood_guard(&mut self, new_flows_per_sec: u32) -> Result<(), XdpError> {
+        let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u64;
+        let settings = Settings {
+            flood_new_flows_per_slice: flood_per_slice(new_flows_per_sec, cpus),
+        };
+        self.settings
+            .set(0, settings, 0)
+            .map_err(|e| XdpError::Map("SETTINGS", e.to_string()))
     }
 
     /// Sets BACKENDS[id].
@@ -535,6 +550,16 @@ fn sum_stats(stats: &PerCpuArray<MapData, Counter>) -> Result<Vec<Counter>, XdpE
         }
     }
     Ok(out)
+}
+
+/// One CPU's share of a node's new-flow rate per flood-guard slice (at least one; 0 stays 0).
+pub fn flood_per_slice(new_flows_per_sec: u32, cpus: u64) -> u64 {
+    if new_flows_per_sec == 0 {
+        return 0;
+    }
+    u64::from(new_flows_per_sec)
+        .div_ceil(cpus.max(1) * lb_common::FLOOD_SLICES_PER_SEC)
+        .max(1)
 }
 
 impl XdpFlows {

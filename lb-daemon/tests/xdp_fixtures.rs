@@ -586,3 +586,84 @@ fn scans_read_and_delete_in_batches() {
     let empty = bed.scan(now, |_| false);
     assert_eq!(empty.entries, 0, "nothing left in the table");
 }
+
+/// The flood guard on both sides of its threshold: within the slice's allowance new flows are
+/// inserted; beyond it they still reach their Maglev backend but get no entry, and are counted;
+/// established flows keep their entries and backends throughout. Off, every new flow is inserted.
+#[test]
+fn the_flood_guard_forwards_new_flows_beyond_its_rate_without_entries() {
+    if !have_root("the_flood_guard_forwards_new_flows_beyond_its_rate_without_entries") {
+        return;
+    }
+    // One CPU, so that one per-CPU count sees every frame of the test.
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning the test to CPU 0"
+        );
+    }
+    let mut bed = Bed::new(&[21, 22, 23]);
+    let key = |sport: u16| {
+        FlowKey::new(
+            u32::from_ne_bytes(CLIENT),
+            u32::from_ne_bytes(VIP),
+            sport.to_be(),
+            80u16.to_be(),
+            IPPROTO_TCP,
+        )
+    };
+    // Three new flows per slice on each CPU.
+    let cpus = aya::util::nr_cpus().expect("CPUs") as u32;
+    let per_sec = 3 * cpus * lb_common::FLOOD_SLICES_PER_SEC as u32;
+    bed.dp.set_flood_guard(per_sec).expect("flood guard");
+    assert_eq!(xdp::flood_per_slice(per_sec, u64::from(cpus)), 3);
+
+    // A fresh slice starts with the first new flow after a slice's length of quiet.
+    std::thread::sleep(std::time::Duration::from_nanos(
+        lb_common::FLOOD_SLICE_NS + 10_000_000,
+    ));
+    for p in 43000..43005u16 {
+        let out = bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, true, false));
+        assert_eq!(out.action, XDP_TX, "port {p}: forwarded");
+        assert_eq!(
+            Ipv4Addr::new(198, 18, 0, backend_of(&out.packet)),
+            bed.maglev_choice(p),
+            "port {p}: its Maglev backend"
+        );
+        let tracked = bed.flows.flow(&key(p)).is_some();
+        assert_eq!(tracked, p < 43003, "port {p}: entry {tracked}");
+    }
+    let stats = bed.stats();
+    assert_eq!(stats[reason::FLOOD_GUARD as usize].packets, 2, "held back");
+    let started: u64 = stats[STATS_BACKEND_BASE as usize..]
+        .iter()
+        .map(|c| c.new_flows)
+        .sum();
+    assert_eq!(started, 3, "flows started with an entry");
+    // Established flows go on through their entries, whatever the guard does.
+    for p in 43000..43003u16 {
+        let out = bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, false, false));
+        assert_eq!(out.action, XDP_TX);
+        assert!(bed.flows.flow(&key(p)).is_some(), "port {p} kept its entry");
+    }
+    assert_eq!(bed.stats()[reason::FLOOD_GUARD as usize].packets, 2);
+
+    // Off: every new flow gets its entry.
+    bed.dp.set_flood_guard(0).expect("guard off");
+    for p in 44000..44010u16 {
+        assert_eq!(
+            bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, true, false))
+                .action,
+            XDP_TX
+        );
+        assert!(
+            bed.flows.flow(&key(p)).is_some(),
+            "port {p}: entry with the guard off"
+        );
+    }
+    assert_eq!(bed.stats()[reason::FLOOD_GUARD as usize].packets, 2);
+}

@@ -6,14 +6,14 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{
-    FLOW_FLAG_CLOSING, FlowKey, FlowState, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_M, NO_BACKEND,
-    STATS_BACKEND_BASE, VIP_FLAG_SRC_ONLY, VipKey, backend_state,
+    FLOOD_SLICE_NS, FLOW_FLAG_CLOSING, FlowKey, FlowState, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_M,
+    NO_BACKEND, STATS_BACKEND_BASE, VIP_FLAG_SRC_ONLY, VipKey, backend_state,
     hash::{flow_hash, maglev_slot},
     reason,
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, RINGS, STATS, VIPS},
+    maps::{BACKENDS, CONNTRACK, FLOOD, RINGS, SETTINGS, STATS, VIPS},
     parse::{
         ETH_LEN, ETH_P_ARP_BE, ETH_P_IP_BE, EthHdr, IPV4_LEN, Ipv4Hdr, TCP_ACK, TCP_FIN, TCP_RST,
         TCP_SYN, TcpHdr, UdpHdr, global_mac, ptr_at, rewrite_macs,
@@ -37,6 +37,8 @@ struct Forward {
     backend_id: u32,
     /// 1 when this frame started a flow (a connection-table insert), else 0.
     new_flow: u64,
+    /// A new flow the flood guard kept out of the connection table.
+    untracked: bool,
 }
 
 /// The frame does not go to a backend: the action and the reason counter.
@@ -69,6 +71,9 @@ pub fn run(ctx: &XdpContext) -> u32 {
     match balance(ctx) {
         Ok(fwd) => {
             count(STATS_BACKEND_BASE + fwd.backend_id, len, fwd.new_flow);
+            if fwd.untracked {
+                count(reason::FLOOD_GUARD, len, 0);
+            }
             xdp_action::XDP_TX
         }
         Err(skip) => {
@@ -190,6 +195,7 @@ fn balance(ctx: &XdpContext) -> Result<Forward, Skip> {
             return Ok(Forward {
                 backend_id: id,
                 new_flow: 0,
+                untracked: false,
             });
         }
     }
@@ -206,12 +212,39 @@ fn balance(ctx: &XdpContext) -> Result<Forward, Skip> {
         flags: closing,
         last_seen_ns: now,
     };
-    // A full table evicts its least recently used flow; an error here only costs the flow its
-    // pinning, so the packet still goes out.
-    let _ = CONNTRACK.insert(flow, state, 0);
+    // Above the flood guard's rate no entry is made: the flow still reaches its Maglev backend,
+    // and the established flows keep their entries instead of being evicted by a flood.
+    let tracked = flood_allows(now);
+    if tracked {
+        // A full table evicts its least recently used flow; an error here only costs the flow
+        // its pinning, so the packet still goes out.
+        let _ = CONNTRACK.insert(flow, state, 0);
+    }
     rewrite_macs(ctx, &backend.mac).ok_or(pass(reason::PASS_TRUNCATED))?;
     Ok(Forward {
         backend_id: id,
-        new_flow: 1,
+        new_flow: u64::from(tracked),
+        untracked: !tracked,
     })
+}
+
+/// The flood guard: whether this CPU may insert one more new flow in the current slice.
+#[inline(always)]
+fn flood_allows(now: u64) -> bool {
+    let limit = match SETTINGS.get(0) {
+        Some(s) if s.flood_new_flows_per_slice != 0 => s.flood_new_flows_per_slice,
+        _ => return true,
+    };
+    let Some(slot) = FLOOD.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: a per-CPU value: no other CPU writes it, and XDP does not preempt itself.
+    unsafe {
+        if now.wrapping_sub((*slot).slice_start_ns) >= FLOOD_SLICE_NS {
+            (*slot).slice_start_ns = now;
+            (*slot).new_flows = 0;
+        }
+        (*slot).new_flows += 1;
+        (*slot).new_flows <= limit
+    }
 }

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, CONNTRACK_DEFAULT_MAX, Counter, FlowKey, FlowState, MAGLEV_M, MAX_BACKENDS, MAX_RINGS,
-    MAX_SERVICES, STATS_LEN, VipInfo, VipKey,
+    Backend, CONNTRACK_DEFAULT_MAX, Counter, FloodSlot, FlowKey, FlowState, MAGLEV_M, MAX_BACKENDS,
+    MAX_RINGS, MAX_SERVICES, STATS_LEN, Settings, VipInfo, VipKey,
 };
 
 /// BPF_F_NO_COMMON_LRU: per-CPU LRU lists over one shared table (no global LRU lock).
@@ -38,3 +38,11 @@ pub static CONNTRACK: LruHashMap<FlowKey, FlowState> =
 /// STATS: per-CPU packet and byte counters: pass/drop reasons, then services, then backends.
 #[map]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+
+/// SETTINGS: one entry of run-time knobs (the flood guard's rate), written by userspace.
+#[map]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// FLOOD: per-CPU new-flow count of the flood guard's current time slice.
+#[map]
+pub static FLOOD: PerCpuArray<FloodSlot> = PerCpuArray::with_max_entries(1, 0);

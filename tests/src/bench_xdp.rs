@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 use etherparse::PacketBuilder;
 use lb_daemon::{
     config::Config,
-    datapath::xdp::XdpDatapath,
+    datapath::{Datapath as _, xdp::XdpDatapath},
     engine::Engine,
     overrides::Overrides,
     xdp::{self, PROG_BARE, PROG_LBD, XdpMaps},
@@ -122,7 +122,78 @@ pub fn run() -> anyhow::Result<Vec<(String, f64)>> {
     if entries < full * 9 / 10 || walked_entries != entries {
         bail!("the scans saw {entries} and {walked_entries} flows in a table of about {full}");
     }
+    // The flood guard. Established flows first, with the guard off; then 10^6 new flows of a
+    // spoofed-source flood with the guard at its lowest (one insert per slice per CPU), so that
+    // nearly every flood packet takes the guarded path.
+    const ESTABLISHED: u32 = 10_000;
+    const FLOOD: u32 = 1_000_000;
+    dp.set_flood_guard(0)?;
+    let est_key = |i: u32| {
+        let src = [192, 168, (i >> 8) as u8, i as u8];
+        (
+            src,
+            lb_common::FlowKey::new(
+                u32::from_ne_bytes(src),
+                u32::from_ne_bytes([198, 18, 0, 100]),
+                2000u16.to_be(),
+                80u16.to_be(),
+                lb_common::IPPROTO_TCP,
+            ),
+        )
+    };
+    for i in 0..ESTABLISHED {
+        let (src, _) = est_key(i);
+        if xdp::test_run(&ebpf, PROG_LBD, &frame(src, 2000)?, 1)?.action != XDP_TX {
+            bail!("established flow {i} not forwarded");
+        }
+    }
+    // The same established flows again, one run each, ten rounds: the established cost when
+    // each packet is another flow (as under real traffic), not the same one hot in the cache.
+    let mut est_many_total = 0u64;
+    let frames: Vec<Vec<u8>> = (0..ESTABLISHED)
+        .map(|i| frame(est_key(i).0, 2000))
+        .collect::<anyhow::Result<_>>()?;
+    for _ in 0..10 {
+        for f in &frames {
+            est_many_total += xdp::test_run(&ebpf, PROG_LBD, f, 1)?.ns_per_run;
+        }
+    }
+    let est_many = est_many_total as f64 / f64::from(10 * ESTABLISHED);
+    dp.set_flood_guard(1)?;
+    let mut flood_total = 0u64;
+    for i in 0..FLOOD {
+        let src = [172, 16 + (i >> 16) as u8 % 16, (i >> 8) as u8, i as u8];
+        let r = xdp::test_run(&ebpf, PROG_LBD, &frame(src, 3000 + (i % 50000) as u16)?, 1)?;
+        if r.action != XDP_TX {
+            bail!("flood packet {i} not forwarded (action {})", r.action);
+        }
+        flood_total += r.ns_per_run;
+    }
+    let flood = flood_total as f64 / f64::from(FLOOD);
+    let kept = (0..ESTABLISHED)
+        .filter(|&i| flows.flow(&est_key(i).1).is_some())
+        .count();
+    let held = dp.maps().read_stats()?[lb_common::reason::FLOOD_GUARD as usize].packets;
+    if held < u64::from(FLOOD) * 9 / 10 {
+        bail!("the flood guard held back only {held} of {FLOOD} new flows");
+    }
+    dp.set_flood_guard(0)?;
+
     Ok(vec![
+        ("xdp_ns_per_pkt_new_flow_flood".into(), flood),
+        (
+            "xdp_cost_ratio_new_flow_flood".into(),
+            flood / est_single.max(1.0),
+        ),
+        ("xdp_ns_per_pkt_established_many_flows".into(), est_many),
+        (
+            "xdp_cost_ratio_new_flow_flood_vs_many".into(),
+            flood / est_many.max(1.0),
+        ),
+        (
+            "xdp_flood_established_kept".into(),
+            kept as f64 / f64::from(ESTABLISHED),
+        ),
         (
             "xdp_ns_per_pkt_established".into(),
             established.ns_per_run as f64,

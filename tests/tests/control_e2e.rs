@@ -481,3 +481,69 @@ fn flows_listing(mode: Mode, name: &str) -> Result<()> {
     )?;
     lbd.stop()
 }
+
+/// The proxy's flood guard: at 100 new connections per second a burst of 300 connections is
+/// spread over time instead of refused: every one answered, the holds counted, the episode
+/// shown in `lbctl status`, in the status JSON and in metrics.
+#[test]
+fn the_proxy_flood_guard_delays_accepts_and_refuses_none() -> Result<()> {
+    let name = "proxy_flood_guard";
+    if !lbd_tests::netns_tests_enabled(name) {
+        return Ok(());
+    }
+    let SingleNode {
+        topo,
+        backends: _backends,
+        peer: _peer,
+    } = SingleNode::build(name, Mode::Userspace)?;
+    let node = Host::Lbd(1);
+    let all: Vec<Ipv4Addr> = topo.backends().into_iter().map(|b| topo.ip(b)).collect();
+    let socket = LbdNode::socket_path(&topo, node);
+    let config = lbd::config_text(
+        Mode::Userspace,
+        &socket,
+        &Services {
+            tcp: all.clone(),
+            udp: all,
+        },
+    )
+    .replacen("[daemon]\n", "[daemon]\nflood_new_flows_per_sec = 100\n", 1);
+    let lbd = LbdNode::start(&topo, node, &config)?;
+    let started = std::time::Instant::now();
+    let answered = backends_answering(&topo, 300)?;
+    let took = started.elapsed();
+    ensure!(answered.len() == 300, "{} of 300 answered", answered.len());
+    // A second of burst, then 100 a second: the last 200 wait their turn (a lower bound only).
+    ensure!(
+        took >= Duration::from_secs(1),
+        "300 connections in {took:?}: the guard held nothing back"
+    );
+    let status = lbd.wait_status(Duration::from_secs(5), "the flood guard active", |s| {
+        s.flood_guard.active && s.flood_guard.held > 0
+    })?;
+    ensure!(
+        status.flood_guard.new_flows_per_sec == 100 && status.flood_guard.episodes == 1,
+        "{:?}",
+        status.flood_guard
+    );
+    let (code, text, err) = lbd.lbctl(&["status"])?;
+    ensure!(code == 0, "{err}");
+    ensure!(
+        text.contains("flood guard 100 new flows/s: HOLDING NEW FLOWS BACK"),
+        "{text}"
+    );
+    let metrics = scrape(&topo, node)?;
+    ensure!(
+        sample(&metrics, "lbd_flood_guard_active", &[])? == 1.0,
+        "active metric"
+    );
+    ensure!(
+        sample(
+            &metrics,
+            "lbd_datapath_packets_total",
+            &["reason=\"flood_guard\""]
+        )? > 0.0,
+        "held back, counted"
+    );
+    lbd.stop()
+}

@@ -416,6 +416,22 @@ fn print_status(s: &Status) {
         "config {}  state {}  connection table {}/{}",
         s.config_path, s.state_file, s.conntrack_entries, s.conntrack_max
     );
+    let f = &s.flood_guard;
+    if f.new_flows_per_sec == 0 {
+        println!("flood guard off");
+    } else {
+        println!(
+            "flood guard {} new flows/s: {}  ({} episodes, {} held back since start)",
+            f.new_flows_per_sec,
+            if f.active {
+                "HOLDING NEW FLOWS BACK"
+            } else {
+                "quiet"
+            },
+            f.episodes,
+            f.held
+        );
+    }
     if let Some(v) = &s.vrrp {
         let since = v
             .last_transition_unix

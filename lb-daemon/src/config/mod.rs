@@ -196,7 +196,15 @@ pub struct DaemonConfig {
     /// Where the XDP data path is pinned in bpffs so that it outlives the process (a restart or
     /// a crash adopts it); none: it stops with lbd.
     pub pin_dir: Option<PathBuf>,
+    /// The flood guard: new flows per second above which XDP stops inserting new flows into
+    /// the connection table (they go by Maglev alone), and the proxy stops accepting (per
+    /// service). Zero: off.
+    pub flood_new_flows_per_sec: u32,
 }
+
+/// Default of `daemon.flood_new_flows_per_sec`: well above what a node's clients open in normal
+/// use, well below the rate at which inserts cost a core (a new flow costs about 1 µs).
+pub const DEFAULT_FLOOD_NEW_FLOWS_PER_SEC: u32 = 200_000;
 
 /// `[[service]]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -269,6 +277,7 @@ struct RawDaemon {
     metrics_addr: Option<String>,
     conntrack_max: Option<i64>,
     pin_dir: Option<PathBuf>,
+    flood_new_flows_per_sec: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -363,7 +372,20 @@ impl RawConfig {
                 ));
             }
         };
+        let flood_new_flows_per_sec = match d.flood_new_flows_per_sec {
+            None => DEFAULT_FLOOD_NEW_FLOWS_PER_SEC,
+            Some(n) if n == 0 || (100..=100_000_000).contains(&n) => n as u32,
+            Some(n) => {
+                return Err(err(
+                    "daemon.flood_new_flows_per_sec",
+                    format!(
+                        "{n} is out of range (allowed: 0 for no guard, or 100 to 100000000 new flows per second)"
+                    ),
+                ));
+            }
+        };
         let daemon = DaemonConfig {
+            flood_new_flows_per_sec,
             interface: d.interface,
             datapath,
             control_socket: d
@@ -651,6 +673,10 @@ backends = [ { addr = "198.18.0.21" } ]
             (
                 "[daemon]\ninterface = \"eth0\"\nmetrics_addr = \"localhost\"\n".into(),
                 "daemon.metrics_addr: \"localhost\" is not an IP:port",
+            ),
+            (
+                "[daemon]\ninterface = \"eth0\"\nflood_new_flows_per_sec = 5\n".into(),
+                "daemon.flood_new_flows_per_sec: 5 is out of range (allowed: 0 for no guard, or 100 to 100000000 new flows per second)",
             ),
             (
                 "[daemon]\ninterface = \"eth0\"\nconntrack_max = 5\n".into(),

@@ -378,6 +378,8 @@ impl Core {
             ids_file,
         };
         let report = core.apply()?;
+        core.datapath
+            .set_flood_guard(core.config.daemon.flood_new_flows_per_sec)?;
         // The tables are current: the program takes over (an adopted link's, atomically).
         core.datapath.go_live()?;
         if let Some(a) = &setup.adoption
@@ -593,6 +595,19 @@ impl Core {
     }
 
     fn reload_apply(&mut self, new: Config) {
+        // The flood guard's rate is a knob of the running program: a reload changes it.
+        let flood = new.daemon.flood_new_flows_per_sec;
+        if flood != self.config.daemon.flood_new_flows_per_sec {
+            match self.datapath.set_flood_guard(flood) {
+                Ok(()) => {
+                    tracing::info!(new_flows_per_sec = flood, "SIGHUP: flood guard set");
+                    self.config.daemon.flood_new_flows_per_sec = flood;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: setting the flood guard failed; keeping the running one");
+                }
+            }
+        }
         let old_services = std::mem::replace(&mut self.config.services, new.services);
         match self.apply() {
             Ok(r) => {

@@ -19,6 +19,7 @@ use crate::{
     flows::{ClientFilter, DEFAULT_LIMIT, FlowQuery, FlowsReport, MAX_LIMIT},
     net,
     overrides::{Admin, BackendOverride},
+    rates::FloodGuardStatus,
     status::{
         BackendStatus, HealthStatus, ReasonCount, ServiceStatus, Status, StatusView, VrrpStatus,
     },
@@ -595,6 +596,10 @@ impl Core {
             conntrack_entries: self.counts.entries,
             conntrack_max: self.config.daemon.conntrack_max,
             reasons: Vec::new(),
+            flood_guard: FloodGuardStatus {
+                new_flows_per_sec: self.config.daemon.flood_new_flows_per_sec,
+                ..FloodGuardStatus::default()
+            },
             services,
             vrrp: self.vrrp.as_ref().map(VrrpHandles::status),
         };

@@ -48,7 +48,7 @@ use crate::{
     health::{HealthMonitor, Target},
     metrics, net,
     overrides::StateFile,
-    rates::RateBook,
+    rates::{FLOOD_QUIET, FloodEvent, RateBook},
     status::Status,
 };
 
@@ -201,10 +201,29 @@ async fn sample_rates(
         let source = counters.clone();
         let read = tokio::task::spawn_blocking(move || source.counters()).await;
         match read {
-            Ok(Ok(c)) => book
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .observe(origin.elapsed(), &c.backends),
+            Ok(Ok(c)) => {
+                let now = origin.elapsed();
+                let mut book = book.lock().unwrap_or_else(PoisonError::into_inner);
+                book.observe(now, &c.backends);
+                let held = c
+                    .reasons
+                    .get(lb_common::reason::FLOOD_GUARD as usize)
+                    .map_or(0, |r| r.packets);
+                match book.flood.observe(now, held) {
+                    Some(FloodEvent::Started) => tracing::warn!(
+                        "new-flow flood: above daemon.flood_new_flows_per_sec, new flows go by \
+                         Maglev without a connection-table entry (XDP) or wait at accept (proxy); \
+                         established flows keep theirs"
+                    ),
+                    Some(FloodEvent::Ended { held, secs }) => tracing::info!(
+                        held,
+                        seconds = secs,
+                        "new-flow flood over: the guard held nothing back for {}s",
+                        FLOOD_QUIET.as_secs()
+                    ),
+                    None => {}
+                }
+            }
             // Logged at debug: the status reader reports the same failure to whoever asks.
             Ok(Err(e)) => tracing::debug!(error = %e, "rates: reading the counters failed"),
             Err(e) => tracing::debug!(error = %e, "rates: the reader task failed"),

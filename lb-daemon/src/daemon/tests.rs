@@ -762,3 +762,22 @@ fn flows_are_listed_named_and_filtered() {
     }
     assert!(bed.effects.asked().lists.is_empty());
 }
+
+#[test]
+fn the_flood_guard_is_set_at_start_and_by_a_reload() {
+    let mut bed = Bed::new("flood", DatapathMode::XdpGeneric);
+    assert_eq!(
+        bed.dp.state().flood_guard,
+        Some(crate::config::DEFAULT_FLOOD_NEW_FLOWS_PER_SEC)
+    );
+    let path = bed.dir.join("lbd.toml");
+    std::fs::write(
+        &path,
+        CONFIG.replace("[daemon]\n", "[daemon]\nflood_new_flows_per_sec = 5000\n"),
+    )
+    .expect("write");
+    bed.core.handle(Command::Reload);
+    assert_eq!(bed.dp.state().flood_guard, Some(5000));
+    let s = bed.core.status().expect("status");
+    assert_eq!(s.flood_guard.new_flows_per_sec, 5000);
+}

@@ -52,6 +52,8 @@ pub struct FakeState {
     pub listed: Vec<FlowRecord>,
     /// Backend ids whose flows scans were asked to cut.
     pub cut: Vec<u32>,
+    /// The flood guard's rate last set.
+    pub flood_guard: Option<u32>,
     /// Writes left before the next one fails (None: never).
     pub fail_after: Option<usize>,
 }
@@ -140,6 +142,11 @@ impl Datapath for FakeDatapath {
 
     fn flow_table(&mut self) -> Result<Box<dyn FlowTable>, DatapathError> {
         Ok(Box::new(self.clone()))
+    }
+
+    fn set_flood_guard(&mut self, new_flows_per_sec: u32) -> Result<(), DatapathError> {
+        self.state().flood_guard = Some(new_flows_per_sec);
+        Ok(())
     }
 
     fn counter_source(&self) -> Result<Arc<dyn CounterSource>, DatapathError> {

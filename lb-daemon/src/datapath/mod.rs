@@ -159,6 +159,9 @@ pub trait Datapath: Send {
     fn free_backend(&mut self, id: u32) -> Result<Counter, DatapathError>;
     /// Reads the counters.
     fn counters(&self) -> Result<DatapathCounters, DatapathError>;
+    /// Sets the flood guard: above `new_flows_per_sec` (0: off), XDP forwards new flows
+    /// without a connection-table entry, the proxy holds back accepts (per service).
+    fn set_flood_guard(&mut self, new_flows_per_sec: u32) -> Result<(), DatapathError>;
     /// Starts forwarding with the tables written so far, where that waits for them (XDP taking
     /// over a pinned link: the earlier program serves until its successor's tables are in).
     fn go_live(&mut self) -> Result<(), DatapathError> {

@@ -48,6 +48,8 @@ pub struct ProxyDatapath {
     handles: Handles,
     /// Listeners an earlier lbd or systemd handed over, taken by the services they belong to.
     inherited: Inherited,
+    /// The flood guard's rate, for each service (new ones too).
+    flood_per_sec: u32,
 }
 
 impl ProxyDatapath {
@@ -64,6 +66,7 @@ impl ProxyDatapath {
             services: BTreeMap::new(),
             handles: Arc::default(),
             inherited,
+            flood_per_sec: 0,
         }
     }
 
@@ -82,6 +85,7 @@ impl ProxyDatapath {
             self.config.clone(),
         )?);
         handle.set_backends(svc.scheduler, specs, svc.table)?;
+        handle.set_flood_guard(self.flood_per_sec);
         let stop = CancellationToken::new();
         let _guard = self.runtime.enter();
         let proto = svc.key.proto;
@@ -212,6 +216,19 @@ impl Datapath for ProxyDatapath {
         ProxyFlows(self.handles.clone()).counters()
     }
 
+    fn set_flood_guard(&mut self, new_flows_per_sec: u32) -> Result<(), DatapathError> {
+        self.flood_per_sec = new_flows_per_sec;
+        for h in self
+            .handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
+            h.set_flood_guard(new_flows_per_sec);
+        }
+        Ok(())
+    }
+
     fn counter_source(&self) -> Result<Arc<dyn CounterSource>, DatapathError> {
         Ok(Arc::new(ProxyFlows(self.handles.clone())))
     }
@@ -280,6 +297,10 @@ impl CounterSource for ProxyFlows {
         for h in self.handles() {
             for (id, c) in h.all_backend_counters() {
                 out.backends.entry(id).or_default().add(both(&c));
+            }
+            // What the flood guard held back, as XDP counts what it kept out of its table.
+            if let Some(r) = out.reasons.get_mut(lb_common::reason::FLOOD_GUARD as usize) {
+                r.packets += h.counters().flood_held;
             }
         }
         Ok(out)

@@ -203,6 +203,10 @@ impl Datapath for XdpDatapath {
         Ok(split(&self.maps.read_stats()?))
     }
 
+    fn set_flood_guard(&mut self, new_flows_per_sec: u32) -> Result<(), DatapathError> {
+        Ok(self.maps.set_flood_guard(new_flows_per_sec)?)
+    }
+
     fn counter_source(&self) -> Result<Arc<dyn CounterSource>, DatapathError> {
         Ok(Arc::new(self.maps.stats_reader()?))
     }

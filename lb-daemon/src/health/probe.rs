@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
     time::Instant,
 };
@@ -108,8 +108,9 @@ async fn check(target: SocketAddr, kind: &CheckKind, stage: &mut Stage) -> Resul
 }
 
 /// Reads up to the first line break, at most [`MAX_STATUS_LINE`] bytes. Returns the line
-/// without its line break (or all that came before the peer closed).
-async fn read_status_line(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
+/// without its line break (or all that came before the peer closed). Generic over the reader
+/// so that a fuzz target can feed it a backend's answer from memory.
+pub async fn read_status_line<R: AsyncRead + Unpin>(stream: &mut R) -> Result<Vec<u8>, String> {
     let mut buf = vec![0u8; MAX_STATUS_LINE];
     let mut len = 0;
     loop {

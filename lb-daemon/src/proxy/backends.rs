@@ -177,6 +177,7 @@ pub struct Counters {
     no_backend: AtomicU64,
     limit_hits: AtomicU64,
     dropped: AtomicU64,
+    flood_held: AtomicU64,
 }
 
 /// A copy of [`Counters`] at one moment.
@@ -204,6 +205,9 @@ pub struct CounterSnapshot {
     pub limit_hits: u64,
     /// Service only: UDP datagrams dropped (session bound, full socket buffer, send error).
     pub dropped: u64,
+    /// Service only: new connections held back at accept (TCP) or new sessions refused (UDP)
+    /// by the flood guard.
+    pub flood_held: u64,
 }
 
 impl Counters {
@@ -221,6 +225,7 @@ impl Counters {
             no_backend: r(&self.no_backend),
             limit_hits: r(&self.limit_hits),
             dropped: r(&self.dropped),
+            flood_held: r(&self.flood_held),
         }
     }
 
@@ -259,6 +264,10 @@ impl Counters {
 
     pub(crate) fn add_limit_hit(&self) {
         self.limit_hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_flood_held(&self) {
+        self.flood_held.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn add_dropped(&self) {

@@ -56,7 +56,7 @@ pub use tcp::{bind_tcp, run_tcp, tcp_listener_from};
 pub use udp::{bind_udp, run_udp, udp_socket_from};
 
 use crate::config::{ConfigError, Proto, Scheduler, proxy::ProxyConfig};
-use ratelimit::RateLimit;
+use ratelimit::{AcceptRate, RateLimit};
 
 /// Errors of the proxy's set-up. Errors of single connections are logged and counted instead.
 #[derive(Debug, thiserror::Error)]
@@ -105,11 +105,14 @@ pub struct ServiceHandle {
     /// Warnings that could come once per connection are rate-limited per service.
     limit_log: RateLimit,
     failure_log: RateLimit,
+    flood_log: RateLimit,
     /// How long open connections may go on after the listener stops (milliseconds): zero for a
     /// plain stop, the hand-over's grace when a successor took the listener.
     linger_ms: AtomicU64,
     /// Open connections or sessions, for `lbctl flows`.
     open: Arc<OpenFlows>,
+    /// The flood guard: new connections (sessions) per second.
+    accept_rate: AcceptRate,
 }
 
 impl ServiceHandle {
@@ -140,9 +143,18 @@ impl ServiceHandle {
             limit_total: permits,
             limit_log: RateLimit::new(Duration::from_secs(10)),
             failure_log: RateLimit::new(Duration::from_secs(1)),
+            flood_log: RateLimit::new(Duration::from_secs(10)),
             linger_ms: AtomicU64::new(0),
             open: Arc::default(),
+            accept_rate: AcceptRate::new(0),
         })
+    }
+
+    /// Sets the flood guard: new connections (TCP) or sessions (UDP) per second the service
+    /// takes; beyond them accepts wait (clients queue in the backlog, where SYN cookies protect
+    /// the listener) and new UDP clients' datagrams are dropped. Zero: no bound.
+    pub fn set_flood_guard(&self, per_sec: u32) {
+        self.accept_rate.set(per_sec);
     }
 
     /// Its open connections or sessions (`lbctl flows`).

@@ -154,6 +154,27 @@ pub async fn run_tcp(
                 }
             }
         };
+        // The flood guard: above the rate, the next accept waits for its token.
+        let mut held = false;
+        while let Some(wait) = service
+            .accept_rate
+            .take(tokio::time::Instant::now().into_std())
+        {
+            if !held {
+                held = true;
+                service.counters.add_flood_held();
+                if let Some(n) = service.flood_log.check() {
+                    tracing::warn!(service = %service.name, held_since_last_warning = n, "new-connection flood: accepts held to the flood guard's rate (daemon.flood_new_flows_per_sec); clients wait in the backlog");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             r = listener.async_io(Interest::READABLE, accept) => match r {

@@ -190,6 +190,19 @@ async fn open(
         }
         return None;
     };
+    // The flood guard: new sessions above its rate are refused (existing ones go on).
+    if service
+        .accept_rate
+        .take(tokio::time::Instant::now().into_std())
+        .is_some()
+    {
+        service.counters.add_flood_held();
+        service.counters.add_dropped();
+        if let Some(n) = service.flood_log.check() {
+            tracing::warn!(service = %service.name, held_since_last_warning = n, "new-session flood: datagrams from new clients dropped above the flood guard's rate (daemon.flood_new_flows_per_sec)");
+        }
+        return None;
+    }
     let set = service.backend_set();
     let Some(backend) = set.pick(&service.flow(client), None).cloned() else {
         service.counters.add_no_backend();

@@ -11,14 +11,22 @@ use std::{
 };
 
 use lb_common::{
-    Backend, CONNTRACK_DEFAULT_MAX, Counter, FlowKey, FlowState, MAGLEV_M, MAX_BACKENDS, MAX_RINGS,
-    MAX_SERVICES, STATS_LEN, VipInfo, VipKey,
+    Backend, CONNTRACK_DEFAULT_MAX, Counter, FloodSlot, FlowKey, FlowState, MAGLEV_M, MAX_BACKENDS,
+    MAX_RINGS, MAX_SERVICES, STATS_LEN, Settings, VipInfo, VipKey,
 };
 
 /// The maps pinned, by their names in the object.
-pub const MAP_NAMES: [&str; 5] = ["VIPS", "RINGS", "BACKENDS", "CONNTRACK", "STATS"];
+pub const MAP_NAMES: [&str; 7] = [
+    "VIPS",
+    "RINGS",
+    "BACKENDS",
+    "CONNTRACK",
+    "STATS",
+    "SETTINGS",
+    "FLOOD",
+];
 /// Bumped when a map's meaning changes while its sizes stay.
-const LAYOUT_VERSION: u32 = 1;
+const LAYOUT_VERSION: u32 = 2;
 /// `BPF_FS_MAGIC` from `linux/magic.h`: the `f_type` of a bpffs mount.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Where bpffs is mounted by convention (and where lbd mounts it when it is not).
@@ -57,6 +65,8 @@ pub fn layout(conntrack_max: u32) -> String {
         size_of::<FlowKey>(),
         size_of::<FlowState>(),
         size_of::<Counter>(),
+        size_of::<Settings>(),
+        size_of::<FloodSlot>(),
         MAX_SERVICES as usize,
         MAX_RINGS as usize,
         MAGLEV_M as usize,
@@ -245,6 +255,6 @@ mod tests {
     fn layouts_differ_by_table_size_and_are_stable() {
         assert_eq!(layout(262_144), layout(262_144));
         assert_ne!(layout(262_144), layout(524_288));
-        assert!(layout(1024).starts_with("v1-"));
+        assert!(layout(1024).starts_with("v2-"));
     }
 }
