@@ -34,6 +34,7 @@ pub mod engine;
 pub mod flows;
 pub mod handover;
 pub mod health;
+pub mod limits;
 pub mod maglev;
 pub mod metrics;
 pub mod model;

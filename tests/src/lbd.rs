@@ -183,14 +183,33 @@ impl LbdNode {
         what: &str,
         ready: impl Fn(&Status) -> bool,
     ) -> Result<LbdNode> {
+        Self::start_wrapped(topo, node, config, &[], what, ready)
+    }
+
+    /// [`start_until`](Self::start_until) with lbd run through `wrapper` (a program and its
+    /// arguments, e.g. `["prlimit", "--nofile=1024:"]`).
+    pub fn start_wrapped(
+        topo: &Topology,
+        node: Host,
+        config: &str,
+        wrapper: &[&str],
+        what: &str,
+        ready: impl Fn(&Status) -> bool,
+    ) -> Result<LbdNode> {
         let dir = Self::dir(topo, node);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let config_path = dir.join("lbd.toml");
         std::fs::write(&config_path, config)
             .with_context(|| format!("writing {}", config_path.display()))?;
-        let mut cmd = topo
-            .ns(node)
-            .command(&bin_path("lbd")?.display().to_string());
+        let lbd = bin_path("lbd")?.display().to_string();
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = topo.ns(node).command(program);
+                c.args(args).arg(&lbd);
+                c
+            }
+            None => topo.ns(node).command(&lbd),
+        };
         cmd.arg("--config").arg(&config_path).env("LBD_LOG", "info");
         let process = topo.ns(node).spawn(cmd)?;
         let node = LbdNode {

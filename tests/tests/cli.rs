@@ -76,6 +76,25 @@ fn check_config_names_key_and_value() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     ensure!(String::from_utf8_lossy(&out.stdout).contains("ok (1 services, 1 backends)"));
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("bounds need"),
+        "the descriptor budget"
+    );
+    // A host whose hard limit is below what the bounds need: said, with the fix.
+    let out = Command::new("prlimit")
+        .arg("--nofile=1024:2048")
+        .arg(&lbd)
+        .arg("--check-config")
+        .arg(&path)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success()
+            && text.contains("warning: the configured bounds need")
+            && text.contains("the hard limit is 2048")
+            && text.contains("LimitNOFILE"),
+        "under a hard limit of 2048: {text}"
+    );
     let out = Command::new(&lbd)
         .arg("--check-config")
         .arg("/nonexistent/lbd.toml")

@@ -1,6 +1,6 @@
 //! Fuzz the HTTP health check's reader: a backend's answer, from memory, through the probe's own
 //! `read_status_line` and `parse_status_line`. The first input byte sets how the answer arrives
-//! (how many bytes each read returns), the rest is the answer.
+//! (each read returns at most that many bytes plus one), the rest is the answer.
 //!
 //! Invariants: nothing panics; the line read is the answer up to its first line break (or all of
 //! it when the peer closes first), never longer than `MAX_STATUS_LINE`; an error only for an
@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&how, answer)) = data.split_first() else {
         return;
     };
-    let chunk = usize::from(how).max(1) * 8;
+    let chunk = usize::from(how) + 1;
     let mut reader = Answer {
         rest: answer,
         chunk,

@@ -50,7 +50,7 @@ const MIN_FRAME: usize = 14;
 const MAX_FRAME: usize = 1518;
 /// Connection table size: small, so that the fuzzer reaches its evictions.
 const CONNTRACK_MAX: u32 = 1024;
-/// The flood guard's rate (new flows per second; 100 per slice).
+/// The flood guard's rate in new flows per second (per CPU and 100 ms slice: a few dozen).
 const FLOOD_NEW_FLOWS_PER_SEC: u32 = 1000;
 
 /// The services: TCP with three backends, UDP with two (shared addresses, ids of their own), a

@@ -72,6 +72,18 @@ fn main() -> ExitCode {
                     path.display(),
                     c.services.len()
                 );
+                // The descriptors the bounds need, against what this host allows.
+                let budget = lb_daemon::limits::FdBudget::of(&c);
+                match lb_daemon::limits::nofile() {
+                    Ok(l) => match lb_daemon::limits::shortfall(&budget, l.hard) {
+                        Some(short) => println!("warning: {short}"),
+                        None => println!(
+                            "open files: the bounds need {budget}; the hard limit here is {}",
+                            l.hard
+                        ),
+                    },
+                    Err(e) => println!("warning: cannot read the open-files limit: {e}"),
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

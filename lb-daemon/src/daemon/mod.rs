@@ -46,7 +46,7 @@ use crate::{
     flows::FlowQuery,
     handover::{self, Inherited},
     health::{HealthMonitor, Target},
-    metrics, net,
+    limits, metrics, net,
     overrides::StateFile,
     rates::{FLOOD_QUIET, FloodEvent, RateBook},
     status::Status,
@@ -282,6 +282,25 @@ fn spawn_vrrp(
     Ok(done_rx)
 }
 
+/// Raises the open-files soft limit to what the configured bounds need (up to the hard
+/// limit), and says when the hard limit is too low for them.
+fn raise_nofile(config: &Config) {
+    let budget = limits::FdBudget::of(config);
+    match limits::raise(budget.need()) {
+        Ok(r) => {
+            if r.soft != r.before.soft {
+                tracing::info!(from = r.before.soft, to = r.soft, need = %budget, "open files: soft limit raised for the configured bounds");
+            }
+            if let Some(short) = limits::shortfall(&budget, r.before.hard) {
+                tracing::warn!("{short}");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, need = %budget, "open files: the soft limit could not be raised");
+        }
+    }
+}
+
 /// Hands the data path's listening sockets to a successor (`lbd --replace`) on its control
 /// connection; the connection comes back for the `released` frame.
 async fn hand_listeners(
@@ -315,6 +334,7 @@ async fn hand_listeners(
 /// Runs the daemon until SIGTERM or SIGINT, or until a successor takes over (`lbd --replace`).
 /// `inherited`: listening sockets from systemd or the lbd this one replaces.
 pub async fn run(config_path: PathBuf, config: Config, inherited: Inherited) -> anyhow::Result<()> {
+    raise_nofile(&config);
     let runtime = tokio::runtime::Handle::current();
     let netlink = net::connect().context("opening a netlink socket")?;
     let replacing = inherited.replaced;

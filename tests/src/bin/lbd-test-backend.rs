@@ -27,7 +27,7 @@ use lbd_tests::http::{DEFAULT_STREAM_CHUNK, Head, HttpReader, query_param, strea
 use socket2::{Domain, Socket, Type};
 
 /// Connections served at once; the next ones get `503` and are closed.
-const MAX_CONNECTIONS: usize = 1024;
+const MAX_CONNECTIONS: usize = 4096;
 /// A keep-alive connection with no request for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A response write that makes no progress for this long aborts the connection.
