@@ -13,12 +13,17 @@ pub mod hash;
 
 /// Maglev lookup table size per service: a prime well above 100 × the largest backend count.
 pub const MAGLEV_M: u32 = 65537;
-/// Most services (VIP, port, protocol) one lbd node balances.
-pub const MAX_SERVICES: u32 = 32;
-/// Maglev tables: two per service, so a new table is written aside and switched in atomically.
+/// Most services (VIP, port, protocol) one lbd node balances (Katran's default VIP count).
+pub const MAX_SERVICES: u32 = 512;
+/// Services the Maglev rings are sized for unless the config asks for more
+/// (`daemon.max_services`): the rings cost 1 MiB of kernel memory per service.
+pub const DEFAULT_MAX_SERVICES: u32 = 64;
+/// Maglev tables at most: two per service, so a new table is written aside and switched in
+/// atomically. The RINGS map holds `2 * max_services` of them, sized at load.
 pub const MAX_RINGS: u32 = 2 * MAX_SERVICES;
-/// Most backends across all services (backend ids are `0..MAX_BACKENDS`).
-pub const MAX_BACKENDS: u32 = 1024;
+/// Most backends across all services (backend ids are `0..MAX_BACKENDS`): twice the configured
+/// limit, so that backends leaving with open flows keep their ids while new ones come.
+pub const MAX_BACKENDS: u32 = 8192;
 /// Default capacity of the connection table (flows); `[daemon] conntrack_max` overrides it.
 pub const CONNTRACK_DEFAULT_MAX: u32 = 262_144;
 /// Maglev slot value meaning "no backend" (a service whose backends are all out of rotation).

@@ -163,6 +163,57 @@ pub fn shortfall(budget: &FdBudget, hard: u64) -> Option<String> {
     })
 }
 
+/// Kernel memory of the XDP maps, MiB per Maglev-ring service (two tables of 65,537 slots of
+/// 8 bytes) and per million connection-table entries (measured: `cargo xtask bench scale`,
+/// `bytes_memlock` of the maps).
+pub const MIB_PER_SERVICE: f64 = 1.0;
+/// See [`MIB_PER_SERVICE`].
+pub const MIB_PER_MILLION_FLOWS: f64 = 92.0;
+
+/// What the XDP maps of `config` cost in kernel memory, MiB: (rings, connection table).
+pub fn map_memory_mib(config: &Config) -> (f64, f64) {
+    (
+        f64::from(config.daemon.max_services) * MIB_PER_SERVICE,
+        f64::from(config.daemon.conntrack_max) / 1e6 * MIB_PER_MILLION_FLOWS,
+    )
+}
+
+/// `MemAvailable` of `/proc/meminfo`, MiB.
+pub fn mem_available_mib() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: f64 = text
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// The sentence on the maps' kernel memory against what the host has available; a warning
+/// (`true`) when they would take more than half of it.
+pub fn map_memory_note(config: &Config, available_mib: Option<f64>) -> (bool, String) {
+    let (rings, flows) = map_memory_mib(config);
+    let total = rings + flows;
+    let head = format!(
+        "XDP maps: {total:.0} MiB of kernel memory ({rings:.0} MiB of Maglev rings for \
+         daemon.max_services = {}, {flows:.0} MiB for daemon.conntrack_max = {})",
+        config.daemon.max_services, config.daemon.conntrack_max
+    );
+    match available_mib {
+        Some(avail) if total > avail / 2.0 => (
+            true,
+            format!(
+                "{head}: more than half of the {avail:.0} MiB this host has available; lower \
+                 daemon.conntrack_max or daemon.max_services"
+            ),
+        ),
+        Some(avail) => (false, format!("{head}; {avail:.0} MiB available")),
+        None => (false, head),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +274,22 @@ backends = [ { addr = "198.18.0.21" } ]
             "{s}"
         );
         assert!(s.contains("LimitNOFILE"), "{s}");
+    }
+
+    #[test]
+    fn map_memory_is_stated_and_checked() {
+        let c = Config::parse(&CONFIG.replace("userspace", "xdp")).expect("config");
+        let (warn, text) = map_memory_note(&c, Some(100_000.0));
+        assert!(!warn, "{text}");
+        assert!(
+            text.starts_with("XDP maps: 88 MiB of kernel memory (64 MiB of Maglev rings"),
+            "{text}"
+        );
+        let (warn, text) = map_memory_note(&c, Some(100.0));
+        assert!(
+            warn && text.contains("lower daemon.conntrack_max"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -95,14 +95,23 @@ pub fn load(
     conntrack_max: u32,
     programs: &[&str],
 ) -> Result<Ebpf, XdpError> {
-    load_with(own_mac, bare_dst_mac, conntrack_max, programs, None)
+    load_with(
+        own_mac,
+        bare_dst_mac,
+        conntrack_max,
+        lb_common::DEFAULT_MAX_SERVICES,
+        programs,
+        None,
+    )
 }
 
-/// [`load`], with the maps pinned in `maps_dir` (adopted when pinned there already).
+/// [`load`], with rings for `max_services` services and the maps pinned in `maps_dir`
+/// (adopted when pinned there already).
 pub fn load_with(
     own_mac: [u8; 6],
     bare_dst_mac: [u8; 6],
     conntrack_max: u32,
+    max_services: u32,
     programs: &[&str],
     maps_dir: Option<&std::path::Path>,
 ) -> Result<Ebpf, XdpError> {
@@ -110,7 +119,8 @@ pub fn load_with(
     loader
         .override_global("OWN_MAC", &own_mac, true)
         .override_global("BARE_DST_MAC", &bare_dst_mac, true)
-        .map_max_entries("CONNTRACK", conntrack_max);
+        .map_max_entries("CONNTRACK", conntrack_max)
+        .map_max_entries("RINGS", rings_len(max_services));
     if let Some(dir) = maps_dir {
         for name in pins::MAP_NAMES {
             loader.map_pin_path(name, dir.join(name));
@@ -186,38 +196,48 @@ pub struct XdpMaps {
 /// 8 (`round_up(value_size, 8)` in `array_map_alloc`).
 const RING_SLOT_STRIDE: usize = 8;
 
-/// RINGS mapped into memory (`BPF_F_MMAPABLE`): a table is written with plain stores.
+/// RINGS written through memory mappings (`BPF_F_MMAPABLE`): a table is written with plain
+/// stores into a mapping of just the pages that hold it, unmapped again at once. Mapping the
+/// whole array for good would count it all (1 MiB per service) in lbd's resident memory.
 struct MappedRings {
-    ptr: std::ptr::NonNull<u8>,
-    /// Slots mapped.
+    fd: std::os::fd::OwnedFd,
+    /// Slots in the array.
     len: usize,
-    /// Bytes mapped.
-    bytes: usize,
+    page: usize,
 }
 
-// SAFETY: the mapping is plain shared memory owned by this value; nothing else in this process
-// aliases it.
-unsafe impl Send for MappedRings {}
-
 impl MappedRings {
-    /// Maps the whole RINGS array read-write, shared with the kernel.
-    fn new(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<MappedRings> {
-        use std::os::fd::AsRawFd as _;
-        let len = (lb_common::MAX_RINGS * MAGLEV_M) as usize;
+    /// Checks that the array (`len` slots) can be mapped, with a mapping of its first page.
+    fn new(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> std::io::Result<MappedRings> {
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
             .map_err(|_| std::io::Error::other("no page size"))?;
-        let bytes = (len * RING_SLOT_STRIDE).div_ceil(page) * page;
-        // SAFETY: a fresh shared mapping of a BPF array's fd; the kernel checks the length and
-        // the map's BPF_F_MMAPABLE flag.
+        let rings = MappedRings {
+            fd: fd.try_clone_to_owned()?,
+            len,
+            page,
+        };
+        rings.map(0, 1).map(|m| rings.unmap(m))?;
+        Ok(rings)
+    }
+
+    /// Maps the pages holding slots `base..base + n`; returns the mapping and where slot
+    /// `base` is in it.
+    fn map(&self, base: usize, n: usize) -> std::io::Result<(std::ptr::NonNull<u8>, usize, usize)> {
+        use std::os::fd::AsRawFd as _;
+        let start = base * RING_SLOT_STRIDE;
+        let offset = start / self.page * self.page;
+        let bytes = (start + n * RING_SLOT_STRIDE - offset).div_ceil(self.page) * self.page;
+        // SAFETY: a fresh shared mapping of a BPF array's fd; the kernel checks the offset, the
+        // length and the map's BPF_F_MMAPABLE flag.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 bytes,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
+                self.fd.as_raw_fd(),
+                libc::off_t::try_from(offset).map_err(|_| std::io::Error::other("offset"))?,
             )
         };
         if ptr == libc::MAP_FAILED {
@@ -225,37 +245,42 @@ impl MappedRings {
         }
         let ptr = std::ptr::NonNull::new(ptr.cast::<u8>())
             .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
-        Ok(MappedRings { ptr, len, bytes })
+        Ok((ptr, bytes, start - offset))
     }
 
-    /// Copies `table` into the slots from `base`; false when it does not fit.
+    fn unmap(&self, (ptr, bytes, _): (std::ptr::NonNull<u8>, usize, usize)) {
+        // SAFETY: a mapping made by `map`, of `bytes` bytes, unmapped once.
+        unsafe { libc::munmap(ptr.as_ptr().cast(), bytes) };
+    }
+
+    /// Copies `table` into the slots from `base`; false when it does not fit or cannot be
+    /// mapped (the caller writes it another way).
     fn write(&mut self, base: usize, table: &[u32]) -> bool {
-        if base
-            .checked_add(table.len())
-            .is_none_or(|end| end > self.len)
+        if table.is_empty()
+            || base
+                .checked_add(table.len())
+                .is_none_or(|end| end > self.len)
         {
             return false;
         }
+        let Ok(mapping) = self.map(base, table.len()) else {
+            return false;
+        };
+        let (ptr, _, first) = mapping;
         for (i, id) in table.iter().enumerate() {
-            // SAFETY: slot `base + i < len` lies inside the mapping, 8-byte aligned (page-aligned
-            // start, stride 8); the ring written is the idle one, which the program reads only
-            // once VIPS points at it (a syscall later).
+            // SAFETY: slot `base + i` lies inside the mapping (it covers the pages of slots
+            // `base..base + len`), 8-byte aligned (page-aligned offset, stride 8); the ring
+            // written is the idle one, which the program reads only once VIPS points at it
+            // (a syscall later).
             unsafe {
-                self.ptr
-                    .as_ptr()
-                    .add((base + i) * RING_SLOT_STRIDE)
+                ptr.as_ptr()
+                    .add(first + i * RING_SLOT_STRIDE)
                     .cast::<u32>()
                     .write(*id);
             }
         }
+        self.unmap(mapping);
         true
-    }
-}
-
-impl Drop for MappedRings {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, of `bytes` bytes, unmapped once.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
     }
 }
 
@@ -387,7 +412,13 @@ impl XdpMaps {
     /// Takes the maps out of a loaded object.
     pub fn new(ebpf: &mut Ebpf) -> Result<XdpMaps, XdpError> {
         let rings: Array<MapData, u32> = take(ebpf, "RINGS")?;
-        let rings_mem = match MappedRings::new(rings.map().fd().as_fd()) {
+        // Its size as loaded (`daemon.max_services`), which an adopted pinned map keeps.
+        let len = rings
+            .map()
+            .info()
+            .map_err(|e| XdpError::Map("RINGS", e.to_string()))?
+            .max_entries() as usize;
+        let rings_mem = match MappedRings::new(rings.map().fd().as_fd(), len) {
             Ok(m) => Some(m),
             Err(e) => {
                 tracing::info!(error = %e, "the Maglev rings cannot be mapped: writing them in batches");
@@ -550,6 +581,11 @@ fn sum_stats(stats: &PerCpuArray<MapData, Counter>) -> Result<Vec<Counter>, XdpE
         }
     }
     Ok(out)
+}
+
+/// Entries of the RINGS map for `max_services` services: two tables each.
+pub fn rings_len(max_services: u32) -> u32 {
+    2 * max_services.clamp(1, lb_common::MAX_SERVICES) * MAGLEV_M
 }
 
 /// One CPU's share of a node's new-flow rate per flood-guard slice (at least one; 0 stays 0).

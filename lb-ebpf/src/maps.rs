@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, CONNTRACK_DEFAULT_MAX, Counter, FloodSlot, FlowKey, FlowState, MAGLEV_M, MAX_BACKENDS,
-    MAX_RINGS, MAX_SERVICES, STATS_LEN, Settings, VipInfo, VipKey,
+    Backend, CONNTRACK_DEFAULT_MAX, Counter, DEFAULT_MAX_SERVICES, FloodSlot, FlowKey, FlowState,
+    MAGLEV_M, MAX_BACKENDS, MAX_SERVICES, STATS_LEN, Settings, VipInfo, VipKey,
 };
 
 /// BPF_F_NO_COMMON_LRU: per-CPU LRU lists over one shared table (no global LRU lock).
@@ -20,10 +20,12 @@ pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_SERVIC
 /// BPF_F_MMAPABLE: userspace maps the array into its memory (Linux 5.5+).
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
-/// RINGS: the Maglev tables, `MAX_RINGS` of `MAGLEV_M` slots each, slot → backend id. Mappable,
-/// so the daemon writes a whole table as one copy instead of 65,537 map updates.
+/// RINGS: the Maglev tables, two per service of `MAGLEV_M` slots each, slot → backend id.
+/// Mappable, so the daemon writes a whole table as one copy instead of 65,537 map updates.
+/// Userspace sizes it from `daemon.max_services` before loading.
 #[map]
-pub static RINGS: Array<u32> = Array::with_max_entries(MAX_RINGS * MAGLEV_M, BPF_F_MMAPABLE);
+pub static RINGS: Array<u32> =
+    Array::with_max_entries(2 * DEFAULT_MAX_SERVICES * MAGLEV_M, BPF_F_MMAPABLE);
 
 /// BACKENDS: backend id → MAC, address and state.
 #[map]

@@ -47,6 +47,7 @@ pub mod bench_core;
 pub mod bench_failover;
 pub mod bench_net;
 pub mod bench_restart;
+pub mod bench_scale;
 pub mod bench_xdp;
 pub mod browser;
 pub mod capture;

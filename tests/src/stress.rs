@@ -43,7 +43,7 @@ use crate::{
     lbd::{self, LbdNode, Mode},
 };
 
-/// Services in the largest config lbd takes (`lb_common::MAX_SERVICES`).
+/// Services in the stress's big config (the largest is 512 × 8: `cargo xtask bench scale`).
 pub const SERVICES: usize = 32;
 /// Backends per service in the largest config: 32 × 16 = 512, the limit on backends in a config.
 pub const BACKENDS_PER_SERVICE: usize = 16;

@@ -84,6 +84,13 @@ fn main() -> ExitCode {
                     },
                     Err(e) => println!("warning: cannot read the open-files limit: {e}"),
                 }
+                if c.daemon.datapath != lb_daemon::config::Datapath::Userspace {
+                    let (warn, note) = lb_daemon::limits::map_memory_note(
+                        &c,
+                        lb_daemon::limits::mem_available_mib(),
+                    );
+                    println!("{}{note}", if warn { "warning: " } else { "" });
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -196,6 +196,9 @@ pub struct DaemonConfig {
     /// Where the XDP data path is pinned in bpffs so that it outlives the process (a restart or
     /// a crash adopts it); none: it stops with lbd.
     pub pin_dir: Option<PathBuf>,
+    /// Services the XDP Maglev rings are sized for (1 MiB of kernel memory each); a reload may
+    /// add services up to it, more need a restart.
+    pub max_services: u32,
     /// The flood guard: new flows per second above which XDP stops inserting new flows into
     /// the connection table (they go by Maglev alone), and the proxy stops accepting (per
     /// service). Zero: off.
@@ -278,6 +281,7 @@ struct RawDaemon {
     conntrack_max: Option<i64>,
     pin_dir: Option<PathBuf>,
     flood_new_flows_per_sec: Option<i64>,
+    max_services: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -384,7 +388,24 @@ impl RawConfig {
                 ));
             }
         };
+        // Default: room for the configured services and 64 more, in steps of 64.
+        let configured = self.service.len() as i64;
+        let max_services = match d.max_services {
+            None => ((configured / 64 + 1) * 64).min(i64::from(lb_common::MAX_SERVICES)),
+            Some(n) => n,
+        };
+        if !(1..=i64::from(lb_common::MAX_SERVICES)).contains(&max_services) {
+            return Err(err(
+                "daemon.max_services",
+                format!(
+                    "{max_services} is out of range (allowed: 1 to {})",
+                    lb_common::MAX_SERVICES
+                ),
+            ));
+        }
+        let max_services = max_services as u32;
         let daemon = DaemonConfig {
+            max_services,
             flood_new_flows_per_sec,
             interface: d.interface,
             datapath,
@@ -408,12 +429,13 @@ impl RawConfig {
             },
         };
 
-        if self.service.len() > lb_common::MAX_SERVICES as usize {
+        if self.service.len() > daemon.max_services as usize {
             return Err(err(
                 "service",
                 format!(
-                    "{} services configured; at most {} are supported",
+                    "{} services configured; daemon.max_services is {} (allowed up to {})",
                     self.service.len(),
+                    daemon.max_services,
                     lb_common::MAX_SERVICES
                 ),
             ));
@@ -639,6 +661,10 @@ backends = [ { addr = "198.18.0.21" } ]
         assert_eq!(c.daemon.interface, "eth0");
         assert_eq!(c.daemon.datapath, Datapath::XdpGeneric);
         assert_eq!(c.daemon.conntrack_max, lb_common::CONNTRACK_DEFAULT_MAX);
+        assert_eq!(
+            c.daemon.max_services, 64,
+            "two services and room for 62 more"
+        );
         assert_eq!(c.services.len(), 2);
         assert_eq!(c.services[0].name, "web");
         assert_eq!(c.services[0].backends[0].weight, 2);
@@ -673,6 +699,14 @@ backends = [ { addr = "198.18.0.21" } ]
             (
                 "[daemon]\ninterface = \"eth0\"\nmetrics_addr = \"localhost\"\n".into(),
                 "daemon.metrics_addr: \"localhost\" is not an IP:port",
+            ),
+            (
+                "[daemon]\ninterface = \"eth0\"\nmax_services = 0\n".into(),
+                "daemon.max_services: 0 is out of range (allowed: 1 to 512)",
+            ),
+            (
+                "[daemon]\ninterface = \"eth0\"\nmax_services = 1\n[[service]]\nvip = \"198.18.0.100:80\"\n[[service]]\nvip = \"198.18.0.100:81\"\n".into(),
+                "service: 2 services configured; daemon.max_services is 1 (allowed up to 512)",
             ),
             (
                 "[daemon]\ninterface = \"eth0\"\nflood_new_flows_per_sec = 5\n".into(),

@@ -574,7 +574,24 @@ impl Core {
                 "SIGHUP: [vrrp] settings changed; they take effect at the next restart (a reload never moves the VIP)"
             );
         }
-        if new.daemon != self.config.daemon {
+        // The rings were sized at start: more services than they hold need a restart.
+        let room = self.config.daemon.max_services as usize;
+        if new.services.len() > room {
+            tracing::error!(
+                services = new.services.len(),
+                max_services = room,
+                "SIGHUP: config rejected: more services than this data path was started with \
+                 (daemon.max_services); restart lbd to apply it; keeping the running config"
+            );
+            self.reload_failures += 1;
+            self.effects.notify(Notify::Ready);
+            return;
+        }
+        // What a reload applies of [daemon] (the flood guard) is no restart matter.
+        let mut unapplied = new.daemon.clone();
+        unapplied.flood_new_flows_per_sec = self.config.daemon.flood_new_flows_per_sec;
+        unapplied.max_services = self.config.daemon.max_services;
+        if unapplied != self.config.daemon {
             tracing::warn!(
                 "SIGHUP: [daemon] settings changed; they take effect at the next restart (services are applied now)"
             );

@@ -114,11 +114,13 @@ fn attach_xdp(
     attached: Option<AttachMode>,
 ) -> anyhow::Result<(XdpDatapath, Option<Adoption>)> {
     let Some(dir) = &config.daemon.pin_dir else {
-        let mut ebpf = xdp::load(
+        let mut ebpf = xdp::load_with(
             link.mac,
             [0; 6],
             config.daemon.conntrack_max,
+            config.daemon.max_services,
             &[xdp::PROG_LBD],
+            None,
         )?;
         xdp::attach(
             &mut ebpf,
@@ -129,7 +131,10 @@ fn attach_xdp(
         )?;
         return Ok((XdpDatapath::attached(ebpf, mode, None)?, None));
     };
-    let pins = Pins::new(dir, pins::layout(config.daemon.conntrack_max));
+    let pins = Pins::new(
+        dir,
+        pins::layout(config.daemon.conntrack_max, config.daemon.max_services),
+    );
     let mut found = pins
         .prepare()
         .with_context(|| format!("daemon.pin_dir = {:?}", dir.display().to_string()))?;
@@ -160,6 +165,7 @@ fn attach_xdp(
         link.mac,
         [0; 6],
         config.daemon.conntrack_max,
+        config.daemon.max_services,
         &[xdp::PROG_LBD],
         Some(&maps_dir),
     )?;

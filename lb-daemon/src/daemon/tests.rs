@@ -781,3 +781,24 @@ fn the_flood_guard_is_set_at_start_and_by_a_reload() {
     let s = bed.core.status().expect("status");
     assert_eq!(s.flood_guard.new_flows_per_sec, 5000);
 }
+
+#[test]
+fn a_reload_beyond_the_rings_it_started_with_is_refused() {
+    let mut bed = Bed::new("max-services", DatapathMode::XdpGeneric);
+    assert_eq!(bed.core.config.daemon.max_services, 64);
+    let mut text = String::from("[daemon]\ninterface = \"eth0\"\ndatapath = \"xdp-generic\"\n");
+    for i in 0..65 {
+        text += &format!(
+            "[[service]]\nvip = \"198.18.0.100:{}\"\nbackends = [ {{ addr = \"198.18.0.21\" }} ]\n",
+            1000 + i
+        );
+    }
+    std::fs::write(bed.dir.join("lbd.toml"), text).expect("write");
+    bed.core.handle(Command::Reload);
+    assert_eq!(bed.core.reload_failures, 1, "refused");
+    assert_eq!(
+        bed.core.engine.services().count(),
+        1,
+        "the running config kept"
+    );
+}

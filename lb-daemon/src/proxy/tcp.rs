@@ -176,6 +176,9 @@ pub async fn run_tcp(
             break;
         }
         let (stream, peer) = tokio::select! {
+            // A stop wins over a waiting client: one accepted now would be cut at once, while
+            // in the backlog it waits for the successor (systemd's fd store, `lbd --replace`).
+            biased;
             () = shutdown.cancelled() => break,
             r = listener.async_io(Interest::READABLE, accept) => match r {
                 Ok(c) => {

@@ -55,8 +55,8 @@ pub struct Pins {
     layout: String,
 }
 
-/// The layout name of maps sized for `conntrack_max` flows.
-pub fn layout(conntrack_max: u32) -> String {
+/// The layout name of maps sized for `conntrack_max` flows and `max_services` services.
+pub fn layout(conntrack_max: u32, max_services: u32) -> String {
     let sizes = [
         LAYOUT_VERSION as usize,
         size_of::<VipKey>(),
@@ -74,6 +74,7 @@ pub fn layout(conntrack_max: u32) -> String {
         STATS_LEN as usize,
         conntrack_max as usize,
         CONNTRACK_DEFAULT_MAX as usize,
+        crate::xdp::rings_len(max_services) as usize,
     ];
     let text: Vec<String> = sizes.iter().map(usize::to_string).collect();
     let hash = lb_common::hash::bytes_hash(0x6c62_645f_6c61_796f, text.join(":").as_bytes());
@@ -253,8 +254,13 @@ mod tests {
 
     #[test]
     fn layouts_differ_by_table_size_and_are_stable() {
-        assert_eq!(layout(262_144), layout(262_144));
-        assert_ne!(layout(262_144), layout(524_288));
-        assert!(layout(1024).starts_with("v2-"));
+        assert_eq!(layout(262_144, 64), layout(262_144, 64));
+        assert_ne!(layout(262_144, 64), layout(524_288, 64));
+        assert_ne!(
+            layout(262_144, 64),
+            layout(262_144, 128),
+            "rings for more services"
+        );
+        assert!(layout(1024, 64).starts_with("v2-"));
     }
 }
