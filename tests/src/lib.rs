@@ -58,6 +58,7 @@ pub mod http;
 pub mod lbd;
 pub mod netns;
 pub mod restart;
+pub mod soak;
 pub mod stress;
 pub mod topology;
 

@@ -466,12 +466,34 @@ impl Topology {
             .arg("--udp")
             .arg(format!("{VIP}:{UDP_PORT}"))
             .arg("--udp")
-            .arg(format!("{}:{UDP_PORT}", host.ip()));
+            .arg(format!("{}:{UDP_PORT}", host.ip()))
+            .arg("--health-file")
+            .arg(self.health_file(host));
         let mut child = ns.spawn(cmd)?;
         child
             .wait_ready(BACKEND_READY_TIMEOUT)
             .with_context(|| format!("starting the backend on {host}"))?;
         Ok(child)
+    }
+
+    /// The file whose presence makes backend `host` answer `GET /health` with 503.
+    pub fn health_file(&self, host: Host) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("lbdt-{}-{}.down", self.tag, host.role()))
+    }
+
+    /// Makes backend `host`'s `GET /health` answer 200 (`up`) or 503; its server goes on.
+    pub fn set_backend_health(&self, host: Host, up: bool) -> Result<()> {
+        let file = self.health_file(host);
+        if up {
+            match std::fs::remove_file(&file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("removing {}", file.display()))
+                }
+                _ => Ok(()),
+            }
+        } else {
+            std::fs::write(&file, b"down").with_context(|| format!("writing {}", file.display()))
+        }
     }
 
     /// [`start_backend`](Self::start_backend) on every backend, in order.

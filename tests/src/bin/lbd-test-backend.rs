@@ -45,7 +45,11 @@ const CONN_STACK: usize = 256 * 1024;
 /// TCP listen backlog: bursts of short connections must not overflow it.
 const BACKLOG: i32 = 1024;
 
-const USAGE: &str = "usage: lbd-test-backend --name NAME [--http IP:PORT]... [--udp IP:PORT]...";
+const USAGE: &str = "usage: lbd-test-backend --name NAME [--http IP:PORT]... [--udp IP:PORT]... [--health-file PATH]";
+
+/// `GET /health` answers 503 while this file exists, else 200: tests flap a backend's health
+/// check without stopping its server.
+static HEALTH_FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
 /// Parsed command line.
 struct Args {
@@ -78,6 +82,10 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
                     v.parse()
                         .with_context(|| format!("--udp {v:?} is not an IP:PORT"))?,
                 );
+            }
+            "--health-file" => {
+                let v = value("--health-file")?;
+                let _ = HEALTH_FILE.set(v.into());
             }
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -299,6 +307,18 @@ fn serve(stream: TcpStream, peer: SocketAddr, name: &str) -> std::io::Result<()>
                 // Abortive close: SO_LINGER 0 makes close(2) send an RST instead of a FIN.
                 socket2::SockRef::from(&*out).set_linger(Some(Duration::ZERO))?;
                 return Ok(());
+            }
+            "/health" => {
+                let down = HEALTH_FILE.get().is_some_and(|f| f.exists());
+                let (code, reason, body) = if down {
+                    (503, "Service Unavailable", "down\n")
+                } else {
+                    (200, "OK", "up\n")
+                };
+                write_head(out, code, reason, name, peer, body.len() as u64, keep_alive)?;
+                if !head_only {
+                    out.write_all(body.as_bytes())?;
+                }
             }
             "/stream" => {
                 let Some(plan) = StreamPlan::from_target(target) else {
