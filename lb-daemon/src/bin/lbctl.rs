@@ -53,6 +53,11 @@ enum Command {
     /// A live view refreshed every second, like `ipvsadm -L --rate` with top's feel: per
     /// service and backend, new connections/s, packets/s, bytes/s and flows; q quits.
     Top,
+    /// Write an lbd config from another balancer's config.
+    Import {
+        #[command(subcommand)]
+        from: ImportCmd,
+    },
     /// Change backends at run time (saved in lbd's state file, kept across restarts).
     Backend {
         #[command(subcommand)]
@@ -72,6 +77,23 @@ enum Command {
     Man {
         /// The directory.
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportCmd {
+    /// A keepalived configuration (vrrp_instance, virtual_server with direct routing, health
+    /// checks, includes): what has no lbd equivalent becomes a comment in the output and a
+    /// warning naming the keepalived line.
+    Keepalived {
+        /// keepalived.conf.
+        file: PathBuf,
+        /// Write the config here instead of to stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Refuse anything that would not be converted (exit 1 on the first).
+        #[arg(long)]
+        strict: bool,
     },
 }
 
@@ -254,6 +276,34 @@ fn run(args: Args) -> Result<(), String> {
                 );
             } else {
                 print!("{}", report.render());
+            }
+            Ok(())
+        }
+        Command::Import {
+            from:
+                ImportCmd::Keepalived {
+                    file,
+                    output,
+                    strict,
+                },
+        } => {
+            let import = lb_import::import_file(&file, &lb_import::Options { strict })
+                .map_err(|e| e.to_string())?;
+            for w in &import.warnings {
+                eprintln!("lbctl: warning: {w}");
+            }
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, &import.toml)
+                        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+                    eprintln!(
+                        "lbctl: {} written ({} warnings); check it with `lbd --check-config {}`",
+                        path.display(),
+                        import.warnings.len(),
+                        path.display()
+                    );
+                }
+                None => print!("{}", import.toml),
             }
             Ok(())
         }
