@@ -30,7 +30,7 @@ use lb_daemon::{
 
 use crate::{
     Host, Topology,
-    lbd::{self, LbdNode, Mode, Services},
+    lbd::{self, LbdNode, Mode},
     stress,
 };
 
@@ -164,23 +164,14 @@ fn rss_16m() -> Result<f64> {
     let node = Host::Lbd(1);
     let _backends = topo.start_backends(&crate::bin_path("lbd-test-backend")?)?;
     let all: Vec<_> = topo.backends().into_iter().map(|b| topo.ip(b)).collect();
-    let socket = LbdNode::socket_path(&topo, node);
-    let config = lbd::config_text(
-        Mode::XdpGeneric,
-        &socket,
-        &Services {
-            tcp: all.clone(),
-            udp: all.clone(),
-        },
-    )
-    .replacen(
+    let config = lbd::all_backends_config(&topo, node, Mode::XdpGeneric).replacen(
         "[daemon]\n",
         &format!("[daemon]\nconntrack_max = {RSS_FLOWS}\n"),
         1,
     );
     let lbd = LbdNode::start(&topo, node, &config)?;
     std::thread::sleep(Duration::from_secs(2));
-    let before = vm_rss_mib(lbd.process.pid())?;
+    let before = crate::vm_rss_mib(lbd.process.pid())?;
     let (conntrack, backends_map) = stress::find_lbd_maps(&topo, node)?;
     let live = stress::live_backend_ids(backends_map)?;
     let inserted = stress::fill_conntrack(conntrack, &live, RSS_FLOWS)?;
@@ -198,22 +189,10 @@ fn rss_16m() -> Result<f64> {
     let counted = lbd.status()?.conntrack_entries;
     // Idle: a few seconds for the rates sampler and the tick to settle.
     std::thread::sleep(Duration::from_secs(3));
-    let after = vm_rss_mib(lbd.process.pid())?;
+    let after = crate::vm_rss_mib(lbd.process.pid())?;
     eprintln!(
         "scale: {inserted} flows inserted, {counted} counted by lbd; RSS {before:.1} MiB before, {after:.1} MiB after"
     );
     lbd.stop()?;
     Ok(after)
-}
-
-/// VmRSS of a process in MiB.
-fn vm_rss_mib(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .context("VmRSS")?;
-    Ok(kib / 1024.0)
 }

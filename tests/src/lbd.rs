@@ -122,6 +122,19 @@ impl SingleNode {
     }
 }
 
+/// A node's config ([`config_text`]) with web and dns over every backend of the topology.
+pub fn all_backends_config(topo: &Topology, node: Host, mode: Mode) -> String {
+    let all: Vec<Ipv4Addr> = topo.backends().into_iter().map(|b| topo.ip(b)).collect();
+    config_text(
+        mode,
+        &LbdNode::socket_path(topo, node),
+        &Services {
+            tcp: all.clone(),
+            udp: all,
+        },
+    )
+}
+
 /// A `[vrrp]` section for a node: VRID 51, adverts every 100 ms, on eth0, for the VIP.
 pub fn vrrp_section(priority: u8, preempt: bool) -> String {
     format!(

@@ -220,6 +220,19 @@ pub fn bin_path(name: &str) -> Result<PathBuf> {
     )
 }
 
+/// A process's resident memory (`VmRSS`), MiB.
+pub fn vm_rss_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS in /proc/PID/status")?;
+    Ok(kib / 1024.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

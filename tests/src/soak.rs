@@ -240,15 +240,8 @@ fn config(topo: &Topology, mode: Mode, variant: u32) -> String {
 
 /// Resident memory and open descriptors of a process.
 fn rss_and_fds(pid: u32) -> Result<(f64, usize)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .context("VmRSS")?;
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
-    Ok((kib / 1024.0, fds))
+    Ok((crate::vm_rss_mib(pid)?, fds))
 }
 
 /// b3 is put back up when the soak ends, however it ends.

@@ -358,16 +358,7 @@ fn flows_listing(mode: Mode, name: &str) -> Result<()> {
         peer: _peer,
     } = SingleNode::build(name, mode)?;
     let node = Host::Lbd(1);
-    let all: Vec<Ipv4Addr> = topo.backends().into_iter().map(|b| topo.ip(b)).collect();
-    let socket = LbdNode::socket_path(&topo, node);
-    let config = lbd::config_text(
-        mode,
-        &socket,
-        &Services {
-            tcp: all.clone(),
-            udp: all.clone(),
-        },
-    );
+    let config = lbd::all_backends_config(&topo, node, mode);
     let lbd = LbdNode::start(&topo, node, &config)?;
     let (vip, vip_udp) = (topo.vip_http(), topo.vip_udp());
     let client_ip = topo.ip(Host::Client);
@@ -497,17 +488,11 @@ fn the_proxy_flood_guard_delays_accepts_and_refuses_none() -> Result<()> {
         peer: _peer,
     } = SingleNode::build(name, Mode::Userspace)?;
     let node = Host::Lbd(1);
-    let all: Vec<Ipv4Addr> = topo.backends().into_iter().map(|b| topo.ip(b)).collect();
-    let socket = LbdNode::socket_path(&topo, node);
-    let config = lbd::config_text(
-        Mode::Userspace,
-        &socket,
-        &Services {
-            tcp: all.clone(),
-            udp: all,
-        },
-    )
-    .replacen("[daemon]\n", "[daemon]\nflood_new_flows_per_sec = 100\n", 1);
+    let config = lbd::all_backends_config(&topo, node, Mode::Userspace).replacen(
+        "[daemon]\n",
+        "[daemon]\nflood_new_flows_per_sec = 100\n",
+        1,
+    );
     let lbd = LbdNode::start(&topo, node, &config)?;
     let started = std::time::Instant::now();
     let answered = backends_answering(&topo, 300)?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use lbd_tests::{
     Host, client,
-    lbd::{self, LbdNode, Mode, Services, SingleNode},
+    lbd::{self, LbdNode, Mode, SingleNode},
     netns_tests_enabled,
 };
 
@@ -50,16 +50,7 @@ fn the_proxy_under_a_soft_limit_of_1024_holds_5000_connections() -> Result<()> {
         peer: _peer,
     } = SingleNode::build(name, Mode::Userspace)?;
     let node = Host::Lbd(1);
-    let all: Vec<_> = topo.backends().into_iter().map(|b| topo.ip(b)).collect();
-    let socket = LbdNode::socket_path(&topo, node);
-    let config = lbd::config_text(
-        Mode::Userspace,
-        &socket,
-        &Services {
-            tcp: all.clone(),
-            udp: all,
-        },
-    );
+    let config = lbd::all_backends_config(&topo, node, Mode::Userspace);
     // The soft limit of a systemd service by default; the hard one stays.
     let lbd = LbdNode::start_wrapped(
         &topo,

@@ -15,7 +15,7 @@ use lbd_tests::{
     Host, Topology, VIP,
     browser::{Browser, png_summary},
     client,
-    lbd::{self, LbdNode, Mode, Services, SingleNode},
+    lbd::{self, LbdNode, Mode, SingleNode},
     netns_tests_enabled, test_tag,
 };
 use serde_json::Value;
@@ -35,16 +35,7 @@ fn the_status_page_shows_every_backend_and_follows_a_drain() -> Result<()> {
     } = SingleNode::build(name, Mode::XdpGeneric)?;
     let node = Host::Lbd(1);
     let all: Vec<Ipv4Addr> = topo.backends().into_iter().map(|b| topo.ip(b)).collect();
-    let socket = LbdNode::socket_path(&topo, node);
-    let config = lbd::config_text(
-        Mode::XdpGeneric,
-        &socket,
-        &Services {
-            tcp: all.clone(),
-            udp: all.clone(),
-        },
-    )
-    .replacen(
+    let config = lbd::all_backends_config(&topo, node, Mode::XdpGeneric).replacen(
         "name = \"web\"\n",
         "name = \"web\"\nhealth = { kind = \"http\", path = \"/\", interval_ms = 200, timeout_ms = 150 }\n",
         1,

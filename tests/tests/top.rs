@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use lbd_tests::{
     Host, bin_path, client,
-    lbd::{self, LbdNode, Mode, Services, SingleNode},
+    lbd::{self, LbdNode, Mode, SingleNode},
     netns_tests_enabled, test_tag,
 };
 
@@ -117,14 +117,7 @@ fn top_shows_the_services_follows_traffic_and_quits_cleanly() -> Result<()> {
     let node = Host::Lbd(1);
     let all: Vec<_> = topo.backends().into_iter().map(|b| topo.ip(b)).collect();
     let socket = LbdNode::socket_path(&topo, node);
-    let config = lbd::config_text(
-        Mode::XdpGeneric,
-        &socket,
-        &Services {
-            tcp: all.clone(),
-            udp: all.clone(),
-        },
-    );
+    let config = lbd::all_backends_config(&topo, node, Mode::XdpGeneric);
     let lbd = LbdNode::start(&topo, node, &config)?;
     for ip in &all {
         lbd.wait_backend_state("web", &ip.to_string(), "active")?;
