@@ -87,6 +87,11 @@ pub enum Request {
         #[serde(default)]
         limit: Option<usize>,
     },
+    /// Withdraws every VIP of this node from ECMP (`[announce]`); it goes on forwarding what
+    /// still arrives. Kept across restarts.
+    NodeDrain {},
+    /// Announces the VIPs again.
+    NodeUndrain {},
     /// Takes this node out of the VRRP election, make-before-break if it is master (maintenance);
     /// kept across restarts.
     VrrpResign {},

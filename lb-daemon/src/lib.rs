@@ -25,6 +25,7 @@
 //! ([`daemon::core`]), which saves runtime changes first ([`overrides`]), has the engine work out
 //! what changed, and hands only that to the data path; on failure it rolls back and says so.
 
+pub mod announce;
 pub mod clidoc;
 pub mod config;
 pub mod control;

@@ -188,6 +188,13 @@ pub fn families(s: &Status) -> Vec<MetricFamily> {
         "The flood guard's rate (daemon.flood_new_flows_per_sec); 0: off.",
     );
     flood_limit.add(&[], f64::from(s.flood_guard.new_flows_per_sec));
+    let mut announced = Family::gauge(
+        "lbd_vip_announced",
+        "Whether the VIP's route is announced to the routers (1) or withdrawn (0), with [announce].",
+    );
+    for v in s.announce.iter().flat_map(|a| &a.vips) {
+        announced.add(&[("vip", v.vip.as_str())], flag(v.announced));
+    }
 
     let mut svc_packets = Family::counter(
         "lbd_service_packets_total",
@@ -332,6 +339,7 @@ pub fn families(s: &Status) -> Vec<MetricFamily> {
         ct_capacity,
         flood_active,
         flood_limit,
+        announced,
         svc_packets,
         svc_bytes,
         svc_new,
@@ -709,11 +717,21 @@ mod tests {
             flood_guard: Default::default(),
             services: Vec::new(),
             vrrp: None,
+            announce: None,
         }
     }
 
     fn sample() -> Status {
         Status {
+            announce: Some(crate::announce::AnnounceStatus {
+                table: 100,
+                drained: false,
+                vips: vec![crate::announce::VipAnnounce {
+                    vip: "198.18.0.100".into(),
+                    announced: true,
+                    reason: crate::announce::Reason::Serving,
+                }],
+            }),
             conntrack_entries: 17,
             config_reloads: 4,
             config_reload_failures: 1,
@@ -818,6 +836,7 @@ mod tests {
             ("lbd_conntrack_entries", vec![], 17.0),
             ("lbd_conntrack_capacity", vec![], 262144.0),
             ("lbd_flood_guard_active", vec![], 0.0),
+            ("lbd_vip_announced", vec![("vip", "198.18.0.100")], 1.0),
             ("lbd_flood_guard_new_flows_per_second", vec![], 0.0),
             ("lbd_service_packets_total", web.to_vec(), 1000.0),
             ("lbd_service_bytes_total", web.to_vec(), 64000.0),
@@ -940,7 +959,7 @@ mod tests {
     #[test]
     fn every_family_has_help_type_and_conventional_name() {
         let e = exposition(&sample());
-        assert_eq!(e.help.len(), 27, "{:?}", e.help.keys());
+        assert_eq!(e.help.len(), 28, "{:?}", e.help.keys());
         for (name, _, _) in &e.samples {
             assert!(name.starts_with("lbd_"), "{name}");
             let ty = e
@@ -1058,7 +1077,8 @@ mod tests {
         key_paths(&serde_json::to_value(&s).expect("json"), "", &mut paths);
         paths.sort();
         let expected = "\
-config_loaded_unix config_path config_reload_failures config_reloads conntrack_entries \
+announce announce.drained announce.table announce.vips announce.vips[].announced \
+announce.vips[].reason announce.vips[].vip config_loaded_unix config_path config_reload_failures config_reloads conntrack_entries \
 conntrack_max datapath datapath_reason datapath_setting flood_guard flood_guard.active \
 flood_guard.episodes flood_guard.held flood_guard.new_flows_per_sec interface reasons reasons[].packets \
 reasons[].reason services services[].backends services[].backends[].addr \

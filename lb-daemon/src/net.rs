@@ -50,6 +50,87 @@ pub struct Link {
     pub mac: [u8; 6],
 }
 
+/// lbd's VIP routes in `table` (protocol [`crate::announce::ROUTE_PROTOCOL`], `/32`).
+pub async fn vip_routes(
+    handle: &Handle,
+    table: u32,
+) -> Result<std::collections::BTreeSet<Ipv4Addr>, NetError> {
+    use rtnetlink::{
+        RouteMessageBuilder,
+        packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol},
+    };
+    let filter = RouteMessageBuilder::<Ipv4Addr>::new()
+        .table_id(table)
+        .build();
+    let mut routes = handle.route().get(filter).execute();
+    let mut out = std::collections::BTreeSet::new();
+    while let Some(r) = routes.try_next().await? {
+        let in_table = r
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Table(t) if *t == table))
+            || u32::from(r.header.table) == table;
+        if !in_table
+            || r.header.protocol != RouteProtocol::Other(crate::announce::ROUTE_PROTOCOL)
+            || r.header.destination_prefix_length != 32
+        {
+            continue;
+        }
+        for a in &r.attributes {
+            if let RouteAttribute::Destination(RouteAddress::Inet(ip)) = a {
+                out.insert(*ip);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn vip_route(table: u32, lo: u32, vip: Ipv4Addr) -> rtnetlink::packet_route::route::RouteMessage {
+    use rtnetlink::{RouteMessageBuilder, packet_route::route::RouteProtocol};
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(vip, 32)
+        .output_interface(lo)
+        .table_id(table)
+        .protocol(RouteProtocol::Other(crate::announce::ROUTE_PROTOCOL))
+        .build()
+}
+
+/// Puts `vip/32 dev lo proto 201` into `table` (a route already there is replaced).
+pub async fn add_vip_route(
+    handle: &Handle,
+    table: u32,
+    lo: u32,
+    vip: Ipv4Addr,
+) -> Result<(), NetError> {
+    handle
+        .route()
+        .add(vip_route(table, lo, vip))
+        .replace()
+        .execute()
+        .await?;
+    Ok(())
+}
+
+/// Takes `vip/32` out of `table` (one that is not there is fine).
+pub async fn del_vip_route(
+    handle: &Handle,
+    table: u32,
+    lo: u32,
+    vip: Ipv4Addr,
+) -> Result<(), NetError> {
+    match handle
+        .route()
+        .del(vip_route(table, lo, vip))
+        .execute()
+        .await
+    {
+        Ok(()) => Ok(()),
+        // ESRCH: no such route.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Opens a netlink connection and spawns its driver on the current tokio runtime.
 pub fn connect() -> Result<Handle, NetError> {
     let (conn, handle, _) = rtnetlink::new_connection()?;

@@ -67,6 +67,9 @@ pub struct Overrides {
     /// `lbctl vrrp resign`: this node stays out of the VRRP election until `lbctl vrrp resume`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub vrrp_resigned: bool,
+    /// `lbctl node drain`: this node's VIPs stay withdrawn until `lbctl node undrain`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub node_drained: bool,
 }
 
 impl Overrides {

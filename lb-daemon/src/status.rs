@@ -54,6 +54,9 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
     /// VRRP, when configured.
     pub vrrp: Option<VrrpStatus>,
+    /// The VIPs' announcement to the routers, with `[announce]`.
+    #[serde(default)]
+    pub announce: Option<crate::announce::AnnounceStatus>,
 }
 
 /// The VRRP speaker in the status.

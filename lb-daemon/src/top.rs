@@ -321,6 +321,7 @@ mod tests {
                 ],
             }],
             vrrp: None,
+            announce: None,
         }
     }
 

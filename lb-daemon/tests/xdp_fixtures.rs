@@ -667,3 +667,35 @@ fn the_flood_guard_forwards_new_flows_beyond_its_rate_without_entries() {
     }
     assert_eq!(bed.stats()[reason::FLOOD_GUARD as usize].packets, 2);
 }
+
+/// Behind ECMP a flow can move to a node that never saw its SYN: its next packet (a plain ACK
+/// with data) must go to the backend Maglev gives it, as the first node's did, and get an
+/// entry there; nothing in the path waits for a SYN.
+#[test]
+fn a_mid_flow_packet_without_an_entry_follows_maglev() {
+    if !have_root("a_mid_flow_packet_without_an_entry_follows_maglev") {
+        return;
+    }
+    let bed = Bed::new(&[21, 22, 23]);
+    for p in 45000..45050u16 {
+        // An ACK (no SYN) of a flow this node has no entry for.
+        let out = bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, false, false));
+        assert_eq!(out.action, XDP_TX, "port {p}: forwarded");
+        assert_eq!(
+            Ipv4Addr::new(198, 18, 0, backend_of(&out.packet)),
+            bed.maglev_choice(p),
+            "port {p}: the backend every node's Maglev table gives it"
+        );
+        let key = FlowKey::new(
+            u32::from_ne_bytes(CLIENT),
+            u32::from_ne_bytes(VIP),
+            p.to_be(),
+            80u16.to_be(),
+            IPPROTO_TCP,
+        );
+        assert!(
+            bed.flows.flow(&key).is_some(),
+            "port {p}: an entry from now on"
+        );
+    }
+}

@@ -63,6 +63,11 @@ enum Command {
         #[command(subcommand)]
         action: BackendCmd,
     },
+    /// This node behind ECMP ([announce]): take its VIPs out of the routers, or back in.
+    Node {
+        #[command(subcommand)]
+        action: NodeCmd,
+    },
     /// This node in the VRRP election.
     Vrrp {
         #[command(subcommand)]
@@ -95,6 +100,22 @@ enum ImportCmd {
         #[arg(long)]
         strict: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Withdraw every VIP of this node (flows move to the other nodes by ECMP and keep their
+    /// backend there through Maglev); what still arrives is forwarded. Kept across restarts.
+    Drain {
+        /// Wait until no packet has reached this node for 3 seconds.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits (e.g. 30s, 5m).
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Announce the VIPs again (those with a backend in rotation).
+    Undrain,
 }
 
 #[derive(Subcommand)]
@@ -402,6 +423,16 @@ fn run(args: Args) -> Result<(), String> {
             println!("{n} man pages written to {}", dir.display());
             Ok(())
         }
+        Command::Node { action } => match action {
+            NodeCmd::Drain { wait, timeout } => {
+                change(&rt, socket, Request::NodeDrain {})?;
+                if wait {
+                    wait_quiet(&rt, socket, timeout)?;
+                }
+                Ok(())
+            }
+            NodeCmd::Undrain => change(&rt, socket, Request::NodeUndrain {}),
+        },
         Command::Vrrp { action } => change(
             &rt,
             socket,
@@ -410,6 +441,38 @@ fn run(args: Args) -> Result<(), String> {
                 VrrpCmd::Resume => Request::VrrpResume {},
             },
         ),
+    }
+}
+
+/// Polls the node's packet rate until it has been zero for 3 seconds or the timeout passes.
+fn wait_quiet(
+    rt: &tokio::runtime::Runtime,
+    socket: &Path,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut quiet = 0;
+    let mut last = None;
+    loop {
+        let s = status(rt, socket)?;
+        let pps: f64 = s.services.iter().map(|svc| svc.rates.packets_per_s).sum();
+        let shown = format!("{pps:.0}");
+        if last.as_ref() != Some(&shown) {
+            println!("{shown} packets/s still reach this node");
+            last = Some(shown);
+        }
+        quiet = if pps == 0.0 { quiet + 1 } else { 0 };
+        if quiet >= 3 {
+            println!("no traffic reaches this node any more");
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "timeout after {}s: {pps:.0} packets/s still reach this node (is the router still sending? `birdc show route` on it)",
+                timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 
@@ -466,6 +529,25 @@ fn print_status(s: &Status) {
         "config {}  state {}  connection table {}/{}",
         s.config_path, s.state_file, s.conntrack_entries, s.conntrack_max
     );
+    if let Some(a) = &s.announce {
+        let vips: Vec<String> = a
+            .vips
+            .iter()
+            .map(|v| {
+                if v.announced {
+                    format!("{} announced", v.vip)
+                } else {
+                    format!("{} withdrawn ({})", v.vip, v.reason.as_str())
+                }
+            })
+            .collect();
+        println!(
+            "announce (table {}){}: {}",
+            a.table,
+            if a.drained { " NODE DRAINED" } else { "" },
+            vips.join(", ")
+        );
+    }
     let f = &s.flood_guard;
     if f.new_flows_per_sec == 0 {
         println!("flood guard off");

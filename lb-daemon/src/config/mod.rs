@@ -174,8 +174,75 @@ pub struct Config {
     pub vrrp: Option<::vrrp::Config>,
     /// `[proxy]`: the userspace data path's limits and timeouts.
     pub proxy: ProxyConfig,
+    /// `[announce]`, when this node is one of several active ones behind ECMP (BIRD announces
+    /// the VIP routes lbd puts in a table of its own).
+    pub announce: Option<AnnounceConfig>,
     /// `[[service]]`, in file order.
     pub services: Vec<ServiceConfig>,
+}
+
+/// `[announce]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnnounceConfig {
+    /// The routing table lbd puts its VIP routes in, for BIRD's `protocol kernel` to learn.
+    pub table: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnnounce {
+    table: Option<i64>,
+}
+
+/// Default `[announce] table`.
+pub const DEFAULT_ANNOUNCE_TABLE: u32 = 100;
+
+impl RawAnnounce {
+    fn validate(
+        self,
+        daemon: &DaemonConfig,
+        services: &[ServiceConfig],
+        vrrp: bool,
+    ) -> Result<AnnounceConfig, ConfigError> {
+        let table = match self.table {
+            None => DEFAULT_ANNOUNCE_TABLE,
+            // 0 is unspecified, 253-255 are default, main and local.
+            Some(t) if (1..=252).contains(&t) || (256..=i64::from(u32::MAX)).contains(&t) => {
+                t as u32
+            }
+            Some(t) => {
+                return Err(err(
+                    "announce.table",
+                    format!(
+                        "{t} is not a table of lbd's own (allowed: 1 to 252, or 256 and up; 253 to 255 are the kernel's default, main and local)"
+                    ),
+                ));
+            }
+        };
+        // A flow that ECMP moves to this node arrives mid-connection: only XDP forwards it on.
+        if daemon.datapath == Datapath::Userspace {
+            return Err(err(
+                "announce",
+                "needs an XDP data path (daemon.datapath = \"auto\", \"xdp\" or \"xdp-generic\"): the userspace proxy cannot take a TCP flow that began on another node",
+            ));
+        }
+        if let Some(s) = services.iter().find(|s| !s.scheduler.xdp_capable()) {
+            return Err(err(
+                "announce",
+                format!(
+                    "service {:?} uses {}, which only the userspace proxy runs; behind ECMP every node must pick the same backend for a flow: use maglev or sh",
+                    s.name, s.scheduler
+                ),
+            ));
+        }
+        if vrrp {
+            return Err(err(
+                "announce",
+                "and [vrrp] both decide where the VIPs go: use one (ECMP through BIRD for active-active, VRRP for active-standby)",
+            ));
+        }
+        Ok(AnnounceConfig { table })
+    }
 }
 
 /// `[daemon]`.
@@ -265,6 +332,7 @@ pub struct BackendConfig {
 struct RawConfig {
     daemon: RawDaemon,
     vrrp: Option<RawVrrp>,
+    announce: Option<RawAnnounce>,
     proxy: Option<RawProxy>,
     #[serde(default)]
     service: Vec<RawService>,
@@ -494,9 +562,14 @@ impl RawConfig {
             Some(p) => p.validate()?,
             None => ProxyConfig::default(),
         };
+        let announce = match self.announce {
+            Some(a) => Some(a.validate(&daemon, &services, vrrp.is_some())?),
+            None => None,
+        };
         Ok(Config {
             daemon,
             vrrp,
+            announce,
             proxy,
             services,
         })
@@ -699,6 +772,18 @@ backends = [ { addr = "198.18.0.21" } ]
             (
                 "[daemon]\ninterface = \"eth0\"\nmetrics_addr = \"localhost\"\n".into(),
                 "daemon.metrics_addr: \"localhost\" is not an IP:port",
+            ),
+            (
+                "[daemon]\ninterface = \"eth0\"\n[announce]\ntable = 254\n".into(),
+                "announce.table: 254 is not a table of lbd's own (allowed: 1 to 252, or 256 and up; 253 to 255 are the kernel's default, main and local)",
+            ),
+            (
+                "[daemon]\ninterface = \"eth0\"\ndatapath = \"userspace\"\n[announce]\n".into(),
+                "announce: needs an XDP data path",
+            ),
+            (
+                "[daemon]\ninterface = \"eth0\"\n[announce]\n[[service]]\nname = \"w\"\nvip = \"198.18.0.100:80\"\nscheduler = \"rr\"\n".into(),
+                "announce: service \"w\" uses rr, which only the userspace proxy runs",
             ),
             (
                 "[daemon]\ninterface = \"eth0\"\nmax_services = 0\n".into(),

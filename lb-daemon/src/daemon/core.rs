@@ -11,7 +11,7 @@
 //! effects.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
     path::PathBuf,
     sync::Arc,
@@ -22,6 +22,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::oneshot;
 
 use crate::{
+    announce,
     config::{Config, ServiceKey},
     control::{Request, Response},
     datapath::{Datapath, DatapathError},
@@ -156,6 +157,8 @@ pub trait Effects: Send {
     /// Lists the flows `query` asks for, off the core (the table may hold millions); then
     /// calls `done` with them and how long the pass took.
     fn list_flows(&mut self, query: FlowQuery, done: ListDone);
+    /// Makes lbd's route table `table` hold exactly these VIP routes (what BIRD announces).
+    fn announce(&mut self, _table: u32, _vips: Vec<Ipv4Addr>) {}
     /// Makes the health checks probe exactly these targets.
     fn health_targets(&mut self, targets: Vec<Target>);
     /// Tells systemd (or whoever supervises) how the daemon is doing.
@@ -304,6 +307,8 @@ pub struct Core {
     published_at: Instant,
     /// The ids file of a pinned data path, its maps' layout, and the ids written last.
     ids_file: Option<(PathBuf, String, IdMap)>,
+    /// Each VIP's announcement as last decided (`[announce]` only).
+    pub(super) announced: BTreeMap<Ipv4Addr, announce::Reason>,
 }
 
 /// What a new core starts from.
@@ -376,6 +381,7 @@ impl Core {
             outbox: Vec::new(),
             published_at: Instant::now(),
             ids_file,
+            announced: BTreeMap::new(),
         };
         let report = core.apply()?;
         core.datapath
@@ -394,6 +400,7 @@ impl Core {
                 }
             }
         }
+        core.update_announcement();
         core.publish();
         Ok((core, report))
     }
@@ -422,6 +429,48 @@ impl Core {
         self.published_at = Instant::now();
     }
 
+    /// What the announcement rule sees now.
+    pub(super) fn announce_inputs(&self) -> announce::Inputs {
+        let mut vips = BTreeMap::new();
+        for s in self.engine.services() {
+            let serving = s
+                .backends
+                .values()
+                .any(|b| b.state() == crate::model::BackendState::Active);
+            *vips.entry(*s.config.vip.ip()).or_insert(false) |= serving;
+        }
+        announce::Inputs {
+            drained: self.overrides.node_drained,
+            stopping: false,
+            // [announce] needs XDP (config checks it): the proxy means XDP fell away.
+            datapath_ok: self.datapath.mode().needs_macs(),
+            vips,
+        }
+    }
+
+    /// Decides the announcement afresh; a change goes to the routes and the log, with why.
+    fn update_announcement(&mut self) {
+        let Some(a) = self.config.announce else {
+            return;
+        };
+        let decision = announce::decide(&self.announce_inputs());
+        if decision == self.announced {
+            return;
+        }
+        for (vip, reason) in &decision {
+            if self.announced.get(vip) != Some(reason) {
+                if *reason == announce::Reason::Serving {
+                    tracing::info!(%vip, "announcing the VIP");
+                } else {
+                    tracing::warn!(%vip, reason = reason.as_str(), "withdrawing the VIP");
+                }
+            }
+        }
+        self.effects
+            .announce(a.table, announce::announced(&decision));
+        self.announced = decision;
+    }
+
     /// Queues an answer (see `outbox`).
     pub(super) fn answer(&mut self, reply: Reply, response: Response) {
         self.outbox.push((reply, response));
@@ -430,6 +479,7 @@ impl Core {
     /// One command; its answers go out after the status showing its effect is published.
     pub fn handle(&mut self, cmd: Command) {
         self.step(cmd);
+        self.update_announcement();
         if !self.outbox.is_empty() {
             self.publish();
             for (reply, response) in self.outbox.drain(..) {

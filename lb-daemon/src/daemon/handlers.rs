@@ -80,6 +80,8 @@ impl Core {
                 }
                 Err(e) => Err(e),
             },
+            Request::NodeDrain {} => self.node_drain(true),
+            Request::NodeUndrain {} => self.node_drain(false),
             Request::VrrpResign {} => self.vrrp_standby(true),
             Request::VrrpResume {} => self.vrrp_standby(false),
             // The control server hands these to the daemon's I/O layer, never to the core.
@@ -361,6 +363,32 @@ impl Core {
     }
 
     /// `lbctl vrrp resign` / `resume`: saved first (a restart keeps it), then the speaker told.
+    /// `lbctl node drain` / `undrain`: saved, then the announcement follows (after the step).
+    fn node_drain(&mut self, drain: bool) -> Result<String, CoreError> {
+        let Some(a) = self.config.announce else {
+            return Err(CoreError::NotHere(
+                "this node announces no VIP ([announce] is not in the config)",
+            ));
+        };
+        let mut new = self.overrides.clone();
+        new.node_drained = drain;
+        self.commit(new)?;
+        let vips = self.announce_inputs().vips.len();
+        Ok(if drain {
+            format!(
+                "draining the node: its {vips} VIP routes leave table {}, so the routers send new \
+                 traffic to the other nodes; what still arrives is forwarded (kept across \
+                 restarts; `lbctl node undrain` announces them again)",
+                a.table
+            )
+        } else {
+            format!(
+                "undrained: the VIPs with a backend in rotation are announced again (table {})",
+                a.table
+            )
+        })
+    }
+
     fn vrrp_standby(&mut self, standby: bool) -> Result<String, CoreError> {
         let Some(vrrp) = &self.vrrp else {
             return Err(CoreError::NotHere(
@@ -596,6 +624,22 @@ impl Core {
             conntrack_entries: self.counts.entries,
             conntrack_max: self.config.daemon.conntrack_max,
             reasons: Vec::new(),
+            announce: self
+                .config
+                .announce
+                .map(|a| crate::announce::AnnounceStatus {
+                    table: a.table,
+                    drained: self.overrides.node_drained,
+                    vips: self
+                        .announced
+                        .iter()
+                        .map(|(vip, reason)| crate::announce::VipAnnounce {
+                            vip: vip.to_string(),
+                            announced: *reason == crate::announce::Reason::Serving,
+                            reason: *reason,
+                        })
+                        .collect(),
+                }),
             flood_guard: FloodGuardStatus {
                 new_flows_per_sec: self.config.daemon.flood_new_flows_per_sec,
                 ..FloodGuardStatus::default()

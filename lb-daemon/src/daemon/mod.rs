@@ -80,6 +80,8 @@ struct IoEffects {
     scans: std_mpsc::Sender<TableJob>,
     health: HealthMonitor,
     watchdog: Option<(Duration, Instant)>,
+    /// The VIP routes wanted in lbd's table, for the announcer task.
+    announcer: tokio::sync::watch::Sender<Option<(u32, Vec<Ipv4Addr>)>>,
 }
 
 impl Effects for IoEffects {
@@ -115,6 +117,10 @@ impl Effects for IoEffects {
                 then,
             });
         }
+    }
+
+    fn announce(&mut self, table: u32, vips: Vec<Ipv4Addr>) {
+        self.announcer.send_replace(Some((table, vips)));
     }
 
     fn list_flows(&mut self, query: FlowQuery, done: ListDone) {
@@ -282,6 +288,65 @@ fn spawn_vrrp(
     Ok(done_rx)
 }
 
+/// How long a stopping node forwards after withdrawing its VIPs, for the routers to move the
+/// traffic (BIRD passes a withdrawal on within milliseconds).
+const WITHDRAW_GRACE: Duration = Duration::from_millis(500);
+
+/// Keeps lbd's route table as the core last wanted it: adds the missing VIP routes and
+/// deletes the others (also those a crashed lbd left). Retries a failure after a second.
+async fn announce_routes(
+    netlink: rtnetlink::Handle,
+    mut wanted: tokio::sync::watch::Receiver<Option<(u32, Vec<Ipv4Addr>)>>,
+) {
+    let lo = match net::link(&netlink, "lo").await {
+        Ok(l) => l.index,
+        Err(e) => {
+            tracing::error!(error = %e, "announce: no loopback interface: the VIPs cannot be announced");
+            return;
+        }
+    };
+    loop {
+        let want = wanted.borrow_and_update().clone();
+        if let Some((table, vips)) = want {
+            let result = async {
+                let have = net::vip_routes(&netlink, table).await?;
+                for vip in vips.iter().filter(|v| !have.contains(v)) {
+                    net::add_vip_route(&netlink, table, lo, *vip).await?;
+                }
+                for vip in have.iter().filter(|v| !vips.contains(v)) {
+                    net::del_vip_route(&netlink, table, lo, *vip).await?;
+                }
+                Ok::<(), net::NetError>(())
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, table, "announce: updating the VIP routes failed; retrying in a second");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        if wanted.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Deletes every VIP route of lbd from `table`.
+async fn withdraw_all(netlink: &rtnetlink::Handle, table: u32) {
+    let result = async {
+        let lo = net::link(netlink, "lo").await?.index;
+        for vip in net::vip_routes(netlink, table).await? {
+            net::del_vip_route(netlink, table, lo, vip).await?;
+        }
+        Ok::<(), net::NetError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => tracing::info!(table, "stopping: the VIPs are withdrawn"),
+        Err(e) => tracing::error!(error = %e, table, "stopping: withdrawing the VIPs failed"),
+    }
+}
+
 /// Raises the open-files soft limit to what the configured bounds need (up to the hard
 /// limit), and says when the hard limit is too low for them.
 fn raise_nofile(config: &Config) {
@@ -383,7 +448,11 @@ pub async fn run(config_path: PathBuf, config: Config, inherited: Inherited) -> 
 
     let stop = CancellationToken::new();
     let (health_tx, mut health_rx) = HealthMonitor::channel();
+    let announce_config = config.announce;
+    let (announcer, announce_rx) = tokio::sync::watch::channel(None);
+    let announce_task = tokio::spawn(announce_routes(netlink.clone(), announce_rx));
     let effects = IoEffects {
+        announcer,
         runtime: runtime.clone(),
         commands: commands_tx.clone(),
         netlink: netlink.clone(),
@@ -581,6 +650,13 @@ pub async fn run(config_path: PathBuf, config: Config, inherited: Inherited) -> 
         hold.set(true);
     }
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    // Withdraw first: the routers send new flows to the other nodes while this one still
+    // forwards what arrives.
+    announce_task.abort();
+    if let Some(a) = announce_config {
+        withdraw_all(&netlink, a.table).await;
+        tokio::time::sleep(WITHDRAW_GRACE).await;
+    }
     server.abort();
     tick_task.abort();
     stop.cancel();

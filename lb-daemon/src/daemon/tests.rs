@@ -31,6 +31,7 @@ use crate::{
 struct Asked {
     resolves: Vec<(Vec<Ipv4Addr>, Duration, AfterResolve)>,
     scans: Vec<(HashSet<u32>, AfterScan)>,
+    announced: Vec<(u32, Vec<Ipv4Addr>)>,
     lists: Vec<(FlowQuery, ListDone)>,
     targets: Vec<Target>,
     notified: Vec<Notify>,
@@ -54,6 +55,9 @@ impl Effects for FakeEffects {
     }
     fn list_flows(&mut self, query: FlowQuery, done: ListDone) {
         self.asked().lists.push((query, done));
+    }
+    fn announce(&mut self, table: u32, vips: Vec<Ipv4Addr>) {
+        self.asked().announced.push((table, vips));
     }
     fn health_targets(&mut self, targets: Vec<Target>) {
         self.asked().targets = targets;
@@ -93,17 +97,22 @@ struct Bed {
 
 impl Bed {
     fn new(name: &str, mode: DatapathMode) -> Bed {
+        Bed::with_config(name, mode, CONFIG)
+    }
+
+    /// A core over `config` (which must hold the web service of [`CONFIG`]).
+    fn with_config(name: &str, mode: DatapathMode, config: &str) -> Bed {
         let dir = std::env::temp_dir().join(format!("lbd-core-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");
         let config_path = dir.join("lbd.toml");
-        std::fs::write(&config_path, CONFIG).expect("config file");
+        std::fs::write(&config_path, config).expect("config file");
         let dp = FakeDatapath::new(mode);
         let effects = FakeEffects::default();
         let board = StatusBoard::default();
         let (core, report) = Core::start(CoreSetup {
             config_path,
-            config: Config::parse(CONFIG).expect("config"),
+            config: Config::parse(config).expect("config"),
             datapath: Box::new(dp.clone()),
             mode_reason: "test".into(),
             effects: Box::new(effects.clone()),
@@ -801,4 +810,91 @@ fn a_reload_beyond_the_rings_it_started_with_is_refused() {
         1,
         "the running config kept"
     );
+}
+
+#[test]
+fn vips_are_announced_while_they_can_be_served_and_withdrawn_with_the_reason() {
+    let config = CONFIG.replace("[daemon]\n", "[announce]\ntable = 100\n[daemon]\n");
+    let mut bed = Bed::with_config("announce", DatapathMode::XdpGeneric, &config);
+    let last = |bed: &Bed| bed.effects.asked().announced.last().cloned();
+    assert_eq!(last(&bed), Some((100, vec![ip(100)])), "announced at start");
+    let status = bed.core.status().expect("status");
+    let a = status.announce.expect("announce status");
+    assert!(a.vips[0].announced && !a.drained);
+
+    // Every backend down: withdrawn, and said why.
+    for n in [21, 22, 23] {
+        bed.core.handle(Command::Health(HealthEvent {
+            service: "web".into(),
+            backend: format!("198.18.0.{n}:80").parse().expect("addr"),
+            up: false,
+            transition: true,
+            probe_ok: false,
+            latency: Duration::from_millis(2),
+            detail: "connect failed".into(),
+        }));
+    }
+    assert_eq!(last(&bed), Some((100, vec![])));
+    let a = bed
+        .core
+        .status()
+        .expect("status")
+        .announce
+        .expect("announce");
+    assert_eq!(a.vips[0].reason, crate::announce::Reason::NoBackend);
+
+    // One back: announced again.
+    bed.core.handle(Command::Health(HealthEvent {
+        service: "web".into(),
+        backend: "198.18.0.22:80".parse().expect("addr"),
+        up: true,
+        transition: true,
+        probe_ok: true,
+        latency: Duration::from_millis(2),
+        detail: "connected".into(),
+    }));
+    assert_eq!(last(&bed), Some((100, vec![ip(100)])));
+
+    // Node drain: withdrawn, saved in the state file; undrain announces again.
+    let mut rx = bed.request(Request::NodeDrain {});
+    assert!(matches!(rx.try_recv(), Ok(Response::Done { .. })));
+    assert_eq!(last(&bed), Some((100, vec![])));
+    assert!(
+        StateFile::in_dir(&bed.dir)
+            .load()
+            .expect("state")
+            .node_drained
+    );
+    let a = bed
+        .core
+        .status()
+        .expect("status")
+        .announce
+        .expect("announce");
+    assert!(a.drained && a.vips[0].reason == crate::announce::Reason::NodeDrained);
+    let mut rx = bed.request(Request::NodeUndrain {});
+    assert!(matches!(rx.try_recv(), Ok(Response::Done { .. })));
+    assert_eq!(last(&bed), Some((100, vec![ip(100)])));
+    let sent = bed.effects.asked().announced.len();
+    bed.core.handle(Command::Tick(HashMap::new()));
+    assert_eq!(
+        bed.effects.asked().announced.len(),
+        sent,
+        "no change, no netlink"
+    );
+}
+
+#[test]
+fn node_drain_without_announce_says_so() {
+    let mut bed = Bed::new("no-announce", DatapathMode::XdpGeneric);
+    let mut rx = bed.request(Request::NodeDrain {});
+    match rx.try_recv() {
+        Ok(Response::Error { message }) => {
+            assert!(
+                message.contains("[announce] is not in the config"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 }
