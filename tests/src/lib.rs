@@ -12,6 +12,8 @@
 //!   pairs, deterministic addresses and MACs, backends set up for direct routing.
 //! - [`client`]: bounded-time HTTP/1.1 and UDP clients that talk to [`lbd-test-backend`](crate::http) and
 //!   report which backend answered.
+//! - [`bird`]: BIRD 2 on a router namespace and on lbd nodes: BGP, BFD and ECMP for the
+//!   active-active tests.
 //! - [`browser`]: headless Chromium in a namespace, driven over the DevTools protocol (the status
 //!   page test).
 //! - [`capture`]: an `AF_PACKET` socket on an interface of a namespace, to prove which MAC a reply came from.
@@ -49,6 +51,7 @@ pub mod bench_net;
 pub mod bench_restart;
 pub mod bench_scale;
 pub mod bench_xdp;
+pub mod bird;
 pub mod browser;
 pub mod capture;
 pub mod client;

@@ -66,6 +66,8 @@ pub enum Host {
     Lbd(u8),
     /// Backend `n`, 198.18.0.(20+n).
     Backend(u8),
+    /// The router in front of the lbd nodes (ECMP over them through BGP), 198.18.0.1.
+    Router,
 }
 
 impl Host {
@@ -75,6 +77,7 @@ impl Host {
             Host::Client => "client".to_owned(),
             Host::Lbd(n) => format!("lbd{n}"),
             Host::Backend(n) => format!("b{n}"),
+            Host::Router => "router".to_owned(),
         }
     }
 
@@ -84,6 +87,7 @@ impl Host {
             Host::Client => 10,
             Host::Lbd(n) => n.saturating_add(1),
             Host::Backend(n) => n.saturating_add(20),
+            Host::Router => 1,
         }
     }
 
@@ -109,6 +113,7 @@ impl Host {
             Host::Client => "vc".to_owned(),
             Host::Lbd(n) => format!("vl{n}"),
             Host::Backend(n) => format!("vb{n}"),
+            Host::Router => "vr".to_owned(),
         }
     }
 }
@@ -126,6 +131,7 @@ pub struct TopologyBuilder {
     tag: String,
     lbd_nodes: u8,
     backends: u8,
+    router: bool,
     fail_at: Option<Host>,
 }
 
@@ -142,6 +148,13 @@ impl TopologyBuilder {
         self
     }
 
+    /// Adds a router ([`Host::Router`]) through which the client reaches the VIP: it forwards
+    /// with ECMP over the next hops its BGP sessions learn (see [`crate::bird`]).
+    pub fn router(mut self, on: bool) -> Self {
+        self.router = on;
+        self
+    }
+
     /// Makes [`build`](Self::build) fail right after `host`'s namespace and link exist, to test that a
     /// half-built topology cleans up after itself.
     pub fn inject_failure_at(mut self, host: Host) -> Self {
@@ -154,6 +167,9 @@ impl TopologyBuilder {
         let mut hosts = vec![Host::Client];
         hosts.extend((1..=self.lbd_nodes).map(Host::Lbd));
         hosts.extend((1..=self.backends).map(Host::Backend));
+        if self.router {
+            hosts.push(Host::Router);
+        }
         hosts
     }
 
@@ -231,6 +247,15 @@ impl TopologyBuilder {
             topo.configure(host)
                 .with_context(|| format!("configuring {host} of topology {tag}"))?;
         }
+        if self.router {
+            // The client reaches the VIP through the router, and takes no redirect past it.
+            let client = topo.ns(Host::Client);
+            let via = Host::Router.ip().to_string();
+            client.ip(&["route", "add", &format!("{VIP}/32"), "via", &via])?;
+            for scope in ["all", HOST_IF] {
+                client.set_sysctl(&format!("net/ipv4/conf/{scope}/accept_redirects"), "0")?;
+            }
+        }
         Ok(topo)
     }
 }
@@ -269,6 +294,7 @@ impl Topology {
             tag: tag.to_owned(),
             lbd_nodes: 1,
             backends: 3,
+            router: false,
             fail_at: None,
         }
     }
@@ -300,6 +326,14 @@ impl Topology {
         ns.ip(&["link", "set", HOST_IF, "up"])?;
         match host {
             Host::Client => self.set_tx_offload(Host::Client, false)?,
+            Host::Router => {
+                ns.set_sysctl("net/ipv4/ip_forward", "1")?;
+                // ECMP on the 5-tuple, as a real router hashes.
+                ns.set_sysctl("net/ipv4/fib_multipath_hash_policy", "1")?;
+                for scope in ["all", "default", HOST_IF] {
+                    ns.set_sysctl(&format!("net/ipv4/conf/{scope}/send_redirects"), "0")?;
+                }
+            }
             Host::Lbd(_) => {}
             Host::Backend(_) => {
                 ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
