@@ -46,6 +46,7 @@
 #![warn(missing_docs)]
 
 pub mod bench_core;
+pub mod bench_ecmp;
 pub mod bench_failover;
 pub mod bench_net;
 pub mod bench_restart;
@@ -55,6 +56,7 @@ pub mod bird;
 pub mod browser;
 pub mod capture;
 pub mod client;
+pub mod ecmp;
 pub mod exec;
 pub mod fdstore;
 pub mod http;

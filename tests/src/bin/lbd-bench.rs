@@ -16,13 +16,14 @@ fn main() -> ExitCode {
     }
     let only: Vec<String> = std::env::args().skip(1).collect();
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
-    let parts: [(&str, Bench); 6] = [
+    let parts: [(&str, Bench); 7] = [
         ("xdp", lbd_tests::bench_xdp::run),
         ("failover", lbd_tests::bench_failover::run),
         ("net", lbd_tests::bench_net::run),
         ("core", lbd_tests::bench_core::run),
         ("restart", lbd_tests::bench_restart::run),
         ("scale", lbd_tests::bench_scale::run),
+        ("ecmp", lbd_tests::bench_ecmp::run),
     ];
     let mut failed = false;
     for (name, run) in parts {

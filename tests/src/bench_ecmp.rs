@@ -1,0 +1,55 @@
+//! Active-active behind ECMP (`cargo xtask bench ecmp`), in namespaces with BIRD (see
+//! [`crate::ecmp`]): `ecmp_node_share_min` (the smallest node's share of 300 connections),
+//! `ecmp_drain_flows_broken` and `ecmp_kill_flows_broken` (of 20 slow flows each),
+//! `ecmp_kill_reroute_ms` (from the kill to the router having dropped the next hop) and
+//! `ecmp_conn_rate_3nodes_vs_1node` (new connections per second through three nodes against
+//! one, same run). Goals: no flow broken, reroute within 400 ms with BFD.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::ecmp::{self, Bed};
+
+/// Client threads and time of the connection-rate figures.
+const RATE_CLIENTS: usize = 4;
+const RATE_TIME: Duration = Duration::from_secs(5);
+
+/// Measures and returns the figures.
+pub fn run() -> Result<Vec<(String, f64)>> {
+    let mut figures = Vec::new();
+    let rate_1 = {
+        let bed = Bed::build("bench_ecmp_1", 1)?;
+        ecmp::conn_rate(&bed, RATE_CLIENTS, RATE_TIME)?
+    };
+    let mut bed = Bed::build("bench_ecmp_3", 3)?;
+    let rate_3 = ecmp::conn_rate(&bed, RATE_CLIENTS, RATE_TIME)?;
+    let (shares, _) = ecmp::share(&bed, 300)?;
+    let min = shares.values().copied().min().unwrap_or(0) as f64 / 300.0;
+    figures.push(("ecmp_node_share_min".to_string(), min));
+    let drain = ecmp::drain_and_rejoin(&bed)?;
+    figures.push((
+        "ecmp_drain_flows_broken".to_string(),
+        drain.broken.len() as f64,
+    ));
+    figures.push((
+        "ecmp_drain_reroute_ms".to_string(),
+        drain.reroute.as_secs_f64() * 1e3,
+    ));
+    let kill = ecmp::kill(&mut bed)?;
+    figures.push((
+        "ecmp_kill_flows_broken".to_string(),
+        kill.broken.len() as f64,
+    ));
+    figures.push((
+        "ecmp_kill_reroute_ms".to_string(),
+        kill.reroute.as_secs_f64() * 1e3,
+    ));
+    figures.push(("ecmp_conn_rate_1node".to_string(), rate_1));
+    figures.push(("ecmp_conn_rate_3nodes".to_string(), rate_3));
+    figures.push((
+        "ecmp_conn_rate_3nodes_vs_1node".to_string(),
+        rate_3 / rate_1.max(1e-9),
+    ));
+    Ok(figures)
+}

@@ -1,0 +1,275 @@
+//! Active-active behind ECMP, the scenarios shared by `tests/ecmp_e2e.rs` and `cargo xtask
+//! bench ecmp`: lbd nodes announce the VIP through BIRD (BGP with BFD) to a router namespace
+//! running BIRD with `merge paths`, which spreads the client's connections over the nodes; every
+//! node picks the same backend for a flow (Maglev), so a flow survives moving between nodes.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+
+use crate::{
+    Host, Spawned, Topology, bin_path,
+    bird::{self, Bird},
+    client,
+    lbd::{self, LbdNode, Mode},
+};
+
+/// Slow kept-alive flows of the drain and kill scenarios.
+pub const FLOWS: usize = 20;
+/// How long those flows run (a request every 200 ms).
+const FLOW_TIME: Duration = Duration::from_secs(8);
+
+/// lbd nodes announcing the VIP, the router's BIRD and the nodes' BIRDs, all running.
+pub struct Bed {
+    /// The namespaces (a router in front of the nodes).
+    pub topo: Topology,
+    _backends: Vec<Spawned>,
+    /// The nodes, in order.
+    pub nodes: Vec<(Host, LbdNode)>,
+    /// The nodes' BIRDs, in the nodes' order.
+    pub birds: Vec<Bird>,
+    /// The router's BIRD.
+    pub router: Bird,
+}
+
+impl Bed {
+    /// `n` nodes on generic XDP over three backends, each announcing the VIP; returns once the
+    /// router has a next hop per node.
+    pub fn build(name: &str, n: u8) -> Result<Bed> {
+        let topo = Topology::builder(&crate::test_tag(name))
+            .lbd_nodes(n)
+            .backends(3)
+            .router(true)
+            .build()?;
+        let backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
+        let node_hosts = topo.lbd_nodes();
+        let router = Bird::start(
+            &topo,
+            Host::Router,
+            &LbdNode::dir(&topo, Host::Router),
+            &bird::router_config(&node_hosts),
+        )?;
+        let mut nodes = Vec::new();
+        let mut birds = Vec::new();
+        for h in node_hosts {
+            let config = lbd::all_backends_config(&topo, h, Mode::XdpGeneric)
+                + &format!("\n[announce]\ntable = {}\n", bird::TABLE);
+            nodes.push((h, LbdNode::start(&topo, h, &config)?));
+            birds.push(Bird::start(
+                &topo,
+                h,
+                &LbdNode::dir(&topo, h),
+                &bird::node_config(h),
+            )?);
+        }
+        let bed = Bed {
+            topo,
+            _backends: backends,
+            nodes,
+            birds,
+            router,
+        };
+        // BIRD 2.0.12 may announce a few seconds after its session is up.
+        bird::wait_next_hops(&bed.topo, &bed.node_ips(), Duration::from_secs(30))?;
+        Ok(bed)
+    }
+
+    /// The nodes' addresses (the router's next hops).
+    pub fn node_ips(&self) -> Vec<Ipv4Addr> {
+        self.nodes.iter().map(|(h, _)| self.topo.ip(*h)).collect()
+    }
+
+    /// Each node's count of flows started for web.
+    pub fn new_flows(&self) -> Result<BTreeMap<Host, u64>> {
+        self.nodes
+            .iter()
+            .map(|(h, n)| {
+                let s = n.status()?;
+                let web = s.services.iter().find(|s| s.name == "web").context("web")?;
+                Ok((*h, web.new_flows))
+            })
+            .collect()
+    }
+
+    /// The client ports of the web flows a node holds (open or closing).
+    pub fn flow_ports(&self, node: &LbdNode) -> Result<BTreeSet<u16>> {
+        let (code, out, err) =
+            node.lbctl(&["flows", "--json", "--service", "web", "--limit", "1000"])?;
+        ensure!(code == 0, "lbctl flows: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(v["flows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["client"].as_str()?.rsplit(':').next()?.parse().ok())
+            .collect())
+    }
+}
+
+/// `n` new connections through the VIP: new flows per node, and the backends that answered.
+pub fn share(bed: &Bed, n: usize) -> Result<(BTreeMap<Host, u64>, BTreeSet<String>)> {
+    let before = bed.new_flows()?;
+    let vip = bed.topo.vip_http();
+    let backends = bed
+        .topo
+        .client()
+        .enter(move || -> Result<BTreeSet<String>> {
+            let mut seen = BTreeSet::new();
+            for i in 0..n {
+                seen.insert(
+                    client::http_get(vip)
+                        .with_context(|| format!("connection {i}"))?
+                        .backend,
+                );
+            }
+            Ok(seen)
+        })??;
+    let after = bed.new_flows()?;
+    let shares = after
+        .iter()
+        .map(|(h, c)| (*h, c - before.get(h).copied().unwrap_or(0)))
+        .collect();
+    Ok((shares, backends))
+}
+
+/// What happened to the slow flows of a scenario.
+#[derive(Debug, Default)]
+pub struct FlowsOutcome {
+    /// Flows through the node the scenario took away, just before.
+    pub on_node: usize,
+    /// Of those, flows the other nodes held afterwards (picked up mid-flow).
+    pub picked_up: usize,
+    /// Flows that failed, with why.
+    pub broken: Vec<String>,
+    /// Requests answered in all.
+    pub requests: u64,
+    /// From the event to the router having dropped the node's next hop.
+    pub reroute: Duration,
+}
+
+type FlowThreads = Vec<std::thread::JoinHandle<Result<u64>>>;
+
+/// Starts [`FLOWS`] slow kept-alive flows through the VIP, each checking its backend stays.
+fn start_flows(bed: &Bed, started: Instant) -> Result<FlowThreads> {
+    let vip = bed.topo.vip_http();
+    bed.topo.client().enter(move || {
+        (0..FLOWS)
+            .map(|i| {
+                std::thread::spawn(move || -> Result<u64> {
+                    let mut c = client::KeepAlive::connect(vip, Duration::from_secs(5))?;
+                    let first = c
+                        .get("/")
+                        .with_context(|| format!("flow {i}: first request"))?;
+                    while started.elapsed() < FLOW_TIME {
+                        std::thread::sleep(Duration::from_millis(200));
+                        let r = c
+                            .get("/")
+                            .with_context(|| format!("flow {i} after {:?}", started.elapsed()))?;
+                        ensure!(r.backend == first.backend, "flow {i} changed backend");
+                    }
+                    let n = c.requests();
+                    c.close()?;
+                    Ok(n)
+                })
+            })
+            .collect()
+    })
+}
+
+fn finish_flows(threads: FlowThreads, outcome: &mut FlowsOutcome) -> Result<()> {
+    for t in threads {
+        match t
+            .join()
+            .map_err(|_| anyhow::anyhow!("a flow thread panicked"))?
+        {
+            Ok(n) => outcome.requests += n,
+            Err(e) => outcome.broken.push(format!("{e:#}")),
+        }
+    }
+    Ok(())
+}
+
+/// The first node drained under the slow flows, then undrained while they go on.
+pub fn drain_and_rejoin(bed: &Bed) -> Result<FlowsOutcome> {
+    let started = Instant::now();
+    let flows = start_flows(bed, started)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, node) = &bed.nodes[0];
+    let moving = bed.flow_ports(node)?;
+    let (code, _, err) = node.lbctl(&["node", "drain"])?;
+    ensure!(code == 0, "lbctl node drain: {err}");
+    let withdrawn = Instant::now();
+    bird::wait_next_hops(&bed.topo, &bed.node_ips()[1..], Duration::from_secs(10))?;
+    let mut outcome = FlowsOutcome {
+        on_node: moving.len(),
+        reroute: withdrawn.elapsed(),
+        ..FlowsOutcome::default()
+    };
+    // It joins again while the flows go on: those ECMP moves back to it must not break.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, _, err) = node.lbctl(&["node", "undrain"])?;
+    ensure!(code == 0, "lbctl node undrain: {err}");
+    bird::wait_next_hops(&bed.topo, &bed.node_ips(), Duration::from_secs(10))?;
+    finish_flows(flows, &mut outcome)?;
+    let mut picked = BTreeSet::new();
+    for (_, n) in &bed.nodes[1..] {
+        picked.extend(bed.flow_ports(n)?);
+    }
+    outcome.picked_up = moving.intersection(&picked).count();
+    Ok(outcome)
+}
+
+/// The first node dies under the slow flows: its link down first, then lbd and BIRD killed, so
+/// that no withdrawal and no FIN of the BGP session gets out (as when a host dies); BFD must
+/// notice.
+pub fn kill(bed: &mut Bed) -> Result<FlowsOutcome> {
+    let started = Instant::now();
+    let flows = start_flows(bed, started)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let dead = bed.nodes[0].0;
+    let on_node = bed.flow_ports(&bed.nodes[0].1)?.len();
+    let killed = Instant::now();
+    bed.topo.ns(dead).ip(&["link", "set", "eth0", "down"])?;
+    bed.birds[0].process.signal(libc::SIGKILL)?;
+    bed.nodes[0].1.process.signal(libc::SIGKILL)?;
+    bird::wait_next_hops(&bed.topo, &bed.node_ips()[1..], Duration::from_secs(15))?;
+    let mut outcome = FlowsOutcome {
+        on_node,
+        reroute: killed.elapsed(),
+        ..FlowsOutcome::default()
+    };
+    finish_flows(flows, &mut outcome)?;
+    Ok(outcome)
+}
+
+/// New connections per second through the VIP: `clients` threads opening connections for
+/// `time`.
+pub fn conn_rate(bed: &Bed, clients: usize, time: Duration) -> Result<f64> {
+    let vip = bed.topo.vip_http();
+    let started = Instant::now();
+    let threads = bed.topo.client().enter(move || {
+        (0..clients)
+            .map(|_| {
+                std::thread::spawn(move || -> Result<u64> {
+                    let mut n = 0;
+                    while started.elapsed() < time {
+                        client::http_get(vip)?;
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect::<Vec<_>>()
+    })?;
+    let mut total = 0;
+    for t in threads {
+        total += t
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
