@@ -37,6 +37,8 @@ pub const PROG_LBD: &str = "lbd_xdp";
 pub const PROG_BARE: &str = "bare_tx";
 /// Name of the pass-everything program (veth peers in tests).
 pub const PROG_PASS: &str = "xdp_pass";
+/// The tc program of the test router that clears a packet's flow hash (see lb-ebpf).
+pub const PROG_CLEAR_HASH: &str = "clear_hash";
 
 /// Errors of the XDP data path.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,12 @@ mod balancer;
 mod maps;
 mod parse;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, xdp_action},
+    helpers::generated::bpf_set_hash_invalid,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 /// The balancer: VIP traffic goes to a backend (LVS direct routing), the rest to the kernel.
 #[xdp]
@@ -35,6 +40,16 @@ pub fn bare_tx(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Test harness only: on a test router's ingress, forgets the flow hash a packet carries from
+/// the sender's socket across veth, so that the router's ECMP hashes the 5-tuple as a real
+/// router does (a socket's hash is re-rolled after a timeout, which no real network follows).
+#[classifier]
+pub fn clear_hash(ctx: TcContext) -> i32 {
+    // SAFETY: the helper takes the program's own skb and only clears its hash fields.
+    unsafe { bpf_set_hash_invalid(ctx.skb.skb) };
+    TC_ACT_OK
 }
 
 #[cfg(not(test))]

@@ -1,7 +1,9 @@
 //! Active-active behind ECMP, the scenarios shared by `tests/ecmp_e2e.rs` and `cargo xtask
 //! bench ecmp`: lbd nodes announce the VIP through BIRD (BGP with BFD) to a router namespace
-//! running BIRD with `merge paths`, which spreads the client's connections over the nodes; every
-//! node picks the same backend for a flow (Maglev), so a flow survives moving between nodes.
+//! running BIRD with `merge paths`, which spreads the client's connections over the nodes by
+//! their 5-tuple (`fib_multipath_hash_policy = 1`, and `clear_hash` on the router's ingress so
+//! that the hash of the client's socket does not stand in for it); every node picks the same
+//! backend for a flow (Maglev), so a flow survives moving between nodes.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -34,6 +36,8 @@ pub struct Bed {
     pub birds: Vec<Bird>,
     /// The router's BIRD.
     pub router: Bird,
+    /// The router's `clear_hash`, attached while held.
+    _clear_hash: aya::Ebpf,
 }
 
 impl Bed {
@@ -46,6 +50,7 @@ impl Bed {
             .router(true)
             .build()?;
         let backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
+        let clear_hash = lbd::attach_clear_hash(&topo, Host::Router)?;
         let node_hosts = topo.lbd_nodes();
         let router = Bird::start(
             &topo,
@@ -72,6 +77,7 @@ impl Bed {
             nodes,
             birds,
             router,
+            _clear_hash: clear_hash,
         };
         // BIRD 2.0.12 may announce a few seconds after its session is up.
         bird::wait_next_hops(&bed.topo, &bed.node_ips(), Duration::from_secs(30))?;

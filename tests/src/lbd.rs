@@ -553,3 +553,23 @@ macro_rules! test_each_mode {
         )+
     };
 }
+
+/// Loads `clear_hash` and attaches it to the ingress of `host`'s `eth0` (the test router): the
+/// router then hashes each packet's 5-tuple for ECMP instead of reusing the hash the sender's
+/// socket gave it, which crosses veth and which TCP re-rolls after a timeout (no real router
+/// sees it). Detached when dropped.
+pub fn attach_clear_hash(topo: &Topology, host: Host) -> Result<aya::Ebpf> {
+    use aya::programs::{SchedClassifier, TcAttachType, tc};
+    topo.ns(host).enter(move || -> Result<aya::Ebpf> {
+        let mut ebpf = xdp::load([0; 6], [0; 6], 1024, &[])?;
+        // A clsact qdisc that is there already is fine.
+        let _ = tc::qdisc_add_clsact(crate::topology::HOST_IF);
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(xdp::PROG_CLEAR_HASH)
+            .context("clear_hash missing from the object")?
+            .try_into()?;
+        prog.load()?;
+        prog.attach(crate::topology::HOST_IF, TcAttachType::Ingress)?;
+        Ok(ebpf)
+    })?
+}
