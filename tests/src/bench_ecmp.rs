@@ -4,6 +4,11 @@
 //! `ecmp_kill_reroute_ms` (from the kill to the router having dropped the next hop) and
 //! `ecmp_conn_rate_3nodes_vs_1node` (new connections per second through three nodes against
 //! one, same run). Goals: no flow broken, reroute within 400 ms with BFD.
+//!
+//! The limit, computed from the Maglev tables themselves: a flow that moves between two nodes
+//! whose backend sets differ (a backend added, drained or down on one but not yet on the other)
+//! lands on another backend with the share of slots the two tables disagree on:
+//! `ecmp_moved_flow_other_backend_one_added` and `..._one_removed` (3 backends).
 
 use std::time::Duration;
 
@@ -15,9 +20,39 @@ use crate::ecmp::{self, Bed};
 const RATE_CLIENTS: usize = 4;
 const RATE_TIME: Duration = Duration::from_secs(5);
 
+/// The share of slots two Maglev tables (over backend names) disagree on.
+fn disagreement(a: &[&str], b: &[&str]) -> f64 {
+    let table = |names: &[&str]| -> Vec<String> {
+        let entries: Vec<lb_daemon::maglev::Entry<'_>> = names
+            .iter()
+            .map(|name| lb_daemon::maglev::Entry { name, weight: 1 })
+            .collect();
+        lb_daemon::maglev::build(&entries, lb_common::MAGLEV_M)
+            .into_iter()
+            .map(|i| names[i as usize].to_string())
+            .collect()
+    };
+    let (ta, tb) = (table(a), table(b));
+    let differ = ta.iter().zip(&tb).filter(|(x, y)| x != y).count();
+    differ as f64 / ta.len().max(1) as f64
+}
+
 /// Measures and returns the figures.
 pub fn run() -> Result<Vec<(String, f64)>> {
-    let mut figures = Vec::new();
+    let three = ["198.18.0.21", "198.18.0.22", "198.18.0.23"];
+    let mut figures = vec![
+        (
+            "ecmp_moved_flow_other_backend_one_added".to_string(),
+            disagreement(
+                &three,
+                &["198.18.0.21", "198.18.0.22", "198.18.0.23", "198.18.0.24"],
+            ),
+        ),
+        (
+            "ecmp_moved_flow_other_backend_one_removed".to_string(),
+            disagreement(&three, &three[..2]),
+        ),
+    ];
     let rate_1 = {
         let bed = Bed::build("bench_ecmp_1", 1)?;
         ecmp::conn_rate(&bed, RATE_CLIENTS, RATE_TIME)?

@@ -101,8 +101,8 @@ impl Bed {
             .collect()
     }
 
-    /// The client ports of the web flows a node holds (open or closing).
-    pub fn flow_ports(&self, node: &LbdNode) -> Result<BTreeSet<u16>> {
+    /// The client ports of the web flows a node holds: open ones only, or closing ones too.
+    pub fn flow_ports(&self, node: &LbdNode, open_only: bool) -> Result<BTreeSet<u16>> {
         let (code, out, err) =
             node.lbctl(&["flows", "--json", "--service", "web", "--limit", "1000"])?;
         ensure!(code == 0, "lbctl flows: {err}");
@@ -111,6 +111,7 @@ impl Bed {
             .as_array()
             .into_iter()
             .flatten()
+            .filter(|f| !open_only || f["state"] == "open")
             .filter_map(|f| f["client"].as_str()?.rsplit(':').next()?.parse().ok())
             .collect())
     }
@@ -205,7 +206,7 @@ pub fn drain_and_rejoin(bed: &Bed) -> Result<FlowsOutcome> {
     let flows = start_flows(bed, started)?;
     std::thread::sleep(Duration::from_secs(2));
     let (_, node) = &bed.nodes[0];
-    let moving = bed.flow_ports(node)?;
+    let moving = bed.flow_ports(node, true)?;
     let (code, _, err) = node.lbctl(&["node", "drain"])?;
     ensure!(code == 0, "lbctl node drain: {err}");
     let withdrawn = Instant::now();
@@ -223,7 +224,7 @@ pub fn drain_and_rejoin(bed: &Bed) -> Result<FlowsOutcome> {
     finish_flows(flows, &mut outcome)?;
     let mut picked = BTreeSet::new();
     for (_, n) in &bed.nodes[1..] {
-        picked.extend(bed.flow_ports(n)?);
+        picked.extend(bed.flow_ports(n, false)?);
     }
     outcome.picked_up = moving.intersection(&picked).count();
     Ok(outcome)
@@ -237,7 +238,7 @@ pub fn kill(bed: &mut Bed) -> Result<FlowsOutcome> {
     let flows = start_flows(bed, started)?;
     std::thread::sleep(Duration::from_secs(2));
     let dead = bed.nodes[0].0;
-    let on_node = bed.flow_ports(&bed.nodes[0].1)?.len();
+    let on_node = bed.flow_ports(&bed.nodes[0].1, true)?.len();
     let killed = Instant::now();
     bed.topo.ns(dead).ip(&["link", "set", "eth0", "down"])?;
     bed.birds[0].process.signal(libc::SIGKILL)?;

@@ -103,6 +103,29 @@ fn a_node_without_backends_in_rotation_withdraws_and_comes_back() -> Result<()> 
         "{node_host}: {reason:?}"
     );
     set("off")?;
+    bird::wait_next_hops(&bed.topo, &bed.node_ips(), Duration::from_secs(10))?;
+
+    // `lbctl node drain --wait` under traffic: returns once none reaches the node any more.
+    let vip = bed.topo.vip_http();
+    let load = bed.topo.client().enter(move || {
+        std::thread::spawn(move || -> Result<()> {
+            for i in 0..100 {
+                lbd_tests::client::http_get(vip).with_context(|| format!("connection {i}"))?;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(())
+        })
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, out, err) = node.lbctl(&["node", "drain", "--wait", "--timeout", "30s"])?;
+    ensure!(
+        code == 0 && out.contains("no traffic reaches this node any more"),
+        "lbctl node drain --wait: {out}{err}"
+    );
+    load.join()
+        .map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
+    let (code, _, err) = node.lbctl(&["node", "undrain"])?;
+    ensure!(code == 0, "{err}");
     bird::wait_next_hops(&bed.topo, &bed.node_ips(), Duration::from_secs(10))
 }
 

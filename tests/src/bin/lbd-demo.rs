@@ -3,6 +3,10 @@
 //! backends on a bridge: real HTTP requests with curl from the client to the VIP and which
 //! backend answered each; lbd's counters; a drain under an open connection; then the master node
 //! fails and a long transfer through the VIP carries on through the standby.
+//!
+//! `cargo xtask demo ecmp`: three lbd nodes active at once behind a router that spreads flows
+//! over them by ECMP (BGP through BIRD): connections spread over nodes and backends, a node
+//! drained and back with its flows kept, a node killed.
 
 use std::{
     process::{Command, ExitCode},
@@ -260,6 +264,56 @@ fn demo() -> Result<()> {
     Ok(())
 }
 
+/// Three nodes behind ECMP (see `lbd_tests::ecmp`).
+fn demo_ecmp() -> Result<()> {
+    use lbd_tests::ecmp;
+    step("building: a client, a router (BIRD, ECMP), three lbd nodes (XDP, BIRD), three backends");
+    let mut bed = ecmp::Bed::build("demo_ecmp", 3)?;
+    let route = bed
+        .topo
+        .ns(Host::Router)
+        .run("ip", &["route", "show", &format!("{}/32", lbd_tests::VIP)])?;
+    println!(
+        "  the router's route to the VIP, learned by BGP from each node:\n{}",
+        String::from_utf8_lossy(&route.stdout)
+            .lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    check_stop()?;
+    step(
+        "300 new connections from the client: spread over the nodes by the router, over the backends by Maglev",
+    );
+    let (shares, backends) = ecmp::share(&bed, 300)?;
+    for (node, n) in &shares {
+        println!("  {node}: {n} connections");
+    }
+    println!("  answered by {backends:?}");
+    check_stop()?;
+    step("20 slow flows; lbctl node drain on lbd1 (its route withdrawn), then undrain");
+    let o = ecmp::drain_and_rejoin(&bed)?;
+    println!(
+        "  the router dropped lbd1 {:.0} ms after the drain; {} flows were on lbd1 and went on through the others (same backend, picked up mid-flow); {} of 20 broke",
+        o.reroute.as_secs_f64() * 1e3,
+        o.on_node,
+        o.broken.len()
+    );
+    check_stop()?;
+    step("20 slow flows; lbd1 dies (link down, lbd and BIRD killed)");
+    let o = ecmp::kill(&mut bed)?;
+    println!(
+        "  BFD: the router routed around lbd1 after {:.0} ms; {} flows were on it; {} of 20 broke",
+        o.reroute.as_secs_f64() * 1e3,
+        o.on_node,
+        o.broken.len()
+    );
+    step("removing the namespaces");
+    drop(bed);
+    println!("  done: nothing left behind");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -271,7 +325,13 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    let result = demo();
+    let result = match std::env::args().nth(1).as_deref() {
+        None => demo(),
+        Some("ecmp") => demo_ecmp(),
+        Some(other) => Err(anyhow::anyhow!(
+            "unknown demo {other:?}: `cargo xtask demo` (VRRP pair) or `cargo xtask demo ecmp`"
+        )),
+    };
     // Whatever happened, no demo namespace stays behind.
     let _ = netns::sweep_orphans();
     match result {
