@@ -6,7 +6,11 @@
 //!   test: unit, XDP program tests (BPF_PROG_TEST_RUN) and network-namespace end-to-end tests.
 //! - `demo`: builds and runs the live demo in network namespaces.
 //! - `bench`: builds and runs the benchmarks; prints `name: value` lines.
+//! - `soak [--minutes N] [--mode M]`: lbd under mixed load and changes for N minutes, then its
+//!   checks (see `lbd_tests::soak`).
 //! - `install`: puts `lbd`, `lbctl`, the systemd unit and a default config in place.
+//! - `fuzz [--minutes N] [TARGET...]`: runs the cargo-fuzz targets ([`fuzz`]); `test` runs
+//!   each briefly.
 //!
 //! xtask itself depends on nothing that needs the eBPF toolchain, so it builds on a fresh machine.
 
@@ -16,6 +20,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+
+mod fuzz;
 
 /// Debian packages: the eBPF toolchain (LLVM 22 for bpf-linker), the namespace harness, and the
 /// peers the tests and benchmarks compare against.
@@ -51,11 +57,11 @@ const APT_PACKAGES: &[&str] = &[
     "chromium",
     // A terminal for the lbctl top test (tests/top.rs).
     "tmux",
+    // BGP on the router and the lbd nodes of the active-active tests (tests/ecmp_e2e.rs).
+    "bird2",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-/// How long CI fuzzes the VRRP decoder: short and bounded, on every run.
-const FUZZ_SECONDS: u32 = 20;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -64,11 +70,15 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("demo") => demo(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("soak") => run_release_bin("lbd-soak", &args[1..]),
         Some("install") => install(&args[1..]),
         Some("deb") if args.get(1).is_some_and(|a| a == "--check") => check_deb(),
         Some("deb") => deb(&args[1..]).map(|path| println!("{}", path.display())),
+        Some("fuzz") => fuzz::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <setup|test|demo|bench|install [--destdir DIR]>");
+            eprintln!(
+                "usage: cargo xtask <setup|test|demo [ecmp]|bench [PART...]|soak [--minutes N] [--mode M]|install [--destdir DIR]|fuzz [--minutes N] [TARGET...]>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -265,7 +275,7 @@ fn test() -> anyhow::Result<()> {
     run(cargo().args(["build", "--bins"]))?;
     run(cargo().args(["test", "--no-fail-fast"]))?;
     check_deb()?;
-    fuzz_vrrp()
+    fuzz::ci()
 }
 
 /// Lintian tags accepted on the package, each with why.
@@ -403,27 +413,6 @@ fn check_deb() -> anyhow::Result<()> {
     std::fs::remove_dir_all(&root)?;
     eprintln!("deb: {} checked", deb.display());
     Ok(())
-}
-
-/// Fuzzes the VRRP decoder for a bounded time, starting from keepalived's real adverts.
-fn fuzz_vrrp() -> anyhow::Result<()> {
-    let dir = root().join("vrrp/fuzz");
-    let corpus = dir.join("corpus/decode");
-    std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
-    run(Command::new("rustup")
-        .args([
-            "run",
-            "nightly",
-            "cargo",
-            "fuzz",
-            "run",
-            "decode",
-            "corpus/decode",
-            "seeds",
-            "--",
-        ])
-        .arg(format!("-max_total_time={FUZZ_SECONDS}"))
-        .current_dir(&dir))
 }
 
 fn demo(args: &[String]) -> anyhow::Result<()> {

@@ -6,9 +6,7 @@
 
 use std::collections::HashMap;
 
-use lb_daemon::{
-    config::Config, datapath::DatapathMode, engine::Engine, overrides::Overrides,
-};
+use lb_daemon::{config::Config, datapath::DatapathMode, engine::Engine, overrides::Overrides};
 use lb_daemon_fuzz::{NullDatapath, resolves};
 use libfuzzer_sys::fuzz_target;
 

@@ -53,7 +53,10 @@ fuzz_target!(|data: &[u8]| {
     match (&read, line_end) {
         (Ok(line), Some(end)) => assert_eq!(line.as_slice(), &answer[..end], "not the first line"),
         (Ok(line), None) => {
-            assert!(answer.len() < MAX_STATUS_LINE, "a line longer than the limit");
+            assert!(
+                answer.len() < MAX_STATUS_LINE,
+                "a line longer than the limit"
+            );
             assert_eq!(line.as_slice(), answer, "not all of a closed answer");
             assert!(!answer.is_empty(), "an empty answer read as a line");
         }

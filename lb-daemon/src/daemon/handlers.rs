@@ -401,7 +401,7 @@ impl Core {
         self.commit(new)?;
         standby_switch.set(standby);
         Ok(if standby {
-            "resigned: a master keeps the VIPs until the backup's first advert (and a second more),              then stays out of the election until `lbctl vrrp resume` (kept across restarts)"
+            "resigned: a master keeps the VIPs until the backup's first advert (and a second more), then stays out of the election until `lbctl vrrp resume` (kept across restarts)"
                 .into()
         } else {
             "resumed: taking part in the VRRP election again".into()
