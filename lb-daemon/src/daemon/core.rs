@@ -449,13 +449,14 @@ impl Core {
     }
 
     /// Decides the announcement afresh; a change goes to the routes and the log, with why.
-    fn update_announcement(&mut self) {
+    /// Returns whether it changed.
+    fn update_announcement(&mut self) -> bool {
         let Some(a) = self.config.announce else {
-            return;
+            return false;
         };
         let decision = announce::decide(&self.announce_inputs());
         if decision == self.announced {
-            return;
+            return false;
         }
         for (vip, reason) in &decision {
             if self.announced.get(vip) != Some(reason) {
@@ -469,6 +470,7 @@ impl Core {
         self.effects
             .announce(a.table, announce::announced(&decision));
         self.announced = decision;
+        true
     }
 
     /// Queues an answer (see `outbox`).
@@ -479,7 +481,11 @@ impl Core {
     /// One command; its answers go out after the status showing its effect is published.
     pub fn handle(&mut self, cmd: Command) {
         self.step(cmd);
-        self.update_announcement();
+        // A new announcement is published at once: the status must not show the old one while
+        // the routes already follow the new.
+        if self.update_announcement() && self.outbox.is_empty() {
+            self.publish();
+        }
         if !self.outbox.is_empty() {
             self.publish();
             for (reply, response) in self.outbox.drain(..) {
