@@ -111,12 +111,15 @@ pub fn config_for_node(
 }
 
 /// What the client saw while lbd went through its events.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Seen {
     /// New connections made.
     pub connections: usize,
     /// The ones that failed, with why.
     pub failed: Vec<String>,
+    /// Of those, the ones cut after lbd had accepted them (closed or reset before the answer),
+    /// as opposed to refused or never answered at connect.
+    pub cut: usize,
     /// Requests the kept-alive flow had answered.
     pub flow_requests: u64,
     /// How the flow broke, if it did.
@@ -136,17 +139,23 @@ pub fn under_load(topo: &Topology, events: impl FnOnce() -> Result<()>) -> Resul
             })
         });
         let loop_ = s.spawn(|| {
-            client.enter(|| -> (usize, Vec<String>) {
-                let mut failed = Vec::new();
+            client.enter(|| -> (usize, Vec<String>, usize) {
+                let (mut failed, mut cut) = (Vec::new(), 0);
                 let mut n = 0;
                 while n < LOOP_MAX && !stop.load(Ordering::Relaxed) {
                     n += 1;
                     if let Err(e) = client::http_get(vip) {
+                        if matches!(
+                            client::classify(&e),
+                            client::Failure::Closed | client::Failure::Reset
+                        ) {
+                            cut += 1;
+                        }
                         failed.push(format!("connection {n}: {e:#}"));
                     }
                     std::thread::sleep(LOOP_PAUSE);
                 }
-                (n, failed)
+                (n, failed, cut)
             })
         });
         // Let both run before the events, and after them.
@@ -158,7 +167,7 @@ pub fn under_load(topo: &Topology, events: impl FnOnce() -> Result<()>) -> Resul
             .join()
             .map_err(|_| anyhow::anyhow!("the flow thread panicked"))?
             .context("entering the client")?;
-        let (connections, failed) = loop_
+        let (connections, failed, cut) = loop_
             .join()
             .map_err(|_| anyhow::anyhow!("the loop thread panicked"))?
             .context("entering the client")?;
@@ -166,6 +175,7 @@ pub fn under_load(topo: &Topology, events: impl FnOnce() -> Result<()>) -> Resul
         Ok(Seen {
             connections,
             failed,
+            cut,
             flow_requests,
             flow_error,
         })
@@ -228,6 +238,32 @@ pub fn check_new(what: &str, seen: &Seen) -> Result<()> {
         seen.connections
     );
     Ok(())
+}
+
+/// [`check_new`] for a process that dies with its open connections (the proxy stopping or
+/// killed): the one connection it had accepted and was answering at that instant, if any, is
+/// cut with it, by design; none may be refused.
+pub fn check_new_but_the_one_in_flight(what: &str, seen: &Seen) -> Result<()> {
+    let refused = seen.failed.len() - seen.cut;
+    if seen.cut > 0 {
+        eprintln!(
+            "restart_e2e: {what}: the connection in flight at the event was cut: {:?}",
+            seen.failed
+        );
+    }
+    ensure!(
+        refused == 0 && seen.cut <= 1,
+        "{what}: {refused} new connections refused and {} cut (at most the one in flight may be): {:?}",
+        seen.cut,
+        &seen.failed[..seen.failed.len().min(5)]
+    );
+    check_new(
+        what,
+        &Seen {
+            failed: Vec::new(),
+            ..seen.clone()
+        },
+    )
 }
 
 /// The id of the XDP program on eth0 of `node`, if one is attached.
