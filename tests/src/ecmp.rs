@@ -118,6 +118,8 @@ impl Bed {
 }
 
 /// `n` new connections through the VIP: new flows per node, and the backends that answered.
+/// Every backend must have seen the client's remote address (its answer went back through the
+/// router).
 pub fn share(bed: &Bed, n: usize) -> Result<(BTreeMap<Host, u64>, BTreeSet<String>)> {
     let before = bed.new_flows()?;
     let vip = bed.topo.vip_http();
@@ -127,11 +129,14 @@ pub fn share(bed: &Bed, n: usize) -> Result<(BTreeMap<Host, u64>, BTreeSet<Strin
         .enter(move || -> Result<BTreeSet<String>> {
             let mut seen = BTreeSet::new();
             for i in 0..n {
-                seen.insert(
-                    client::http_get(vip)
-                        .with_context(|| format!("connection {i}"))?
-                        .backend,
+                let r = client::http_get(vip).with_context(|| format!("connection {i}"))?;
+                ensure!(
+                    r.client_addr.ip() == std::net::IpAddr::V4(crate::topology::REMOTE_CLIENT),
+                    "connection {i}: {} saw the client as {}",
+                    r.backend,
+                    r.client_addr
                 );
+                seen.insert(r.backend);
             }
             Ok(seen)
         })??;

@@ -54,6 +54,12 @@ pub const MAX_LBD_NODES: u8 = 8;
 pub const MAX_BACKENDS: u8 = 9;
 /// How long [`Topology::start_backend`] waits for `ready`.
 pub const BACKEND_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// With a router: the subnet the client talks to the VIP from, behind the router.
+pub const REMOTE_SUBNET: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 0);
+/// The client's address in [`REMOTE_SUBNET`].
+pub const REMOTE_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
+/// The router's address in [`REMOTE_SUBNET`].
+pub const REMOTE_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 /// The MAC of `br0`.
 pub const BRIDGE_MAC: Mac = Mac([0x02, 0, 0, 0, 0xff, 0x01]);
 
@@ -248,10 +254,35 @@ impl TopologyBuilder {
                 .with_context(|| format!("configuring {host} of topology {tag}"))?;
         }
         if self.router {
-            // The client reaches the VIP through the router, and takes no redirect past it.
+            // The client talks to the VIP from a subnet of its own behind the router
+            // ([`REMOTE_CLIENT`]), as a client out on the network does: its packets reach the
+            // nodes through the router (ECMP) and the backends' answers go back through it.
             let client = topo.ns(Host::Client);
+            let router = topo.ns(Host::Router);
             let via = Host::Router.ip().to_string();
-            client.ip(&["route", "add", &format!("{VIP}/32"), "via", &via])?;
+            let remote = REMOTE_CLIENT.to_string();
+            client.ip(&["addr", "add", &format!("{remote}/32"), "dev", HOST_IF])?;
+            client.ip(&[
+                "route",
+                "add",
+                &format!("{VIP}/32"),
+                "via",
+                &via,
+                "src",
+                &remote,
+            ])?;
+            router.ip(&[
+                "addr",
+                "add",
+                &format!("{REMOTE_GATEWAY}/24"),
+                "dev",
+                HOST_IF,
+            ])?;
+            for b in topo.backends() {
+                topo.ns(b)
+                    .ip(&["route", "add", &format!("{REMOTE_SUBNET}/24"), "via", &via])?;
+            }
+            // Neither may take a redirect past the router, and the router sends none.
             for scope in ["all", HOST_IF] {
                 client.set_sysctl(&format!("net/ipv4/conf/{scope}/accept_redirects"), "0")?;
             }
