@@ -7,8 +7,7 @@
 //! withdrawal is one netlink message, BIRD sends it on within milliseconds, and the VIP stays on
 //! the node (on `lo`) so that what still arrives during a drain is served.
 //!
-//! [`decide`] is the rule, sans-IO: a VIP is announced when the node is not drained and not
-//! stopping, its data path is the one configured (an XDP node that fell back to the proxy
+//! [`decide`] is the rule, sans-IO: a VIP is announced when the node is not drained, its data path is the one configured (an XDP node that fell back to the proxy
 //! cannot take flows that start on another node), and at least one of the VIP's services has a
 //! backend in rotation.
 
@@ -32,8 +31,6 @@ pub enum Reason {
     NoBackend,
     /// Withdrawn: XDP is configured but not attached (the proxy cannot take mid-flow packets).
     DatapathDown,
-    /// Withdrawn: lbd is stopping.
-    Stopping,
 }
 
 impl Reason {
@@ -46,7 +43,6 @@ impl Reason {
             Reason::DatapathDown => {
                 "XDP not attached (the proxy cannot take flows from other nodes)"
             }
-            Reason::Stopping => "lbd stopping",
         }
     }
 }
@@ -56,8 +52,6 @@ impl Reason {
 pub struct Inputs {
     /// `lbctl node drain` is in effect.
     pub drained: bool,
-    /// lbd is stopping.
-    pub stopping: bool,
     /// The data path is the one configured.
     pub datapath_ok: bool,
     /// Each VIP, and whether any of its services has a backend in rotation.
@@ -70,9 +64,7 @@ pub fn decide(inputs: &Inputs) -> BTreeMap<Ipv4Addr, Reason> {
         .vips
         .iter()
         .map(|(vip, in_rotation)| {
-            let reason = if inputs.stopping {
-                Reason::Stopping
-            } else if inputs.drained {
+            let reason = if inputs.drained {
                 Reason::NodeDrained
             } else if !inputs.datapath_ok {
                 Reason::DatapathDown
@@ -129,7 +121,6 @@ mod tests {
     fn a_vip_is_announced_only_while_it_can_be_served() {
         let mut inputs = Inputs {
             drained: false,
-            stopping: false,
             datapath_ok: true,
             vips: BTreeMap::from([(ip(100), true), (ip(101), false)]),
         };
@@ -146,10 +137,6 @@ mod tests {
             Reason::NodeDrained,
             "drain says it first"
         );
-        inputs.stopping = true;
-        let d = decide(&inputs);
-        assert!(d.values().all(|r| *r == Reason::Stopping));
-        assert!(announced(&d).is_empty());
     }
 
     #[test]

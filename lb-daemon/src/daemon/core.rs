@@ -441,7 +441,6 @@ impl Core {
         }
         announce::Inputs {
             drained: self.overrides.node_drained,
-            stopping: false,
             // [announce] needs XDP (config checks it): the proxy means XDP fell away.
             datapath_ok: self.datapath.mode().needs_macs(),
             vips,
