@@ -5,7 +5,7 @@
 //! the same backend for a flow). It is a 64-bit multiply-xorshift mix (the MurmurHash3
 //! finalizer): a few instructions, no loops, no tables, so the verifier accepts it as is.
 
-use crate::{FlowKey, MAGLEV_M};
+use crate::{FlowKey, FlowKey6, Ipv6Lanes, MAGLEV_M};
 
 const SEED: u64 = 0x6c62_645f_666c_6f77; // "lbd_flow"
 
@@ -26,6 +26,26 @@ pub fn flow_hash(key: &FlowKey) -> u32 {
     let a = ((key.src_be as u64) << 32) | key.dst_be as u64;
     let b = ((key.sport_be as u64) << 32) | ((key.dport_be as u64) << 16) | key.proto as u64;
     let h = mix64(mix64(a ^ SEED) ^ b);
+    (h >> 32) as u32
+}
+
+/// Four lanes of an IPv6 address as one 64-bit word.
+#[inline(always)]
+const fn word(lanes: &Ipv6Lanes, at: usize) -> u64 {
+    lanes[at] as u64
+        | (lanes[at + 1] as u64) << 16
+        | (lanes[at + 2] as u64) << 32
+        | (lanes[at + 3] as u64) << 48
+}
+
+/// Hash of an IPv6 flow key: the client address in two mixing rounds (its host half is what
+/// varies), the VIP folded into one, then ports and protocol as for IPv4.
+#[inline(always)]
+pub fn flow_hash6(key: &FlowKey6) -> u32 {
+    let b = ((key.sport_be as u64) << 32) | ((key.dport_be as u64) << 16) | key.proto as u64;
+    let vip = word(&key.dst_be, 0) ^ word(&key.dst_be, 4).rotate_left(32);
+    let h = mix64(mix64(word(&key.src_be, 0) ^ SEED) ^ word(&key.src_be, 4));
+    let h = mix64(mix64(h ^ vip) ^ b);
     (h >> 32) as u32
 }
 
@@ -128,5 +148,70 @@ mod tests {
             0xe6af_38e5_ffac_549f
         );
         assert_eq!(bytes_hash(1, b"198.18.0.22:80"), 0x0528_8552_3cbe_cd04);
+    }
+
+    fn key6(src: [u8; 16], sport: u16, proto: u8) -> FlowKey6 {
+        let vip = "2001:db8::100".parse::<core::net::Ipv6Addr>().unwrap();
+        FlowKey6::new(
+            crate::ipv6_lanes(src),
+            crate::ipv6_lanes(vip.octets()),
+            sport.to_be(),
+            80u16.to_be(),
+            proto,
+        )
+    }
+
+    #[test]
+    fn flow_hash6_spreads_over_ports_and_hosts() {
+        let client = "2001:db8::10".parse::<core::net::Ipv6Addr>().unwrap();
+        let mut by_port = [0u32; 16];
+        for port in 0..16_000u16 {
+            by_port
+                [(flow_hash6(&key6(client.octets(), port, crate::IPPROTO_TCP)) >> 28) as usize] +=
+                1;
+        }
+        let mut by_host = [0u32; 16];
+        for host in 0..16_000u16 {
+            let mut o = client.octets();
+            o[14..].copy_from_slice(&host.to_be_bytes());
+            by_host[(flow_hash6(&key6(o, 40000, crate::IPPROTO_TCP)) >> 28) as usize] += 1;
+        }
+        for n in by_port.iter().chain(&by_host) {
+            assert!(
+                (800..1200).contains(n),
+                "uneven spread: {by_port:?} {by_host:?}"
+            );
+        }
+        // Protocol and the address halves all count.
+        let k = key6(client.octets(), 40000, crate::IPPROTO_TCP);
+        assert_ne!(
+            flow_hash6(&k),
+            flow_hash6(&key6(client.octets(), 40000, crate::IPPROTO_UDP))
+        );
+        let mut prefix = client.octets();
+        prefix[3] ^= 1;
+        assert_ne!(
+            flow_hash6(&k),
+            flow_hash6(&key6(prefix, 40000, crate::IPPROTO_TCP))
+        );
+    }
+
+    /// As `hashes_are_pinned`, for IPv6 keys (lbd 0.2).
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn hashes6_are_pinned() {
+        let client = "2001:db8::10"
+            .parse::<core::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let cases = [
+            (key6(client, 40000, crate::IPPROTO_TCP), 0xa756_6588),
+            // A client-address-only key: the client port is zeroed.
+            (key6(client, 0, crate::IPPROTO_TCP), 0x89fc_c8fe),
+            (FlowKey6::new([0; 8], [0; 8], 0, 0, 0), 0x9e48_0aa1),
+        ];
+        for (key, hash) in cases {
+            assert_eq!(flow_hash6(&key), hash, "flow_hash6({key:?})");
+        }
     }
 }

@@ -34,7 +34,7 @@ pub const IPPROTO_TCP: u8 = 6;
 /// UDP.
 pub const IPPROTO_UDP: u8 = 17;
 
-/// Key of the VIPS map: a virtual service (VIP, port, protocol).
+/// Key of the VIPS map: an IPv4 virtual service (VIP, port, protocol).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct VipKey {
@@ -48,6 +48,50 @@ pub struct VipKey {
     pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<VipKey>() == 8);
+
+/// An IPv6 address as it sits in a packet and in the IPv6 map keys: eight 16-bit lanes in
+/// network order, read as native integers. Lanes rather than bytes: the IPv6 header sits at
+/// offset 14 of a frame, 2-aligned, so the data path copies an address in 8 loads, not 16.
+pub type Ipv6Lanes = [u16; 8];
+
+/// [`Ipv6Lanes`] of an address's 16 octets (userspace builds map keys with it).
+pub const fn ipv6_lanes(octets: [u8; 16]) -> Ipv6Lanes {
+    let mut lanes = [0u16; 8];
+    let mut i = 0;
+    while i < 8 {
+        lanes[i] = u16::from_ne_bytes([octets[2 * i], octets[2 * i + 1]]);
+        i += 1;
+    }
+    lanes
+}
+
+/// The 16 octets of an address held as [`Ipv6Lanes`].
+pub const fn ipv6_octets(lanes: Ipv6Lanes) -> [u8; 16] {
+    let mut octets = [0u8; 16];
+    let mut i = 0;
+    while i < 8 {
+        let b = lanes[i].to_ne_bytes();
+        octets[2 * i] = b[0];
+        octets[2 * i + 1] = b[1];
+        i += 1;
+    }
+    octets
+}
+
+/// Key of the VIPS6 map: an IPv6 virtual service (VIP, port, protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VipKey6 {
+    /// Virtual IPv6 address, network order.
+    pub addr_be: Ipv6Lanes,
+    /// Virtual port, network order.
+    pub port_be: u16,
+    /// IP protocol ([`IPPROTO_TCP`] or [`IPPROTO_UDP`]).
+    pub proto: u8,
+    /// Explicit padding, always zero.
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<VipKey6>() == 20);
 
 /// [`VipInfo::flags`]: the flow key is the client address only (persistence; IPVS `sh`).
 pub const VIP_FLAG_SRC_ONLY: u32 = 1;
@@ -93,12 +137,15 @@ pub struct Backend {
     pub mac: [u8; 6],
     /// Explicit padding, always zero.
     pub _pad: [u8; 2],
-    /// Backend IPv4 address, network order (for userspace and diagnostics).
-    pub addr_be: u32,
     /// One of [`backend_state`].
     pub state: u32,
+    /// Backend address, for diagnostics (`bpftool map dump`): the 16 octets of an IPv6
+    /// address, or of an IPv4 one mapped (`::ffff:a.b.c.d`). The data path never reads it.
+    pub addr: [u8; 16],
+    /// Explicit padding, always zero.
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 16);
+const _: () = assert!(core::mem::size_of::<Backend>() == 32);
 
 /// Key of the CONNTRACK map: a flow as the client sends it.
 #[repr(C)]
@@ -127,6 +174,50 @@ impl FlowKey {
     #[inline(always)]
     pub const fn new(src_be: u32, dst_be: u32, sport_be: u16, dport_be: u16, proto: u8) -> FlowKey {
         FlowKey {
+            src_be,
+            dst_be,
+            sport_be,
+            dport_be,
+            proto,
+            _pad8: 0,
+            _pad16: 0,
+        }
+    }
+}
+
+/// Key of the CONNTRACK6 map: an IPv6 flow as the client sends it (the same fields as
+/// [`FlowKey`], with 128-bit addresses).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey6 {
+    /// Client address, network order.
+    pub src_be: Ipv6Lanes,
+    /// VIP, network order.
+    pub dst_be: Ipv6Lanes,
+    /// Client port, network order (zero for client-address-only services).
+    pub sport_be: u16,
+    /// VIP port, network order.
+    pub dport_be: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Explicit padding, always zero (two scalars, as in [`FlowKey`]).
+    pub _pad8: u8,
+    /// Explicit padding, always zero.
+    pub _pad16: u16,
+}
+const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
+
+impl FlowKey6 {
+    /// A flow key with its padding zeroed (ports and addresses in network order, as stored).
+    #[inline(always)]
+    pub const fn new(
+        src_be: Ipv6Lanes,
+        dst_be: Ipv6Lanes,
+        sport_be: u16,
+        dport_be: u16,
+        proto: u8,
+    ) -> FlowKey6 {
+        FlowKey6 {
             src_be,
             dst_be,
             sport_be,
@@ -207,17 +298,17 @@ impl Counter {
 pub mod reason {
     /// ARP: the kernel answers for the VIP.
     pub const PASS_ARP: u32 = 0;
-    /// An ethertype other than IPv4 and ARP (IPv6, VLAN, LLDP...).
-    pub const PASS_NOT_IPV4: u32 = 1;
-    /// A header shorter than it must be (Ethernet, IPv4, TCP or UDP).
+    /// An ethertype other than IPv4, IPv6 and ARP (VLAN, LLDP...).
+    pub const PASS_NOT_IP: u32 = 1;
+    /// A header shorter than it must be (Ethernet, IPv4, IPv6, TCP or UDP).
     pub const PASS_TRUNCATED: u32 = 2;
-    /// IPv4 version or header length field invalid.
+    /// IPv4 version or header length field invalid, or an IPv6 header of another version.
     pub const PASS_BAD_IP_HEADER: u32 = 3;
     /// IPv4 header with options (IHL > 5).
     pub const PASS_IP_OPTIONS: u32 = 4;
-    /// An IPv4 fragment (MF set or a non-zero offset).
+    /// An IPv4 fragment (MF set or a non-zero offset), or an IPv6 Fragment header.
     pub const PASS_FRAGMENT: u32 = 5;
-    /// ICMP.
+    /// ICMP and ICMPv6 (neighbour discovery among it): always the kernel's.
     pub const PASS_ICMP: u32 = 6;
     /// An IP protocol other than TCP, UDP and ICMP.
     pub const PASS_OTHER_PROTO: u32 = 7;
@@ -233,12 +324,15 @@ pub mod reason {
     /// connection-table entry (XDP), or held back at accept (proxy). Counted beside the
     /// backend's own counter.
     pub const FLOOD_GUARD: u32 = 12;
+    /// An IPv6 extension header before the transport header (hop-by-hop, routing, destination
+    /// options, AH, ESP, mobility...): the program does not walk them.
+    pub const PASS_IPV6_EXT_HEADER: u32 = 13;
     /// Number of reasons.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
     /// Names for userspace (metrics, `lbctl status`), indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
         "pass_arp",
-        "pass_not_ipv4",
+        "pass_not_ip",
         "pass_truncated",
         "pass_bad_ip_header",
         "pass_ip_options",
@@ -250,6 +344,7 @@ pub mod reason {
         "drop_no_backend",
         "drop_bad_backend",
         "flood_guard",
+        "pass_ipv6_ext_header",
     ];
 }
 
@@ -269,6 +364,8 @@ mod pod {
     unsafe impl aya::Pod for super::VipInfo {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::VipKey6 {}
+    unsafe impl aya::Pod for super::FlowKey6 {}
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::FloodSlot {}

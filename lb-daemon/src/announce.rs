@@ -11,7 +11,7 @@
 //! cannot take flows that start on another node), and at least one of the VIP's services has a
 //! backend in rotation.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -55,11 +55,11 @@ pub struct Inputs {
     /// The data path is the one configured.
     pub datapath_ok: bool,
     /// Each VIP, and whether any of its services has a backend in rotation.
-    pub vips: BTreeMap<Ipv4Addr, bool>,
+    pub vips: BTreeMap<IpAddr, bool>,
 }
 
 /// Whether each VIP is announced, and why.
-pub fn decide(inputs: &Inputs) -> BTreeMap<Ipv4Addr, Reason> {
+pub fn decide(inputs: &Inputs) -> BTreeMap<IpAddr, Reason> {
     inputs
         .vips
         .iter()
@@ -79,7 +79,7 @@ pub fn decide(inputs: &Inputs) -> BTreeMap<Ipv4Addr, Reason> {
 }
 
 /// The VIPs to announce of a decision.
-pub fn announced(decision: &BTreeMap<Ipv4Addr, Reason>) -> Vec<Ipv4Addr> {
+pub fn announced(decision: &BTreeMap<IpAddr, Reason>) -> Vec<IpAddr> {
     decision
         .iter()
         .filter(|(_, r)| **r == Reason::Serving)
@@ -113,8 +113,8 @@ pub struct VipAnnounce {
 mod tests {
     use super::*;
 
-    fn ip(n: u8) -> Ipv4Addr {
-        Ipv4Addr::new(198, 18, 0, n)
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([198, 18, 0, n])
     }
 
     #[test]

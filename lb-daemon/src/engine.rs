@@ -15,7 +15,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
 };
 
 use lb_common::{Counter, MAX_BACKENDS, MAX_SERVICES};
@@ -71,7 +71,7 @@ pub struct BackendRec {
     /// Stable id: BACKENDS index and counter key.
     pub id: u32,
     /// Address.
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     /// Weight.
     pub weight: u32,
     /// Taken out of rotation by an operator.
@@ -131,9 +131,9 @@ struct Wanted {
 }
 
 /// Merges a service's config backends with the runtime overrides.
-fn wanted_backends(sc: &ServiceConfig, overrides: &Overrides) -> BTreeMap<Ipv4Addr, Wanted> {
+fn wanted_backends(sc: &ServiceConfig, overrides: &Overrides) -> BTreeMap<IpAddr, Wanted> {
     let key = sc.key().to_string();
-    let mut out: BTreeMap<Ipv4Addr, Wanted> = sc
+    let mut out: BTreeMap<IpAddr, Wanted> = sc
         .backends
         .iter()
         .map(|b| {
@@ -179,7 +179,7 @@ pub struct Service {
     /// Its config.
     pub config: ServiceConfig,
     /// Backends, including removed ones that still carry flows, by address.
-    pub backends: BTreeMap<Ipv4Addr, BackendRec>,
+    pub backends: BTreeMap<IpAddr, BackendRec>,
     /// Packets and bytes of its backends freed so far: the data paths count per backend only
     /// (see [`DatapathCounters::service`]).
     pub retired: Counter,
@@ -195,7 +195,7 @@ impl Service {
             .filter(|b| b.in_rotation())
             .map(|b| Member {
                 id: b.id,
-                addr: b.addr.into(),
+                addr: b.addr,
                 weight: b.weight,
             })
             .collect()
@@ -223,11 +223,11 @@ pub struct ServiceIds {
     /// Protocol.
     pub proto: Proto,
     /// VIP and port.
-    pub vip: SocketAddrV4,
+    pub vip: SocketAddr,
     /// Service id.
     pub id: u32,
     /// Backend address → id, removed ones included.
-    pub backends: BTreeMap<Ipv4Addr, u32>,
+    pub backends: BTreeMap<IpAddr, u32>,
 }
 
 /// The engine.
@@ -353,12 +353,12 @@ impl Engine {
     }
 
     /// A backend of a service.
-    pub fn backend(&self, key: &ServiceKey, addr: Ipv4Addr) -> Option<&BackendRec> {
+    pub fn backend(&self, key: &ServiceKey, addr: IpAddr) -> Option<&BackendRec> {
         self.services.get(key).and_then(|s| s.backends.get(&addr))
     }
 
     /// Records a health verdict; true when it changed the backend (apply to take effect).
-    pub fn set_health_down(&mut self, key: &ServiceKey, addr: Ipv4Addr, down: bool) -> bool {
+    pub fn set_health_down(&mut self, key: &ServiceKey, addr: IpAddr, down: bool) -> bool {
         match self
             .services
             .get_mut(key)
@@ -379,7 +379,7 @@ impl Engine {
         &mut self,
         config: &Config,
         overrides: &Overrides,
-        macs: &HashMap<Ipv4Addr, [u8; 6]>,
+        macs: &HashMap<IpAddr, [u8; 6]>,
         dp: &mut dyn Datapath,
     ) -> Result<ApplyReport, EngineError> {
         let mut report = ApplyReport::default();
@@ -489,7 +489,7 @@ impl Engine {
     pub fn free_now(
         &mut self,
         key: &ServiceKey,
-        addr: Ipv4Addr,
+        addr: IpAddr,
         dp: &mut dyn Datapath,
     ) -> Result<Option<u32>, EngineError> {
         let Some(svc) = self.services.get_mut(key) else {
@@ -516,7 +516,7 @@ impl Engine {
     ) -> Result<Vec<u32>, EngineError> {
         let mut freed = Vec::new();
         for svc in self.services.values_mut() {
-            let idle: Vec<Ipv4Addr> = svc
+            let idle: Vec<IpAddr> = svc
                 .backends
                 .values()
                 .filter(|b| b.removed && flows_of(b.id) == 0)
@@ -589,14 +589,14 @@ mod tests {
         .expect("test config")
     }
 
-    fn macs() -> HashMap<Ipv4Addr, [u8; 6]> {
+    fn macs() -> HashMap<IpAddr, [u8; 6]> {
         (1..=30)
-            .map(|i| (Ipv4Addr::new(198, 18, 0, i), [2, 0, 0, 0, 0, i]))
+            .map(|i| (IpAddr::from([198, 18, 0, i]), [2, 0, 0, 0, 0, i]))
             .collect()
     }
 
-    fn ip(n: u8) -> Ipv4Addr {
-        Ipv4Addr::new(198, 18, 0, n)
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([198, 18, 0, n])
     }
 
     fn fake() -> FakeDatapath {

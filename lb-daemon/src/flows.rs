@@ -10,7 +10,7 @@
 use std::{
     collections::{BinaryHeap, HashSet},
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
@@ -40,29 +40,30 @@ pub struct FlowQuery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientFilter {
     /// Address.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// Port, when given.
     pub port: Option<u16>,
 }
 
 impl ClientFilter {
-    /// Parses `198.18.0.10` or `198.18.0.10:40000`; the error says what is accepted.
+    /// Parses `198.18.0.10`, `198.18.0.10:40000`, `2001:db8::10` or `[2001:db8::10]:40000`;
+    /// the error says what is accepted.
     pub fn parse(s: &str) -> Result<ClientFilter, String> {
-        if let Ok(ip) = s.parse::<Ipv4Addr>() {
+        if let Ok(ip) = s.parse::<IpAddr>() {
             return Ok(ClientFilter { ip, port: None });
         }
-        s.parse::<SocketAddrV4>()
+        s.parse::<SocketAddr>()
             .map(|a| ClientFilter {
-                ip: *a.ip(),
+                ip: a.ip(),
                 port: Some(a.port()),
             })
             .map_err(|_| {
-                format!("client: {s:?} is not an IPv4 address or address:port (e.g. 198.18.0.10 or 198.18.0.10:40000)")
+                format!("client: {s:?} is not an address or address:port (e.g. 198.18.0.10, 198.18.0.10:40000, 2001:db8::10 or [2001:db8::10]:40000)")
             })
     }
 
-    fn matches(&self, client: SocketAddrV4) -> bool {
-        *client.ip() == self.ip && self.port.is_none_or(|p| p == client.port())
+    fn matches(&self, client: SocketAddr) -> bool {
+        client.ip() == self.ip && self.port.is_none_or(|p| p == client.port())
     }
 }
 
@@ -85,9 +86,9 @@ pub struct FlowRecord {
     /// Protocol.
     pub proto: Proto,
     /// Client address and port (port 0 for a client-address-only service, `sh`).
-    pub client: SocketAddrV4,
+    pub client: SocketAddr,
     /// VIP and port.
-    pub vip: SocketAddrV4,
+    pub vip: SocketAddr,
     /// Backend id it is pinned to.
     pub backend_id: u32,
     /// A FIN or RST was seen (TCP).
@@ -329,8 +330,8 @@ mod tests {
     fn flow(client_port: u16, backend_id: u32, idle_s: u64) -> FlowRecord {
         FlowRecord {
             proto: Proto::Tcp,
-            client: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 10), client_port),
-            vip: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80),
+            client: SocketAddr::new(IpAddr::from([198, 18, 0, 10]), client_port),
+            vip: SocketAddr::new(IpAddr::from([198, 18, 0, 100]), 80),
             backend_id,
             closing: false,
             idle: Duration::from_secs(idle_s),
@@ -357,13 +358,13 @@ mod tests {
     #[test]
     fn filters_by_service_backend_and_client() {
         let web = ServiceKey {
-            vip: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80),
+            vip: SocketAddr::new(IpAddr::from([198, 18, 0, 100]), 80),
             proto: Proto::Tcp,
         };
         let mut udp = flow(9, 1, 0);
         udp.proto = Proto::Udp;
         let mut other_client = flow(7, 2, 0);
-        other_client.client = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 11), 7);
+        other_client.client = SocketAddr::new(IpAddr::from([198, 18, 0, 11]), 7);
         let all = [flow(1, 1, 0), flow(2, 2, 0), udp, other_client];
         let run = |query: FlowQuery| {
             let mut c = Collector::new(&query);

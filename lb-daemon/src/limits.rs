@@ -169,12 +169,16 @@ pub fn shortfall(budget: &FdBudget, hard: u64) -> Option<String> {
 pub const MIB_PER_SERVICE: f64 = 1.0;
 /// See [`MIB_PER_SERVICE`].
 pub const MIB_PER_MILLION_FLOWS: f64 = 92.0;
+/// The same for the IPv6 table, whose keys are 40 bytes, not 16 (`bpftool map create` of an
+/// LRU hash of 1M entries: 115 MiB against 92).
+pub const MIB_PER_MILLION_FLOWS6: f64 = 115.0;
 
-/// What the XDP maps of `config` cost in kernel memory, MiB: (rings, connection table).
+/// What the XDP maps of `config` cost in kernel memory, MiB: (rings, connection tables).
 pub fn map_memory_mib(config: &Config) -> (f64, f64) {
     (
         f64::from(config.daemon.max_services) * MIB_PER_SERVICE,
-        f64::from(config.daemon.conntrack_max) / 1e6 * MIB_PER_MILLION_FLOWS,
+        f64::from(config.daemon.conntrack_max) / 1e6 * MIB_PER_MILLION_FLOWS
+            + f64::from(config.daemon.conntrack6_max) / 1e6 * MIB_PER_MILLION_FLOWS6,
     )
 }
 
@@ -198,15 +202,16 @@ pub fn map_memory_note(config: &Config, available_mib: Option<f64>) -> (bool, St
     let total = rings + flows;
     let head = format!(
         "XDP maps: {total:.0} MiB of kernel memory ({rings:.0} MiB of Maglev rings for \
-         daemon.max_services = {}, {flows:.0} MiB for daemon.conntrack_max = {})",
-        config.daemon.max_services, config.daemon.conntrack_max
+         daemon.max_services = {}, {flows:.0} MiB for daemon.conntrack_max = {} and \
+         daemon.conntrack6_max = {})",
+        config.daemon.max_services, config.daemon.conntrack_max, config.daemon.conntrack6_max
     );
     match available_mib {
         Some(avail) if total > avail / 2.0 => (
             true,
             format!(
                 "{head}: more than half of the {avail:.0} MiB this host has available; lower \
-                 daemon.conntrack_max or daemon.max_services"
+                 daemon.conntrack_max, daemon.conntrack6_max or daemon.max_services"
             ),
         ),
         Some(avail) => (false, format!("{head}; {avail:.0} MiB available")),
@@ -282,7 +287,7 @@ backends = [ { addr = "198.18.0.21" } ]
         let (warn, text) = map_memory_note(&c, Some(100_000.0));
         assert!(!warn, "{text}");
         assert!(
-            text.starts_with("XDP maps: 88 MiB of kernel memory (64 MiB of Maglev rings"),
+            text.starts_with("XDP maps: 118 MiB of kernel memory (64 MiB of Maglev rings"),
             "{text}"
         );
         let (warn, text) = map_memory_note(&c, Some(100.0));

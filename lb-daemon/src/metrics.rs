@@ -303,13 +303,15 @@ pub fn families(s: &Status) -> Vec<MetricFamily> {
         "lbd_vrrp_resigned",
         "1 while this node is out of the VRRP election by `lbctl vrrp resign`.",
     );
-    if let Some(v) = &s.vrrp {
+    // One virtual router per address family (RFC 5798), told apart by `family`.
+    for (family, v) in [("ipv4", &s.vrrp), ("ipv6", &s.vrrp6)] {
+        let Some(v) = v else { continue };
         for st in vrrp::State::ALL {
             let name = st.as_str().to_ascii_lowercase();
-            vrrp_state.add(&[("state", &name)], flag(st == v.state));
+            vrrp_state.add(&[("family", family), ("state", &name)], flag(st == v.state));
         }
-        vrrp_transitions.add(&[], v.transitions as f64);
-        vrrp_resigned.add(&[], flag(v.resigned));
+        vrrp_transitions.add(&[("family", family)], v.transitions as f64);
+        vrrp_resigned.add(&[("family", family)], flag(v.resigned));
     }
 
     let mut reloads = Family::counter(
@@ -717,6 +719,7 @@ mod tests {
             flood_guard: Default::default(),
             services: Vec::new(),
             vrrp: None,
+            vrrp6: None,
             announce: None,
         }
     }
@@ -798,6 +801,24 @@ mod tests {
                 failed_conditions: Vec::new(),
                 resigned: false,
             }),
+            // The IPv6 router elects on its own: here it is backup.
+            vrrp6: Some(VrrpStatus {
+                vrid: 51,
+                state: vrrp::State::Backup,
+                priority: 150,
+                configured_priority: 150,
+                master: Some("fe80::3".into()),
+                last_transition_unix: None,
+                became_master: 0,
+                transitions: 1,
+                adverts_accepted: 7,
+                adverts_dropped: vec![ReasonCount {
+                    reason: "ttl".into(),
+                    packets: 1,
+                }],
+                failed_conditions: Vec::new(),
+                resigned: false,
+            }),
             ..empty()
         }
     }
@@ -851,11 +872,34 @@ mod tests {
             ("lbd_backend_up", b2.to_vec(), 0.0),
             ("lbd_health_check_duration_seconds", b1.to_vec(), 0.0015),
             ("lbd_health_check_duration_seconds", b2.to_vec(), 0.5),
-            ("lbd_vrrp_state", vec![("state", "master")], 1.0),
-            ("lbd_vrrp_state", vec![("state", "backup")], 0.0),
-            ("lbd_vrrp_state", vec![("state", "init")], 0.0),
-            ("lbd_vrrp_transitions_total", vec![], 2.0),
-            ("lbd_vrrp_resigned", vec![], 0.0),
+            (
+                "lbd_vrrp_state",
+                vec![("family", "ipv4"), ("state", "master")],
+                1.0,
+            ),
+            (
+                "lbd_vrrp_state",
+                vec![("family", "ipv4"), ("state", "backup")],
+                0.0,
+            ),
+            (
+                "lbd_vrrp_state",
+                vec![("family", "ipv4"), ("state", "init")],
+                0.0,
+            ),
+            (
+                "lbd_vrrp_state",
+                vec![("family", "ipv6"), ("state", "backup")],
+                1.0,
+            ),
+            (
+                "lbd_vrrp_state",
+                vec![("family", "ipv6"), ("state", "master")],
+                0.0,
+            ),
+            ("lbd_vrrp_transitions_total", vec![("family", "ipv4")], 2.0),
+            ("lbd_vrrp_transitions_total", vec![("family", "ipv6")], 1.0),
+            ("lbd_vrrp_resigned", vec![("family", "ipv4")], 0.0),
             ("lbd_datapath_configured", vec![("setting", "auto")], 1.0),
             (
                 "lbd_datapath_configured",
@@ -990,6 +1034,7 @@ mod tests {
     fn optional_parts_are_absent_and_odd_values_escaped() {
         let mut s = sample();
         s.vrrp = None;
+        s.vrrp6 = None;
         s.config_loaded_unix = 0;
         s.services[0].name = "we\"b\\".into();
         for b in &mut s.services[0].backends {
@@ -1096,7 +1141,10 @@ services[].rates.packets_per_s services[].scheduler services[].vip state_file up
 vrrp vrrp.adverts_accepted vrrp.adverts_dropped vrrp.adverts_dropped[].packets \
 vrrp.adverts_dropped[].reason vrrp.became_master vrrp.configured_priority \
 vrrp.failed_conditions vrrp.last_transition_unix vrrp.master vrrp.priority vrrp.resigned \
-vrrp.state vrrp.transitions vrrp.vrid";
+vrrp.state vrrp.transitions vrrp.vrid vrrp6 vrrp6.adverts_accepted vrrp6.adverts_dropped \
+vrrp6.adverts_dropped[].packets vrrp6.adverts_dropped[].reason vrrp6.became_master \
+vrrp6.configured_priority vrrp6.failed_conditions vrrp6.last_transition_unix vrrp6.master \
+vrrp6.priority vrrp6.resigned vrrp6.state vrrp6.transitions vrrp6.vrid";
         let expected: Vec<&str> = expected.split_whitespace().collect();
         assert_eq!(paths, expected);
     }

@@ -2,13 +2,13 @@
 //!
 //! A backend's MAC is read from the kernel's neighbour table, never guessed. A backend missing
 //! from it is made resolvable by sending it one empty UDP datagram (port 9, discard): the kernel
-//! then ARPs for it. The data path never lets the kernel send to backends, so entries only go
+//! then ARPs for it (IPv4) or sends a neighbour solicitation (IPv6). The data path never lets the kernel send to backends, so entries only go
 //! STALE, which still holds the address; a backend that changes its MAC announces it by
 //! gratuitous ARP, which updates the entry, and the periodic refresh picks that up.
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::Duration,
 };
 
@@ -50,20 +50,34 @@ pub struct Link {
     pub mac: [u8; 6],
 }
 
-/// lbd's VIP routes in `table` (protocol [`crate::announce::ROUTE_PROTOCOL`], `/32`).
+/// lbd's VIP routes in `table` (protocol [`crate::announce::ROUTE_PROTOCOL`], `/32` or `/128`).
 pub async fn vip_routes(
     handle: &Handle,
     table: u32,
-) -> Result<std::collections::BTreeSet<Ipv4Addr>, NetError> {
-    use rtnetlink::{
-        RouteMessageBuilder,
-        packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol},
-    };
-    let filter = RouteMessageBuilder::<Ipv4Addr>::new()
+) -> Result<std::collections::BTreeSet<IpAddr>, NetError> {
+    use rtnetlink::RouteMessageBuilder;
+    let mut out = std::collections::BTreeSet::new();
+    let v4 = RouteMessageBuilder::<Ipv4Addr>::new()
         .table_id(table)
         .build();
+    host_routes(handle, v4, table, 32, &mut out).await?;
+    let v6 = RouteMessageBuilder::<Ipv6Addr>::new()
+        .table_id(table)
+        .build();
+    host_routes(handle, v6, table, 128, &mut out).await?;
+    Ok(out)
+}
+
+/// The destinations of lbd's host routes in `table` that `filter` (one family) lists.
+async fn host_routes(
+    handle: &Handle,
+    filter: rtnetlink::packet_route::route::RouteMessage,
+    table: u32,
+    prefix_len: u8,
+    out: &mut std::collections::BTreeSet<IpAddr>,
+) -> Result<(), NetError> {
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
     let mut routes = handle.route().get(filter).execute();
-    let mut out = std::collections::BTreeSet::new();
     while let Some(r) = routes.try_next().await? {
         let in_table = r
             .attributes
@@ -72,35 +86,50 @@ pub async fn vip_routes(
             || u32::from(r.header.table) == table;
         if !in_table
             || r.header.protocol != RouteProtocol::Other(crate::announce::ROUTE_PROTOCOL)
-            || r.header.destination_prefix_length != 32
+            || r.header.destination_prefix_length != prefix_len
         {
             continue;
         }
         for a in &r.attributes {
-            if let RouteAttribute::Destination(RouteAddress::Inet(ip)) = a {
-                out.insert(*ip);
+            match a {
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
+                    out.insert(IpAddr::V4(*ip));
+                }
+                RouteAttribute::Destination(RouteAddress::Inet6(ip)) => {
+                    out.insert(IpAddr::V6(*ip));
+                }
+                _ => {}
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
-fn vip_route(table: u32, lo: u32, vip: Ipv4Addr) -> rtnetlink::packet_route::route::RouteMessage {
+fn vip_route(table: u32, lo: u32, vip: IpAddr) -> rtnetlink::packet_route::route::RouteMessage {
     use rtnetlink::{RouteMessageBuilder, packet_route::route::RouteProtocol};
-    RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(vip, 32)
-        .output_interface(lo)
-        .table_id(table)
-        .protocol(RouteProtocol::Other(crate::announce::ROUTE_PROTOCOL))
-        .build()
+    let protocol = RouteProtocol::Other(crate::announce::ROUTE_PROTOCOL);
+    match vip {
+        IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(v4, 32)
+            .output_interface(lo)
+            .table_id(table)
+            .protocol(protocol)
+            .build(),
+        IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(v6, 128)
+            .output_interface(lo)
+            .table_id(table)
+            .protocol(protocol)
+            .build(),
+    }
 }
 
-/// Puts `vip/32 dev lo proto 201` into `table` (a route already there is replaced).
+/// Puts `vip/32` (or `/128`) `dev lo proto 201` into `table` (a route already there is replaced).
 pub async fn add_vip_route(
     handle: &Handle,
     table: u32,
     lo: u32,
-    vip: Ipv4Addr,
+    vip: IpAddr,
 ) -> Result<(), NetError> {
     handle
         .route()
@@ -111,12 +140,12 @@ pub async fn add_vip_route(
     Ok(())
 }
 
-/// Takes `vip/32` out of `table` (one that is not there is fine).
+/// Takes `vip/32` (or `/128`) out of `table` (one that is not there is fine).
 pub async fn del_vip_route(
     handle: &Handle,
     table: u32,
     lo: u32,
-    vip: Ipv4Addr,
+    vip: IpAddr,
 ) -> Result<(), NetError> {
     match handle
         .route()
@@ -210,16 +239,28 @@ pub async fn link_health(handle: &Handle, name: &str) -> Result<LinkHealth, NetE
     })
 }
 
-/// IPv4 neighbours with a usable MAC on one interface.
+/// IPv4 and IPv6 neighbours with a usable MAC on one interface.
 pub async fn neighbours(
     handle: &Handle,
     ifindex: u32,
-) -> Result<HashMap<Ipv4Addr, [u8; 6]>, NetError> {
+) -> Result<HashMap<IpAddr, [u8; 6]>, NetError> {
     let mut out = HashMap::new();
+    neighbours_of(handle, ifindex, AddressFamily::Inet, &mut out).await?;
+    neighbours_of(handle, ifindex, AddressFamily::Inet6, &mut out).await?;
+    Ok(out)
+}
+
+/// The neighbours of one family (the ARP or the neighbour discovery table).
+async fn neighbours_of(
+    handle: &Handle,
+    ifindex: u32,
+    family: AddressFamily,
+    out: &mut HashMap<IpAddr, [u8; 6]>,
+) -> Result<(), NetError> {
     let mut stream = handle
         .neighbours()
         .get()
-        .set_address_family(AddressFamily::Inet)
+        .set_address_family(family)
         .execute();
     while let Some(msg) = stream.try_next().await? {
         if msg.header.ifindex != ifindex
@@ -234,7 +275,12 @@ pub async fn neighbours(
         let mut mac = None;
         for a in &msg.attributes {
             match a {
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => ip = Some(*v4),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                    ip = Some(IpAddr::V4(*v4));
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                    ip = Some(IpAddr::V6(*v6));
+                }
                 NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
                     mac = Some([b[0], b[1], b[2], b[3], b[4], b[5]]);
                 }
@@ -247,33 +293,38 @@ pub async fn neighbours(
             out.insert(ip, mac);
         }
     }
-    Ok(out)
-}
-
-/// Makes the kernel ARP for `ip` by sending it one empty datagram to the discard port, out of
-/// `interface`.
-fn provoke_arp(interface: &str, ip: Ipv4Addr) -> std::io::Result<()> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
-    sock.bind_device(Some(interface.as_bytes()))?;
-    sock.set_nonblocking(true)?;
-    sock.send_to(&[], &SocketAddrV4::new(ip, 9).into())?;
     Ok(())
 }
 
-/// Resolves the MACs of `ips` on the interface, waiting up to `wait` for ARP answers.
+/// Makes the kernel ARP for `ip` (or solicit it, IPv6) by sending it one empty datagram to the
+/// discard port, out of `interface`.
+fn provoke_resolution(interface: &str, ip: IpAddr) -> std::io::Result<()> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(SocketAddr::new(ip, 9)),
+        socket2::Type::DGRAM,
+        None,
+    )?;
+    sock.bind_device(Some(interface.as_bytes()))?;
+    sock.set_nonblocking(true)?;
+    sock.send_to(&[], &SocketAddr::new(ip, 9).into())?;
+    Ok(())
+}
+
+/// Resolves the MACs of `ips` on the interface, waiting up to `wait` for ARP and neighbour
+/// discovery answers.
 /// Returns what it found; the caller keeps unresolved backends out of rotation and retries.
 pub async fn resolve(
     handle: &Handle,
     interface: &str,
     ifindex: u32,
-    ips: &[Ipv4Addr],
+    ips: &[IpAddr],
     wait: Duration,
-) -> Result<HashMap<Ipv4Addr, [u8; 6]>, NetError> {
+) -> Result<HashMap<IpAddr, [u8; 6]>, NetError> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut provoked = false;
     loop {
         let known = neighbours(handle, ifindex).await?;
-        let missing: Vec<Ipv4Addr> = ips
+        let missing: Vec<IpAddr> = ips
             .iter()
             .filter(|ip| !known.contains_key(ip))
             .copied()
@@ -286,8 +337,8 @@ pub async fn resolve(
         }
         if !provoked {
             for ip in &missing {
-                if let Err(e) = provoke_arp(interface, *ip) {
-                    tracing::warn!(backend = %ip, error = %e, "cannot send the datagram that makes the kernel ARP for a backend");
+                if let Err(e) = provoke_resolution(interface, *ip) {
+                    tracing::warn!(backend = %ip, error = %e, "cannot send the datagram that makes the kernel resolve a backend's MAC");
                 }
             }
             provoked = true;

@@ -9,7 +9,7 @@
 use std::{
     collections::BTreeMap,
     io::Write as _,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -63,7 +63,7 @@ pub struct Overrides {
     pub version: u32,
     /// Per service key (`tcp/198.18.0.100:80`).
     #[serde(default)]
-    pub services: BTreeMap<String, BTreeMap<Ipv4Addr, BackendOverride>>,
+    pub services: BTreeMap<String, BTreeMap<IpAddr, BackendOverride>>,
     /// `lbctl vrrp resign`: this node stays out of the VRRP election until `lbctl vrrp resume`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub vrrp_resigned: bool,
@@ -74,12 +74,12 @@ pub struct Overrides {
 
 impl Overrides {
     /// The override of one backend, if any.
-    pub fn get(&self, service: &str, addr: Ipv4Addr) -> Option<&BackendOverride> {
+    pub fn get(&self, service: &str, addr: IpAddr) -> Option<&BackendOverride> {
         self.services.get(service).and_then(|m| m.get(&addr))
     }
 
     /// Changes one backend's override, dropping it when it becomes empty.
-    pub fn update(&mut self, service: &str, addr: Ipv4Addr, f: impl FnOnce(&mut BackendOverride)) {
+    pub fn update(&mut self, service: &str, addr: IpAddr, f: impl FnOnce(&mut BackendOverride)) {
         let backends = self.services.entry(service.to_string()).or_default();
         let o = backends.entry(addr).or_default();
         f(o);
@@ -220,12 +220,12 @@ mod tests {
         let f = StateFile::in_dir(&dir);
         assert_eq!(f.load().unwrap().services.len(), 0);
         let mut o = f.load().unwrap();
-        let a = Ipv4Addr::new(198, 18, 0, 24);
+        let a = IpAddr::from([198, 18, 0, 24]);
         o.update("tcp/198.18.0.100:80", a, |b| {
             b.added = true;
             b.weight = Some(3);
         });
-        o.update("tcp/198.18.0.100:80", Ipv4Addr::new(198, 18, 0, 21), |b| {
+        o.update("tcp/198.18.0.100:80", IpAddr::from([198, 18, 0, 21]), |b| {
             b.admin = Some(Admin::Draining);
         });
         f.save(&o).unwrap();

@@ -52,8 +52,11 @@ pub struct Status {
     pub flood_guard: FloodGuardStatus,
     /// Services.
     pub services: Vec<ServiceStatus>,
-    /// VRRP, when configured.
+    /// VRRP, when configured: the IPv4 virtual router (or the only one).
     pub vrrp: Option<VrrpStatus>,
+    /// The IPv6 virtual router, when `[vrrp]` has IPv6 VIPs (RFC 5798 runs one per family).
+    #[serde(default)]
+    pub vrrp6: Option<VrrpStatus>,
     /// The VIPs' announcement to the routers, with `[announce]`.
     #[serde(default)]
     pub announce: Option<crate::announce::AnnounceStatus>,

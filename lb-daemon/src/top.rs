@@ -80,10 +80,16 @@ fn header(view: &View) -> Vec<Line<'static>> {
             " {}  {}  {}",
             s.interface, s.datapath, view.at
         )));
-        let vrrp = match &s.vrrp {
-            Some(v) if v.resigned => format!("VRRP {} prio {} resigned", v.state, v.priority),
-            Some(v) => format!("VRRP {} prio {}", v.state, v.priority),
-            None => "no VRRP".to_string(),
+        let vrrp = match (&s.vrrp, &s.vrrp6) {
+            (Some(v), _) | (None, Some(v)) if v.resigned => {
+                format!("VRRP {} prio {} resigned", v.state, v.priority)
+            }
+            // Both families' routers: one state when they agree, both when not.
+            (Some(v), Some(v6)) if v6.state != v.state => {
+                format!("VRRP {} (IPv6 {}) prio {}", v.state, v6.state, v.priority)
+            }
+            (Some(v), _) | (None, Some(v)) => format!("VRRP {} prio {}", v.state, v.priority),
+            (None, None) => "no VRRP".to_string(),
         };
         let second = Line::from(format!(
             "{vrrp}  table {}/{} ({fill:.1}%)  up {}",
@@ -321,6 +327,7 @@ mod tests {
                 ],
             }],
             vrrp: None,
+            vrrp6: None,
             announce: None,
         }
     }

@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     os::fd::AsFd as _,
     time::Duration,
 };
@@ -15,8 +15,8 @@ use aya::{
     programs::{Xdp, XdpMode},
 };
 use lb_common::{
-    Backend, Counter, FLOW_FLAG_CLOSING, FlowKey, FlowState, MAGLEV_M, MAX_BACKENDS, STATS_LEN,
-    Settings, VipInfo, VipKey,
+    Backend, Counter, FLOW_FLAG_CLOSING, FlowKey, FlowKey6, FlowState, MAGLEV_M, MAX_BACKENDS,
+    STATS_LEN, Settings, VipInfo, VipKey, VipKey6, ipv6_lanes, ipv6_octets,
 };
 
 mod batch;
@@ -101,18 +101,21 @@ pub fn load(
         own_mac,
         bare_dst_mac,
         conntrack_max,
+        conntrack_max,
         lb_common::DEFAULT_MAX_SERVICES,
         programs,
         None,
     )
 }
 
-/// [`load`], with rings for `max_services` services and the maps pinned in `maps_dir`
-/// (adopted when pinned there already).
+/// [`load`], with an IPv6 connection table of `conntrack6_max` flows, rings for
+/// `max_services` services and the maps pinned in `maps_dir` (adopted when pinned there
+/// already).
 pub fn load_with(
     own_mac: [u8; 6],
     bare_dst_mac: [u8; 6],
     conntrack_max: u32,
+    conntrack6_max: u32,
     max_services: u32,
     programs: &[&str],
     maps_dir: Option<&std::path::Path>,
@@ -122,6 +125,7 @@ pub fn load_with(
         .override_global("OWN_MAC", &own_mac, true)
         .override_global("BARE_DST_MAC", &bare_dst_mac, true)
         .map_max_entries("CONNTRACK", conntrack_max)
+        .map_max_entries("CONNTRACK6", conntrack6_max)
         .map_max_entries("RINGS", rings_len(max_services));
     if let Some(dir) = maps_dir {
         for name in pins::MAP_NAMES {
@@ -178,6 +182,8 @@ pub fn attach(
 pub struct XdpMaps {
     /// VIPS: (VIP, port, protocol) → service id, ring in use, flags.
     vips: BpfHashMap<MapData, VipKey, VipInfo>,
+    /// VIPS6: the same for IPv6 VIPs.
+    vips6: BpfHashMap<MapData, VipKey6, VipInfo>,
     /// RINGS: the Maglev tables, two rings per service, `MAGLEV_M` backend ids each.
     rings: Array<MapData, u32>,
     /// BACKENDS: backend id → MAC, address, state.
@@ -186,7 +192,7 @@ pub struct XdpMaps {
     stats: PerCpuArray<MapData, Counter>,
     /// SETTINGS: the run-time knobs (the flood guard).
     settings: Array<MapData, Settings>,
-    /// CONNTRACK until [`XdpMaps::take_flows`] hands it out.
+    /// CONNTRACK and CONNTRACK6 until [`XdpMaps::take_flows`] hands them out.
     flows: Option<XdpFlows>,
     /// RINGS mapped into this process, where the kernel allows it.
     rings_mem: Option<MappedRings>,
@@ -286,12 +292,82 @@ impl MappedRings {
     }
 }
 
-/// The connection table (CONNTRACK: flow key → backend id, last seen, flags), scanned for flow
-/// counts and expiry.
+/// The connection tables (CONNTRACK and CONNTRACK6: flow key → backend id, last seen, flags),
+/// scanned for flow counts and expiry.
 pub struct XdpFlows {
-    conntrack: BpfHashMap<MapData, FlowKey, FlowState>,
-    /// Whether the kernel takes batch commands on the connection table (until it refuses one).
+    v4: Conntrack<FlowKey>,
+    v6: Conntrack<FlowKey6>,
+}
+
+/// One family's connection table.
+struct Conntrack<K> {
+    name: &'static str,
+    map: BpfHashMap<MapData, K, FlowState>,
+    /// Whether the kernel takes batch commands on the table (until it refuses one).
     batch_ops: bool,
+}
+
+/// A connection table's key: what a listing shows of it.
+trait TableKey: aya::Pod {
+    fn proto(&self) -> u8;
+    fn client(&self) -> SocketAddr;
+    fn vip(&self) -> SocketAddr;
+}
+
+impl TableKey for FlowKey {
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    fn client(&self) -> SocketAddr {
+        let ip = std::net::Ipv4Addr::from(self.src_be.to_ne_bytes());
+        SocketAddr::new(IpAddr::V4(ip), u16::from_be(self.sport_be))
+    }
+    fn vip(&self) -> SocketAddr {
+        let ip = std::net::Ipv4Addr::from(self.dst_be.to_ne_bytes());
+        SocketAddr::new(IpAddr::V4(ip), u16::from_be(self.dport_be))
+    }
+}
+
+impl TableKey for FlowKey6 {
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    fn client(&self) -> SocketAddr {
+        let ip = std::net::Ipv6Addr::from(ipv6_octets(self.src_be));
+        SocketAddr::new(IpAddr::V6(ip), u16::from_be(self.sport_be))
+    }
+    fn vip(&self) -> SocketAddr {
+        let ip = std::net::Ipv6Addr::from(ipv6_octets(self.dst_be));
+        SocketAddr::new(IpAddr::V6(ip), u16::from_be(self.dport_be))
+    }
+}
+
+/// The VIPS or VIPS6 key of a VIP, port and protocol.
+pub enum AnyVipKey {
+    /// An IPv4 service.
+    V4(VipKey),
+    /// An IPv6 service.
+    V6(VipKey6),
+}
+
+impl AnyVipKey {
+    /// The key of `vip` with IP protocol `proto`.
+    pub fn new(vip: SocketAddr, proto: u8) -> AnyVipKey {
+        match vip.ip() {
+            IpAddr::V4(ip) => AnyVipKey::V4(VipKey {
+                addr_be: u32::from_ne_bytes(ip.octets()),
+                port_be: vip.port().to_be(),
+                proto,
+                _pad: 0,
+            }),
+            IpAddr::V6(ip) => AnyVipKey::V6(VipKey6 {
+                addr_be: ipv6_lanes(ip.octets()),
+                port_be: vip.port().to_be(),
+                proto,
+                _pad: 0,
+            }),
+        }
+    }
 }
 
 /// Idle timeouts of connection table entries (IPVS defaults: tcp 900 s, tcpfin 120 s, udp 300 s).
@@ -364,6 +440,22 @@ impl<F: Fn(u32) -> bool> Tally<F> {
         self.closing.fill(0);
     }
 
+    /// Counts one flow, or marks it for deletion: idle past its timeout, or of a dead backend.
+    fn visit<K: TableKey>(
+        &mut self,
+        now_ns: u64,
+        t: FlowTimeouts,
+        doomed: &mut Vec<K>,
+        key: &K,
+        st: &FlowState,
+    ) {
+        let closing = st.flags & FLOW_FLAG_CLOSING != 0;
+        let timeout = t.of(key.proto(), closing);
+        if now_ns.saturating_sub(st.last_seen_ns) > timeout || !self.count(st.backend_id, closing) {
+            doomed.push(*key);
+        }
+    }
+
     /// Counts a flow of backend `id`, unless the backend is dead: then false.
     fn count(&mut self, id: u32, closing: bool) -> bool {
         let i = id as usize;
@@ -429,22 +521,48 @@ impl XdpMaps {
         };
         Ok(XdpMaps {
             vips: take(ebpf, "VIPS")?,
+            vips6: take(ebpf, "VIPS6")?,
             rings,
             rings_mem,
             backends: take(ebpf, "BACKENDS")?,
             stats: take(ebpf, "STATS")?,
             settings: take(ebpf, "SETTINGS")?,
             flows: Some(XdpFlows {
-                conntrack: take(ebpf, "CONNTRACK")?,
-                batch_ops: true,
+                v4: Conntrack {
+                    name: "CONNTRACK",
+                    map: take(ebpf, "CONNTRACK")?,
+                    batch_ops: true,
+                },
+                v6: Conntrack {
+                    name: "CONNTRACK6",
+                    map: take(ebpf, "CONNTRACK6")?,
+                    batch_ops: true,
+                },
             }),
             batch_writes: true,
         })
     }
 
-    /// The VIPS entries (what an adopted data path serves).
-    pub fn vips(&self) -> Vec<(VipKey, VipInfo)> {
-        self.vips.iter().filter_map(Result::ok).collect()
+    /// The VIPS and VIPS6 entries (what an adopted data path serves): VIP and port, IP
+    /// protocol, entry.
+    pub fn vips(&self) -> Vec<(SocketAddr, u8, VipInfo)> {
+        let v4 = self.vips.iter().filter_map(Result::ok).map(|(k, info)| {
+            let ip = std::net::Ipv4Addr::from(k.addr_be.to_ne_bytes());
+            (
+                SocketAddr::new(IpAddr::V4(ip), u16::from_be(k.port_be)),
+                k.proto,
+                info,
+            )
+        });
+        let v6 = self.vips6.iter().filter_map(Result::ok).map(|(k, info)| {
+            let ip = std::net::Ipv6Addr::from(ipv6_octets(k.addr_be));
+            (
+                SocketAddr::new(IpAddr::V6(ip), u16::from_be(k.port_be)),
+                k.proto,
+                info,
+            )
+        });
+        v4.chain(v6).collect()
     }
 
     /// BACKENDS[id].
@@ -508,18 +626,29 @@ impl XdpMaps {
         Ok(())
     }
 
-    /// Inserts or replaces a VIPS entry.
-    pub fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), XdpError> {
-        self.vips
-            .insert(key, info, 0)
-            .map_err(|e| XdpError::Map("VIPS", format!("insert: {e}")))
+    /// Inserts or replaces a VIPS (or VIPS6) entry.
+    pub fn set_vip(&mut self, key: &AnyVipKey, info: &VipInfo) -> Result<(), XdpError> {
+        match key {
+            AnyVipKey::V4(k) => self
+                .vips
+                .insert(k, info, 0)
+                .map_err(|e| XdpError::Map("VIPS", format!("insert: {e}"))),
+            AnyVipKey::V6(k) => self
+                .vips6
+                .insert(k, info, 0)
+                .map_err(|e| XdpError::Map("VIPS6", format!("insert: {e}"))),
+        }
     }
 
-    /// Removes a VIPS entry (one already gone is fine).
-    pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), XdpError> {
-        match self.vips.remove(key) {
+    /// Removes a VIPS (or VIPS6) entry (one already gone is fine).
+    pub fn remove_vip(&mut self, key: &AnyVipKey) -> Result<(), XdpError> {
+        let (name, r) = match key {
+            AnyVipKey::V4(k) => ("VIPS", self.vips.remove(k)),
+            AnyVipKey::V6(k) => ("VIPS6", self.vips6.remove(k)),
+        };
+        match r {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(XdpError::Map("VIPS", format!("remove: {e}"))),
+            Err(e) => Err(XdpError::Map(name, format!("remove: {e}"))),
         }
     }
 
@@ -601,11 +730,11 @@ pub fn flood_per_slice(new_flows_per_sec: u32, cpus: u64) -> u64 {
 }
 
 impl XdpFlows {
-    /// One pass over the connection table: counts flows per backend and deletes entries idle
+    /// One pass over the connection tables: counts flows per backend and deletes entries idle
     /// past their timeout and entries whose backend `is_dead` (freed or of a removed service).
     ///
     /// Reads and deletes in batches where the kernel has them (5.6+), else entry by entry. The
-    /// table may hold millions of flows, so the per-flow work is array indexing: `is_dead` is
+    /// tables may hold millions of flows, so the per-flow work is array indexing: `is_dead` is
     /// asked once per backend id.
     pub fn scan_at(
         &mut self,
@@ -614,104 +743,45 @@ impl XdpFlows {
         is_dead: impl Fn(u32) -> bool,
     ) -> FlowCounts {
         let mut tally = Tally::new(is_dead);
-        let mut doomed = Vec::new();
-        let visit =
-            |tally: &mut Tally<_>, doomed: &mut Vec<FlowKey>, key: &FlowKey, st: &FlowState| {
-                let closing = st.flags & FLOW_FLAG_CLOSING != 0;
-                let timeout = t.of(key.proto, closing);
-                if now_ns.saturating_sub(st.last_seen_ns) > timeout
-                    || !tally.count(st.backend_id, closing)
-                {
-                    doomed.push(*key);
-                }
-            };
-        let batched = self.try_batched(|k, v| visit(&mut tally, &mut doomed, k, v));
+        let (mut doomed4, mut doomed6) = (Vec::new(), Vec::new());
+        let batched = self
+            .v4
+            .try_batched(|k, v| tally.visit(now_ns, t, &mut doomed4, k, v))
+            && self
+                .v6
+                .try_batched(|k, v| tally.visit(now_ns, t, &mut doomed6, k, v));
         if !batched {
+            // Part of a table may have been counted: start over, entry by entry.
             tally.clear();
-            doomed.clear();
-            self.each_flow(|k, v| visit(&mut tally, &mut doomed, k, v));
+            doomed4.clear();
+            doomed6.clear();
+            self.v4
+                .each_flow(|k, v| tally.visit(now_ns, t, &mut doomed4, k, v));
+            self.v6
+                .each_flow(|k, v| tally.visit(now_ns, t, &mut doomed6, k, v));
         }
+        let expired = self.v4.delete(doomed4, batched) + self.v6.delete(doomed6, batched);
         let mut counts = tally.into_counts();
-        if batched {
-            let fd = self.conntrack.map().fd().as_fd();
-            match batch::delete(fd, &doomed, &mut counts.expired) {
-                Ok(()) => return counts,
-                // The keys deleted already fail again below, uncounted.
-                Err(e) => {
-                    tracing::warn!(error = %e, "deleting expired flows in batches failed: deleting them one by one");
-                }
-            }
-        }
-        for key in doomed {
-            if self.conntrack.remove(&key).is_ok() {
-                counts.expired += 1;
-            }
-        }
+        counts.expired = expired;
         counts
     }
 
-    /// Calls `f` on every flow in batches, where the kernel has them. Returns false when it
-    /// could not (then `f` may have seen part of the table: start over with [`Self::each_flow`]).
-    fn try_batched(&mut self, f: impl FnMut(&FlowKey, &FlowState)) -> bool {
-        if !self.batch_ops {
-            return false;
-        }
-        match batch::for_each(self.conntrack.map().fd().as_fd(), f) {
-            Ok(()) => true,
-            Err(e) => {
-                if batch::unsupported(&e) {
-                    tracing::info!(error = %e, "no batch operations on the connection table: reading it entry by entry");
-                    self.batch_ops = false;
-                } else {
-                    tracing::warn!(error = %e, "reading the connection table in batches failed: reading it entry by entry");
-                }
-                false
-            }
-        }
-    }
-
-    /// Calls `f` on every flow, entry by entry.
-    fn each_flow(&self, mut f: impl FnMut(&FlowKey, &FlowState)) {
-        for item in self.conntrack.iter() {
-            // An entry can vanish under us (LRU eviction): skip it.
-            let Ok((key, st)) = item else { continue };
-            f(&key, &st);
-        }
-    }
-
-    /// Lists the flows `query` asks for (see [`crate::flows`]): one read pass, the `limit`
-    /// most recently active kept.
+    /// Lists the flows `query` asks for (see [`crate::flows`]): one read pass over each table,
+    /// the `limit` most recently active kept.
     pub fn list_at(&mut self, now_ns: u64, t: FlowTimeouts, query: &FlowQuery) -> FlowListing {
-        let record = |key: &FlowKey, st: &FlowState| {
-            let proto = Proto::from_number(key.proto)?;
-            let closing = st.flags & FLOW_FLAG_CLOSING != 0;
-            let idle = now_ns.saturating_sub(st.last_seen_ns);
-            let timeout = t.of(key.proto, closing);
-            Some(FlowRecord {
-                proto,
-                client: SocketAddrV4::new(
-                    Ipv4Addr::from(u32::from_be(key.src_be)),
-                    u16::from_be(key.sport_be),
-                ),
-                vip: SocketAddrV4::new(
-                    Ipv4Addr::from(u32::from_be(key.dst_be)),
-                    u16::from_be(key.dport_be),
-                ),
-                backend_id: st.backend_id,
-                closing,
-                idle: Duration::from_nanos(idle),
-                expires: Some(Duration::from_nanos(timeout.saturating_sub(idle))),
-            })
-        };
         let mut collector = Collector::new(query);
-        let offer = |c: &mut Collector<'_>, k: &FlowKey, v: &FlowState| {
-            if let Some(r) = record(k, v) {
-                c.offer(r);
-            }
-        };
-        if !self.try_batched(|k, v| offer(&mut collector, k, v)) {
+        let batched = self
+            .v4
+            .try_batched(|k, v| offer(&mut collector, now_ns, t, k, v))
+            && self
+                .v6
+                .try_batched(|k, v| offer(&mut collector, now_ns, t, k, v));
+        if !batched {
             collector = Collector::new(query);
-            self.each_flow(|k, v| offer(&mut collector, k, v));
+            self.v4
+                .each_flow(|k, v| offer(&mut collector, now_ns, t, k, v));
+            self.v6
+                .each_flow(|k, v| offer(&mut collector, now_ns, t, k, v));
         }
         collector.finish()
     }
@@ -719,17 +789,101 @@ impl XdpFlows {
     /// Whether scans read and delete in batches (the default, where the kernel has them) or
     /// entry by entry; tests compare the two.
     pub fn set_batch_ops(&mut self, on: bool) {
-        self.batch_ops = on;
+        self.v4.batch_ops = on;
+        self.v6.batch_ops = on;
     }
 
     /// Whether scans still use batches (false once the kernel refused them).
     pub fn batch_ops(&self) -> bool {
-        self.batch_ops
+        self.v4.batch_ops && self.v6.batch_ops
     }
 
-    /// Looks up one flow (tests and diagnostics).
+    /// Looks up one IPv4 flow (tests and diagnostics).
     pub fn flow(&self, key: &FlowKey) -> Option<FlowState> {
-        self.conntrack.get(key, 0).ok()
+        self.v4.map.get(key, 0).ok()
+    }
+
+    /// Looks up one IPv6 flow (tests and diagnostics).
+    pub fn flow6(&self, key: &FlowKey6) -> Option<FlowState> {
+        self.v6.map.get(key, 0).ok()
+    }
+}
+
+/// Offers one flow to a listing.
+fn offer<K: TableKey>(
+    collector: &mut Collector<'_>,
+    now_ns: u64,
+    t: FlowTimeouts,
+    key: &K,
+    st: &FlowState,
+) {
+    let Some(proto) = Proto::from_number(key.proto()) else {
+        return;
+    };
+    let closing = st.flags & FLOW_FLAG_CLOSING != 0;
+    let idle = now_ns.saturating_sub(st.last_seen_ns);
+    let timeout = t.of(key.proto(), closing);
+    collector.offer(FlowRecord {
+        proto,
+        client: key.client(),
+        vip: key.vip(),
+        backend_id: st.backend_id,
+        closing,
+        idle: Duration::from_nanos(idle),
+        expires: Some(Duration::from_nanos(timeout.saturating_sub(idle))),
+    });
+}
+
+impl<K: TableKey> Conntrack<K> {
+    /// Deletes `doomed` (in a batch when the scan could read in batches); returns how many
+    /// went.
+    fn delete(&mut self, doomed: Vec<K>, batched: bool) -> u64 {
+        let mut expired = 0;
+        if batched {
+            let fd = self.map.map().fd().as_fd();
+            match batch::delete(fd, &doomed, &mut expired) {
+                Ok(()) => return expired,
+                // The keys deleted already fail again below, uncounted.
+                Err(e) => {
+                    tracing::warn!(table = self.name, error = %e, "deleting expired flows in batches failed: deleting them one by one");
+                }
+            }
+        }
+        for key in doomed {
+            if self.map.remove(&key).is_ok() {
+                expired += 1;
+            }
+        }
+        expired
+    }
+
+    /// Calls `f` on every flow in batches, where the kernel has them. Returns false when it
+    /// could not (then `f` may have seen part of the table: start over with [`Self::each_flow`]).
+    fn try_batched(&mut self, f: impl FnMut(&K, &FlowState)) -> bool {
+        if !self.batch_ops {
+            return false;
+        }
+        match batch::for_each(self.map.map().fd().as_fd(), f) {
+            Ok(()) => true,
+            Err(e) => {
+                if batch::unsupported(&e) {
+                    tracing::info!(table = self.name, error = %e, "no batch operations on the connection table: reading it entry by entry");
+                    self.batch_ops = false;
+                } else {
+                    tracing::warn!(table = self.name, error = %e, "reading the connection table in batches failed: reading it entry by entry");
+                }
+                false
+            }
+        }
+    }
+
+    /// Calls `f` on every flow, entry by entry.
+    fn each_flow(&self, mut f: impl FnMut(&K, &FlowState)) {
+        for item in self.map.iter() {
+            // An entry can vanish under us (LRU eviction): skip it.
+            let Ok((key, st)) = item else { continue };
+            f(&key, &st);
+        }
     }
 }
 

@@ -130,7 +130,17 @@ impl Proxy {
         scheduler: SchedulerKind,
         backends: &[(u32, SocketAddr, u32)],
     ) -> Proxy {
-        let listener = bind_tcp(SocketAddr::new(lo(1), 0)).unwrap();
+        Proxy::tcp_on(lo(1), config, scheduler, backends).await
+    }
+
+    /// A TCP proxy listening on `ip` (IPv4 or IPv6).
+    async fn tcp_on(
+        ip: IpAddr,
+        config: ProxyConfig,
+        scheduler: SchedulerKind,
+        backends: &[(u32, SocketAddr, u32)],
+    ) -> Proxy {
+        let listener = bind_tcp(SocketAddr::new(ip, 0)).unwrap();
         let addr = listener.local_addr().unwrap();
         let service = Arc::new(ServiceHandle::new("test", addr, Proto::Tcp, config).unwrap());
         service
@@ -151,7 +161,17 @@ impl Proxy {
         scheduler: SchedulerKind,
         backends: &[(u32, SocketAddr, u32)],
     ) -> Proxy {
-        let socket = bind_udp(SocketAddr::new(lo(1), 0)).unwrap();
+        Proxy::udp_on(lo(1), config, scheduler, backends).await
+    }
+
+    /// A UDP proxy listening on `ip` (IPv4 or IPv6).
+    async fn udp_on(
+        ip: IpAddr,
+        config: ProxyConfig,
+        scheduler: SchedulerKind,
+        backends: &[(u32, SocketAddr, u32)],
+    ) -> Proxy {
+        let socket = bind_udp(SocketAddr::new(ip, 0)).unwrap();
         let addr = socket.local_addr().unwrap();
         let service = Arc::new(ServiceHandle::new("test-udp", addr, Proto::Udp, config).unwrap());
         service
@@ -847,5 +867,61 @@ async fn udp_session_bound_drops_new_clients_until_one_expires() {
     assert!(s.dropped >= 1 && s.limit_hits >= 1, "{s:?}");
     eventually("first session expired", || p.service.counters().active == 0).await;
     assert_eq!(udp_ask(&c2, p.addr, "b").await.0, "u:b");
+    p.shutdown().await;
+}
+
+/// IPv6 loopback: the one address there is, so backends differ by port.
+const LO6: IpAddr = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+
+/// The proxy on an IPv6 address to IPv6 backends: TCP both ways (spliced and copied), the
+/// connection counted, and a UDP session answered from the VIP.
+#[tokio::test]
+async fn ipv6_tcp_and_udp_through_the_proxy() {
+    let listener = TcpListener::bind(SocketAddr::new(LO6, 0)).await.unwrap();
+    let b6 = listener.local_addr().unwrap();
+    let _server = Task(tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(serve_backend(s, "v6", Kind::Echo));
+        }
+    }));
+    for splice in [true, false] {
+        let p = Proxy::tcp_on(
+            LO6,
+            ProxyConfig { splice, ..config() },
+            SchedulerKind::Maglev,
+            &[(1, b6, 1)],
+        )
+        .await;
+        assert!(p.addr.is_ipv6());
+        let (mut c, name) = connect_named(p.addr).await;
+        assert_eq!(name, "v6");
+        c.write_all(b"ping6").await.unwrap();
+        let mut buf = [0u8; 5];
+        within("echo", c.read_exact(&mut buf)).await.unwrap();
+        assert_eq!(&buf, b"ping6");
+        drop(c);
+        eventually("connection closed", || p.service.active_connections(1) == 0).await;
+        assert_eq!(p.service.counters().connections, 1, "splice {splice}");
+        p.shutdown().await;
+    }
+
+    let u = UdpSocket::bind(SocketAddr::new(LO6, 0)).await.unwrap();
+    let ub = u.local_addr().unwrap();
+    let _udp = Task(tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        while let Ok((n, from)) = u.recv_from(&mut buf).await {
+            let mut reply = b"u6:".to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = u.send_to(&reply, from).await;
+        }
+    }));
+    let p = Proxy::udp_on(LO6, config(), SchedulerKind::Maglev, &[(1, ub, 1)]).await;
+    let c = UdpSocket::bind(SocketAddr::new(LO6, 0)).await.unwrap();
+    let (reply, from) = udp_ask(&c, p.addr, "q").await;
+    assert_eq!(
+        (reply.as_str(), from),
+        ("u6:q", p.addr),
+        "answered from the VIP"
+    );
     p.shutdown().await;
 }

@@ -4,11 +4,17 @@
 
 mod common;
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use aya::Ebpf;
 use common::*;
-use lb_common::{FlowKey, IPPROTO_TCP, MAGLEV_M, STATS_BACKEND_BASE, STATS_SERVICE_BASE, reason};
+use lb_common::{
+    FlowKey, FlowKey6, IPPROTO_TCP, MAGLEV_M, STATS_BACKEND_BASE, STATS_SERVICE_BASE, ipv6_lanes,
+    reason,
+};
 use lb_daemon::{
     config::Config,
     datapath::{Datapath as _, xdp::XdpDatapath},
@@ -21,10 +27,16 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 
+/// A dual-stack config: the IPv4 services `web`, `dns` and `empty`, and their IPv6 twins
+/// `web6`, `dns6` and `empty6` on 2001:db8::100 with the backends' IPv6 addresses.
 fn config(web_backends: &[u8]) -> Config {
     let list: Vec<String> = web_backends
         .iter()
         .map(|b| format!("{{ addr = \"198.18.0.{b}\" }}"))
+        .collect();
+    let list6: Vec<String> = web_backends
+        .iter()
+        .map(|b| format!("{{ addr = \"{}\" }}", ip6(*b)))
         .collect();
     Config::parse(&format!(
         r#"
@@ -43,8 +55,22 @@ backends = [ {{ addr = "198.18.0.21" }}, {{ addr = "198.18.0.22" }} ]
 [[service]]
 name = "empty"
 vip = "198.18.0.100:8080"
+[[service]]
+name = "web6"
+vip = "[2001:db8::100]:80"
+health = {{}}
+backends = [{}]
+[[service]]
+name = "dns6"
+vip = "[2001:db8::100]:5353"
+proto = "udp"
+backends = [ {{ addr = "2001:db8::21" }}, {{ addr = "[2001:db8::22]:5353" }} ]
+[[service]]
+name = "empty6"
+vip = "[2001:db8::100]:8080"
 "#,
-        list.join(", ")
+        list.join(", "),
+        list6.join(", ")
     ))
     .expect("fixture config")
 }
@@ -53,9 +79,22 @@ fn mac_of(last: u8) -> [u8; 6] {
     [0x02, 0, 0, 0, 0, last]
 }
 
-fn macs() -> HashMap<Ipv4Addr, [u8; 6]> {
+/// 198.18.0.`last`.
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 18, 0, last))
+}
+
+/// 2001:db8::`last`, the digits of `last` read as hex (backend 21 is 2001:db8::21), as the
+/// namespace harness numbers its hosts.
+fn ip6(last: u8) -> IpAddr {
+    let lane = u16::from_str_radix(&last.to_string(), 16).expect("decimal digits are hex digits");
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, lane))
+}
+
+/// Backends .20 to .30 of both families: the IPv6 one has the MAC of its IPv4 twin.
+fn macs() -> HashMap<IpAddr, [u8; 6]> {
     (20..=30)
-        .map(|i| (Ipv4Addr::new(198, 18, 0, i), mac_of(i)))
+        .flat_map(|i| [(ip(i), mac_of(i)), (ip6(i), mac_of(i))])
         .collect()
 }
 
@@ -126,7 +165,7 @@ impl Bed {
     }
 
     /// The backend the live Maglev table of the web service gives a TCP flow from the client.
-    fn maglev_choice(&self, sport: u16) -> Ipv4Addr {
+    fn maglev_choice(&self, sport: u16) -> IpAddr {
         let svc = self
             .engine
             .services()
@@ -148,13 +187,35 @@ impl Bed {
             .addr
     }
 
+    /// The backend the live Maglev table of `web6` gives a TCP flow from the IPv6 client.
+    fn maglev_choice6(&self, sport: u16) -> IpAddr {
+        let svc = self
+            .engine
+            .services()
+            .find(|s| s.config.name == "web6")
+            .expect("web6 service");
+        let key = flow6(sport);
+        let slot = lb_common::hash::flow_hash6(&key) % MAGLEV_M;
+        let id = svc.table()[slot as usize];
+        svc.backends
+            .values()
+            .find(|b| b.id == id)
+            .expect("backend of slot")
+            .addr
+    }
+
     fn backend_id(&self, service: &str, addr: u8) -> u32 {
         let svc = self
             .engine
             .services()
             .find(|s| s.config.name == service)
             .expect("service");
-        svc.backends[&Ipv4Addr::new(198, 18, 0, addr)].id
+        let ip = if service.ends_with('6') {
+            ip6(addr)
+        } else {
+            ip(addr)
+        };
+        svc.backends[&ip].id
     }
 
     fn service_id(&self, service: &str) -> u32 {
@@ -166,11 +227,22 @@ impl Bed {
     }
 }
 
+/// The IPv6 TCP flow key from the client's port `sport` to web6.
+fn flow6(sport: u16) -> FlowKey6 {
+    FlowKey6::new(
+        ipv6_lanes(CLIENT6),
+        ipv6_lanes(VIP6),
+        sport.to_be(),
+        80u16.to_be(),
+        IPPROTO_TCP,
+    )
+}
+
 /// The frame a TX verdict must produce: the backend's MAC as destination, ours as source,
 /// everything from the EtherType on untouched.
-fn forwarded(input: &[u8], backend: Ipv4Addr) -> Vec<u8> {
+fn forwarded(input: &[u8], backend: IpAddr) -> Vec<u8> {
     let mut out = input.to_vec();
-    out[0..6].copy_from_slice(&mac_of(backend.octets()[3]));
+    out[0..6].copy_from_slice(&macs()[&backend]);
     out[6..12].copy_from_slice(&OWN_MAC);
     out
 }
@@ -237,7 +309,11 @@ fn fixtures_table() {
         ),
         pass("ARP passes", arp_request()),
         pass("ICMP to the VIP passes", icmp(VIP)),
-        pass("IPv6 passes", ipv6()),
+        pass("IPv6 to another address passes", ipv6()),
+        pass(
+            "another EtherType (VLAN) passes",
+            with_ethertype(ipv6(), 0x8100),
+        ),
         pass(
             "GRE to the VIP passes",
             with_proto(tcp(OWN_MAC, CLIENT, 40000, VIP, 80, true, false), 47),
@@ -278,18 +354,18 @@ fn fixtures_table() {
         [21, 22].contains(&b),
         "UDP backend {b} not in the dns service"
     );
-    assert_eq!(first.packet, forwarded(&q, Ipv4Addr::new(198, 18, 0, b)));
+    assert_eq!(first.packet, forwarded(&q, ip(b)));
     assert_eq!(backend_of(&bed.run(&q).packet), b, "UDP flow sticks");
 
     // Counters: one per reason per case above, plus the services and backends.
     // The program counts backends only; the engine adds them up per service.
     let stats = bed.stats();
     let want = [
-        (reason::PASS_NOT_VIP, 3),
+        (reason::PASS_NOT_VIP, 4),
         (reason::PASS_OTHER_MAC, 1),
         (reason::PASS_ARP, 1),
         (reason::PASS_ICMP, 1),
-        (reason::PASS_NOT_IPV4, 1),
+        (reason::PASS_NOT_IP, 1),
         (reason::PASS_OTHER_PROTO, 1),
         (reason::PASS_FRAGMENT, 2),
         (reason::PASS_IP_OPTIONS, 1),
@@ -315,7 +391,7 @@ fn fixtures_table() {
     );
     let dns = STATS_SERVICE_BASE + bed.service_id("dns");
     assert_eq!(stats[dns as usize].packets, 2, "dns service packets");
-    let chosen_id = STATS_BACKEND_BASE + bed.backend_id("web", chosen.octets()[3]);
+    let chosen_id = STATS_BACKEND_BASE + bed.backend_id("web", macs()[&chosen][5]);
     assert_eq!(
         stats[chosen_id as usize].packets, 2,
         "packets of the chosen web backend"
@@ -331,6 +407,210 @@ fn fixtures_table() {
     );
 }
 
+/// The IPv6 table: the same verdicts as for IPv4, through VIPS6 and CONNTRACK6, and the IPv6
+/// cases the IPv4 path has no counterpart for (extension headers, neighbour discovery).
+#[test]
+fn fixtures_table_v6() {
+    if !have_root("fixtures_table_v6") {
+        return;
+    }
+    let bed = Bed::new(&[21, 22, 23]);
+    let syn = tcp6(OWN_MAC, CLIENT6, 40000, VIP6, 80, true, false);
+    let chosen = bed.maglev_choice6(40000);
+    let data = tcp6(OWN_MAC, CLIENT6, 40000, VIP6, 80, false, false);
+    let mut other_addr = VIP6;
+    other_addr[15] = 0x99;
+    let mut short_tcp = tcp6(OWN_MAC, CLIENT6, 40001, VIP6, 80, true, false);
+    short_tcp.truncate(14 + 40 + 10);
+    let mut short_ip = tcp6(OWN_MAC, CLIENT6, 40001, VIP6, 80, true, false);
+    short_ip.truncate(14 + 30);
+    let tx = |what: &'static str, input: Vec<u8>, backend: IpAddr| {
+        let output = forwarded(&input, backend);
+        (what, input, XDP_TX, output)
+    };
+    let pass = |what: &'static str, input: Vec<u8>| (what, input.clone(), XDP_PASS, input);
+    let cases = vec![
+        tx(
+            "TCP SYN to the IPv6 VIP goes to the Maglev backend",
+            syn.clone(),
+            chosen,
+        ),
+        tx(
+            "the same flow again goes to the same backend",
+            data.clone(),
+            chosen,
+        ),
+        pass(
+            "another IPv6 address passes",
+            tcp6(OWN_MAC, CLIENT6, 40000, other_addr, 80, true, false),
+        ),
+        pass(
+            "the VIP on an unconfigured port passes",
+            tcp6(OWN_MAC, CLIENT6, 40000, VIP6, 81, true, false),
+        ),
+        pass(
+            "UDP to a TCP-only port passes",
+            udp6(CLIENT6, 5000, VIP6, 80),
+        ),
+        pass(
+            "a frame for another MAC passes",
+            tcp6(mac_of(0x03), CLIENT6, 40000, VIP6, 80, true, false),
+        ),
+        pass("ICMPv6 echo to the VIP passes", icmp6(VIP6)),
+        pass(
+            "a neighbour solicitation for the VIP passes (multicast MAC)",
+            neighbour_solicitation(VIP6),
+        ),
+        pass(
+            "a hop-by-hop options header passes",
+            with_ext_header(syn.clone(), 0),
+        ),
+        pass("a routing header passes", with_ext_header(syn.clone(), 43)),
+        pass(
+            "a destination options header passes",
+            with_ext_header(syn.clone(), 60),
+        ),
+        pass("an AH header passes", with_next_header(syn.clone(), 51)),
+        pass(
+            "a fragment header passes",
+            with_ext_header(data.clone(), 44),
+        ),
+        pass("GRE to the VIP passes", with_next_header(syn.clone(), 47)),
+        pass(
+            "version 4 in an IPv6 frame passes",
+            with_ip6_version(syn.clone(), 4),
+        ),
+        pass("a truncated TCP header passes", short_tcp),
+        pass("a truncated IPv6 header passes", short_ip),
+        (
+            "a VIP with no backend drops",
+            tcp6(OWN_MAC, CLIENT6, 40000, VIP6, 8080, true, false),
+            XDP_DROP,
+            tcp6(OWN_MAC, CLIENT6, 40000, VIP6, 8080, true, false),
+        ),
+    ];
+    for (what, input, action, output) in &cases {
+        let got = bed.run(input);
+        assert_eq!(got.action, *action, "{what}: action");
+        assert_eq!(&got.packet, output, "{what}: output frame");
+    }
+    assert!(
+        bed.flows.flow6(&flow6(40000)).is_some(),
+        "the flow has its CONNTRACK6 entry"
+    );
+
+    // UDP: forwarded to a dns6 backend, and the datagram flow sticks.
+    let q = udp6(CLIENT6, 5000, VIP6, 5353);
+    let first = bed.run(&q);
+    assert_eq!(first.action, XDP_TX, "UDP to the IPv6 VIP");
+    let b = backend_of(&first.packet);
+    assert!([21, 22].contains(&b), "UDP backend {b} not in dns6");
+    assert_eq!(first.packet, forwarded(&q, ip6(b)));
+    assert_eq!(backend_of(&bed.run(&q).packet), b, "UDP flow sticks");
+
+    let stats = bed.stats();
+    let want = [
+        (reason::PASS_NOT_VIP, 3),
+        (reason::PASS_OTHER_MAC, 1),
+        (reason::PASS_ICMP, 2),
+        (reason::PASS_IPV6_EXT_HEADER, 4),
+        (reason::PASS_FRAGMENT, 1),
+        (reason::PASS_OTHER_PROTO, 1),
+        (reason::PASS_BAD_IP_HEADER, 1),
+        (reason::PASS_TRUNCATED, 2),
+        (reason::DROP_NO_BACKEND, 1),
+        (reason::PASS_NOT_IP, 0),
+        (reason::PASS_ARP, 0),
+    ];
+    for (r, n) in want {
+        assert_eq!(
+            stats[r as usize].packets,
+            n,
+            "counter {}",
+            reason::NAMES[r as usize]
+        );
+    }
+    let web6 = STATS_SERVICE_BASE + bed.service_id("web6");
+    assert_eq!(stats[web6 as usize].packets, 2, "web6 packets");
+    assert_eq!(
+        stats[web6 as usize].bytes,
+        (syn.len() + data.len()) as u64,
+        "web6 bytes"
+    );
+    assert_eq!(stats[web6 as usize].new_flows, 1, "web6 flows started");
+    let web = STATS_SERVICE_BASE + bed.service_id("web");
+    assert_eq!(
+        stats[web as usize].packets, 0,
+        "nothing counted for IPv4 web"
+    );
+}
+
+/// Both families at once: established IPv6 flows keep their backend across a table change,
+/// the scan counts both tables, and the listing shows IPv6 flows as such.
+#[test]
+fn dual_stack_flows_share_backends_scans_and_listings() {
+    if !have_root("dual_stack_flows_share_backends_scans_and_listings") {
+        return;
+    }
+    let mut bed = Bed::new(&[21, 22, 23]);
+    let mut before = HashMap::new();
+    for p in 41000..41100u16 {
+        let out = bed.run(&tcp6(OWN_MAC, CLIENT6, p, VIP6, 80, true, false));
+        assert_eq!(out.action, XDP_TX);
+        assert_eq!(
+            ip6(backend_of(&out.packet)),
+            bed.maglev_choice6(p),
+            "port {p}"
+        );
+        before.insert(p, backend_of(&out.packet));
+        assert_eq!(
+            bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, true, false))
+                .action,
+            XDP_TX
+        );
+    }
+    for b in [21, 22, 23] {
+        assert!(
+            before.values().any(|&x| x == b),
+            "backend {b} got no IPv6 flow"
+        );
+    }
+    bed.apply(&config(&[21, 22, 24]), &Overrides::default());
+    for (p, b) in &before {
+        let out = bed.run(&tcp6(OWN_MAC, CLIENT6, *p, VIP6, 80, false, false));
+        assert_eq!(
+            backend_of(&out.packet),
+            *b,
+            "port {p}: an established IPv6 flow stays"
+        );
+    }
+    let counts = bed.scan(xdp::coarse_now_ns(), |_| false);
+    assert_eq!(counts.entries, 200, "100 flows of each family");
+    let id = bed.backend_id("web6", 21);
+    let on_21 = before.values().filter(|&&b| b == 21).count() as u64;
+    assert_eq!(
+        counts.active.get(&id).copied().unwrap_or(0),
+        on_21,
+        "web6's .21 flows"
+    );
+
+    let query = lb_daemon::flows::FlowQuery {
+        limit: 1000,
+        ..Default::default()
+    };
+    let listing = bed
+        .flows
+        .list_at(xdp::coarse_now_ns(), Default::default(), &query);
+    let v6: Vec<_> = listing.flows.iter().filter(|f| f.vip.is_ipv6()).collect();
+    assert_eq!(v6.len(), 100, "IPv6 flows listed");
+    assert!(v6.iter().all(|f| f.vip.to_string() == "[2001:db8::100]:80"
+        && f.client.ip().to_string() == "2001:db8::10"));
+
+    // Past the timeout both tables empty.
+    let later = xdp::coarse_now_ns() + xdp::FlowTimeouts::default().tcp_ns + 1_000_000_000;
+    assert_eq!(bed.scan(later, |_| false).expired, 200);
+}
+
 #[test]
 fn established_flows_keep_their_backend_when_the_table_changes() {
     if !have_root("established_flows_keep_their_backend_when_the_table_changes") {
@@ -343,11 +623,7 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
         let out = bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, true, false));
         assert_eq!(out.action, XDP_TX);
         let b = backend_of(&out.packet);
-        assert_eq!(
-            Ipv4Addr::new(198, 18, 0, b),
-            bed.maglev_choice(p),
-            "port {p}: SYN follows Maglev"
-        );
+        assert_eq!(ip(b), bed.maglev_choice(p), "port {p}: SYN follows Maglev");
         before.insert(p, b);
     }
     for b in [21, 22, 23] {
@@ -357,7 +633,8 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
         );
     }
 
-    // Backend .23 leaves, .24 joins: the table changes under established flows.
+    // Backend .23 leaves, .24 joins: the table changes under established flows (in web and
+    // in its IPv6 twin web6).
     let report = bed.apply(&config(&[21, 22, 24]), &Overrides::default());
     assert_eq!(
         (
@@ -365,7 +642,7 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
             report.backends_removed,
             report.tables_written
         ),
-        (1, 1, 1)
+        (2, 2, 2)
     );
 
     for &p in &ports {
@@ -382,7 +659,7 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
         let out = bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, true, false));
         let b = backend_of(&out.packet);
         assert_eq!(
-            Ipv4Addr::new(198, 18, 0, b),
+            ip(b),
             bed.maglev_choice(p),
             "port {p}: a new flow follows the new table"
         );
@@ -426,7 +703,17 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
     let before_free = stats[web];
     assert!(stats[(STATS_BACKEND_BASE + gone) as usize].packets > 0);
     let Bed { dp, engine, .. } = &mut bed;
-    assert_eq!(engine.reap_removed(|_| 0, dp).expect("reap"), vec![gone]);
+    let gone6 = engine
+        .services()
+        .find(|s| s.config.name == "web6")
+        .and_then(|s| s.backends.get(&ip6(23)))
+        .map(|b| b.id)
+        .expect("web6's removed backend");
+    let mut reaped = engine.reap_removed(|_| 0, dp).expect("reap");
+    reaped.sort_unstable();
+    let mut want = vec![gone, gone6];
+    want.sort_unstable();
+    assert_eq!(reaped, want, "web's and web6's removed backends");
     let stats = bed.stats();
     assert_eq!(stats[(STATS_BACKEND_BASE + gone) as usize].packets, 0);
     assert_eq!(
@@ -446,7 +733,7 @@ fn a_new_connection_on_a_closed_flows_port_is_rescheduled() {
     let mut bed = Bed::new(&[21, 22, 23]);
     // Two flows pinned to .21: one ends (FIN), one stays open.
     let on_21: Vec<u16> = (45000..46000u16)
-        .filter(|&p| bed.maglev_choice(p) == Ipv4Addr::new(198, 18, 0, 21))
+        .filter(|&p| bed.maglev_choice(p) == ip(21))
         .take(2)
         .collect();
     let (ended, open) = (on_21[0], on_21[1]);
@@ -458,11 +745,9 @@ fn a_new_connection_on_a_closed_flows_port_is_rescheduled() {
 
     let cfg = config(&[21, 22, 23]);
     let mut o = Overrides::default();
-    o.update(
-        &cfg.services[0].key().to_string(),
-        Ipv4Addr::new(198, 18, 0, 21),
-        |b| b.admin = Some(Admin::Draining),
-    );
+    o.update(&cfg.services[0].key().to_string(), ip(21), |b| {
+        b.admin = Some(Admin::Draining);
+    });
     bed.apply(&cfg, &o);
 
     let out = bed.run(&tcp(OWN_MAC, CLIENT, ended, VIP, 80, true, false));
@@ -471,7 +756,7 @@ fn a_new_connection_on_a_closed_flows_port_is_rescheduled() {
         now, 21,
         "a new connection on a closed flow's port went to the drained backend"
     );
-    assert_eq!(Ipv4Addr::new(198, 18, 0, now), bed.maglev_choice(ended));
+    assert_eq!(ip(now), bed.maglev_choice(ended));
     let out = bed.run(&tcp(OWN_MAC, CLIENT, ended, VIP, 80, false, false));
     assert_eq!(
         backend_of(&out.packet),
@@ -502,13 +787,10 @@ fn down_backends_lose_flows_draining_keep_them() {
     let cfg = config(&[21, 22, 23]);
     let key = cfg.services[0].key();
     let mut o = Overrides::default();
-    o.update(&key.to_string(), Ipv4Addr::new(198, 18, 0, 21), |b| {
+    o.update(&key.to_string(), ip(21), |b| {
         b.admin = Some(Admin::Draining);
     });
-    assert!(
-        bed.engine
-            .set_health_down(&key, Ipv4Addr::new(198, 18, 0, 22), true)
-    );
+    assert!(bed.engine.set_health_down(&key, ip(22), true));
     bed.apply(&cfg, &o);
     for (p, b) in &pinned {
         let out = bed.run(&tcp(OWN_MAC, CLIENT, *p, VIP, 80, false, false));
@@ -630,7 +912,7 @@ fn the_flood_guard_forwards_new_flows_beyond_its_rate_without_entries() {
         let out = bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, true, false));
         assert_eq!(out.action, XDP_TX, "port {p}: forwarded");
         assert_eq!(
-            Ipv4Addr::new(198, 18, 0, backend_of(&out.packet)),
+            ip(backend_of(&out.packet)),
             bed.maglev_choice(p),
             "port {p}: its Maglev backend"
         );
@@ -682,7 +964,7 @@ fn a_mid_flow_packet_without_an_entry_follows_maglev() {
         let out = bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, false, false));
         assert_eq!(out.action, XDP_TX, "port {p}: forwarded");
         assert_eq!(
-            Ipv4Addr::new(198, 18, 0, backend_of(&out.packet)),
+            ip(backend_of(&out.packet)),
             bed.maglev_choice(p),
             "port {p}: the backend every node's Maglev table gives it"
         );

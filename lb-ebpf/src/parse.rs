@@ -9,6 +9,10 @@ pub const ETH_LEN: usize = 14;
 pub const IPV4_LEN: usize = 20;
 /// EtherType IPv4, network order as read from the frame.
 pub const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+/// IPv6 header length (the fixed header; extension headers follow it).
+pub const IPV6_LEN: usize = 40;
+/// EtherType IPv6, network order as read from the frame.
+pub const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
 /// EtherType ARP, network order as read from the frame.
 pub const ETH_P_ARP_BE: u16 = 0x0806u16.to_be();
 
@@ -33,6 +37,18 @@ pub struct Ipv4Hdr {
     pub check_be: u16,
     pub saddr: [u8; 4],
     pub daddr: [u8; 4],
+}
+
+/// IPv6 fixed header (RFC 8200). Addresses as 16-bit lanes: the header is 2-aligned in a frame.
+#[repr(C)]
+pub struct Ipv6Hdr {
+    /// Version (4 bits), traffic class (8), flow label (20), as bytes: the header is 2-aligned.
+    pub vtc_flow: [u8; 4],
+    pub payload_len_be: u16,
+    pub next_header: u8,
+    pub hop_limit: u8,
+    pub saddr: lb_common::Ipv6Lanes,
+    pub daddr: lb_common::Ipv6Lanes,
 }
 
 /// The start of a TCP header: ports, sequence and acknowledgement numbers, offset and flags.

@@ -3,7 +3,7 @@
 
 use std::{
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
 };
 
 /// The converted config.
@@ -33,8 +33,10 @@ pub(crate) struct Vrrp {
     pub preempt: Option<bool>,
     pub preempt_delay_ms: Option<u64>,
     pub interface: Option<String>,
-    pub vips: Vec<Ipv4Addr>,
-    pub unicast_peers: Vec<Ipv4Addr>,
+    /// The VIPs, of one family or (from two merged instances) both: lbd runs one virtual
+    /// router per family.
+    pub vips: Vec<IpAddr>,
+    pub unicast_peers: Vec<IpAddr>,
     pub notify: Option<String>,
     pub track_interfaces: Vec<(String, u8)>,
 }
@@ -43,10 +45,12 @@ pub(crate) struct Vrrp {
 #[derive(Debug, Clone)]
 pub(crate) struct Service {
     pub comments: Vec<String>,
-    pub vip: SocketAddrV4,
+    /// `198.18.0.100:80` or `[2001:db8::100]:80`.
+    pub vip: SocketAddr,
     pub udp: bool,
     pub scheduler: &'static str,
-    pub backends: Vec<(Ipv4Addr, u32)>,
+    /// Of the VIP's family.
+    pub backends: Vec<(IpAddr, u32)>,
     pub health: Option<Health>,
 }
 
@@ -214,7 +218,7 @@ fn key(s: &str) -> String {
     }
 }
 
-fn addr_list(addrs: &[Ipv4Addr]) -> String {
+fn addr_list(addrs: &[IpAddr]) -> String {
     let items: Vec<String> = addrs.iter().map(|a| string(&a.to_string())).collect();
     format!("[{}]", items.join(", "))
 }

@@ -6,8 +6,9 @@
 //! - `include`: `include` patterns (globs and braces, relative to the including file), spliced
 //!   in as keepalived does, with loops, depth and sizes bounded;
 //! - `parser`: the syntax tree of statements and `{ }` blocks;
-//! - `convert`: `vrrp_instance` → `[vrrp]`, `virtual_server` → `[[service]]`, checkers →
-//!   `health`, and `emit`: the TOML text.
+//! - `convert`: `vrrp_instance` → `[vrrp]` (an IPv4 and an IPv6 instance with matching
+//!   settings merge into one, lbd running a virtual router per family), `virtual_server` →
+//!   `[[service]]` (IPv4 or IPv6), checkers → `health`, and `emit`: the TOML text.
 //!
 //! Nothing is dropped silently: every keepalived setting that has no lbd equivalent becomes a
 //! `# keepalived FILE:LINE: ... not converted: reason` comment in the TOML and a [`Warning`];
@@ -20,6 +21,10 @@
 //! let import = lb_import::import_str(text, "keepalived.conf".as_ref(), &lb_import::Options::default())?;
 //! assert!(import.toml.contains("vip = \"198.18.0.100:80\""));
 //! assert!(import.toml.contains("scheduler = \"maglev\""));
+//!
+//! let v6 = "virtual_server 2001:db8::100 80 {\n lb_kind DR\n real_server 2001:db8::21 80 {\n }\n}\n";
+//! let import = lb_import::import_str(v6, "keepalived.conf".as_ref(), &lb_import::Options::default())?;
+//! assert!(import.toml.contains("vip = \"[2001:db8::100]:80\""));
 //! # Ok::<(), lb_import::ImportError>(())
 //! ```
 

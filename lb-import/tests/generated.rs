@@ -1,5 +1,6 @@
 //! Generated keepalived configurations, valid and not, mixed from values at and beyond lbd's
-//! limits: whatever lb-import converts must load through lbd's own config parser.
+//! limits, of both address families: whatever lb-import converts must load through lbd's own
+//! config parser.
 
 use std::path::Path;
 
@@ -19,10 +20,11 @@ fn instance() -> impl Strategy<Value = String> {
         pick(&["0", "1.5", "3600", "3601"]),
         pick(&["eth0", "bond0.1", "a-very-long-interface", "\"with space\"", "eth1"]),
         proptest::collection::vec(
-            pick(&["10.0.0.100", "10.0.0.100", "224.0.0.1", "0.0.0.0", "fe80::1", "10.0.0.2/24 dev eth9 label x scope link", "10.0.0.3"]),
+            pick(&["10.0.0.100", "10.0.0.100", "224.0.0.1", "0.0.0.0", "fe80::1", "10.0.0.2/24 dev eth9 label x scope link", "10.0.0.3",
+                   "2001:db8::100", "2001:db8::100/64 dev eth1", "::ffff:10.0.0.9", "ff02::1"]),
             0..5,
         ),
-        proptest::collection::vec(pick(&["10.0.0.4", "10.0.0.4", "fe80::4", "10.0.0.5 min_ttl 3"]), 0..3),
+        proptest::collection::vec(pick(&["10.0.0.4", "10.0.0.4", "fe80::4", "10.0.0.5 min_ttl 3", "2001:db8::4"]), 0..3),
         proptest::collection::vec(pick(&["eth1", "eth1 weight 254", "eth2 weight -254", "eth3 weight 200", "eth4 weight 0", "eth5 weight 9 reverse"]), 0..4),
         pick(&["", "notify /bin/n", "notify \"/bin/n a\"", "version 3", "version 2", "nopreempt"]),
     )
@@ -39,7 +41,7 @@ fn instance() -> impl Strategy<Value = String> {
 
 fn real_server() -> impl Strategy<Value = String> {
     (
-        pick(&["10.0.0.21", "10.0.0.21", "10.0.0.22", "127.0.0.1", "fe80::21", "10.0.0.23"]),
+        pick(&["10.0.0.21", "10.0.0.21", "10.0.0.22", "127.0.0.1", "fe80::21", "10.0.0.23", "2001:db8::21", "2001:db8::22", "::1", "::ffff:10.0.0.21"]),
         pick(&["80", "8080", "0", ""]),
         pick(&["0", "1", "1000", "1001", "99999"]),
         pick(&["TCP_CHECK", "HTTP_GET", "SSL_GET", "MISC_CHECK", ""]),
@@ -65,7 +67,7 @@ fn real_server() -> impl Strategy<Value = String> {
 
 fn virtual_server() -> impl Strategy<Value = String> {
     (
-        pick(&["10.0.0.100", "10.0.0.100", "255.255.255.255", "2001:db8::1", "10.0.0.101"]),
+        pick(&["10.0.0.100", "10.0.0.100", "255.255.255.255", "2001:db8::1", "10.0.0.101", "2001:db8::100", "fe80::100", "::ffff:10.0.0.100"]),
         pick(&["80", "0", "65536", "443"]),
         pick(&["TCP", "UDP", "SCTP"]),
         pick(&["DR", "DR", "NAT", "TUN", "bogus"]),

@@ -34,7 +34,8 @@ const TABLE: &[(&str, Outcome)] = &[
         "keepalived.conf.HTTP_GET.port",
         NothingToConvert("lb_kind NAT"),
     ),
-    ("keepalived.conf.IPv6", NothingToConvert("IPv4 only")),
+    // IPv6, but NAT.
+    ("keepalived.conf.IPv6", NothingToConvert("lb_kind NAT")),
     (
         "keepalived.conf.PING_CHECK",
         NothingToConvert("lb_kind NAT"),
@@ -208,7 +209,7 @@ const TABLE: &[(&str, Outcome)] = &[
     (
         "lbimport-mixed.conf",
         Converts {
-            services: 1,
+            services: 2,
             vrrp: true,
         },
     ),
@@ -216,6 +217,27 @@ const TABLE: &[(&str, Outcome)] = &[
         "lbimport-include/main.conf",
         Converts {
             services: 2,
+            vrrp: true,
+        },
+    ),
+    (
+        "lbimport-ipv6.conf",
+        Converts {
+            services: 2,
+            vrrp: true,
+        },
+    ),
+    (
+        "lbimport-dual-stack.conf",
+        Converts {
+            services: 2,
+            vrrp: true,
+        },
+    ),
+    (
+        "lbimport-dual-stack-differ.conf",
+        Converts {
+            services: 3,
             vrrp: true,
         },
     ),
@@ -265,7 +287,7 @@ fn check_loads(fixture: &str, import: &Import, services: usize, vrrp: bool) -> C
         )
     });
     assert_eq!(config.services.len(), services, "{fixture}: services");
-    assert_eq!(config.vrrp.is_some(), vrrp, "{fixture}: [vrrp]");
+    assert_eq!(!config.vrrp.is_empty(), vrrp, "{fixture}: [vrrp]");
     config
 }
 
@@ -334,7 +356,7 @@ fn converted_values_reach_lbd() {
     .unwrap();
     let c = check_loads("lbimport-dr.conf", &import, 4, true);
     assert_eq!(c.daemon.interface, "eth0");
-    let v = c.vrrp.unwrap();
+    let v = c.vrrp.into_iter().next().unwrap();
     assert_eq!((v.vrid.get(), v.priority.get()), (51, 150));
     assert_eq!(v.advert_interval.millis(), 500);
     assert_eq!(v.preempt_delay, std::time::Duration::from_secs(5));
@@ -426,7 +448,7 @@ fn includes_follow_globs_and_relative_paths() {
         2,
         "backends from common/backends.conf"
     );
-    assert_eq!(c.vrrp.unwrap().vips.len(), 2, "VIPs from common/vips.conf");
+    assert_eq!(c.vrrp[0].vips.len(), 2, "VIPs from common/vips.conf");
     // The include that matches nothing is reported where it stands.
     let missing = import
         .warnings
@@ -547,27 +569,225 @@ fn syntax_errors_name_file_and_line() {
     );
 }
 
+fn ip(text: &str) -> std::net::IpAddr {
+    text.parse().unwrap()
+}
+
+fn vip_texts(c: &Config) -> Vec<String> {
+    c.services.iter().map(|s| s.vip.to_string()).collect()
+}
+
 #[test]
-fn ipv6_is_refused_with_the_reason() {
-    let text = "global_defs {\n vrrp_version 3\n}\nvrrp_instance V6 {\n virtual_router_id 5\n virtual_ipaddress {\n 2001:db8::1/64\n }\n}\n\
-                virtual_server 2001:db8::1 80 {\n lb_kind DR\n real_server 2001:db8::10 80 {\n }\n}\n";
-    let e = import_str(text, Path::new("v6.conf"), &Options::default()).unwrap_err();
-    let ImportError::NothingToConvert { warnings, .. } = &e else {
-        panic!("{e:?}")
-    };
-    let lines: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+fn ipv6_direct_routing_converts() {
+    let import = import_file(
+        &Path::new(FIXTURES).join("lbimport-ipv6.conf"),
+        &Options::default(),
+    )
+    .unwrap();
     assert!(
-        lines.iter().any(|w| w.starts_with(
-            "v6.conf:4: vrrp_instance V6 not converted: its virtual addresses are IPv6"
-        )),
+        import.toml.contains("vip = \"[2001:db8::100]:80\""),
+        "{}",
+        import.toml
+    );
+    let c = check_loads("lbimport-ipv6.conf", &import, 2, true);
+    assert_eq!(vip_texts(&c), ["[2001:db8::100]:80", "[2001:db8::101]:53"]);
+    let web = &c.services[0];
+    let backends: Vec<(String, u32)> = web
+        .backends
+        .iter()
+        .map(|b| (b.addr.to_string(), b.weight))
+        .collect();
+    assert_eq!(
+        backends,
+        [
+            ("2001:db8::21".to_owned(), 2),
+            ("2001:db8::22".to_owned(), 1)
+        ]
+    );
+    assert_eq!(
+        web.health.as_ref().unwrap().kind.to_string(),
+        "http GET /healthz expecting 200"
+    );
+    assert_eq!(c.services[1].proto.to_string(), "udp");
+    // One IPv6 virtual router.
+    assert_eq!(c.vrrp.len(), 1);
+    let v = &c.vrrp[0];
+    assert_eq!((v.vrid.get(), v.priority.get()), (61, 120));
+    assert!(!v.preempt);
+    assert_eq!(
+        v.vips,
+        [ip("fe80::61"), ip("2001:db8::100"), ip("2001:db8::101")]
+    );
+    // The IPv4 real server of the IPv6 virtual_server, and the link-local VIP, are reported.
+    let lines: Vec<String> = import.warnings.iter().map(ToString::to_string).collect();
+    for want in [
+        "lbimport-ipv6.conf:55: real_server 198.18.0.23 80 not converted: an IPv4 real server of an IPv6 virtual_server",
+        "lbimport-ipv6.conf:71: virtual_server fe80::1 80 not converted: a link-local address",
+    ] {
+        assert!(lines.iter().any(|w| w.contains(want)), "{want}: {lines:?}");
+        assert!(import.toml.contains(want), "{want}\n{}", import.toml);
+    }
+    // keepalived runs IPv6 instances as VRRPv3: no version warning.
+    assert!(
+        lines.iter().all(|w| !w.contains("VRRP version 2")),
         "{lines:?}"
     );
+}
+
+#[test]
+fn matching_ipv4_and_ipv6_instances_merge() {
+    let import = import_file(
+        &Path::new(FIXTURES).join("lbimport-dual-stack.conf"),
+        &Options::default(),
+    )
+    .unwrap();
     assert!(
-        lines.iter().any(|w| w.starts_with(
-            "v6.conf:10: virtual_server 2001:db8::1 80 not converted: lbd's data path is IPv4 only"
-        )),
-        "{lines:?}"
+        import
+            .toml
+            .contains("vips = [\"198.18.0.100\", \"2001:db8::100\"]\nunicast_peers = [\"198.18.0.3\", \"fe80::3\"]\n"),
+        "{}",
+        import.toml
     );
+    let c = check_loads("lbimport-dual-stack.conf", &import, 2, true);
+    assert_eq!(vip_texts(&c), ["198.18.0.100:80", "[2001:db8::100]:80"]);
+    let addrs: Vec<String> = c.services[1]
+        .backends
+        .iter()
+        .map(|b| b.addr.to_string())
+        .collect();
+    assert_eq!(addrs, ["2001:db8::21", "2001:db8::22"]);
+    // One virtual router per family, IPv4 first, with the same settings.
+    assert_eq!(c.vrrp.len(), 2, "{}", import.toml);
+    let (v4, v6) = (&c.vrrp[0], &c.vrrp[1]);
+    assert_eq!(v4.vips, [ip("198.18.0.100")]);
+    assert_eq!(v4.unicast_peers, [ip("198.18.0.3")]);
+    assert_eq!(v6.vips, [ip("2001:db8::100")]);
+    assert_eq!(v6.unicast_peers, [ip("fe80::3")]);
+    for v in [v4, v6] {
+        assert_eq!((v.vrid.get(), v.priority.get()), (51, 150));
+        assert_eq!(v.advert_interval.millis(), 500);
+        assert_eq!(v.preempt_delay, std::time::Duration::from_secs(5));
+        assert_eq!(v.interface, "eth0");
+        assert_eq!(v.tracked.len(), 1);
+    }
+    assert!(
+        import.toml.contains(
+            "lbimport-dual-stack.conf:29: vrrp_instance VI_6 (IPv6) merged into [vrrp] with vrrp_instance VI_4 (IPv4)"
+        ),
+        "{}",
+        import.toml
+    );
+    assert!(
+        import
+            .warnings
+            .iter()
+            .all(|w| !w.message.contains("not converted: [vrrp]")
+                && !w.message.contains("not among the VIPs")),
+        "{:?}",
+        import.warnings
+    );
+
+    // The IPv6 instance first, and the IPv4 one holding more service VIPs: [vrrp] comes from
+    // the IPv4 one, and still lists the IPv4 VIPs first.
+    let text = "vrrp_instance B {\n interface eth0\n virtual_router_id 9\n virtual_ipaddress {\n 2001:db8::1\n }\n}\n\
+                vrrp_instance A {\n interface eth0\n virtual_router_id 9\n version 3\n virtual_ipaddress {\n 198.18.0.1\n }\n}\n\
+                virtual_server 198.18.0.1 80 {\n lb_kind DR\n real_server 198.18.0.21 80 {\n }\n}\n";
+    let import = import_str(text, Path::new("d.conf"), &Options::default()).unwrap();
+    let c = check_loads("d.conf", &import, 1, true);
+    assert_eq!(c.vrrp.len(), 2);
+    assert_eq!(c.vrrp[0].vips, [ip("198.18.0.1")]);
+    assert_eq!(c.vrrp[1].vips, [ip("2001:db8::1")]);
+    assert!(
+        import.toml.contains(
+            "d.conf:1: vrrp_instance B (IPv6) merged into [vrrp] with vrrp_instance A (IPv4)"
+        ),
+        "{}",
+        import.toml
+    );
+}
+
+#[test]
+fn instances_that_differ_are_not_merged() {
+    let import = import_file(
+        &Path::new(FIXTURES).join("lbimport-dual-stack-differ.conf"),
+        &Options::default(),
+    )
+    .unwrap();
+    let c = check_loads("lbimport-dual-stack-differ.conf", &import, 3, true);
+    // The IPv6 instance holds two of the services' VIPs, the IPv4 one one: the IPv6 one converts.
+    assert_eq!(c.vrrp.len(), 1);
+    assert_eq!(c.vrrp[0].vips, [ip("2001:db8::100"), ip("2001:db8::101")]);
+    let refusal = import
+        .warnings
+        .iter()
+        .find(|w| w.message.starts_with("vrrp_instance VI_4 not converted"))
+        .expect("VI_4 is reported");
+    assert_eq!(refusal.line, 10);
+    for differs in [
+        "priority 150 (VI_6: 100)",
+        "advert_int 1000 ms (VI_6: 2000 ms)",
+        "preemption preempt (VI_6: nopreempt)",
+    ] {
+        assert!(refusal.message.contains(differs), "{differs}: {refusal}");
+    }
+    assert!(
+        !refusal.message.contains("virtual_router_id") && !refusal.message.contains("interface"),
+        "only what differs: {refusal}"
+    );
+
+    // Each setting [vrrp] shares, alone, keeps them apart; the differing one is named.
+    let base = [
+        "interface eth0",
+        "virtual_router_id 9",
+        "priority 100",
+        "advert_int 1",
+        "preempt_delay 0",
+        "track_interface {\n eth1 weight -10\n }",
+    ];
+    let cases = [
+        ("interface eth1", "interface eth1 (A: eth0)"),
+        ("virtual_router_id 10", "virtual_router_id 10 (A: 9)"),
+        ("priority 101", "priority 101 (A: 100)"),
+        ("advert_int 1.5", "advert_int 1500 ms (A: 1000 ms)"),
+        ("preempt_delay 2", "preempt_delay 2000 ms (A: 0 ms)"),
+        (
+            "track_interface {\n eth1 weight -20\n }",
+            "track_interface eth1 weight -20 (A: eth1 weight -10)",
+        ),
+        ("nopreempt", "preemption nopreempt (A: preempt)"),
+        (
+            "unicast_peer {\n 2001:db8::2\n }",
+            "unicast_peer some (unicast) (A: none (multicast))",
+        ),
+    ];
+    for (change, want) in cases {
+        let key = change.split_whitespace().next().unwrap();
+        let b: Vec<&str> = base
+            .iter()
+            .copied()
+            .filter(|l| !l.starts_with(key))
+            .chain([change])
+            .collect();
+        let text = format!(
+            "vrrp_instance A {{\n version 3\n {}\n virtual_ipaddress {{\n 198.18.0.1\n }}\n}}\n\
+             vrrp_instance B {{\n {}\n virtual_ipaddress {{\n 2001:db8::1\n }}\n}}\n",
+            base.join("\n "),
+            b.join("\n ")
+        );
+        let import = import_str(&text, Path::new("x.conf"), &Options::default()).unwrap();
+        let c = check_loads(change, &import, 0, true);
+        assert_eq!(c.vrrp.len(), 1, "{change}");
+        assert_eq!(c.vrrp[0].vips, [ip("198.18.0.1")], "{change}");
+        let refusal = import
+            .warnings
+            .iter()
+            .find(|w| w.message.starts_with("vrrp_instance B not converted"))
+            .unwrap_or_else(|| panic!("{change}: {:?}", import.warnings));
+        assert!(
+            refusal.message.contains(&format!("differ: {want}; ")),
+            "{change}: {refusal}"
+        );
+    }
 }
 
 #[test]
@@ -578,7 +798,7 @@ fn commented_keepalived_text_cannot_break_the_toml() {
     let import = import_str(text, Path::new("q\"uote.conf"), &Options::default()).unwrap();
     let c = Config::parse(&import.toml).unwrap_or_else(|e| panic!("{e}\n{}", import.toml));
     assert_eq!(
-        c.vrrp.unwrap().notify.as_deref(),
+        c.vrrp[0].notify.as_deref(),
         Some(Path::new("/usr/bin/a\"b"))
     );
 }

@@ -111,6 +111,7 @@ pub fn run() -> Result<Vec<(String, f64)>> {
         OWN_MAC,
         OWN_MAC,
         lb_common::CONNTRACK_DEFAULT_MAX,
+        lb_common::CONNTRACK_DEFAULT_MAX,
         SERVICES,
         &[PROG_LBD],
         None,
@@ -122,7 +123,7 @@ pub fn run() -> Result<Vec<(String, f64)>> {
     ));
     let t = Instant::now();
     let config = Config::parse(&text).context("the 512x8 config")?;
-    let macs: HashMap<Ipv4Addr, [u8; 6]> = config
+    let macs: HashMap<std::net::IpAddr, [u8; 6]> = config
         .services
         .iter()
         .flat_map(|s| s.backends.iter().map(|b| (b.addr, OWN_MAC)))

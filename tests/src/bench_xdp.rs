@@ -1,6 +1,9 @@
 //! Per-packet cost of the XDP programs through BPF_PROG_TEST_RUN (lbd vs the bare MAC rewrite).
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context as _, bail};
 use etherparse::PacketBuilder;
@@ -31,6 +34,24 @@ fn frame(src: [u8; 4], sport: u16) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// 2001:db8::`last` (the digits as hex, as the harness numbers hosts).
+fn v6(last: u16) -> [u8; 16] {
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last).octets()
+}
+
+/// The IPv6 twin of [`frame`]: the same TCP segment from `src` to [2001:db8::100]:80.
+fn frame6(src: [u8; 16], sport: u16) -> anyhow::Result<Vec<u8>> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, OWN_MAC)
+        .ipv6(src, v6(0x100), 64)
+        .tcp(sport, 80, 1, 64240)
+        .ack(1);
+    let payload = b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n";
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload)
+        .context("building the IPv6 benchmark frame")?;
+    Ok(out)
+}
+
 /// Measures and prints the XDP figures; returns them as (name, value) pairs.
 pub fn run() -> anyhow::Result<Vec<(String, f64)>> {
     let new_flows = REPEAT;
@@ -48,13 +69,20 @@ pub fn run() -> anyhow::Result<Vec<(String, f64)>> {
         .context("the connection table was taken already")?;
     let config = Config::parse(
         "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"198.18.0.100:80\"\n\
-         backends = [ { addr = \"198.18.0.21\" }, { addr = \"198.18.0.22\" }, { addr = \"198.18.0.23\" } ]\n",
+         backends = [ { addr = \"198.18.0.21\" }, { addr = \"198.18.0.22\" }, { addr = \"198.18.0.23\" } ]\n\
+         [[service]]\nvip = \"[2001:db8::100]:80\"\n\
+         backends = [ { addr = \"2001:db8::21\" }, { addr = \"2001:db8::22\" }, { addr = \"2001:db8::23\" } ]\n",
     )?;
     // BPF_PROG_TEST_RUN repeats run on the same buffer, so the rewritten frame is the next
     // run's input. With the backends' MAC equal to the node's own, the rewritten frame is still
     // addressed to the node and every repeat takes the whole path (the same writes as any MAC).
-    let macs: HashMap<Ipv4Addr, [u8; 6]> = (21..=23)
-        .map(|i| (Ipv4Addr::new(198, 18, 0, i), OWN_MAC))
+    let macs: HashMap<IpAddr, [u8; 6]> = (21..=23)
+        .flat_map(|i| {
+            [
+                (IpAddr::V4(Ipv4Addr::new(198, 18, 0, i)), OWN_MAC),
+                (IpAddr::from(v6(0x21 + u16::from(i) - 21)), OWN_MAC),
+            ]
+        })
         .collect();
     Engine::new().apply(&config, &Overrides::default(), &macs, &mut dp)?;
 
@@ -76,11 +104,29 @@ pub fn run() -> anyhow::Result<Vec<(String, f64)>> {
             established.action
         );
     }
+    // The same for IPv6, in the same run: one flow hot, and a bare MAC rewrite of the IPv6
+    // frame as its floor.
+    let pkt6 = frame6(v6(0x10), 40000)?;
+    let first6 = xdp::test_run(&ebpf, PROG_LBD, &pkt6, 1)?;
+    if first6.action != XDP_TX {
+        bail!(
+            "IPv6 benchmark frame not forwarded (action {})",
+            first6.action
+        );
+    }
+    let established6 = xdp::test_run(&ebpf, PROG_LBD, &pkt6, REPEAT)?;
+    let bare6 = xdp::test_run(&ebpf, PROG_BARE, &pkt6, REPEAT)?;
+    if established6.action != XDP_TX {
+        bail!(
+            "repeated runs of the IPv6 flow were not forwarded (action {})",
+            established6.action
+        );
+    }
     let forwarded: u64 = dp.maps().read_stats()?[lb_common::STATS_BACKEND_BASE as usize..]
         .iter()
         .map(|c| c.packets)
         .sum();
-    if forwarded < u64::from(REPEAT) {
+    if forwarded < 2 * u64::from(REPEAT) {
         bail!("only {forwarded} of {REPEAT} repeats took the forwarding path");
     }
 
@@ -159,6 +205,26 @@ pub fn run() -> anyhow::Result<Vec<(String, f64)>> {
         }
     }
     let est_many = est_many_total as f64 / f64::from(10 * ESTABLISHED);
+    // And 10,000 established IPv6 flows the same way.
+    let frames6: Vec<Vec<u8>> = (0..ESTABLISHED)
+        .map(|i| {
+            let mut src = v6(0);
+            src[8..12].copy_from_slice(&i.to_be_bytes());
+            frame6(src, 2000)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for (i, f) in frames6.iter().enumerate() {
+        if xdp::test_run(&ebpf, PROG_LBD, f, 1)?.action != XDP_TX {
+            bail!("established IPv6 flow {i} not forwarded");
+        }
+    }
+    let mut est_many6_total = 0u64;
+    for _ in 0..10 {
+        for f in &frames6 {
+            est_many6_total += xdp::test_run(&ebpf, PROG_LBD, f, 1)?.ns_per_run;
+        }
+    }
+    let est_many6 = est_many6_total as f64 / f64::from(10 * ESTABLISHED);
     dp.set_flood_guard(1)?;
     let mut flood_total = 0u64;
     for i in 0..FLOOD {
@@ -186,6 +252,11 @@ pub fn run() -> anyhow::Result<Vec<(String, f64)>> {
             flood / est_single.max(1.0),
         ),
         ("xdp_ns_per_pkt_established_many_flows".into(), est_many),
+        ("xdp_ns_per_pkt_established_many_flows_v6".into(), est_many6),
+        (
+            "xdp_cost_ratio_v6_vs_v4_many_flows".into(),
+            est_many6 / est_many.max(1.0),
+        ),
         (
             "xdp_cost_ratio_new_flow_flood_vs_many".into(),
             flood / est_many.max(1.0),
@@ -198,6 +269,15 @@ pub fn run() -> anyhow::Result<Vec<(String, f64)>> {
             "xdp_ns_per_pkt_established".into(),
             established.ns_per_run as f64,
         ),
+        (
+            "xdp_ns_per_pkt_established_v6".into(),
+            established6.ns_per_run as f64,
+        ),
+        (
+            "xdp_cost_ratio_v6_vs_v4_established".into(),
+            established6.ns_per_run as f64 / established.ns_per_run.max(1) as f64,
+        ),
+        ("xdp_ns_per_pkt_bare_tx_v6".into(), bare6.ns_per_run as f64),
         ("xdp_ns_per_pkt_new_flow".into(), new_flow),
         ("xdp_ns_per_pkt_established_single_run".into(), est_single),
         ("xdp_ns_per_pkt_bare_tx".into(), bare.ns_per_run as f64),

@@ -2,17 +2,19 @@
 //!
 //! Tests use it to prove where replies come from: with direct routing a SYN-ACK reaches the client with the
 //! backend's source MAC, not the lbd node's ([`Capture::wait_syn_ack`], [`find_syn_ack_src_mac`]). It can also
-//! send frames, e.g. a gratuitous ARP ([`garp_frame`]).
+//! send frames, e.g. a gratuitous ARP ([`garp_frame`]) or its IPv6 counterpart ([`unsolicited_na_frame`]), and
+//! neighbour solicitations ([`neighbor_solicitation_frame`]) to see who answers them ([`find_na_src_mac`]).
 
 use std::ffi::CString;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use etherparse::icmpv6::NeighborAdvertisementHeader;
 use etherparse::{
-    ArpEthIpv4Packet, ArpOperation, EtherType, Ethernet2Header, LinkSlice, NetSlice, SlicedPacket,
-    TransportSlice,
+    ArpEthIpv4Packet, ArpOperation, EtherType, Ethernet2Header, Icmpv6Type, LinkSlice, NetSlice,
+    PacketBuilder, SlicedPacket, TransportSlice,
 };
 
 use crate::{Mac, Netns};
@@ -180,6 +182,11 @@ impl Capture {
     /// Waits up to `timeout` for a received TCP SYN-ACK from `from` and returns its source MAC. At most 100,000
     /// frames are examined.
     pub fn wait_syn_ack(&self, from: SocketAddrV4, timeout: Duration) -> Result<Mac> {
+        self.wait_syn_ack_from(from.into(), timeout)
+    }
+
+    /// [`wait_syn_ack`](Self::wait_syn_ack) for either family: `from` may be an IPv6 address.
+    pub fn wait_syn_ack_from(&self, from: SocketAddr, timeout: Duration) -> Result<Mac> {
         let deadline = Instant::now() + timeout;
         let mut buf = vec![0u8; MAX_FRAME];
         for _ in 0..100_000 {
@@ -188,7 +195,7 @@ impl Capture {
                 break;
             }
             if let Some(frame) = self.recv_one(&mut buf, left)?
-                && let Some(mac) = find_syn_ack_src_mac(std::slice::from_ref(&frame), from)
+                && let Some(mac) = find_syn_ack_src_mac_from(std::slice::from_ref(&frame), from)
             {
                 return Ok(mac);
             }
@@ -216,22 +223,137 @@ impl Capture {
 
 /// The source MAC of the first received (not outgoing) TCP SYN-ACK from `from` in `frames`.
 pub fn find_syn_ack_src_mac(frames: &[Frame], from: SocketAddrV4) -> Option<Mac> {
+    find_syn_ack_src_mac_from(frames, from.into())
+}
+
+/// [`find_syn_ack_src_mac`] for either family.
+pub fn find_syn_ack_src_mac_from(frames: &[Frame], from: SocketAddr) -> Option<Mac> {
     frames.iter().filter(|f| !f.outgoing).find_map(|f| {
         let packet = SlicedPacket::from_ethernet(&f.data).ok()?;
         let Some(LinkSlice::Ethernet2(eth)) = &packet.link else {
             return None;
         };
-        let Some(NetSlice::Ipv4(ip)) = &packet.net else {
-            return None;
+        let src: IpAddr = match &packet.net {
+            Some(NetSlice::Ipv4(ip)) => ip.header().source_addr().into(),
+            Some(NetSlice::Ipv6(ip)) => ip.header().source_addr().into(),
+            _ => return None,
         };
         let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
             return None;
         };
-        let matches = ip.header().source_addr() == *from.ip()
-            && tcp.source_port() == from.port()
-            && tcp.syn()
-            && tcp.ack();
+        let matches =
+            src == from.ip() && tcp.source_port() == from.port() && tcp.syn() && tcp.ack();
         matches.then(|| Mac(eth.source()))
+    })
+}
+
+/// The IPv6 all-nodes multicast group `ff02::1`.
+const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+/// NDP option types: source and target link-layer address.
+const NDP_SLLAO: u8 = 1;
+const NDP_TLLAO: u8 = 2;
+
+/// The solicited-node multicast group of `ip`: `ff02::1:ffXX:XXXX` with its last 24 bits.
+pub fn solicited_node(ip: Ipv6Addr) -> Ipv6Addr {
+    let o = ip.octets();
+    Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(o[13]),
+        u16::from_be_bytes([o[14], o[15]]),
+    )
+}
+
+/// The Ethernet multicast address of IPv6 multicast group `group`: `33:33` and its last 32 bits.
+pub fn ipv6_multicast_mac(group: Ipv6Addr) -> Mac {
+    let o = group.octets();
+    Mac([0x33, 0x33, o[12], o[13], o[14], o[15]])
+}
+
+/// An ICMPv6 neighbour discovery message (hop limit 255) with `target` and one link-layer address option.
+fn ndp_frame(
+    src_mac: Mac,
+    dst_mac: Mac,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    kind: Icmpv6Type,
+    target: Ipv6Addr,
+    option: u8,
+) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(16 + 8);
+    payload.extend_from_slice(&target.octets());
+    payload.extend_from_slice(&[option, 1]);
+    payload.extend_from_slice(&src_mac.0);
+    let builder = PacketBuilder::ethernet2(src_mac.0, dst_mac.0)
+        .ipv6(src.octets(), dst.octets(), 255)
+        .icmpv6(kind);
+    let mut frame = Vec::with_capacity(builder.size(payload.len()));
+    builder
+        .write(&mut frame, &payload)
+        .expect("an NDP message fits any buffer");
+    frame
+}
+
+/// An unsolicited neighbour advertisement that `ip` is at `mac`: to all nodes (`ff02::1`), from `ip`,
+/// override flag set, with a target link-layer address option. IPv6's gratuitous ARP.
+pub fn unsolicited_na_frame(mac: Mac, ip: Ipv6Addr) -> Vec<u8> {
+    let flags = NeighborAdvertisementHeader {
+        router: false,
+        solicited: false,
+        r#override: true,
+    };
+    ndp_frame(
+        mac,
+        ipv6_multicast_mac(ALL_NODES),
+        ip,
+        ALL_NODES,
+        Icmpv6Type::NeighborAdvertisement(flags),
+        ip,
+        NDP_TLLAO,
+    )
+}
+
+/// A neighbour solicitation for `target` from `src` (at `src_mac`, given as source link-layer address
+/// option) to `dst` at `dst_mac`. For the usual multicast one pass [`solicited_node`] of the target and its
+/// [`ipv6_multicast_mac`]; a unicast one (to one host's MAC and `dst` = `target`) asks that host alone.
+pub fn neighbor_solicitation_frame(
+    src_mac: Mac,
+    dst_mac: Mac,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    target: Ipv6Addr,
+) -> Vec<u8> {
+    ndp_frame(
+        src_mac,
+        dst_mac,
+        src,
+        dst,
+        Icmpv6Type::NeighborSolicitation,
+        target,
+        NDP_SLLAO,
+    )
+}
+
+/// The source MAC of the first received (not outgoing) neighbour advertisement for `target` in `frames`:
+/// who claimed the address.
+pub fn find_na_src_mac(frames: &[Frame], target: Ipv6Addr) -> Option<Mac> {
+    frames.iter().filter(|f| !f.outgoing).find_map(|f| {
+        let packet = SlicedPacket::from_ethernet(&f.data).ok()?;
+        let Some(LinkSlice::Ethernet2(eth)) = &packet.link else {
+            return None;
+        };
+        let Some(TransportSlice::Icmpv6(icmp)) = &packet.transport else {
+            return None;
+        };
+        let Icmpv6Type::NeighborAdvertisement(_) = icmp.icmp_type() else {
+            return None;
+        };
+        let advertised: [u8; 16] = icmp.payload().get(..16)?.try_into().ok()?;
+        (Ipv6Addr::from(advertised) == target).then(|| Mac(eth.source()))
     })
 }
 
@@ -258,7 +380,6 @@ pub fn garp_frame(mac: Mac, ip: Ipv4Addr) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etherparse::PacketBuilder;
 
     fn syn_ack(src_mac: [u8; 6], src: SocketAddrV4, syn: bool, ack: bool) -> Vec<u8> {
         let mut tcp = PacketBuilder::ethernet2(src_mac, [2, 0, 0, 0, 0, 10])
@@ -329,6 +450,109 @@ mod tests {
             }
             .dst_mac(),
             Some(Mac::BROADCAST)
+        );
+    }
+
+    #[test]
+    fn ndp_frames_parse_back_with_valid_checksums() {
+        let mac = Mac([2, 0, 0, 0, 0, 2]);
+        let vip6: Ipv6Addr = "2001:db8::100".parse().unwrap();
+        assert_eq!(
+            solicited_node(vip6),
+            "ff02::1:ff00:100".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            ipv6_multicast_mac(solicited_node(vip6)),
+            Mac([0x33, 0x33, 0xff, 0, 0x01, 0])
+        );
+
+        let na = unsolicited_na_frame(mac, vip6);
+        let packet = SlicedPacket::from_ethernet(&na).unwrap();
+        let Some(NetSlice::Ipv6(ip)) = &packet.net else {
+            panic!("not IPv6: {packet:?}")
+        };
+        assert_eq!(ip.header().hop_limit(), 255);
+        assert_eq!(ip.header().source_addr(), vip6);
+        assert_eq!(ip.header().destination_addr(), ALL_NODES);
+        let Some(TransportSlice::Icmpv6(icmp)) = &packet.transport else {
+            panic!("not ICMPv6: {packet:?}")
+        };
+        let Icmpv6Type::NeighborAdvertisement(flags) = icmp.icmp_type() else {
+            panic!("not an NA: {:?}", icmp.icmp_type())
+        };
+        assert!(flags.r#override && !flags.solicited && !flags.router);
+        assert!(icmp.is_checksum_valid(ip.header().source(), ip.header().destination()));
+        assert_eq!(&icmp.payload()[16..], &[NDP_TLLAO, 1, 2, 0, 0, 0, 0, 2]);
+        let frames = [
+            Frame {
+                data: na.clone(),
+                outgoing: true,
+            },
+            Frame {
+                data: na.clone(),
+                outgoing: false,
+            },
+        ];
+        assert_eq!(find_na_src_mac(&frames, vip6), Some(mac));
+        assert_eq!(find_na_src_mac(&frames[..1], vip6), None);
+        assert_eq!(
+            find_na_src_mac(&frames, "2001:db8::21".parse().unwrap()),
+            None
+        );
+
+        let client: Ipv6Addr = "2001:db8::10".parse().unwrap();
+        let ns = neighbor_solicitation_frame(
+            Mac([2, 0, 0, 0, 0, 0x10]),
+            Mac([2, 0, 0, 0, 0, 0x21]),
+            client,
+            vip6,
+            vip6,
+        );
+        let packet = SlicedPacket::from_ethernet(&ns).unwrap();
+        let Some(TransportSlice::Icmpv6(icmp)) = &packet.transport else {
+            panic!("not ICMPv6: {packet:?}")
+        };
+        assert_eq!(icmp.icmp_type(), Icmpv6Type::NeighborSolicitation);
+        assert_eq!(&icmp.payload()[..16], &vip6.octets());
+        assert_eq!(&icmp.payload()[16..18], &[NDP_SLLAO, 1]);
+        assert_eq!(
+            find_na_src_mac(
+                &[Frame {
+                    data: ns.clone(),
+                    outgoing: false
+                }],
+                vip6
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn finds_an_ipv6_syn_ack() {
+        let from: SocketAddr = "[2001:db8::100]:80".parse().unwrap();
+        let mut data = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0x21], [2, 0, 0, 0, 0, 0x10])
+            .ipv6(
+                "2001:db8::100".parse::<Ipv6Addr>().unwrap().octets(),
+                "2001:db8::10".parse::<Ipv6Addr>().unwrap().octets(),
+                64,
+            )
+            .tcp(80, 40000, 1, 65535)
+            .syn()
+            .ack(1)
+            .write(&mut data, &[])
+            .unwrap();
+        let frames = [Frame {
+            data,
+            outgoing: false,
+        }];
+        assert_eq!(
+            find_syn_ack_src_mac_from(&frames, from),
+            Some(Mac([2, 0, 0, 0, 0, 0x21]))
+        );
+        assert_eq!(
+            find_syn_ack_src_mac_from(&frames, "[2001:db8::100]:81".parse().unwrap()),
+            None
         );
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Integration tests (in `tests/tests/`) and `cargo xtask demo` build a small switched network out of Linux
 //! network namespaces, start test backends in it and act as the client, all from one process and without
-//! touching the host's own interfaces. Everything lives in 198.18.0.0/24 inside namespaces this crate made.
+//! touching the host's own interfaces. Everything lives in 198.18.0.0/24 and 2001:db8::/64 (dual-stack) inside
+//! namespaces this crate made.
 //!
 //! Modules:
 //! - [`netns`]: [`Netns`], an RAII network namespace (`ip netns add`/`del`), running commands in it, spawning
@@ -77,7 +78,7 @@ use anyhow::{Context, Result, bail};
 
 pub use capture::{Capture, Frame};
 pub use netns::{Netns, Spawned};
-pub use topology::{HTTP_PORT, Host, Topology, TopologyBuilder, UDP_PORT, VIP};
+pub use topology::{Family, HTTP_PORT, Host, Topology, TopologyBuilder, UDP_PORT, VIP, VIP6};
 
 /// Prefix of every namespace this crate creates; [`netns::sweep`] refuses any other prefix.
 pub const NS_PREFIX: &str = "lbdt-";

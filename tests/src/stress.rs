@@ -616,7 +616,7 @@ pub fn live_backend_ids(map_id: u32) -> Result<Vec<u32>> {
         let b = backends
             .get(&id, 0)
             .with_context(|| format!("BACKENDS[{id}]"))?;
-        if b.addr_be != 0 && b.mac != [0; 6] && b.state == backend_state::ACTIVE {
+        if b.addr != [0; 16] && b.mac != [0; 6] && b.state == backend_state::ACTIVE {
             ids.push(id);
         }
     }

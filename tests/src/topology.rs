@@ -7,15 +7,25 @@
 //!      eth0       eth0       eth0       eth0       eth0       eth0      (one namespace each)
 //!     client      lbd1       lbd2        b1         b2         b3
 //!   198.18.0.10  .0.2       .0.3       .0.21      .0.22      .0.23     /24;  VIP 198.18.0.100
+//!  2001:db8::10   ::2        ::3        ::21       ::22       ::23      /64;  VIP 2001:db8::100
 //! ```
+//! - Every host is dual-stack on the same link: beside `198.18.0.N` it has `2001:db8::N`, the IPv6 host part
+//!   written with the same digits as the IPv4 last octet ([`Host::ip6`], [`ip6_mirror`]); the subnet behind
+//!   the router mirrors the same way (`198.18.1.x` → `2001:db8:1::x`).
 //! - MACs are deterministic and locally administered: a host's `eth0` is `02:00:00:00:00:<last octet>`
 //!   ([`Host::mac`]); its bridge-side end is `02:00:00:00:01:<last octet>`; `br0` is `02:00:00:00:ff:01`.
-//! - Backends are set up for direct routing: the VIP as /32 on `lo`, `arp_ignore=1` and `arp_announce=2`
-//!   (`all` and `eth0`), so they accept VIP traffic but never answer ARP for it.
+//! - Backends are set up for direct routing: the VIP as /32 and [`VIP6`] as /128 on `lo`, `arp_ignore=1` and
+//!   `arp_announce=2` (`all` and `eth0`), so they accept VIP traffic but never answer ARP (or neighbour
+//!   solicitations) for it; see `Topology::configure` for why IPv6 needs no counterpart of those sysctls.
 //! - The client's `eth0` has TX checksum offload off (native XDP on veth loses partial checksums); see
 //!   [`Topology::set_tx_offload`].
-//! - The VIP on an lbd node is added and removed by the test ([`Topology::add_vip`]), later by VRRP.
-//! - IPv6 is disabled in every namespace, so captures only hold the test's traffic.
+//! - The VIP on an lbd node is added and removed by the test ([`Topology::add_vip`], [`Topology::add_vip6`]),
+//!   later by VRRP.
+//! - IPv6 is on in every host namespace (off in the bridge namespace: `br0` has no address), with duplicate
+//!   address detection off (`accept_dad=0`, addresses added `nodad`), so every address, link-local ones too,
+//!   is usable at once; router advertisements, autoconfiguration, router solicitations and redirects are
+//!   off, so nothing but the test configures a host. Captures therefore also see the kernel's own IPv6
+//!   chatter (MLD reports, neighbour discovery): filter by what you look for.
 //! - For native-mode XDP on an lbd node's `eth0`, its bridge-side peer ([`Topology::bridge_port_of`] in
 //!   [`Topology::bridge_ns`]) needs an XDP program too (a plain `XDP_PASS` one); the harness user attaches it.
 //!
@@ -23,23 +33,29 @@
 //! leftovers with the same tag and those of dead test processes.
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::capture::{Capture, garp_frame};
+use crate::capture::{Capture, garp_frame, unsolicited_na_frame};
 use crate::netns::{self, Netns, Spawned};
 use crate::{Mac, NS_PREFIX};
 
 /// The virtual IP the lbd nodes serve.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+/// The IPv6 virtual IP the lbd nodes serve, `2001:db8::100` ([`VIP`] mirrored by [`ip6_mirror`]).
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
 /// The test subnet (`/24`).
 pub const SUBNET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
 /// Prefix length of [`SUBNET`].
 pub const PREFIX_LEN: u8 = 24;
+/// The IPv6 test subnet (`2001:db8::/64`), on the same link as [`SUBNET`].
+pub const SUBNET6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0);
+/// Prefix length of [`SUBNET6`].
+pub const PREFIX_LEN6: u8 = 64;
 /// TCP port `lbd-test-backend` serves HTTP on in a topology.
 pub const HTTP_PORT: u16 = 80;
 /// UDP port `lbd-test-backend` answers on in a topology (on the VIP and on the backend's own address).
@@ -60,6 +76,89 @@ pub const REMOTE_SUBNET: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 0);
 pub const REMOTE_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
 /// The router's address in [`REMOTE_SUBNET`].
 pub const REMOTE_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+/// With a router: the IPv6 subnet behind it (`2001:db8:1::/64`, [`REMOTE_SUBNET`] mirrored).
+pub const REMOTE_SUBNET6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0);
+/// The client's address in [`REMOTE_SUBNET6`], `2001:db8:1::10`.
+pub const REMOTE_CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10);
+/// The router's address in [`REMOTE_SUBNET6`], `2001:db8:1::1`.
+pub const REMOTE_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+
+/// The decimal digits of `n` read as hex: `21` → `0x21`, so `198.18.0.21` and `2001:db8::21` read alike.
+const fn digits_as_hex(n: u8) -> u16 {
+    (n / 100) as u16 * 0x100 + (n / 10 % 10) as u16 * 0x10 + (n % 10) as u16
+}
+
+/// The IPv6 address mirroring a test IPv4 address `198.18.X.Y`: `2001:db8:X::Y`, with `X` and `Y` written
+/// as the same digits (`198.18.0.21` → `2001:db8::21`, `198.18.1.10` → `2001:db8:1::10`,
+/// [`VIP`] → [`VIP6`]). Other addresses map the same way from their last two octets.
+pub const fn ip6_mirror(ip: Ipv4Addr) -> Ipv6Addr {
+    let [_, _, c, d] = ip.octets();
+    Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        digits_as_hex(c),
+        0,
+        0,
+        0,
+        0,
+        digits_as_hex(d),
+    )
+}
+
+/// The IP family of an address or a VIP, for the helpers that take one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl Family {
+    /// Both families, IPv4 first.
+    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
+
+    /// The `ip` option selecting the family: `-4` or `-6`.
+    pub fn ip_flag(self) -> &'static str {
+        match self {
+            Family::V4 => "-4",
+            Family::V6 => "-6",
+        }
+    }
+
+    /// The VIP of this family ([`VIP`] or [`VIP6`]).
+    pub fn vip(self) -> IpAddr {
+        match self {
+            Family::V4 => VIP.into(),
+            Family::V6 => VIP6.into(),
+        }
+    }
+
+    /// How messages name the VIP of this family: `the VIP` (as before IPv6), `the IPv6 VIP`.
+    fn vip_label(self) -> &'static str {
+        match self {
+            Family::V4 => "the VIP",
+            Family::V6 => "the IPv6 VIP",
+        }
+    }
+
+    /// The VIP with its host prefix length, as `ip addr` takes it: `198.18.0.100/32`, `2001:db8::100/128`.
+    fn vip_cidr(self) -> String {
+        match self {
+            Family::V4 => format!("{VIP}/32"),
+            Family::V6 => format!("{VIP6}/128"),
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
 /// The MAC of `br0`.
 pub const BRIDGE_MAC: Mac = Mac([0x02, 0, 0, 0, 0xff, 0x01]);
 
@@ -101,6 +200,20 @@ impl Host {
     pub fn ip(self) -> Ipv4Addr {
         let [a, b, c, _] = SUBNET.octets();
         Ipv4Addr::new(a, b, c, self.octet())
+    }
+
+    /// The host's IPv6 address on `eth0`: [`ip`](Self::ip) mirrored into [`SUBNET6`] ([`ip6_mirror`]),
+    /// `198.18.0.21` → `2001:db8::21`.
+    pub fn ip6(self) -> Ipv6Addr {
+        ip6_mirror(self.ip())
+    }
+
+    /// The host's address of `family` on `eth0`.
+    pub fn ip_of(self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.ip().into(),
+            Family::V6 => self.ip6().into(),
+        }
     }
 
     /// The MAC of the host's `eth0`: `02:00:00:00:00:<last octet of ip>`.
@@ -286,18 +399,94 @@ impl TopologyBuilder {
             for scope in ["all", HOST_IF] {
                 client.set_sysctl(&format!("net/ipv4/conf/{scope}/accept_redirects"), "0")?;
             }
+
+            // The same in IPv6, mirrored: 2001:db8:1::10 on the client, 2001:db8:1::1 on the router,
+            // 2001:db8:1::/64 via the router on the backends. IPv6 has no send_redirects switch: the
+            // router may send redirects, and every host ignores them (accept_redirects=0, set in
+            // `enable_ipv6`).
+            let via6 = Host::Router.ip6().to_string();
+            let remote6 = REMOTE_CLIENT6.to_string();
+            client.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{remote6}/128"),
+                "dev",
+                HOST_IF,
+                "nodad",
+            ])?;
+            client.ip(&[
+                "-6",
+                "route",
+                "add",
+                &format!("{VIP6}/128"),
+                "via",
+                &via6,
+                "src",
+                &remote6,
+            ])?;
+            router.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{REMOTE_GATEWAY6}/{PREFIX_LEN6}"),
+                "dev",
+                HOST_IF,
+                "nodad",
+            ])?;
+            for b in topo.backends() {
+                topo.ns(b).ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    &format!("{REMOTE_SUBNET6}/{PREFIX_LEN6}"),
+                    "via",
+                    &via6,
+                ])?;
+            }
         }
         Ok(topo)
     }
 }
 
-/// Disables IPv6 in `ns` (existing and future interfaces), if the kernel has IPv6 at all.
+/// Disables IPv6 in `ns` (existing and future interfaces), if the kernel has IPv6 at all: the bridge
+/// namespace, whose `br0` only switches frames and must not add MLD or router solicitations of its own.
 fn disable_ipv6(ns: &Netns) -> Result<()> {
     if !Path::new("/proc/sys/net/ipv6").exists() {
         return Ok(());
     }
     ns.set_sysctl("net/ipv6/conf/default/disable_ipv6", "1")?;
     ns.set_sysctl("net/ipv6/conf/all/disable_ipv6", "1")?;
+    Ok(())
+}
+
+/// Turns IPv6 on in a host namespace, set up so that only the test configures it. Called before the host's
+/// `eth0` exists, so the `default` values apply to it; `all` covers `lo` and is what some switches (DAD)
+/// also consult.
+///
+/// - `disable_ipv6=0`: on, whatever the namespace inherited.
+/// - `accept_dad=0`: no duplicate address detection, so addresses (link-local ones too) are usable the
+///   moment they are added, not `tentative` for a second or more (addresses are also added `nodad`).
+/// - `accept_ra=0`, `autoconf=0`, `router_solicitations=0`: no router discovery, no SLAAC addresses, no
+///   router solicitations on the wire.
+/// - `accept_redirects=0`: no redirect may reroute a host past the router (see the router setup).
+fn enable_ipv6(ns: &Netns) -> Result<()> {
+    ensure!(
+        Path::new("/proc/sys/net/ipv6").exists(),
+        "the kernel has no IPv6 (/proc/sys/net/ipv6 is missing); the dual-stack topology needs it"
+    );
+    for scope in ["all", "default"] {
+        for (key, value) in [
+            ("accept_dad", "0"),
+            ("accept_ra", "0"),
+            ("autoconf", "0"),
+            ("router_solicitations", "0"),
+            ("accept_redirects", "0"),
+            ("disable_ipv6", "0"),
+        ] {
+            ns.set_sysctl(&format!("net/ipv6/conf/{scope}/{key}"), value)?;
+        }
+    }
     Ok(())
 }
 
@@ -338,7 +527,7 @@ impl Topology {
         let name = ns.name().to_owned();
         self.hosts.push(Node { host, ns });
         let br = &self.bridge;
-        disable_ipv6(&self.hosts[self.hosts.len() - 1].ns)?;
+        enable_ipv6(&self.hosts[self.hosts.len() - 1].ns)?;
         br.ip(&[
             "link", "add", &port, "address", &port_mac, "type", "veth", "peer", "name", HOST_IF,
             "address", &mac, "netns", &name,
@@ -352,8 +541,10 @@ impl Topology {
     fn configure(&self, host: Host) -> Result<()> {
         let ns = self.ns(host);
         let cidr = format!("{}/{PREFIX_LEN}", host.ip());
+        let cidr6 = format!("{}/{PREFIX_LEN6}", host.ip6());
         ns.ip(&["link", "set", "lo", "up"])?;
         ns.ip(&["addr", "add", &cidr, "dev", HOST_IF])?;
+        ns.ip(&["-6", "addr", "add", &cidr6, "dev", HOST_IF, "nodad"])?;
         ns.ip(&["link", "set", HOST_IF, "up"])?;
         match host {
             Host::Client => self.set_tx_offload(Host::Client, false)?,
@@ -364,6 +555,11 @@ impl Topology {
                 for scope in ["all", "default", HOST_IF] {
                     ns.set_sysctl(&format!("net/ipv4/conf/{scope}/send_redirects"), "0")?;
                 }
+                // The same for IPv6 (forwarding on `all` turns it on for every interface).
+                ns.set_sysctl("net/ipv6/conf/all/forwarding", "1")?;
+                if Path::new("/proc/sys/net/ipv6/fib_multipath_hash_policy").exists() {
+                    ns.set_sysctl("net/ipv6/fib_multipath_hash_policy", "1")?;
+                }
             }
             Host::Lbd(_) => {}
             Host::Backend(_) => {
@@ -372,6 +568,26 @@ impl Topology {
                     ns.set_sysctl(&format!("net/ipv4/conf/{scope}/arp_ignore"), "1")?;
                     ns.set_sysctl(&format!("net/ipv4/conf/{scope}/arp_announce"), "2")?;
                 }
+                // IPv6 direct routing needs only the VIP on `lo`; there is no arp_ignore/arp_announce for
+                // IPv6 because Linux's neighbour discovery already behaves as those settings make ARP:
+                // - it answers a neighbour solicitation only for an address on the interface the
+                //   solicitation came in on (ndisc_recv_ns looks the target up on that device only; no
+                //   proxy_ndp, no forwarding here), so the VIP on `lo` is never announced on `eth0`
+                //   (arp_ignore=1);
+                // - its own solicitations take a source address of the outgoing interface, never the VIP
+                //   on `lo` (arp_announce=2);
+                // - a packet to any local address is accepted on any interface (IPv6 has no rp_filter
+                //   sysctl either), and the reply's source is the address the client used: the VIP.
+                // Nothing announces the VIP unasked: no DAD (off; `nodad`), and `lo` never does.
+                ns.ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{VIP6}/128"),
+                    "dev",
+                    "lo",
+                    "nodad",
+                ])?;
             }
         }
         Ok(())
@@ -444,6 +660,11 @@ impl Topology {
         host.ip()
     }
 
+    /// The IPv6 address of `host` ([`Host::ip6`]).
+    pub fn ip6(&self, host: Host) -> Ipv6Addr {
+        host.ip6()
+    }
+
     /// The MAC of `host`'s `eth0` ([`Host::mac`]).
     pub fn mac(&self, host: Host) -> Mac {
         host.mac()
@@ -469,27 +690,82 @@ impl Topology {
         SocketAddrV4::new(VIP, UDP_PORT).into()
     }
 
+    /// `host`'s IPv6 address with [`HTTP_PORT`].
+    pub fn http_addr6(&self, host: Host) -> SocketAddr {
+        SocketAddrV6::new(host.ip6(), HTTP_PORT, 0, 0).into()
+    }
+
+    /// `host`'s IPv6 address with [`UDP_PORT`].
+    pub fn udp_addr6(&self, host: Host) -> SocketAddr {
+        SocketAddrV6::new(host.ip6(), UDP_PORT, 0, 0).into()
+    }
+
+    /// [`VIP6`] with [`HTTP_PORT`].
+    pub fn vip6_http(&self) -> SocketAddr {
+        SocketAddrV6::new(VIP6, HTTP_PORT, 0, 0).into()
+    }
+
+    /// [`VIP6`] with [`UDP_PORT`].
+    pub fn vip6_udp(&self) -> SocketAddr {
+        SocketAddrV6::new(VIP6, UDP_PORT, 0, 0).into()
+    }
+
     /// Adds the VIP (/32) to lbd node `node`'s `eth0` and sends one gratuitous ARP for it.
     pub fn add_vip(&self, node: Host) -> Result<()> {
+        self.add_vip_family(node, Family::V4)
+    }
+
+    /// Removes the VIP from lbd node `node`.
+    pub fn remove_vip(&self, node: Host) -> Result<()> {
+        self.remove_vip_family(node, Family::V4)
+    }
+
+    /// Adds [`VIP6`] (/128, `nodad`) to lbd node `node`'s `eth0` and sends one unsolicited neighbour
+    /// advertisement for it ([`send_unsolicited_na`](Self::send_unsolicited_na)).
+    pub fn add_vip6(&self, node: Host) -> Result<()> {
+        self.add_vip_family(node, Family::V6)
+    }
+
+    /// Removes [`VIP6`] from lbd node `node`.
+    pub fn remove_vip6(&self, node: Host) -> Result<()> {
+        self.remove_vip_family(node, Family::V6)
+    }
+
+    /// [`add_vip`](Self::add_vip) or [`add_vip6`](Self::add_vip6), by `family`.
+    pub fn add_vip_family(&self, node: Host, family: Family) -> Result<()> {
         ensure!(
             matches!(node, Host::Lbd(_)),
             "the VIP belongs on an lbd node, not on {node}"
         );
         let ns = self.try_ns(node)?;
-        ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", HOST_IF])
-            .with_context(|| format!("adding the VIP to {node}"))?;
-        self.send_garp(node)
+        let cidr = family.vip_cidr();
+        let mut args = vec![family.ip_flag(), "addr", "add", &cidr, "dev", HOST_IF];
+        if family == Family::V6 {
+            // Deprecated (preferred lifetime 0), as keepalived and lbd's VRRP add it: the node
+            // still answers for it, but never picks it as the source of its own connections.
+            // A /128 otherwise wins source selection over the node's /64 by longest prefix
+            // (RFC 6724 rule 8), and the proxy's connections to a backend would come from the
+            // VIP, which the backend holds on lo: its answers would never leave it.
+            args.extend(["nodad", "preferred_lft", "0"]);
+        }
+        ns.ip(&args)
+            .with_context(|| format!("adding {} to {node}", family.vip_label()))?;
+        match family {
+            Family::V4 => self.send_garp(node),
+            Family::V6 => self.send_unsolicited_na(node),
+        }
     }
 
-    /// Removes the VIP from lbd node `node`.
-    pub fn remove_vip(&self, node: Host) -> Result<()> {
+    /// [`remove_vip`](Self::remove_vip) or [`remove_vip6`](Self::remove_vip6), by `family`.
+    pub fn remove_vip_family(&self, node: Host, family: Family) -> Result<()> {
         ensure!(
             matches!(node, Host::Lbd(_)),
             "the VIP belongs on an lbd node, not on {node}"
         );
+        let cidr = family.vip_cidr();
         self.try_ns(node)?
-            .ip(&["addr", "del", &format!("{VIP}/32"), "dev", HOST_IF])
-            .with_context(|| format!("removing the VIP from {node}"))?;
+            .ip(&[family.ip_flag(), "addr", "del", &cidr, "dev", HOST_IF])
+            .with_context(|| format!("removing {} from {node}", family.vip_label()))?;
         Ok(())
     }
 
@@ -502,6 +778,16 @@ impl Topology {
             .with_context(|| format!("announcing the VIP from {node}"))
     }
 
+    /// Sends one unsolicited neighbour advertisement (override flag set, to all nodes) from `node`'s `eth0`
+    /// announcing [`VIP6`] at its MAC: IPv6's gratuitous ARP. Neighbours update an entry they already have
+    /// (to `STALE`, so they confirm it before long); by default they create none from it.
+    pub fn send_unsolicited_na(&self, node: Host) -> Result<()> {
+        let capture = Capture::open(self.try_ns(node)?, HOST_IF)?;
+        capture
+            .send(&unsolicited_na_frame(node.mac(), VIP6))
+            .with_context(|| format!("announcing the IPv6 VIP from {node}"))
+    }
+
     /// Turns TX checksum offload on `host`'s `eth0` on or off (`ethtool -K eth0 tx on|off`). It is off on the
     /// client after build.
     pub fn set_tx_offload(&self, host: Host, on: bool) -> Result<()> {
@@ -511,15 +797,19 @@ impl Topology {
         Ok(())
     }
 
-    /// Forgets `host`'s neighbour (ARP) entries.
+    /// Forgets `host`'s neighbour entries on `eth0`, both families (ARP and neighbour discovery); permanent
+    /// entries stay.
     pub fn flush_neigh(&self, host: Host) -> Result<()> {
-        self.try_ns(host)?.ip(&["neigh", "flush", "dev", HOST_IF])?;
+        let ns = self.try_ns(host)?;
+        for family in Family::BOTH {
+            ns.ip(&[family.ip_flag(), "neigh", "flush", "dev", HOST_IF])?;
+        }
         Ok(())
     }
 
     /// Starts `lbd-test-backend` (at `bin`, see [`crate::bin_path`]) on backend `host`: HTTP on
-    /// `0.0.0.0:`[`HTTP_PORT`], UDP on the VIP and on the backend's own address, port [`UDP_PORT`]; waits for
-    /// `ready`.
+    /// `0.0.0.0:`[`HTTP_PORT`] and `[::]:`[`HTTP_PORT`] (IPv6 only), UDP on the VIP, [`VIP6`] and on the
+    /// backend's own IPv4 and IPv6 addresses, port [`UDP_PORT`]; waits for `ready`.
     pub fn start_backend(&self, host: Host, bin: &Path) -> Result<Spawned> {
         ensure!(matches!(host, Host::Backend(_)), "{host} is not a backend");
         let ns = self.try_ns(host)?;
@@ -532,6 +822,12 @@ impl Topology {
             .arg(format!("{VIP}:{UDP_PORT}"))
             .arg("--udp")
             .arg(format!("{}:{UDP_PORT}", host.ip()))
+            .arg("--http")
+            .arg(format!("[::]:{HTTP_PORT}"))
+            .arg("--udp")
+            .arg(format!("[{VIP6}]:{UDP_PORT}"))
+            .arg("--udp")
+            .arg(format!("[{}]:{UDP_PORT}", host.ip6()))
             .arg("--health-file")
             .arg(self.health_file(host));
         let mut child = ns.spawn(cmd)?;
@@ -607,6 +903,38 @@ mod tests {
         assert_eq!(Host::Backend(2).role(), "b2");
         assert_eq!(Host::Lbd(1).bridge_port(), "vl1");
         assert!(Host::Backend(MAX_BACKENDS).bridge_port().len() <= 15);
+    }
+
+    #[test]
+    fn ipv6_addresses_mirror_the_ipv4_ones() {
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        assert_eq!(Host::Client.ip6(), v6("2001:db8::10"));
+        assert_eq!(Host::Lbd(1).ip6(), v6("2001:db8::2"));
+        assert_eq!(Host::Lbd(MAX_LBD_NODES).ip6(), v6("2001:db8::9"));
+        assert_eq!(Host::Backend(1).ip6(), v6("2001:db8::21"));
+        assert_eq!(Host::Backend(MAX_BACKENDS).ip6(), v6("2001:db8::29"));
+        assert_eq!(Host::Router.ip6(), v6("2001:db8::1"));
+        assert_eq!(VIP6, v6("2001:db8::100"));
+        assert_eq!(ip6_mirror(VIP), VIP6);
+        assert_eq!(ip6_mirror(SUBNET), SUBNET6);
+        assert_eq!(ip6_mirror(REMOTE_SUBNET), REMOTE_SUBNET6);
+        assert_eq!(ip6_mirror(REMOTE_CLIENT), REMOTE_CLIENT6);
+        assert_eq!(ip6_mirror(REMOTE_GATEWAY), REMOTE_GATEWAY6);
+        assert_eq!(REMOTE_CLIENT6, v6("2001:db8:1::10"));
+        assert_eq!(
+            ip6_mirror(Ipv4Addr::new(198, 18, 0, 255)),
+            v6("2001:db8::255")
+        );
+        assert_eq!(
+            Host::Backend(2).ip_of(Family::V6),
+            IpAddr::from(v6("2001:db8::22"))
+        );
+        assert_eq!(Family::V6.vip_cidr(), "2001:db8::100/128");
+        let topo_addr: SocketAddr = "[2001:db8::100]:80".parse().unwrap();
+        assert_eq!(
+            SocketAddr::from(SocketAddrV6::new(VIP6, HTTP_PORT, 0, 0)),
+            topo_addr
+        );
     }
 
     #[test]

@@ -38,7 +38,7 @@ fn check_config_names_key_and_value() -> Result<()> {
         (
             "bad-vip.toml",
             "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"example.com:80\"\n",
-            "service[0].vip: \"example.com:80\" is not an IPv4 address and port",
+            "service[0].vip: \"example.com:80\" is not an address and port (e.g. 198.18.0.100:80 or [2001:db8::100]:80)",
         ),
         (
             "typo.toml",

@@ -47,7 +47,7 @@ fn run(mode: Mode, name: &str) -> Result<()> {
         ),
         (
             vec!["backend", "add", "web", "198.18.0.x"],
-            "address: \"198.18.0.x\" is not an IPv4 address",
+            "address: \"198.18.0.x\" is not an address (expected e.g. 198.18.0.21",
         ),
         (
             vec!["backend", "add", "web", "198.18.0.23:8080"],

@@ -3,16 +3,17 @@
 //! Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_NET_RAW). Without it these tests skip with a printed reason,
 //! or fail when `CI` is set.
 
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use lbd_tests::capture::{find_na_src_mac, neighbor_solicitation_frame};
 use lbd_tests::client::{self, KeepAlive};
 use lbd_tests::netns::{self, Netns};
-use lbd_tests::topology::{HOST_IF, VIP};
+use lbd_tests::topology::{HOST_IF, REMOTE_CLIENT6, VIP, VIP6};
 use lbd_tests::{Capture, Host, NS_PREFIX, Topology, bin_path, netns_tests_enabled, test_tag};
 
 fn backend_bin() -> PathBuf {
@@ -87,12 +88,12 @@ fn client_reaches_backends_directly() -> Result<()> {
     assert_eq!(echo.backend, "b3");
     assert_eq!(echo.body, format!("{}\n", echo.local_addr));
 
-    let v6 = topo.client().ip(&["-6", "addr", "show"])?;
-    assert!(
-        v6.stdout.is_empty(),
-        "IPv6 must be off: {}",
-        String::from_utf8_lossy(&v6.stdout)
-    );
+    // Dual-stack: the IPv6 address beside the IPv4 one, usable at once (no DAD, so never tentative).
+    let v6 = topo.client().ip(&["-6", "addr", "show", "dev", HOST_IF])?;
+    let v6 = String::from_utf8_lossy(&v6.stdout);
+    assert!(v6.contains("inet6 2001:db8::10/64"), "{v6}");
+    assert!(v6.contains("inet6 fe80::"), "a link-local address: {v6}");
+    assert!(!v6.contains("tentative"), "{v6}");
 
     let out = topo.client().run(
         "curl",
@@ -310,9 +311,18 @@ fn enter_puts_sockets_in_the_namespace() -> Result<()> {
         elsewhere.is_err(),
         "the client's address must not exist in b1's namespace"
     );
-    // Backends hold the VIP on lo: binding it works there.
+    // Backends hold the VIP on lo: binding it works there, in both families.
     topo.ns(Host::Backend(1))
         .enter(|| UdpSocket::bind((VIP, 0)))??;
+    topo.ns(Host::Backend(1))
+        .enter(|| UdpSocket::bind((VIP6, 0)))??;
+    let client_ip6 = Host::Client.ip6();
+    assert!(
+        topo.ns(Host::Backend(1))
+            .enter(move || UdpSocket::bind((client_ip6, 0)))?
+            .is_err(),
+        "the client's IPv6 address must not exist in b1's namespace"
+    );
     Ok(())
 }
 
@@ -382,5 +392,306 @@ fn cleanup_leaves_no_namespaces_behind() -> Result<()> {
     // Builds in parallel tests sweep orphans too, so it may already be gone; it must be gone after this.
     netns::sweep_orphans()?;
     assert!(netns::list(&orphan)?.is_empty());
+    Ok(())
+}
+
+/// Whether `host`'s IPv6 addresses on `eth0` are all usable (none tentative or failed DAD); returns the
+/// `ip -6 addr` text for messages.
+fn ipv6_addrs(topo: &Topology, host: Host) -> Result<String> {
+    let out = topo.ns(host).ip(&["-6", "addr", "show", "dev", HOST_IF])?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        !text.contains("tentative") && !text.contains("dadfailed"),
+        "{host}: addresses not usable yet: {text}"
+    );
+    Ok(text)
+}
+
+/// `ping -6` once from the client; whether it was answered.
+fn ping6(topo: &Topology, dst: &str) -> Result<bool> {
+    let out = topo.client().output(
+        "ping",
+        &["-6", "-n", "-c", "1", "-W", "1", dst],
+        Duration::from_secs(5),
+    )?;
+    Ok(out.status.success())
+}
+
+/// The dual-stack topology: every host has its mirrored IPv6 address (and a link-local one) usable at once;
+/// the client reaches each backend over IPv6 by HTTP and UDP and the backend sees the client's IPv6 address;
+/// IPv4 peers still show as plain IPv4; from behind the router the client's IPv6 address is
+/// 2001:db8:1::10 and the backends answer it through the router.
+#[test]
+fn client_reaches_backends_over_ipv6() -> Result<()> {
+    if !netns_tests_enabled("client_reaches_backends_over_ipv6") {
+        return Ok(());
+    }
+    let topo = Topology::builder(&test_tag("client_reaches_backends_over_ipv6"))
+        .lbd_nodes(1)
+        .backends(3)
+        .router(true)
+        .build()?;
+    let _backends = topo.start_backends(&backend_bin())?;
+
+    for host in topo.hosts() {
+        let text = ipv6_addrs(&topo, host)?;
+        let want = format!("inet6 {}/64", host.ip6());
+        ensure!(text.contains(&want), "{host} lacks {want}: {text}");
+        ensure!(
+            text.contains("inet6 fe80::"),
+            "{host} has no link-local address: {text}"
+        );
+    }
+    for host in [Host::Lbd(1), Host::Router] {
+        ensure!(
+            ping6(&topo, &host.ip6().to_string())?,
+            "{host} at {} does not answer ping",
+            host.ip6()
+        );
+    }
+    // Link-local addresses work at once too: b1's.
+    let out = topo
+        .ns(Host::Backend(1))
+        .ip(&["-6", "-o", "addr", "show", "dev", HOST_IF, "scope", "link"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let link_local = text
+        .split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .with_context(|| format!("b1 has no link-local address: {text}"))?;
+    ensure!(
+        ping6(&topo, &format!("{link_local}%{HOST_IF}"))?,
+        "b1's link-local address {link_local} does not answer"
+    );
+
+    let client_ip6 = IpAddr::from(Host::Client.ip6());
+    for b in topo.backends() {
+        let http = topo.http_addr6(b);
+        assert_eq!(http.to_string(), format!("[{}]:80", b.ip6()));
+        let reply = topo.client().enter(move || client::http_get(http))??;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.backend, b.role());
+        assert_eq!(reply.body, format!("{b}\n"));
+        assert_eq!(
+            reply.client_addr.ip(),
+            client_ip6,
+            "{b} sees the client's IPv6 address"
+        );
+        assert_eq!(reply.client_addr, reply.local_addr);
+
+        let udp = topo.udp_addr6(b);
+        let answer = topo
+            .client()
+            .enter(move || client::udp_query(udp, b"hi6", Duration::from_secs(2)))??;
+        assert_eq!(answer.text, format!("{b} hi6"));
+        assert_eq!(answer.from, udp);
+
+        // The IPv4 side is unchanged: the peer is plain IPv4, never ::ffff:198.18.0.10.
+        let http4 = topo.http_addr(b);
+        let reply = topo.client().enter(move || client::http_get(http4))??;
+        assert_eq!(reply.client_addr.ip(), IpAddr::from(Host::Client.ip()));
+        let udp4 = topo.udp_addr(b);
+        let answer = topo
+            .client()
+            .enter(move || client::udp_query(udp4, b"hi4", Duration::from_secs(2)))??;
+        assert_eq!((answer.text, answer.from), (format!("{b} hi4"), udp4));
+    }
+
+    let echo = topo.client().enter(|| {
+        client::http_get_path(
+            SocketAddr::from((Host::Backend(3).ip6(), 80)),
+            "/echo-peer",
+            Duration::from_secs(5),
+        )
+    })??;
+    assert_eq!(echo.body, format!("{}\n", echo.local_addr));
+    assert!(echo.body.starts_with("[2001:db8::10]:"), "{}", echo.body);
+
+    // From the remote subnet behind the router: out directly (on-link), back through the router.
+    let url = format!("http://[{}]/", Host::Backend(2).ip6());
+    let out = topo.client().run(
+        "curl",
+        &[
+            "-sS",
+            "-g",
+            "--max-time",
+            "5",
+            "-i",
+            "--interface",
+            &REMOTE_CLIENT6.to_string(),
+            &url,
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("X-Backend: b2"), "{text}");
+    assert!(
+        text.contains(&format!("X-Client: [{REMOTE_CLIENT6}]:")),
+        "b2 must see 2001:db8:1::10: {text}"
+    );
+    Ok(())
+}
+
+/// IPv6 direct routing on the backends: packets for [2001:db8::100] sent to backend 1's MAC (what lbd's
+/// XDP program will do) are accepted and answered from the VIP, straight from b1.
+#[test]
+fn backend_answers_ipv6_vip_traffic_directly() -> Result<()> {
+    if !netns_tests_enabled("backend_answers_ipv6_vip_traffic_directly") {
+        return Ok(());
+    }
+    let topo = Topology::builder(&test_tag("backend_answers_ipv6_vip_traffic_directly"))
+        .lbd_nodes(0)
+        .backends(2)
+        .build()?;
+    let _backends = topo.start_backends(&backend_bin())?;
+    // Play the load balancer's part statically: the IPv6 VIP resolves to b1's MAC on the client.
+    let b1_mac = topo.mac(Host::Backend(1)).to_string();
+    topo.client().ip(&[
+        "-6",
+        "neigh",
+        "replace",
+        &VIP6.to_string(),
+        "lladdr",
+        &b1_mac,
+        "dev",
+        HOST_IF,
+        "nud",
+        "permanent",
+    ])?;
+    let capture = Capture::open(topo.client(), HOST_IF)?;
+
+    let vip_http = topo.vip6_http();
+    assert_eq!(vip_http.to_string(), "[2001:db8::100]:80");
+    let reply = topo.client().enter(move || client::http_get(vip_http))??;
+    assert_eq!(reply.backend, "b1");
+    assert_eq!(reply.client_addr.ip(), IpAddr::from(Host::Client.ip6()));
+    let mac = capture.wait_syn_ack_from(vip_http, Duration::from_secs(2))?;
+    assert_eq!(
+        mac,
+        topo.mac(Host::Backend(1)),
+        "the SYN-ACK from the VIP comes from b1"
+    );
+
+    let vip_udp = topo.vip6_udp();
+    let answer = topo
+        .client()
+        .enter(move || client::udp_query(vip_udp, b"q6", Duration::from_secs(2)))??;
+    assert_eq!(answer.text, "b1 q6");
+    assert_eq!(
+        answer.from, vip_udp,
+        "the UDP reply must leave from the IPv6 VIP (DSR)"
+    );
+    Ok(())
+}
+
+/// No backend answers neighbour solicitations for the IPv6 VIP (it is on their `lo`, and Linux answers an
+/// NS only for addresses of the receiving interface), not even one sent to its own MAC; only the lbd
+/// node holding the VIP does, and the VIP moves with add_vip6/remove_vip6 and an unsolicited NA.
+#[test]
+fn ipv6_vip_is_answered_only_by_its_lbd_node() -> Result<()> {
+    if !netns_tests_enabled("ipv6_vip_is_answered_only_by_its_lbd_node") {
+        return Ok(());
+    }
+    let topo = Topology::builder(&test_tag("ipv6_vip_is_answered_only_by_its_lbd_node"))
+        .lbd_nodes(2)
+        .backends(2)
+        .build()?;
+    let _backends = topo.start_backends(&backend_bin())?;
+    let vip = VIP6.to_string();
+    let neigh = || -> Result<String> {
+        let out = topo
+            .client()
+            .ip(&["-6", "neigh", "show", &vip, "dev", HOST_IF])?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+
+    // Nobody holds the VIP: the client's multicast solicitations go unanswered and the entry fails.
+    let capture = Capture::open(topo.client(), HOST_IF)?;
+    ensure!(
+        !ping6(&topo, &vip)?,
+        "ping {vip} answered with no lbd node holding it"
+    );
+    lb_testkit::try_wait_until(
+        "the IPv6 VIP's neighbour entry FAILED",
+        Duration::from_secs(6),
+        || Ok::<_, anyhow::Error>(neigh()?.contains("FAILED")),
+    )
+    .with_context(|| format!("neighbour entry: {}", neigh().unwrap_or_default()))?;
+    ensure!(!neigh()?.contains("lladdr"), "VIP resolved: {}", neigh()?);
+    let frames = capture.recv_frames(Duration::from_millis(200), 10_000)?;
+    ensure!(
+        find_na_src_mac(&frames, VIP6).is_none(),
+        "someone advertised {vip}: {:?}",
+        find_na_src_mac(&frames, VIP6)
+    );
+
+    // Ask each backend directly, unicast to its MAC and to the VIP, which it does hold (on lo): no answer.
+    // The same solicitation for the backend's own address is answered, so the frame itself is sound.
+    let client_mac = topo.mac(Host::Client);
+    let client_ip6 = Host::Client.ip6();
+    let solicit = |b: Host, target: Ipv6Addr| -> Result<Option<lbd_tests::Mac>> {
+        let capture = Capture::open(topo.client(), HOST_IF)?;
+        capture.send(&neighbor_solicitation_frame(
+            client_mac,
+            b.mac(),
+            client_ip6,
+            target,
+            target,
+        ))?;
+        let frames = capture.recv_frames(Duration::from_millis(500), 10_000)?;
+        Ok(find_na_src_mac(&frames, target))
+    };
+    for b in topo.backends() {
+        assert_eq!(
+            solicit(b, b.ip6())?,
+            Some(b.mac()),
+            "{b} answers NS for its own address"
+        );
+        assert_eq!(
+            solicit(b, VIP6)?,
+            None,
+            "{b} must not answer NS for the VIP"
+        );
+    }
+
+    // An lbd node holds it: resolved to that node.
+    topo.add_vip6(Host::Lbd(1))?;
+    ensure!(ping6(&topo, &vip)?, "ping {vip} with lbd1 holding it");
+    let lbd1 = topo.mac(Host::Lbd(1)).to_string();
+    ensure!(
+        neigh()?.contains(&lbd1),
+        "VIP should resolve to lbd1 {lbd1}: {}",
+        neigh()?
+    );
+
+    // Move it: the unsolicited NA (override) repoints the client's entry at lbd2.
+    topo.remove_vip6(Host::Lbd(1))?;
+    topo.add_vip6(Host::Lbd(2))?;
+    let lbd2 = topo.mac(Host::Lbd(2)).to_string();
+    lb_testkit::try_wait_until(
+        &format!("the IPv6 VIP resolving to lbd2 {lbd2}"),
+        Duration::from_secs(3),
+        || Ok::<_, anyhow::Error>(neigh()?.contains(&lbd2)),
+    )
+    .with_context(|| format!("neighbour entry: {}", neigh().unwrap_or_default()))?;
+    ensure!(ping6(&topo, &vip)?, "ping {vip} with lbd2 holding it");
+
+    // flush_neigh forgets both families.
+    ensure!(
+        ping6(&topo, &Host::Backend(1).ip6().to_string())?,
+        "b1 over IPv6"
+    );
+    topo.flush_neigh(Host::Client)?;
+    for family in ["-4", "-6"] {
+        let out =
+            topo.client()
+                .ip(&[family, "neigh", "show", "dev", HOST_IF, "nud", "reachable"])?;
+        ensure!(
+            out.stdout.is_empty(),
+            "{family} entries left after flush_neigh: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
     Ok(())
 }

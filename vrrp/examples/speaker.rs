@@ -5,10 +5,11 @@
 //! speaker IFACE VRID PRIORITY INTERVAL_MS VIP[,VIP...] [--peer IP]... [--source IP]
 //!         [--no-preempt] [--preempt-delay-ms N] [--notify PROGRAM] [--track NAME:WEIGHT]...
 //! ```
-//! Stops (resigning with a priority-0 advert if master) on SIGINT or SIGTERM. Log level from
-//! `RUST_LOG`-style `VRRP_LOG` (`info` by default).
+//! The VIPs, peers and source are all IPv4 or all IPv6 (VRRP over IPv6 to ff02::12, from the
+//! interface's link-local address). Stops (resigning with a priority-0 advert if master) on
+//! SIGINT or SIGTERM. Log level from `RUST_LOG`-style `VRRP_LOG` (`info` by default).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -41,7 +42,7 @@ fn config_from_args() -> Config {
     let vrid = or_exit(VrId::new(parse(args.next())));
     let priority = or_exit(Priority::new(parse(args.next())));
     let interval = or_exit(AdvertInterval::from_millis(parse(args.next())));
-    let vips: Vec<Ipv4Addr> = parse::<String>(args.next())
+    let vips: Vec<IpAddr> = parse::<String>(args.next())
         .split(',')
         .map(|v| v.parse().unwrap_or_else(|_| usage()))
         .collect();

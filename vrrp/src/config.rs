@@ -6,9 +6,11 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::wire::AddressFamily;
 
 /// A Virtual Router Identifier, 1–255 (RFC 5798 §5.2.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -160,7 +162,8 @@ impl Default for AdvertInterval {
     }
 }
 
-/// When to send gratuitous ARPs on becoming master (keepalived's `garp_master_*` settings).
+/// When to send gratuitous ARPs (IPv4 VIPs) or unsolicited Neighbour Advertisements (IPv6 VIPs) on
+/// becoming master (keepalived's `garp_master_*` settings, which it applies to both).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GarpConfig {
     /// Frames per VIP in each burst (keepalived `garp_master_repeat`, default 5). 0 sends none.
@@ -211,19 +214,23 @@ pub struct Config {
     pub accept_mode: bool,
     /// Interface the adverts are sent and received on, where the VIPs are added.
     pub interface: String,
-    /// The virtual addresses.
-    pub vips: Vec<Ipv4Addr>,
-    /// Source address of the adverts (the primary address); `None` takes the interface's first
-    /// IPv4 address that is not a VIP.
-    pub source_addr: Option<Ipv4Addr>,
-    /// Send adverts to these peers instead of the multicast group, and accept adverts from them only.
-    pub unicast_peers: Vec<Ipv4Addr>,
+    /// The virtual addresses, all IPv4 or all IPv6: an IPv4 and an IPv6 virtual router are
+    /// separate instances (RFC 5798 §5.1). The family of the VIPs is the router's
+    /// ([`Config::family`]): VRRP over IPv4 to 224.0.0.18 or over IPv6 to ff02::12.
+    pub vips: Vec<IpAddr>,
+    /// Source address of the adverts (the primary address), of the VIPs' family; `None` takes the
+    /// interface's first IPv4 address that is not a VIP, or for IPv6 its link-local address
+    /// (RFC 5798 §5.1.2.1).
+    pub source_addr: Option<IpAddr>,
+    /// Send adverts to these peers instead of the multicast group, and accept adverts from them
+    /// only; of the VIPs' family (IPv6 link-local peers are reached on the interface).
+    pub unicast_peers: Vec<IpAddr>,
     /// Program run on every state change with the new state (`MASTER`, `BACKUP`, `INIT`) as its
     /// argument.
     pub notify: Option<PathBuf>,
     /// Conditions that lower the priority while failed.
     pub tracked: Vec<TrackedCondition>,
-    /// Gratuitous ARP schedule.
+    /// Gratuitous ARP / unsolicited Neighbour Advertisement schedule.
     pub garp: GarpConfig,
 }
 
@@ -237,7 +244,7 @@ impl Config {
         priority: Priority,
         advert_interval: AdvertInterval,
         interface: impl Into<String>,
-        vips: Vec<Ipv4Addr>,
+        vips: Vec<IpAddr>,
     ) -> Self {
         Self {
             vrid,
@@ -256,9 +263,18 @@ impl Config {
         }
     }
 
-    /// Checks what spans fields: an interface name the kernel accepts, 1–255 distinct VIPs,
-    /// distinct unicast peers none of which is the source address, distinct tracked conditions with
-    /// weights in 1–254.
+    /// The address family of the router: that of its VIPs (IPv4 when there are none, which
+    /// [`validate`](Self::validate) rejects).
+    #[must_use]
+    pub fn family(&self) -> AddressFamily {
+        self.vips
+            .first()
+            .map_or(AddressFamily::Ipv4, AddressFamily::of)
+    }
+
+    /// Checks what spans fields: an interface name the kernel accepts, 1–255 distinct VIPs of one
+    /// family, a source address and distinct unicast peers of that family, none of the peers the
+    /// source address, distinct tracked conditions with weights in 1–254.
     ///
     /// # Errors
     /// The first problem found, as a [`ConfigError`].
@@ -269,12 +285,21 @@ impl Config {
         {
             return Err(ConfigError::Interface(self.interface.clone()));
         }
-        let vips: Vec<IpAddr> = self.vips.iter().copied().map(IpAddr::V4).collect();
-        check_vips(&vips)?;
+        check_vips(&self.vips)?;
+        let family = self.family();
+        if let Some(addr) = self.source_addr.filter(|a| AddressFamily::of(a) != family) {
+            return Err(ConfigError::SourceFamily { addr, family });
+        }
         let mut peers = HashSet::new();
         for peer in &self.unicast_peers {
+            if AddressFamily::of(peer) != family {
+                return Err(ConfigError::PeerFamily {
+                    peer: *peer,
+                    family,
+                });
+            }
             if !peers.insert(peer) || Some(*peer) == self.source_addr {
-                return Err(ConfigError::Peer(IpAddr::V4(*peer)));
+                return Err(ConfigError::Peer(*peer));
             }
         }
         let mut names = HashSet::new();
@@ -293,7 +318,8 @@ impl Config {
     }
 }
 
-/// Checks a VIP list: 1–255 addresses, no duplicates, one family.
+/// Checks a VIP list: 1–255 addresses, no duplicates, one family (RFC 5798 §5.1: an IPv4 and an
+/// IPv6 virtual router are separate instances).
 pub(crate) fn check_vips(vips: &[IpAddr]) -> Result<(), ConfigError> {
     if vips.is_empty() {
         return Err(ConfigError::NoVips);
@@ -306,8 +332,9 @@ pub(crate) fn check_vips(vips: &[IpAddr]) -> Result<(), ConfigError> {
         if !seen.insert(vip) {
             return Err(ConfigError::DuplicateVip(*vip));
         }
-        if vip.is_ipv4() != vips[0].is_ipv4() {
-            return Err(ConfigError::AddressFamily(*vip));
+        let family = AddressFamily::of(&vips[0]);
+        if AddressFamily::of(vip) != family {
+            return Err(ConfigError::MixedVips { vip: *vip, family });
         }
     }
     Ok(())
@@ -345,6 +372,33 @@ pub enum ConfigError {
     /// An address of another family than the router's.
     #[error("address {0} is not of the router's address family")]
     AddressFamily(IpAddr),
+    /// VIPs of both families in one router.
+    #[error(
+        "virtual address {vip} is not {family} like the first one; an IPv4 and an IPv6 virtual \
+         router are separate vrrp instances (RFC 5798 §5.1)"
+    )]
+    MixedVips {
+        /// The first VIP of the other family.
+        vip: IpAddr,
+        /// The family of the first VIP, the router's.
+        family: AddressFamily,
+    },
+    /// A source address of the other family than the VIPs.
+    #[error("source address {addr} is not {family} like the virtual addresses")]
+    SourceFamily {
+        /// The configured source address.
+        addr: IpAddr,
+        /// The family of the VIPs.
+        family: AddressFamily,
+    },
+    /// A unicast peer of the other family than the VIPs.
+    #[error("unicast peer {peer} is not {family} like the virtual addresses")]
+    PeerFamily {
+        /// The peer.
+        peer: IpAddr,
+        /// The family of the VIPs.
+        family: AddressFamily,
+    },
     /// A bad interface name.
     #[error("interface name {0:?} is not a valid linux interface name")]
     Interface(String),
@@ -393,7 +447,7 @@ mod tests {
 
     #[test]
     fn validate_config() {
-        let vip = Ipv4Addr::new(198, 18, 0, 100);
+        let vip = IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 0, 100));
         let mut c = Config::new(
             VrId::new(51).unwrap(),
             Priority::new(150).unwrap(),
@@ -403,10 +457,7 @@ mod tests {
         );
         assert_eq!(c.validate(), Ok(()));
         c.vips.push(vip);
-        assert_eq!(
-            c.validate(),
-            Err(ConfigError::DuplicateVip(IpAddr::V4(vip)))
-        );
+        assert_eq!(c.validate(), Err(ConfigError::DuplicateVip(vip)));
         c.vips.pop();
         c.tracked.push(TrackedCondition {
             name: "pool".into(),
@@ -424,5 +475,51 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::NoVips));
         assert_eq!(VrId::new(0), Err(ConfigError::VrId(0)));
         assert_eq!(Priority::new(0), Err(ConfigError::Priority(0)));
+    }
+
+    #[test]
+    fn one_family_per_router() {
+        let v6: IpAddr = "2001:db8::100".parse().unwrap();
+        let v4: IpAddr = "198.18.0.100".parse().unwrap();
+        let mut c = Config::new(
+            VrId::new(51).unwrap(),
+            Priority::DEFAULT,
+            AdvertInterval::DEFAULT,
+            "eth0",
+            vec![v6],
+        );
+        assert_eq!(c.family(), AddressFamily::Ipv6);
+        assert_eq!(c.validate(), Ok(()));
+        c.unicast_peers = vec!["fe80::2".parse().unwrap()];
+        c.source_addr = Some("fe80::1".parse().unwrap());
+        assert_eq!(c.validate(), Ok(()));
+        c.vips.push(v4);
+        let err = c.validate().unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::MixedVips {
+                vip: v4,
+                family: AddressFamily::Ipv6
+            }
+        );
+        assert!(err.to_string().contains("separate vrrp instances"), "{err}");
+        c.vips.pop();
+        c.unicast_peers.push("198.18.0.3".parse().unwrap());
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::PeerFamily {
+                family: AddressFamily::Ipv6,
+                ..
+            })
+        ));
+        c.unicast_peers.pop();
+        c.source_addr = Some(v4);
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::SourceFamily {
+                addr: v4,
+                family: AddressFamily::Ipv6
+            })
+        );
     }
 }

@@ -4,8 +4,9 @@
 //! (a [`std::time::Instant`]; tests use a virtual one), and every effect comes out as an [`Action`]
 //! to carry out. The caller's loop is:
 //!
-//! 1. feed inputs: [`Router::startup`], [`Router::handle_packet`] (a raw IPv4 datagram) or
-//!    [`Router::handle_advert`] (an already parsed advert), [`Router::set_priority`],
+//! 1. feed inputs: [`Router::startup`], [`Router::handle_packet`] (a raw IPv4 datagram),
+//!    [`Router::handle_ipv6`] (a VRRP message from a raw IPv6 socket with its addresses and hop
+//!    limit) or [`Router::handle_advert`] (an already parsed advert), [`Router::set_priority`],
 //!    [`Router::shutdown`];
 //! 2. when the instant returned by [`Router::poll_timeout`] passes, call [`Router::handle_timeout`];
 //! 3. after each input, drain [`Router::poll_action`] and perform the actions in order.
@@ -17,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use crate::config::{AdvertInterval, ConfigError, GarpConfig, Priority, VrId, check_vips};
@@ -70,10 +71,12 @@ pub enum Action {
     SendAdvert {
         /// Priority it carries (0 when the master resigns); the same as `repr.priority`.
         priority: u8,
-        /// The whole advert, ready for [`crate::wire::ipv4::emit_advert`].
+        /// The whole advert, ready for [`crate::wire::ipv4::emit_advert`] (IPv4) or
+        /// [`crate::wire::Repr::to_bytes`] (IPv6).
         repr: AdvertRepr,
     },
-    /// Broadcast `count` gratuitous ARPs for each VIP.
+    /// Broadcast `count` gratuitous ARPs for each IPv4 VIP, or send `count` unsolicited Neighbour
+    /// Advertisements for each IPv6 VIP (RFC 5798 §6.4.1, §6.4.2).
     SendGratuitousArp {
         /// The VIPs to announce.
         vips: Vec<IpAddr>,
@@ -411,6 +414,30 @@ impl Router {
     pub fn handle_packet(&mut self, now: Instant, datagram: &[u8]) -> Result<(), DropReason> {
         self.counters.received += 1;
         match validate::parse_ipv4(datagram) {
+            Ok((src, advert)) => self.process_advert(now, src, &advert),
+            Err(reason) => {
+                self.counters.count_drop(reason);
+                Err(reason)
+            }
+        }
+    }
+
+    /// Handles a VRRP message read from a raw IPv6 socket, with what `recvmsg` said about it:
+    /// checks it (RFC 5798 §7.1, see [`validate::parse_ipv6`]) and, if it passes, runs the state
+    /// machine on it.
+    ///
+    /// # Errors
+    /// The [`DropReason`] of a dropped advert, already counted.
+    pub fn handle_ipv6(
+        &mut self,
+        now: Instant,
+        message: &[u8],
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        hop_limit: Option<u8>,
+    ) -> Result<(), DropReason> {
+        self.counters.received += 1;
+        match validate::parse_ipv6(message, src, dst, hop_limit) {
             Ok((src, advert)) => self.process_advert(now, src, &advert),
             Err(reason) => {
                 self.counters.count_drop(reason);

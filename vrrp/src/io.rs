@@ -1,11 +1,16 @@
 //! The thin I/O layer: tokio sockets and timers around the sans-IO [`Router`].
 //!
-//! - a raw IPv4 socket for protocol 112, bound to the interface (`SO_BINDTODEVICE`), joined to
-//!   224.0.0.18 on it (`IP_ADD_MEMBERSHIP`), multicast loop off, TTL 255, writing its own IP header
-//!   (`IP_HDRINCL`, TOS 0xc0, as keepalived) — or sending to unicast peers instead;
-//! - an `AF_PACKET` socket for gratuitous ARPs;
-//! - netlink ([`rtnetlink`]) to read the interface (index, MAC, primary address) and to add and
-//!   remove the VIPs;
+//! - IPv4 VIPs: a raw IPv4 socket for protocol 112, bound to the interface (`SO_BINDTODEVICE`),
+//!   joined to 224.0.0.18 on it (`IP_ADD_MEMBERSHIP`), multicast loop off, TTL 255, writing its own
+//!   IP header (`IP_HDRINCL`, TOS 0xc0, as keepalived) — or sending to unicast peers instead;
+//! - IPv6 VIPs (RFC 5798 §5.1.2): a raw IPv6 socket for protocol 112 bound to the interface's
+//!   link-local address, joined to ff02::12 (or sending to unicast peers), hop limit 255, traffic
+//!   class 0xc0; the kernel writes the IPv6 header and reports hop limit and destination of what it
+//!   receives as ancillary data (`IPV6_RECVHOPLIMIT`, `IPV6_RECVPKTINFO`); the VRRP checksum is ours
+//!   both ways (`IPV6_CHECKSUM` stays off, so the kernel neither fills nor checks it);
+//! - an `AF_PACKET` socket for gratuitous ARPs and unsolicited Neighbour Advertisements;
+//! - netlink ([`rtnetlink`]) to read the interface (index, MAC, primary or link-local address) and
+//!   to add and remove the VIPs;
 //! - the notify program, run on each state change with the new state as argument, one at a time,
 //!   without blocking the protocol;
 //! - the [`Tracker`] of tracked conditions, whose changes become [`Router::set_priority`] calls.
@@ -25,16 +30,21 @@
 //! ```
 
 use std::io::{self as stdio, Read};
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::mem::MaybeUninit;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, CacheInfo,
+};
 use rtnetlink::packet_route::link::LinkAttribute;
-use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, Socket, Type};
+use socket2::{
+    Domain, InterfaceIndexOrAddress, MaybeUninitSlice, MsgHdrMut, Protocol, SockAddr, Socket, Type,
+};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -44,12 +54,17 @@ use crate::config::{Config, ConfigError};
 use crate::fsm::{Action, Router, RouterConfig, State};
 use crate::track::{self, Tracker};
 use crate::validate::Counters;
-use crate::wire::{self, arp, ipv4};
+use crate::wire::{self, AddressFamily, arp, ipv4, ndisc};
 
 /// How long a notify program may run before it is killed.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most datagrams read per wake-up before the timers get a turn.
 const READ_BURST: usize = 64;
+/// How long to wait for the interface's IPv6 link-local address to become usable (duplicate
+/// address detection takes about a second by default; a link may also still be coming up).
+const LINK_LOCAL_WAIT: Duration = Duration::from_secs(10);
+/// How often to look again while waiting for it.
+const LINK_LOCAL_POLL: Duration = Duration::from_millis(100);
 
 /// What the daemon reads about the virtual router: a cheap snapshot, published through a
 /// [`watch`] channel by [`Speaker::run`].
@@ -64,7 +79,8 @@ pub struct Status {
     pub priority: u8,
     /// The current master: this node while master, the advertising peer while backup.
     pub master: Option<IpAddr>,
-    /// This node's primary address once the interface has been read.
+    /// This node's primary address once the interface has been read (for an IPv6 router, the
+    /// link-local address its adverts come from).
     pub address: Option<IpAddr>,
     /// Wall-clock time of the last state change.
     pub last_transition: Option<SystemTime>,
@@ -98,9 +114,24 @@ pub enum Error {
     /// The interface has no Ethernet address for gratuitous ARPs.
     #[error("interface {0:?} has no ethernet address")]
     NoMac(String),
-    /// No source address configured and none on the interface.
+    /// No source address configured and none on the interface (IPv4).
     #[error("interface {0:?} has no ipv4 address to send adverts from; configure source_addr")]
     NoSourceAddress(String),
+    /// No usable IPv6 link-local address on the interface to send adverts from (RFC 5798
+    /// §5.1.2.1), within the wait.
+    #[error(
+        "interface {interface:?} has no usable ipv6 link-local address after {waited:?} ({why}); \
+         check that ipv6 is enabled on it and that duplicate address detection succeeded, or \
+         configure source_addr"
+    )]
+    NoLinkLocal {
+        /// The interface.
+        interface: String,
+        /// How long the speaker waited.
+        waited: Duration,
+        /// What was found: none at all, or only tentative / failed ones.
+        why: &'static str,
+    },
     /// A socket could not be set up.
     #[error("{what}: {source}")]
     Socket {
@@ -291,7 +322,8 @@ async fn config_run(
 struct Link {
     index: u32,
     mac: arp::MacAddr,
-    address: Ipv4Addr,
+    /// The source of the adverts: the primary IPv4 address, or the IPv6 link-local one.
+    address: IpAddr,
 }
 
 async fn drive(
@@ -310,22 +342,22 @@ async fn drive(
         config.vrid,
         config.priority,
         config.advert_interval,
-        IpAddr::V4(link.address),
-        config.vips.iter().copied().map(IpAddr::V4).collect(),
+        link.address,
+        config.vips.clone(),
     );
     router_config.preempt = config.preempt;
     router_config.preempt_delay = config.preempt_delay;
     router_config.accept_mode = config.accept_mode;
-    router_config.unicast_peers = config
+    router_config
         .unicast_peers
-        .iter()
-        .copied()
-        .map(IpAddr::V4)
-        .collect();
+        .clone_from(&config.unicast_peers);
     router_config.garp = config.garp;
     let mut router = Router::new(router_config)?;
 
-    let vrrp = open_vrrp_socket(config, link.index)?;
+    let vrrp = match link.address {
+        IpAddr::V4(_) => open_vrrp_socket(config, link.index)?,
+        IpAddr::V6(source) => open_vrrp_socket_v6(config, link.index, source)?,
+    };
     let garp = Arc::new(open_packet_socket()?);
     let notifier = config.notify.clone().map(Notifier::spawn);
     let mut io = Io {
@@ -340,7 +372,7 @@ async fn drive(
     };
     info!(
         interface = %config.interface, vrid = %config.vrid, priority = config.priority.get(),
-        address = %link.address, "vrrp speaker starting"
+        address = %link.address, family = %config.family(), "vrrp speaker starting"
     );
 
     // VIPs still on the interface: this node was master when its daemon stopped. Held across a
@@ -462,11 +494,28 @@ async fn receive(
     io: &mut Io<'_>,
 ) -> Result<(), Error> {
     let mut guard = readable.map_err(sock_err("wait for vrrp socket"))?;
+    let v6 = io.link.address.is_ipv6();
     for _ in 0..READ_BURST {
-        match guard.try_io(|fd| fd.get_ref().read(buf)) {
-            Ok(Ok(n)) => {
-                let datagram = buf.get(..n).unwrap_or_default();
-                if let Err(reason) = router.handle_packet(now(), datagram) {
+        let read = if v6 {
+            guard.try_io(|fd| recv_v6(fd.get_ref(), buf).map(Received::V6))
+        } else {
+            guard.try_io(|fd| fd.get_ref().read(buf).map(Received::V4))
+        };
+        match read {
+            Ok(Ok(received)) => {
+                let handled = match received {
+                    Received::V4(n) => {
+                        router.handle_packet(now(), buf.get(..n).unwrap_or_default())
+                    }
+                    Received::V6(m) => router.handle_ipv6(
+                        now(),
+                        buf.get(..m.len).unwrap_or_default(),
+                        m.src,
+                        m.dst,
+                        m.hop_limit,
+                    ),
+                };
+                if let Err(reason) = handled {
                     debug!(%reason, "advert dropped");
                 }
                 io.perform(router).await;
@@ -479,6 +528,121 @@ async fn receive(
         }
     }
     Ok(())
+}
+
+/// What one read of the VRRP socket gave.
+enum Received {
+    /// A whole IPv4 datagram of this length.
+    V4(usize),
+    /// A VRRP message from a raw IPv6 socket.
+    V6(RecvV6),
+}
+
+/// A VRRP message read from the raw IPv6 socket, and what `recvmsg` said about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RecvV6 {
+    /// Length of the message (the kernel has stripped the IPv6 header).
+    len: usize,
+    /// The sender.
+    src: Ipv6Addr,
+    /// The destination: ff02::12 or this node's address (`IPV6_PKTINFO`).
+    dst: Ipv6Addr,
+    /// The hop limit it arrived with (`IPV6_HOPLIMIT`).
+    hop_limit: Option<u8>,
+}
+
+/// Room for the two control messages asked for (`IPV6_HOPLIMIT`, `IPV6_PKTINFO`) with margin.
+const CONTROL_LEN: usize = 128;
+
+/// Reads one message from the raw IPv6 socket into `buf`, with its ancillary data.
+fn recv_v6(socket: &Socket, buf: &mut [u8]) -> stdio::Result<RecvV6> {
+    let mut data = vec![MaybeUninit::new(0u8); buf.len()];
+    let mut control = [MaybeUninit::new(0u8); CONTROL_LEN];
+    let mut from = SockAddr::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0));
+    let (len, control_len) = {
+        let mut bufs = [MaybeUninitSlice::new(&mut data)];
+        let mut msg = MsgHdrMut::new()
+            .with_addr(&mut from)
+            .with_buffers(&mut bufs)
+            .with_control(&mut control);
+        let len = socket.recvmsg(&mut msg, 0)?;
+        (len, msg.control_len())
+    };
+    let len = len.min(buf.len());
+    for (dst, src) in buf.iter_mut().zip(init_bytes(&data[..len])) {
+        *dst = *src;
+    }
+    let src = from
+        .as_socket_ipv6()
+        .map(|a| *a.ip())
+        .ok_or_else(|| stdio::Error::other("recvmsg gave no ipv6 source address"))?;
+    let (hop_limit, dst) = parse_control(init_bytes(&control[..control_len.min(CONTROL_LEN)]));
+    // Without IPV6_PKTINFO the checksum cannot be checked; the kernel always sends it once asked.
+    let dst = dst.ok_or_else(|| stdio::Error::other("recvmsg gave no IPV6_PKTINFO"))?;
+    Ok(RecvV6 {
+        len,
+        src,
+        dst,
+        hop_limit,
+    })
+}
+
+/// The bytes of a buffer this module initialised itself (every element `MaybeUninit::new(0)`
+/// before `recvmsg` wrote into it).
+#[expect(
+    unsafe_code,
+    reason = "socket2's recvmsg takes MaybeUninit buffers; ours are initialised, and reading them \
+              back as bytes needs the cast"
+)]
+fn init_bytes(bytes: &[MaybeUninit<u8>]) -> &[u8] {
+    // SAFETY: every element was initialised with `MaybeUninit::new(0)` and the kernel only writes
+    // whole bytes; `MaybeUninit<u8>` has the layout of `u8`.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<u8>(), bytes.len()) }
+}
+
+/// Walks the control messages of a `recvmsg` (`cmsghdr` after `cmsghdr`, each padded to the
+/// alignment of `size_t`) for the hop limit (`IPV6_HOPLIMIT`, an int) and the destination address
+/// (`IPV6_PKTINFO`, `in6_pktinfo`). Reads bytes only, so nothing here can go out of bounds.
+fn parse_control(control: &[u8]) -> (Option<u8>, Option<Ipv6Addr>) {
+    const ALIGN: usize = size_of::<usize>();
+    let header = size_of::<libc::cmsghdr>();
+    let align = |n: usize| n.div_ceil(ALIGN) * ALIGN;
+    let int = |b: &[u8]| b.try_into().ok().map(i32::from_ne_bytes);
+    let (mut hop_limit, mut dst) = (None, None);
+    let mut at = 0;
+    while let Some(h) = control.get(at..at + header) {
+        // cmsg_len is a size_t (glibc; on 64-bit musl a socklen_t and zero padding, the same
+        // word on little-endian), then the level and type ints.
+        let len = h
+            .get(..ALIGN)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, usize::from_ne_bytes);
+        let level = h.get(ALIGN..ALIGN + 4).and_then(int);
+        let kind = h.get(ALIGN + 4..ALIGN + 8).and_then(int);
+        if len < header {
+            break;
+        }
+        let data = control
+            .get(at + align(header)..at + len)
+            .unwrap_or_default();
+        match (level, kind) {
+            (Some(libc::IPPROTO_IPV6), Some(libc::IPV6_HOPLIMIT)) => {
+                hop_limit = data
+                    .get(..4)
+                    .and_then(int)
+                    .and_then(|h| u8::try_from(h).ok());
+            }
+            (Some(libc::IPPROTO_IPV6), Some(libc::IPV6_PKTINFO)) => {
+                dst = data
+                    .get(..16)
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                    .map(Ipv6Addr::from);
+            }
+            _ => {}
+        }
+        at += align(len);
+    }
+    (hop_limit, dst)
 }
 
 /// The instant of the protocol clock; tokio's, so paused-time tests drive it too.
@@ -547,49 +711,73 @@ impl Io<'_> {
     }
 
     fn send_advert(&mut self, repr: &wire::Repr) {
-        let destinations: Vec<Ipv4Addr> = if self.config.unicast_peers.is_empty() {
-            vec![wire::MULTICAST_V4]
+        let destinations: Vec<IpAddr> = if self.config.unicast_peers.is_empty() {
+            vec![self.config.family().multicast_group()]
         } else {
             self.config.unicast_peers.clone()
         };
         for dst in destinations {
-            self.ident = self.ident.wrapping_add(1);
-            let header = ipv4::Repr::advert(self.link.address, dst, self.ident);
-            let datagram = match ipv4::emit_advert(&header, repr) {
-                Ok(d) => d,
-                Err(e) => {
-                    warn!(error = %e, "cannot build advert");
-                    continue;
-                }
+            let sent = match (self.link.address, dst) {
+                (IpAddr::V4(src), IpAddr::V4(dst)) => self.send_advert_v4(repr, src, dst),
+                (IpAddr::V6(src), IpAddr::V6(dst)) => self.send_advert_v6(repr, src, dst),
+                // Config::validate keeps one family; nothing to send across families.
+                _ => Err(stdio::Error::other("address family mismatch")),
             };
-            let to = SockAddr::from(SocketAddrV4::new(dst, 0));
-            if let Err(e) = self.vrrp.get_ref().send_to(&datagram, &to) {
+            if let Err(e) = sent {
                 warn!(%dst, error = %e, "sending advert failed");
             }
         }
     }
 
+    fn send_advert_v4(
+        &mut self,
+        repr: &wire::Repr,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+    ) -> stdio::Result<()> {
+        self.ident = self.ident.wrapping_add(1);
+        let header = ipv4::Repr::advert(src, dst, self.ident);
+        let datagram = ipv4::emit_advert(&header, repr).map_err(stdio::Error::other)?;
+        let to = SockAddr::from(SocketAddrV4::new(dst, 0));
+        self.vrrp.get_ref().send_to(&datagram, &to).map(drop)
+    }
+
+    /// The kernel writes the IPv6 header (hop limit 255 from the socket options); the VRRP
+    /// checksum over the pseudo-header is ours (RFC 5798 §5.2.8).
+    fn send_advert_v6(&self, repr: &wire::Repr, src: Ipv6Addr, dst: Ipv6Addr) -> stdio::Result<()> {
+        let message = repr
+            .to_bytes(IpAddr::V6(src), IpAddr::V6(dst))
+            .map_err(stdio::Error::other)?;
+        let to = SockAddr::from(SocketAddrV6::new(dst, 0, 0, scope_id(dst, self.link.index)));
+        self.vrrp.get_ref().send_to(&message, &to).map(drop)
+    }
+
+    /// Gratuitous ARPs for the IPv4 VIPs, unsolicited Neighbour Advertisements for the IPv6 ones
+    /// (RFC 5798 §6.4.1, §6.4.2), `count` of each per VIP on keepalived's schedule.
     fn send_garps(&self, vips: &[IpAddr], count: u32) {
-        let frames: Vec<[u8; arp::FRAME_LEN]> = vips
-            .iter()
-            .filter_map(|v| match v {
-                IpAddr::V4(v4) => Some(arp::gratuitous_request(self.link.mac, *v4)),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
-        let to = match packet_addr(self.link.index) {
-            Ok(to) => to,
-            Err(e) => {
-                warn!(error = %e, "cannot address gratuitous arp");
-                return;
+        let mut frames: Vec<(Vec<u8>, SockAddr)> = Vec::new();
+        for vip in vips {
+            let frame = match vip {
+                IpAddr::V4(v4) => packet_addr(self.link.index, arp::ETHERTYPE_ARP, arp::BROADCAST)
+                    .map(|to| (arp::gratuitous_request(self.link.mac, *v4).to_vec(), to)),
+                IpAddr::V6(v6) => {
+                    packet_addr(self.link.index, ndisc::ETHERTYPE_IPV6, ndisc::ALL_NODES_MAC)
+                        .map(|to| (ndisc::unsolicited_na(self.link.mac, *v6).to_vec(), to))
+                }
+            };
+            match frame {
+                Ok(f) => frames.push(f),
+                Err(e) => {
+                    warn!(%vip, error = %e, "cannot address gratuitous arp / neighbour advert");
+                }
             }
-        };
+        }
         let socket = Arc::clone(&self.garp);
         let interval = self.config.garp.interval;
         let send = move |socket: &Socket| {
-            for frame in &frames {
-                if let Err(e) = socket.send_to(frame, &to) {
-                    warn!(error = %e, "sending gratuitous arp failed");
+            for (frame, to) in &frames {
+                if let Err(e) = socket.send_to(frame, to) {
+                    warn!(error = %e, "sending gratuitous arp / neighbour advert failed");
                 }
             }
         };
@@ -612,13 +800,11 @@ impl Io<'_> {
     async fn add_vips(&self, vips: &[IpAddr]) {
         for vip in vips {
             let prefix = if vip.is_ipv4() { 32 } else { 128 };
-            match self
-                .netlink
-                .address()
-                .add(self.link.index, *vip, prefix)
-                .execute()
-                .await
-            {
+            let mut request = self.netlink.address().add(self.link.index, *vip, prefix);
+            if vip.is_ipv6() {
+                ipv6_vip_message(request.message_mut());
+            }
+            match request.execute().await {
                 Ok(()) => info!(%vip, "vip added"),
                 Err(e) if netlink_errno(&e) == Some(libc::EEXIST) => debug!(%vip, "vip present"),
                 Err(e) => warn!(%vip, error = %e, "adding vip failed"),
@@ -669,6 +855,33 @@ impl Io<'_> {
     }
 }
 
+/// An IPv6 VIP is added as keepalived adds it: `nodad`, so it is usable at once (a master must
+/// answer for it now, and its peer just gave it up), and deprecated (preferred lifetime 0, valid
+/// forever), so the node does not pick it as the source of its own connections (RFC 6724 rule 3)
+/// while it still receives and answers on it.
+fn ipv6_vip_message(message: &mut AddressMessage) {
+    message.header.flags |= AddressHeaderFlags::Nodad;
+    message
+        .attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    let mut lifetimes = CacheInfo::default();
+    lifetimes.ifa_preferred = 0;
+    lifetimes.ifa_valid = u32::MAX;
+    message
+        .attributes
+        .push(AddressAttribute::CacheInfo(lifetimes));
+}
+
+/// The scope id to send to `dst` with: the interface for link-local and multicast destinations,
+/// which are ambiguous without one, 0 otherwise.
+fn scope_id(dst: Ipv6Addr, ifindex: u32) -> u32 {
+    if dst.is_unicast_link_local() || dst.is_multicast() {
+        ifindex
+    } else {
+        0
+    }
+}
+
 fn netlink_errno(err: &rtnetlink::Error) -> Option<i32> {
     match err {
         rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
@@ -702,9 +915,9 @@ async fn read_link(netlink: &rtnetlink::Handle, config: &Config) -> Result<Link,
             _ => None,
         })
         .ok_or_else(|| Error::NoMac(config.interface.clone()))?;
-    let address = match config.source_addr {
-        Some(a) => a,
-        None => {
+    let address = match (config.source_addr, config.family()) {
+        (Some(a), _) => a,
+        (None, AddressFamily::Ipv4) => {
             let addrs: Vec<_> = netlink
                 .address()
                 .get()
@@ -716,19 +929,94 @@ async fn read_link(netlink: &rtnetlink::Handle, config: &Config) -> Result<Link,
                 .iter()
                 .flat_map(|m| &m.attributes)
                 .find_map(|a| match a {
-                    AddressAttribute::Local(IpAddr::V4(v4)) if !config.vips.contains(v4) => {
-                        Some(*v4)
+                    AddressAttribute::Local(ip @ IpAddr::V4(_)) if !config.vips.contains(ip) => {
+                        Some(*ip)
                     }
                     _ => None,
                 })
                 .ok_or_else(|| Error::NoSourceAddress(config.interface.clone()))?
         }
+        (None, AddressFamily::Ipv6) => IpAddr::V6(wait_link_local(netlink, config, index).await?),
     };
     Ok(Link {
         index,
         mac,
         address,
     })
+}
+
+/// The interface's IPv6 link-local address, the source of IPv6 adverts (RFC 5798 §5.1.2.1: "the
+/// IPv6 link-local address of the interface over which the packet is transmitted"). An address
+/// still tentative (duplicate address detection running) cannot be bound yet: wait for it, up to
+/// [`LINK_LOCAL_WAIT`].
+async fn wait_link_local(
+    netlink: &rtnetlink::Handle,
+    config: &Config,
+    index: u32,
+) -> Result<Ipv6Addr, Error> {
+    let started = tokio::time::Instant::now();
+    let mut logged = false;
+    loop {
+        let addrs: Vec<AddressMessage> = netlink
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await?;
+        let found = link_local(&addrs, &config.vips);
+        if let Ok(addr) = found {
+            return Ok(addr);
+        }
+        let waited = started.elapsed();
+        if waited >= LINK_LOCAL_WAIT {
+            return Err(Error::NoLinkLocal {
+                interface: config.interface.clone(),
+                waited,
+                why: found.err().unwrap_or("none"),
+            });
+        }
+        if !logged {
+            info!(interface = %config.interface, "waiting for a usable ipv6 link-local address");
+            logged = true;
+        }
+        tokio::time::sleep(LINK_LOCAL_POLL).await;
+    }
+}
+
+/// The first usable link-local address among `addrs` that is not a VIP, or why there is none.
+fn link_local(addrs: &[AddressMessage], vips: &[IpAddr]) -> Result<Ipv6Addr, &'static str> {
+    let mut why = "none on the interface";
+    for message in addrs {
+        let Some(addr) = message.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(IpAddr::V6(v6)) if v6.is_unicast_link_local() => Some(*v6),
+            _ => None,
+        }) else {
+            continue;
+        };
+        if vips.contains(&IpAddr::V6(addr)) {
+            continue;
+        }
+        // The full flags are in IFA_FLAGS; the header holds their low byte.
+        let flags = message
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                AddressAttribute::Flags(f) => Some(*f),
+                _ => None,
+            })
+            .unwrap_or_else(|| {
+                AddressFlags::from_bits_retain(u32::from(message.header.flags.bits()))
+            });
+        if flags.contains(AddressFlags::Dadfailed) {
+            why = "duplicate address detection failed";
+        } else if flags.contains(AddressFlags::Tentative) {
+            why = "still tentative";
+        } else {
+            return Ok(addr);
+        }
+    }
+    Err(why)
 }
 
 /// The raw IPv4 socket for protocol 112 on the interface.
@@ -782,6 +1070,91 @@ fn open_vrrp_socket(config: &Config, ifindex: u32) -> Result<AsyncFd<Socket>, Er
         .map_err(|e| sock_err("register vrrp socket with tokio")(e.into()))
 }
 
+/// The raw IPv6 socket for protocol 112 on the interface (RFC 5798 §5.1.2), sending from `source`.
+#[expect(
+    unsafe_code,
+    reason = "tokio's AsyncFd::register is unsafe (the fd must stay open while registered); \
+              socket2 has no setter for IPV6_RECVPKTINFO"
+)]
+fn open_vrrp_socket_v6(
+    config: &Config,
+    ifindex: u32,
+    source: Ipv6Addr,
+) -> Result<AsyncFd<Socket>, Error> {
+    let socket = Socket::new(
+        Domain::IPV6,
+        Type::RAW,
+        Some(Protocol::from(i32::from(wire::IP_PROTOCOL))),
+    )
+    .map_err(sock_err(
+        "open raw ipv6 socket for protocol 112 (needs CAP_NET_RAW)",
+    ))?;
+    socket
+        .bind_device(Some(config.interface.as_bytes()))
+        .map_err(sock_err(
+            "bind vrrp socket to the interface (SO_BINDTODEVICE)",
+        ))?;
+    // §5.1.2.1: the source is the interface's link-local address (or the configured one).
+    socket
+        .bind(&SockAddr::from(SocketAddrV6::new(
+            source,
+            0,
+            0,
+            scope_id(source, ifindex),
+        )))
+        .map_err(sock_err("bind vrrp socket to the source address"))?;
+    // §5.1.2.3: hop limit 255, multicast or unicast.
+    socket
+        .set_multicast_hops_v6(u32::from(wire::TTL))
+        .map_err(sock_err("set IPV6_MULTICAST_HOPS"))?;
+    socket
+        .set_unicast_hops_v6(u32::from(wire::TTL))
+        .map_err(sock_err("set IPV6_UNICAST_HOPS"))?;
+    socket
+        .set_tclass_v6(u32::from(wire::ipv6::TRAFFIC_CLASS))
+        .map_err(sock_err("set IPV6_TCLASS"))?;
+    socket
+        .set_multicast_if_v6(ifindex)
+        .map_err(sock_err("set IPV6_MULTICAST_IF"))?;
+    socket
+        .set_multicast_loop_v6(false)
+        .map_err(sock_err("set IPV6_MULTICAST_LOOP"))?;
+    // §7.1: the hop limit must be checked, and the checksum needs the destination: the kernel
+    // reports both as ancillary data.
+    socket
+        .set_recv_hoplimit_v6(true)
+        .map_err(sock_err("set IPV6_RECVHOPLIMIT"))?;
+    let on: libc::c_int = 1;
+    let len = libc::socklen_t::try_from(size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: a valid fd, and a pointer to an int of the given length that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_RECVPKTINFO,
+            std::ptr::from_ref(&on).cast(),
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(sock_err("set IPV6_RECVPKTINFO")(
+            stdio::Error::last_os_error(),
+        ));
+    }
+    if config.unicast_peers.is_empty() {
+        socket
+            .join_multicast_v6(&wire::MULTICAST_V6, ifindex)
+            .map_err(sock_err("join ff02::12 (IPV6_JOIN_GROUP)"))?;
+    }
+    socket
+        .set_nonblocking(true)
+        .map_err(sock_err("set vrrp socket non-blocking"))?;
+    // SAFETY: `socket` owns a valid fd, and moving it into the AsyncFd keeps it open (and never
+    // replaced) for as long as it is registered.
+    unsafe { AsyncFd::register(socket) }
+        .map_err(|e| sock_err("register vrrp socket with tokio")(e.into()))
+}
+
 /// The `AF_PACKET` socket gratuitous ARPs are sent on (protocol 0: it receives nothing).
 fn open_packet_socket() -> Result<Socket, Error> {
     let socket = Socket::new(Domain::PACKET, Type::RAW, None)
@@ -792,13 +1165,13 @@ fn open_packet_socket() -> Result<Socket, Error> {
     Ok(socket)
 }
 
-/// The link-layer destination of a broadcast ARP frame on interface `ifindex`.
+/// The link-layer destination `mac` of a frame of EtherType `protocol` on interface `ifindex`.
 #[expect(
     unsafe_code,
     reason = "socket2 has no safe constructor for sockaddr_ll; the storage is zeroed and filled \
               as a sockaddr_ll of its own length"
 )]
-fn packet_addr(ifindex: u32) -> Result<SockAddr, stdio::Error> {
+fn packet_addr(ifindex: u32, protocol: u16, mac: arp::MacAddr) -> Result<SockAddr, stdio::Error> {
     let ifindex = i32::try_from(ifindex).map_err(|_| stdio::ErrorKind::InvalidInput)?;
     let family = u16::try_from(libc::AF_PACKET).map_err(|_| stdio::ErrorKind::InvalidInput)?;
     let len = u32::try_from(size_of::<libc::sockaddr_ll>())
@@ -807,10 +1180,10 @@ fn packet_addr(ifindex: u32) -> Result<SockAddr, stdio::Error> {
     // SAFETY: sockaddr_ll is one of the sockaddr types of this platform and fits in the storage.
     let ll = unsafe { storage.view_as::<libc::sockaddr_ll>() };
     ll.sll_family = family;
-    ll.sll_protocol = arp::ETHERTYPE_ARP.to_be();
+    ll.sll_protocol = protocol.to_be();
     ll.sll_ifindex = ifindex;
     ll.sll_halen = 6;
-    ll.sll_addr[..6].copy_from_slice(&arp::BROADCAST);
+    ll.sll_addr[..6].copy_from_slice(&mac);
     // SAFETY: the family is AF_PACKET and the storage holds an initialised sockaddr_ll of `len`.
     Ok(unsafe { SockAddr::new(storage, len) })
 }
@@ -883,5 +1256,114 @@ async fn run_notify(program: &Path, from: State, to: State) {
                 warn!(error = %e, "killing notify program failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One control message as the kernel lays it out: `cmsghdr`, then the data, padded.
+    fn cmsg(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
+        let align = size_of::<usize>();
+        let header = size_of::<libc::cmsghdr>();
+        let len = header + data.len();
+        let mut out = len.to_ne_bytes().to_vec();
+        out.extend_from_slice(&level.to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(data);
+        out.resize(len.div_ceil(align) * align, 0);
+        out
+    }
+
+    #[test]
+    fn control_messages_give_hop_limit_and_destination() {
+        let dst = wire::MULTICAST_V6;
+        let mut pktinfo = dst.octets().to_vec();
+        pktinfo.extend_from_slice(&7u32.to_ne_bytes());
+        let mut control = cmsg(libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &pktinfo);
+        control.extend(cmsg(
+            libc::IPPROTO_IPV6,
+            libc::IPV6_HOPLIMIT,
+            &255i32.to_ne_bytes(),
+        ));
+        assert_eq!(parse_control(&control), (Some(255), Some(dst)));
+        // Truncated or empty: nothing, and no panic.
+        for cut in 0..control.len() {
+            let _ = parse_control(&control[..cut]);
+        }
+        assert_eq!(parse_control(&[]), (None, None));
+        let odd = cmsg(
+            libc::IPPROTO_IPV6,
+            libc::IPV6_HOPLIMIT,
+            &300i32.to_ne_bytes(),
+        );
+        assert_eq!(parse_control(&odd), (None, None));
+    }
+
+    fn address(addr: Ipv6Addr, flags: AddressFlags) -> AddressMessage {
+        let mut m = AddressMessage::default();
+        m.attributes
+            .push(AddressAttribute::Address(IpAddr::V6(addr)));
+        m.attributes.push(AddressAttribute::Flags(flags));
+        m
+    }
+
+    #[test]
+    fn link_local_skips_tentative_failed_and_global_addresses() {
+        let ll: Ipv6Addr = "fe80::1".parse().unwrap();
+        let global: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        assert_eq!(link_local(&[], &[]), Err("none on the interface"));
+        assert_eq!(
+            link_local(&[address(global, AddressFlags::empty())], &[]),
+            Err("none on the interface")
+        );
+        assert_eq!(
+            link_local(&[address(ll, AddressFlags::Tentative)], &[]),
+            Err("still tentative")
+        );
+        assert_eq!(
+            link_local(
+                &[address(
+                    ll,
+                    AddressFlags::Tentative | AddressFlags::Dadfailed
+                )],
+                &[]
+            ),
+            Err("duplicate address detection failed")
+        );
+        assert_eq!(
+            link_local(
+                &[
+                    address(global, AddressFlags::empty()),
+                    address(ll, AddressFlags::Permanent)
+                ],
+                &[]
+            ),
+            Ok(ll)
+        );
+        // A link-local VIP is not the source.
+        assert_eq!(
+            link_local(&[address(ll, AddressFlags::empty())], &[IpAddr::V6(ll)]),
+            Err("none on the interface")
+        );
+    }
+
+    #[test]
+    fn ipv6_vips_are_added_nodad_and_deprecated() {
+        let mut m = AddressMessage::default();
+        ipv6_vip_message(&mut m);
+        assert!(m.header.flags.contains(AddressHeaderFlags::Nodad));
+        assert!(
+            m.attributes
+                .contains(&AddressAttribute::Flags(AddressFlags::Nodad))
+        );
+        assert!(m.attributes.iter().any(|a| matches!(
+            a,
+            AddressAttribute::CacheInfo(c) if c.ifa_preferred == 0 && c.ifa_valid == u32::MAX
+        )));
+        assert_eq!(scope_id("fe80::1".parse().unwrap(), 3), 3);
+        assert_eq!(scope_id(wire::MULTICAST_V6, 3), 3);
+        assert_eq!(scope_id("2001:db8::1".parse().unwrap(), 3), 0);
     }
 }

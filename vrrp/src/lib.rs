@@ -1,15 +1,19 @@
 //! VRRPv3 (RFC 5798) for lbd: the virtual-IP failover between two load-balancer nodes.
 //!
 //! Modules, from the bytes up:
-//! - [`wire`]: the VRRPv3 codec (checked [`wire::Packet`] views, [`wire::Repr`]), with the IPv4
-//!   datagram around it ([`wire::ipv4`]) and gratuitous ARP frames ([`wire::arp`]);
+//! - [`wire`]: the VRRPv3 codec (checked [`wire::Packet`] views, [`wire::Repr`]) for IPv4 and
+//!   IPv6, with the IP headers around it ([`wire::ipv4`], [`wire::ipv6`]), gratuitous ARP frames
+//!   ([`wire::arp`]) and unsolicited Neighbour Advertisements ([`wire::ndisc`]);
 //! - [`validate`]: the receive checks of RFC 5798 §7.1, each drop reason counted in
 //!   [`validate::Counters`];
 //! - [`fsm`]: the sans-IO state machine ([`fsm::Router`]) under a clock the caller supplies;
 //! - [`config`]: validated settings ([`Config`], [`VrId`], [`Priority`], [`AdvertInterval`]);
 //! - [`track`]: tracked conditions that lower the priority ([`track::Tracker`]);
-//! - [`io`]: the thin tokio layer (raw socket, multicast, GARP, VIPs via netlink, notify program)
-//!   and its driver ([`io::Speaker`]).
+//! - [`io`]: the thin tokio layer (raw IPv4 or IPv6 socket, multicast, GARP / Neighbour
+//!   Advertisements, VIPs via netlink, notify program) and its driver ([`io::Speaker`]).
+//!
+//! One [`Config`] is one virtual router of one address family, that of its VIPs
+//! ([`Config::family`]): RFC 5798 runs an IPv4 and an IPv6 virtual router as separate instances.
 //!
 //! The daemon builds a [`Config`], makes a [`Speaker`], reads [`Status`] snapshots from
 //! [`Speaker::status`], flips tracked conditions through [`Speaker::tracker`], and awaits

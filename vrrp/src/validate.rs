@@ -3,10 +3,12 @@
 //!
 //! The checks run in this order; the first failure is the reason:
 //! 1. the IPv4 header is sound and carries protocol 112, unfragmented ([`DropReason::IpHeader`]);
-//! 2. TTL is 255 ([`DropReason::Ttl`]);
+//!    over IPv6 the kernel has checked the header and [`parse_ipv6`] starts at 2;
+//! 2. TTL / hop limit is 255 ([`DropReason::Ttl`]);
 //! 3. the VRRP header is whole ([`DropReason::Truncated`]), version 3 ([`DropReason::Version`]),
-//!    type 1 ([`DropReason::Type`]), its length is 8 + 4 × count ([`DropReason::Length`]) and the
-//!    checksum over the pseudo-header verifies ([`DropReason::Checksum`]);
+//!    type 1 ([`DropReason::Type`]), its length is 8 + 4 × count (8 + 16 × count over IPv6,
+//!    [`DropReason::Length`]) and the checksum over the pseudo-header verifies
+//!    ([`DropReason::Checksum`]);
 //! 4. the advert is of the router's address family ([`DropReason::AddressFamily`]) and the VRID is
 //!    ours ([`DropReason::Vrid`]);
 //! 5. the sender is not this router ([`DropReason::OwnAdvert`]) and, with unicast peers, is one of
@@ -15,7 +17,7 @@
 //! 7. the address list equals the configured VIP set ([`DropReason::AddressList`]);
 //! 8. this router is not the address owner, priority 255 ([`DropReason::LocalOwner`]).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use crate::wire::{self, AddressFamily, Addresses, Repr as AdvertRepr, ipv4};
 
@@ -24,7 +26,8 @@ use crate::wire::{self, AddressFamily, Addresses, Repr as AdvertRepr, ipv4};
 pub enum DropReason {
     /// Malformed IPv4 header, bad header checksum, another protocol, or a fragment.
     IpHeader,
-    /// IPv4 TTL other than 255 (§7.1): the advert crossed a router.
+    /// IPv4 TTL or IPv6 Hop Limit other than 255 (§7.1): the advert crossed a router. Over IPv6
+    /// also an advert whose hop limit the kernel did not report.
     Ttl,
     /// Shorter than the VRRP header.
     Truncated,
@@ -235,6 +238,34 @@ pub fn parse_ipv4(datagram: &[u8]) -> Result<(IpAddr, AdvertRepr), DropReason> {
     }
     let (src, dst) = (IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()));
     let packet = wire::Packet::new_unchecked(ip.payload(), AddressFamily::Ipv4);
+    let advert = AdvertRepr::parse(&packet, src, dst)?;
+    Ok((src, advert))
+}
+
+/// Checks 2–3 for VRRP over IPv6. A raw IPv6 socket hands over the VRRP message only; the
+/// source, destination and hop limit come from `recvmsg` (the hop limit from `IPV6_HOPLIMIT`
+/// ancillary data, `None` when it was missing).
+///
+/// The hop limit must be 255 when the advert was sent to a multicast group (§7.1). To a unicast
+/// address it is not checked, as keepalived does not check it there: keepalived 2.2.7 sends
+/// unicast IPv6 adverts with the default hop limit (64, see `keepalived-v3-ipv6-unicast.pcap`);
+/// the sender must then be a configured peer (check 5).
+///
+/// # Errors
+/// The reason of the first failed check.
+pub fn parse_ipv6(
+    message: &[u8],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop_limit: Option<u8>,
+) -> Result<(IpAddr, AdvertRepr), DropReason> {
+    // §7.1: MUST verify that the IPv6 Hop Limit is 255 (multicast; see above for unicast).
+    if dst.is_multicast() && hop_limit != Some(wire::TTL) {
+        return Err(DropReason::Ttl);
+    }
+    let (src, dst) = (IpAddr::V6(src), IpAddr::V6(dst));
+    let packet = wire::Packet::new_unchecked(message, AddressFamily::Ipv6);
+    // §5.2.8: the checksum covers the IPv6 pseudo-header; §7.1: MUST verify it.
     let advert = AdvertRepr::parse(&packet, src, dst)?;
     Ok((src, advert))
 }

@@ -8,10 +8,14 @@
 //! The VRRP message does not say which address family it carries; the IP layer does. A [`Packet`]
 //! therefore carries an [`AddressFamily`], and the checksum covers the IP pseudo-header built from the
 //! source and destination addresses (§5.2.8). The submodules hold the layers around it:
-//! [`ipv4`] (the full IPv4 datagram a raw socket reads and writes) and [`arp`] (gratuitous ARP).
+//! [`ipv4`] (the full IPv4 datagram a raw socket reads and writes), [`ipv6`] (the IPv6 header, which
+//! a raw IPv6 socket neither reads nor writes), [`arp`] (gratuitous ARP) and [`ndisc`] (unsolicited
+//! Neighbour Advertisements, its IPv6 counterpart).
 
 pub mod arp;
 pub mod ipv4;
+pub mod ipv6;
+pub mod ndisc;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -81,6 +85,24 @@ impl AddressFamily {
             IpAddr::V4(_) => Self::Ipv4,
             IpAddr::V6(_) => Self::Ipv6,
         }
+    }
+
+    /// The VRRP multicast group of this family (RFC 5798 §5.1.1.2, §5.1.2.2).
+    #[must_use]
+    pub const fn multicast_group(self) -> IpAddr {
+        match self {
+            Self::Ipv4 => IpAddr::V4(MULTICAST_V4),
+            Self::Ipv6 => IpAddr::V6(MULTICAST_V6),
+        }
+    }
+}
+
+impl core::fmt::Display for AddressFamily {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Ipv4 => "IPv4",
+            Self::Ipv6 => "IPv6",
+        })
     }
 }
 
@@ -630,13 +652,9 @@ fn pseudo_header_sum(family: AddressFamily, src: IpAddr, dst: IpAddr, len: usize
                     + u32::from(len16),
             )
         }
-        (AddressFamily::Ipv6, IpAddr::V6(s), IpAddr::V6(d)) => Some(
-            sum_words(&s.octets())
-                + sum_words(&d.octets())
-                + (len >> 16)
-                + (len & 0xffff)
-                + u32::from(IP_PROTOCOL),
-        ),
+        (AddressFamily::Ipv6, IpAddr::V6(s), IpAddr::V6(d)) => {
+            Some(ipv6::pseudo_header_sum(s, d, len, IP_PROTOCOL))
+        }
         _ => None,
     }
 }
@@ -672,6 +690,27 @@ mod tests {
             Repr::parse(&packet, src, v4([10, 99, 0, 3])),
             Err(Error::Checksum)
         );
+    }
+
+    #[test]
+    fn emit_matches_keepalived_ipv6_capture() {
+        // Frame 4 of keepalived-v3-ipv6-mcast.pcap, VRRP part: the checksum covers the IPv6
+        // pseudo-header (RFC 5798 §5.2.8) from the link-local source to ff02::12.
+        let mut expected = vec![0x31, 0x33, 0x96, 0x01, 0x00, 0x64, 0x0b, 0x5c];
+        expected.extend_from_slice(&"2001:db8:99::100".parse::<Ipv6Addr>().unwrap().octets());
+        let repr = Repr {
+            vrid: 51,
+            priority: 150,
+            max_adver_int: 100,
+            addresses: Addresses::V6(vec!["2001:db8:99::100".parse().unwrap()]),
+        };
+        let src: IpAddr = "fe80::99:ff:fe00:2".parse().unwrap();
+        let dst = IpAddr::V6(MULTICAST_V6);
+        assert_eq!(repr.to_bytes(src, dst).unwrap(), expected);
+        let packet = Packet::new_checked(&expected[..], AddressFamily::Ipv6).unwrap();
+        assert_eq!(Repr::parse(&packet, src, dst).unwrap(), repr);
+        let other: IpAddr = "fe80::99:ff:fe00:3".parse().unwrap();
+        assert_eq!(Repr::parse(&packet, other, dst), Err(Error::Checksum));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{Frame, fixture, vrrp_datagram};
 use proptest::prelude::*;
-use vrrp::wire::{self, AddressFamily, Addresses, Packet, Repr, arp, ipv4};
+use vrrp::wire::{self, AddressFamily, Addresses, Packet, Repr, arp, ipv4, ipv6, ndisc};
 use vrrp::{AdvertInterval, DropReason, Priority, Router, RouterConfig, VrId};
 
 const V3_FIXTURES: [&str; 3] = [
@@ -196,6 +196,161 @@ fn unicast_capture_checksums_bind_the_peer_destination() {
         let vrrp = Packet::new_checked(ip.payload(), AddressFamily::Ipv4).unwrap();
         assert!(vrrp.verify_checksum(IpAddr::V4(NODE_A), IpAddr::V4(NODE_B)));
         assert!(!vrrp.verify_checksum(IpAddr::V4(NODE_A), IpAddr::V4(wire::MULTICAST_V4)));
+    }
+}
+
+/// The IPv6 captures: a keepalived pair over IPv6 (RFC 5798 §5.1.2), see fixtures/README.md.
+const V6_FIXTURES: [&str; 2] = [
+    "keepalived-v3-ipv6-mcast.pcap",
+    "keepalived-v3-ipv6-unicast.pcap",
+];
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x99, 0, 0, 0, 0, 0x100);
+const LL_A: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0x99, 0xff, 0xfe00, 2);
+const LL_B: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0x99, 0xff, 0xfe00, 3);
+
+/// The IPv6 packets of the frames that carry VRRP directly (not quoted in an ICMPv6 error).
+fn ipv6_adverts(frames: &[Frame]) -> Vec<(Duration, ipv6::Packet<&[u8]>)> {
+    frames
+        .iter()
+        .filter(|f| f.data.get(12..14) == Some(&[0x86, 0xdd][..]))
+        .filter_map(|f| Some((f.ts, ipv6::Packet::new_checked(f.data.get(14..)?).ok()?)))
+        .filter(|(_, ip)| ip.next_header() == wire::IP_PROTOCOL)
+        .collect()
+}
+
+#[test]
+fn ipv6_captures_decode_verify_and_reencode_byte_for_byte() {
+    for name in V6_FIXTURES {
+        let frames = fixture(name);
+        let adverts = ipv6_adverts(&frames);
+        assert!(adverts.len() >= 8, "{name}: only {} adverts", adverts.len());
+        for (i, (_, ip)) in adverts.iter().enumerate() {
+            let (src, dst) = (ip.src_addr(), ip.dst_addr());
+            // §5.1.2.1: sent from the link-local address of the interface.
+            assert!(src == LL_A || src == LL_B, "{name} advert {i}: {src}");
+            assert_eq!(ip.traffic_class(), 0xc0, "{name} advert {i}");
+            let vrrp = Packet::new_checked(ip.payload(), AddressFamily::Ipv6).unwrap();
+            // §5.2.8: the checksum covers the IPv6 pseudo-header with the actual destination.
+            assert!(vrrp.verify_checksum(IpAddr::V6(src), IpAddr::V6(dst)));
+            let (_, advert) =
+                vrrp::validate::parse_ipv6(ip.payload(), src, dst, Some(ip.hop_limit()))
+                    .unwrap_or_else(|e| panic!("{name} advert {i}: {e}"));
+            assert_eq!(advert.vrid, 51);
+            assert_eq!(advert.max_adver_int, 100);
+            // keepalived lists the configured VIPs, global ones too (it only logs that the first
+            // "should be" link-local, RFC 5798 §5.2.9).
+            assert_eq!(advert.addresses, Addresses::V6(vec![VIP6]));
+            assert_eq!(
+                advert.to_bytes(IpAddr::V6(src), IpAddr::V6(dst)).unwrap(),
+                ip.payload(),
+                "{name} advert {i}: re-encoding differs"
+            );
+            if name.contains("mcast") {
+                assert_eq!(dst, wire::MULTICAST_V6);
+                assert_eq!(ip.hop_limit(), 255, "{name} advert {i}");
+                // A lower hop limit to the group is dropped (§7.1).
+                assert_eq!(
+                    vrrp::validate::parse_ipv6(ip.payload(), src, dst, Some(254)),
+                    Err(DropReason::Ttl)
+                );
+                assert_eq!(
+                    vrrp::validate::parse_ipv6(ip.payload(), src, dst, None),
+                    Err(DropReason::Ttl)
+                );
+            } else {
+                // keepalived 2.2.7 sends unicast IPv6 adverts with the default hop limit.
+                assert!(dst == LL_A || dst == LL_B);
+                assert_eq!(ip.hop_limit(), 64, "{name} advert {i}");
+                // The checksum binds the destination.
+                assert!(!vrrp.verify_checksum(IpAddr::V6(src), IpAddr::V6(wire::MULTICAST_V6)));
+            }
+            // Another source does not verify.
+            let other = if src == LL_A { LL_B } else { LL_A };
+            assert_eq!(
+                vrrp::validate::parse_ipv6(ip.payload(), other, dst, Some(255)),
+                Err(DropReason::Checksum)
+            );
+        }
+    }
+}
+
+#[test]
+fn ipv6_capture_hands_over_after_skew_time_and_a_router_follows() {
+    let frames = fixture("keepalived-v3-ipv6-mcast.pcap");
+    let adverts = ipv6_adverts(&frames);
+    let parsed: Vec<(Duration, Ipv6Addr, Repr)> = adverts
+        .iter()
+        .map(|(ts, ip)| {
+            let (_, a) = vrrp::validate::parse_ipv6(
+                ip.payload(),
+                ip.src_addr(),
+                ip.dst_addr(),
+                Some(ip.hop_limit()),
+            )
+            .unwrap();
+            (*ts, ip.src_addr(), a)
+        })
+        .collect();
+    let zero = parsed
+        .iter()
+        .position(|(_, src, a)| a.priority == 0 && *src == LL_A)
+        .expect("a priority-0 advert from node A");
+    let (t_b, src_b, advert_b) = &parsed[zero + 1];
+    assert_eq!((*src_b, advert_b.priority), (LL_B, 100));
+    // RFC 5798 §6.4.2: Skew_Time = (256 − 100) × 1 s / 256.
+    let waited = *t_b - parsed[zero].0;
+    let skew = Duration::from_micros(609_375);
+    assert!(
+        waited >= skew && waited < skew + Duration::from_millis(5),
+        "{waited:?}"
+    );
+
+    // Our router as a third backup (priority 50) accepts every advert of the capture.
+    let mut router = Router::new(RouterConfig::new(
+        VrId::new(51).unwrap(),
+        Priority::new(50).unwrap(),
+        AdvertInterval::DEFAULT,
+        IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 9)),
+        vec![IpAddr::V6(VIP6)],
+    ))
+    .unwrap();
+    let t0 = Instant::now();
+    router.startup(t0);
+    let start = adverts[0].0;
+    for (ts, ip) in &adverts {
+        router
+            .handle_ipv6(
+                t0 + (*ts - start),
+                ip.payload(),
+                ip.src_addr(),
+                ip.dst_addr(),
+                Some(ip.hop_limit()),
+            )
+            .unwrap();
+    }
+    assert_eq!(router.counters().accepted, adverts.len() as u64);
+    // The capture ends with B stopping: its priority-0 advert leaves no master (§6.4.2).
+    let (_, last_src, last) = parsed.last().unwrap();
+    assert_eq!((*last_src, last.priority), (LL_B, 0));
+    assert_eq!(router.master_address(), None);
+}
+
+#[test]
+fn neighbour_adverts_match_the_builder_byte_for_byte() {
+    for name in V6_FIXTURES {
+        let frames = fixture(name);
+        let nas: Vec<(&Frame, ndisc::NeighborAdvert)> = frames
+            .iter()
+            .filter_map(|f| ndisc::parse_na(&f.data).map(|na| (f, na)))
+            .filter(|(_, na)| na.target == VIP6)
+            .collect();
+        // 5 from A on becoming master, 5 from B on taking over (keepalived garp_master_repeat).
+        assert_eq!(nas.len(), 10, "{name}");
+        for (f, na) in nas {
+            let mac = na.mac.unwrap();
+            assert_eq!(f.data, ndisc::unsolicited_na(mac, VIP6), "{name}");
+            assert_eq!(na.flags, ndisc::FLAG_OVERRIDE);
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! configuration checks and status channel, a clean error for a missing interface, and the tracker
 //! handle.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,7 +17,7 @@ fn config() -> Config {
         Priority::new(150).unwrap(),
         AdvertInterval::from_millis(100).unwrap(),
         "lbdtest-none0",
-        vec![Ipv4Addr::new(198, 18, 0, 100)],
+        vec![IpAddr::V4(Ipv4Addr::new(198, 18, 0, 100))],
     )
 }
 
@@ -79,8 +79,16 @@ fn speaker_checks_its_configuration() {
     c.vips.clear();
     assert_eq!(Speaker::new(c).unwrap_err(), ConfigError::NoVips);
     let mut c = config();
-    c.unicast_peers = vec![Ipv4Addr::new(198, 18, 0, 3), Ipv4Addr::new(198, 18, 0, 3)];
+    let peer = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 3));
+    c.unicast_peers = vec![peer, peer];
     assert!(matches!(Speaker::new(c), Err(ConfigError::Peer(_))));
+    // One family per router (RFC 5798 §5.1): an IPv6 peer of an IPv4 router is refused.
+    let mut c = config();
+    c.unicast_peers = vec!["fe80::2".parse().unwrap()];
+    assert!(matches!(
+        Speaker::new(c),
+        Err(ConfigError::PeerFamily { .. })
+    ));
 }
 
 #[test]

@@ -283,3 +283,72 @@ fn unicast_adverts_from_a_configured_peer_pass() {
     assert_eq!(r.handle_packet(t0, &d), Ok(()));
     assert_eq!(r.master_address(), Some(IpAddr::V4(PEER)));
 }
+
+#[test]
+fn ipv6_adverts_are_checked_and_counted() {
+    let vip6: Ipv6Addr = "2001:db8:99::100".parse().unwrap();
+    let (me, peer): (Ipv6Addr, Ipv6Addr) = ("fe80::3".parse().unwrap(), "fe80::2".parse().unwrap());
+    let group = wire::MULTICAST_V6;
+    let mut r = Router::new(RouterConfig::new(
+        VrId::new(51).unwrap(),
+        Priority::new(100).unwrap(),
+        AdvertInterval::DEFAULT,
+        IpAddr::V6(me),
+        vec![IpAddr::V6(vip6)],
+    ))
+    .unwrap();
+    let t0 = Instant::now();
+    r.startup(t0);
+    let advert = Repr {
+        addresses: Addresses::V6(vec![vip6]),
+        ..good_advert()
+    };
+    let message = advert
+        .to_bytes(IpAddr::V6(peer), IpAddr::V6(group))
+        .unwrap();
+    // §7.1: hop limit 255 to the group; missing ancillary data counts as a wrong hop limit.
+    assert_eq!(
+        r.handle_ipv6(t0, &message, peer, group, Some(64)),
+        Err(DropReason::Ttl)
+    );
+    assert_eq!(
+        r.handle_ipv6(t0, &message, peer, group, None),
+        Err(DropReason::Ttl)
+    );
+    // §5.2.8: the checksum binds the pseudo-header, so another destination fails it.
+    assert_eq!(
+        r.handle_ipv6(t0, &message, peer, me, Some(255)),
+        Err(DropReason::Checksum)
+    );
+    let mut bad = message.clone();
+    bad[2] ^= 1;
+    assert_eq!(
+        r.handle_ipv6(t0, &bad, peer, group, Some(255)),
+        Err(DropReason::Checksum)
+    );
+    // An IPv4 advert in an IPv6 router's socket cannot verify either.
+    assert_eq!(
+        r.handle_ipv6(t0, &good_datagram()[20..], peer, group, Some(255)),
+        Err(DropReason::Length)
+    );
+    assert_eq!(r.handle_ipv6(t0, &message, peer, group, Some(255)), Ok(()));
+    assert_eq!(r.master_address(), Some(IpAddr::V6(peer)));
+    let c = *r.counters();
+    assert_eq!((c.ttl, c.checksum, c.length, c.accepted), (2, 2, 1, 1));
+
+    // Unicast (keepalived 2.2.7 sends hop limit 64 there): accepted from a configured peer only.
+    let mut config = r.config().clone();
+    config.unicast_peers = vec![IpAddr::V6(peer)];
+    let mut u = Router::new(config).unwrap();
+    u.startup(t0);
+    let to_me = advert.to_bytes(IpAddr::V6(peer), IpAddr::V6(me)).unwrap();
+    assert_eq!(u.handle_ipv6(t0, &to_me, peer, me, Some(64)), Ok(()));
+    let stranger: Ipv6Addr = "fe80::9".parse().unwrap();
+    let from_stranger = advert
+        .to_bytes(IpAddr::V6(stranger), IpAddr::V6(me))
+        .unwrap();
+    assert_eq!(
+        u.handle_ipv6(t0, &from_stranger, stranger, me, Some(255)),
+        Err(DropReason::UnknownSource)
+    );
+}

@@ -4,8 +4,8 @@
 //! its LRU eviction runs too).
 //!
 //! Invariants, for every frame the kernel takes (14 to [`MAX_FRAME`] bytes):
-//! - `XDP_TX` only for a frame to this node's MAC that is IPv4 (no options, not a fragment),
-//!   TCP or UDP with a whole header, to a configured VIP, port and protocol with backends; the
+//! - `XDP_TX` only for a frame to this node's MAC that is IPv4 (no options, not a fragment) or
+//!   IPv6 (no extension header), TCP or UDP with a whole header, to a configured VIP, port and protocol with backends; the
 //!   output is the input but for the MACs: the destination is the MAC of one of that service's
 //!   backends, the source this node's; that backend's counter counts it, and nothing else but
 //!   the flood guard's (a new flow it kept out of the connection table; its rate is set low).
@@ -22,7 +22,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsFd as _,
 };
 
@@ -78,15 +78,30 @@ backends = [ { addr = "198.18.0.24" }, { addr = "198.18.0.25" } ]
 [[service]]
 name = "empty"
 vip = "198.18.0.100:8080"
+[[service]]
+name = "web6"
+vip = "[2001:db8::100]:80"
+backends = [ { addr = "2001:db8::21" }, { addr = "2001:db8::22", weight = 2 } ]
+[[service]]
+name = "dns6"
+vip = "[2001:db8::100]:5353"
+proto = "udp"
+backends = [ { addr = "2001:db8::21" } ]
+[[service]]
+name = "empty6"
+vip = "[2001:db8::100]:8080"
 "#;
 
-/// A backend's MAC: 02:00:00:00:00:<last octet>.
-fn mac_of(addr: Ipv4Addr) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0, addr.octets()[3]]
+/// A backend's MAC: 02:00:00:00:<6 for IPv6, else 0>:<last octet>.
+fn mac_of(addr: IpAddr) -> [u8; 6] {
+    match addr {
+        IpAddr::V4(a) => [0x02, 0, 0, 0, 0, a.octets()[3]],
+        IpAddr::V6(a) => [0x02, 0, 0, 0, 6, a.octets()[15]],
+    }
 }
 
 /// (VIP, port, IP protocol).
-type VipKey = (Ipv4Addr, u16, u8);
+type VipKey = (IpAddr, u16, u8);
 
 /// The loaded program, its maps, and what the engine put in them.
 struct Bed {
@@ -140,7 +155,7 @@ impl Bed {
         let mut macs = BTreeMap::new();
         for svc in engine.services() {
             let key = (
-                *svc.config.vip.ip(),
+                svc.config.vip.ip(),
                 svc.config.vip.port(),
                 svc.config.proto.number(),
             );
@@ -199,11 +214,14 @@ enum Expected {
 fn expected(frame: &[u8], services: &HashMap<VipKey, Vec<u32>>) -> Expected {
     let pass = |r| Expected::Skip(XDP_PASS, r);
     let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+    if ethertype == 0x86dd {
+        return expected6(frame, services);
+    }
     if ethertype != 0x0800 {
         return pass(if ethertype == 0x0806 {
             reason::PASS_ARP
         } else {
-            reason::PASS_NOT_IPV4
+            reason::PASS_NOT_IP
         });
     }
     if frame[0..6] != OWN_MAC {
@@ -235,12 +253,58 @@ fn expected(frame: &[u8], services: &HashMap<VipKey, Vec<u32>>) -> Expected {
         return pass(reason::PASS_TRUNCATED);
     }
     let key = (
-        Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19])),
         u16::from_be_bytes([l4[2], l4[3]]),
         proto,
     );
+    vip_decision(key, services)
+}
+
+/// [`expected`] for an IPv6 frame: ICMPv6 before the MAC check (neighbour discovery goes to
+/// multicast MACs), then the version, then no extension header before TCP or UDP.
+fn expected6(frame: &[u8], services: &HashMap<VipKey, Vec<u32>>) -> Expected {
+    let pass = |r| Expected::Skip(XDP_PASS, r);
+    let ip = &frame[14..];
+    if ip.len() < 40 {
+        return pass(reason::PASS_TRUNCATED);
+    }
+    let proto = ip[6];
+    if proto == 58 {
+        return pass(reason::PASS_ICMP);
+    }
+    if frame[0..6] != OWN_MAC {
+        return pass(reason::PASS_OTHER_MAC);
+    }
+    if ip[0] >> 4 != 6 {
+        return pass(reason::PASS_BAD_IP_HEADER);
+    }
+    let header = match proto {
+        IPPROTO_TCP => 20,
+        IPPROTO_UDP => 8,
+        44 => return pass(reason::PASS_FRAGMENT),
+        0 | 43 | 60 | 50 | 51 | 135 | 139 | 140 | 253 | 254 => {
+            return pass(reason::PASS_IPV6_EXT_HEADER);
+        }
+        _ => return pass(reason::PASS_OTHER_PROTO),
+    };
+    let l4 = &ip[40..];
+    if l4.len() < header {
+        return pass(reason::PASS_TRUNCATED);
+    }
+    let mut dst = [0u8; 16];
+    dst.copy_from_slice(&ip[24..40]);
+    let key = (
+        IpAddr::V6(Ipv6Addr::from(dst)),
+        u16::from_be_bytes([l4[2], l4[3]]),
+        proto,
+    );
+    vip_decision(key, services)
+}
+
+/// The end of both families' checks: a configured VIP forwards, or drops for want of backends.
+fn vip_decision(key: VipKey, services: &HashMap<VipKey, Vec<u32>>) -> Expected {
     match services.get(&key) {
-        None => pass(reason::PASS_NOT_VIP),
+        None => Expected::Skip(XDP_PASS, reason::PASS_NOT_VIP),
         Some(ids) if ids.is_empty() => Expected::Skip(XDP_DROP, reason::DROP_NO_BACKEND),
         Some(_) => Expected::Tx(key),
     }

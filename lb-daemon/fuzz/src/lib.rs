@@ -5,7 +5,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -30,7 +30,8 @@ use lb_daemon::{
 };
 
 /// The config the core runs with: a TCP service with an HTTP check, a UDP service, a service
-/// without backends, and VRRP (so that `vrrp_resign` and `vrrp_resume` reach their handlers).
+/// without backends, an IPv6 service, and VRRP for both families (so that `vrrp_resign` and
+/// `vrrp_resume` reach their handlers).
 /// Backend addresses are those of the fuzz seeds.
 pub const CONFIG: &str = r#"
 [daemon]
@@ -55,15 +56,28 @@ scheduler = "sh"
 backends = [ { addr = "198.18.0.21" }, { addr = "198.18.0.22" } ]
 
 [[service]]
+name = "web6"
+vip = "[2001:db8::100]:80"
+backends = [ { addr = "2001:db8::21" }, { addr = "2001:db8::254" } ]
+
+[[service]]
 name = "empty"
 vip = "198.18.0.101:8080"
 "#;
 
 /// An address the neighbour look-up never finds (so that the "no MAC" answers are reachable):
-/// any address ending in .254.
-pub fn resolves(ip: Ipv4Addr) -> Option<[u8; 6]> {
-    let [a, b, c, d] = ip.octets();
-    (d != 254).then_some([0x02, a, b, c, d, 0x01])
+/// any address ending in .254 (IPv6: in ::254).
+pub fn resolves(ip: IpAddr) -> Option<[u8; 6]> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            (d != 254).then_some([0x02, a, b, c, d, 0x01])
+        }
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            (v6.segments()[7] != 0x254).then_some([0x02, 0x06, o[12], o[13], o[14], o[15]])
+        }
+    }
 }
 
 /// A data path that takes every change and forwards nothing: no counters, an empty flow table
@@ -126,8 +140,8 @@ impl FlowTable for NullDatapath {
         for (i, (backend_id, client, port, closing)) in Self::LISTED.into_iter().enumerate() {
             c.offer(FlowRecord {
                 proto: Proto::Tcp,
-                client: SocketAddrV4::new(client.into(), port),
-                vip: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80),
+                client: SocketAddr::new(IpAddr::V4(client.into()), port),
+                vip: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 100)), 80),
                 backend_id,
                 closing,
                 idle: Duration::from_secs(i as u64),
@@ -141,7 +155,7 @@ impl FlowTable for NullDatapath {
 /// The slow work the core asked for, waiting to be carried out.
 #[derive(Default)]
 struct Asked {
-    resolves: Vec<(Vec<Ipv4Addr>, AfterResolve)>,
+    resolves: Vec<(Vec<IpAddr>, AfterResolve)>,
     scans: Vec<AfterScan>,
     lists: Vec<(FlowQuery, ListDone)>,
 }
@@ -157,7 +171,7 @@ impl Recorder {
 }
 
 impl Effects for Recorder {
-    fn resolve(&mut self, ips: Vec<Ipv4Addr>, _: Duration, then: AfterResolve) {
+    fn resolve(&mut self, ips: Vec<IpAddr>, _: Duration, then: AfterResolve) {
         self.asked().resolves.push((ips, then));
     }
     fn scan(&mut self, _: HashSet<u32>, then: AfterScan) {
@@ -177,7 +191,7 @@ pub struct CoreBed {
     effects: Recorder,
     dir: PathBuf,
     /// Keeps the VRRP status channel open for the core's readers.
-    _vrrp_status: tokio::sync::watch::Sender<vrrp::Status>,
+    _vrrp_status: Vec<tokio::sync::watch::Sender<vrrp::Status>>,
 }
 
 impl CoreBed {
@@ -206,24 +220,30 @@ impl CoreBed {
         }
         let config_path = dir.join("lbd.toml");
         std::fs::write(&config_path, CONFIG)?;
-        let vrrp_config = config
-            .vrrp
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("CONFIG has a [vrrp] section"))?;
-        let (vrrp_status, status_rx) = tokio::sync::watch::channel(vrrp::Status {
-            state: vrrp::State::Initialize,
-            priority: vrrp_config.priority.get(),
-            master: None,
-            address: None,
-            last_transition: None,
-            counters: vrrp::Counters::default(),
-        });
-        let vrrp = VrrpHandles {
-            tracker: vrrp::Tracker::new(&vrrp_config.tracked),
-            config: vrrp_config,
-            status: status_rx,
-            standby: vrrp::StandbySwitch::default(),
-        };
+        // One speaker per family of the VIPs; their status senders stay with the bed.
+        let mut vrrp_status = Vec::new();
+        let mut vrrp = Vec::new();
+        for vrrp_config in config.vrrp.clone() {
+            let (tx, status_rx) = tokio::sync::watch::channel(vrrp::Status {
+                state: vrrp::State::Initialize,
+                priority: vrrp_config.priority.get(),
+                master: None,
+                address: None,
+                last_transition: None,
+                counters: vrrp::Counters::default(),
+            });
+            vrrp_status.push(tx);
+            vrrp.push(VrrpHandles {
+                tracker: vrrp::Tracker::new(&vrrp_config.tracked),
+                config: vrrp_config,
+                status: status_rx,
+                standby: vrrp::StandbySwitch::default(),
+            });
+        }
+        anyhow::ensure!(
+            vrrp.len() == 2,
+            "CONFIG has VIPs of both families under [vrrp]"
+        );
         let macs = lb_daemon::daemon::core::backend_ips(&config, &overrides)
             .into_iter()
             .filter_map(|ip| resolves(ip).map(|mac| (ip, mac)))
@@ -238,7 +258,7 @@ impl CoreBed {
             state_file,
             overrides,
             macs,
-            vrrp: Some(vrrp),
+            vrrp,
             board: StatusBoard::default(),
             adoption: None,
         })?;
@@ -279,7 +299,7 @@ impl CoreBed {
                 return;
             }
             for (ips, then) in asked.resolves {
-                let found: HashMap<Ipv4Addr, [u8; 6]> = ips
+                let found: HashMap<IpAddr, [u8; 6]> = ips
                     .into_iter()
                     .filter_map(|ip| resolves(ip).map(|mac| (ip, mac)))
                     .collect();

@@ -134,7 +134,7 @@ enum BackendCmd {
     Add {
         /// Service name or VIP:port.
         service: String,
-        /// Backend address (IPv4, optionally with the VIP's port).
+        /// Backend address (IPv4 or IPv6, optionally with the VIP's port: `[2001:db8::21]:80`).
         addr: String,
         /// Weight, 1 to 1000.
         #[arg(long, default_value_t = 1)]
@@ -564,7 +564,8 @@ fn print_status(s: &Status) {
             f.held
         );
     }
-    if let Some(v) = &s.vrrp {
+    for (family, v) in [("", &s.vrrp), (" (IPv6)", &s.vrrp6)] {
+        let Some(v) = v else { continue };
         let since = v
             .last_transition_unix
             .and_then(|t| {
@@ -584,7 +585,7 @@ fn print_status(s: &Status) {
             failed.push_str("  resigned (lbctl vrrp resume)");
         }
         println!(
-            "vrrp vrid {}  {}{since}  priority {} (configured {})  master {}{failed}",
+            "vrrp{family} vrid {}  {}{since}  priority {} (configured {})  master {}{failed}",
             v.vrid,
             v.state,
             v.priority,

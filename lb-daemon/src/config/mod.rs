@@ -2,12 +2,12 @@
 //! The sections have their own files: [`health`] (a service's `health = {..}`), [`proxy`]
 //! (`[proxy]`), [`vrrp`] (`[vrrp]`); this file holds `[daemon]`, `[[service]]` and the whole.
 //! Every error names the key path, the value and what is allowed, e.g.
-//! `service[0].backends[2].addr: "10.0.0.x" is not an IPv4 address (expected 198.18.0.21 or 198.18.0.21:80)`.
+//! `service[0].backends[2].addr: "10.0.0.x" is not an address (expected e.g. 198.18.0.21, ...)`.
 
 use std::{
     collections::BTreeSet,
     fmt,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -170,8 +170,9 @@ impl fmt::Display for Scheduler {
 pub struct Config {
     /// `[daemon]`.
     pub daemon: DaemonConfig,
-    /// `[vrrp]`, when this node shares its VIPs with another through VRRP.
-    pub vrrp: Option<::vrrp::Config>,
+    /// `[vrrp]`, when this node shares its VIPs with another through VRRP: one virtual router
+    /// per address family of the VIPs (IPv4 first), none without the section.
+    pub vrrp: Vec<::vrrp::Config>,
     /// `[proxy]`: the userspace data path's limits and timeouts.
     pub proxy: ProxyConfig,
     /// `[announce]`, when this node is one of several active ones behind ECMP (BIRD announces
@@ -260,6 +261,8 @@ pub struct DaemonConfig {
     pub metrics_addr: SocketAddr,
     /// Connection table capacity in flows.
     pub conntrack_max: u32,
+    /// IPv6 connection table capacity in flows (default: `conntrack_max`).
+    pub conntrack6_max: u32,
     /// Where the XDP data path is pinned in bpffs so that it outlives the process (a restart or
     /// a crash adopts it); none: it stops with lbd.
     pub pin_dir: Option<PathBuf>,
@@ -282,7 +285,7 @@ pub struct ServiceConfig {
     /// Name (given, or `proto/vip:port`).
     pub name: String,
     /// Virtual IP and port.
-    pub vip: SocketAddrV4,
+    pub vip: SocketAddr,
     /// Protocol.
     pub proto: Proto,
     /// Scheduler.
@@ -307,7 +310,7 @@ impl ServiceConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceKey {
     /// VIP and port.
-    pub vip: SocketAddrV4,
+    pub vip: SocketAddr,
     /// Protocol.
     pub proto: Proto,
 }
@@ -322,7 +325,7 @@ impl fmt::Display for ServiceKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendConfig {
     /// Backend address; in direct routing the port is the VIP's.
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     /// Relative weight, 1..=MAX_WEIGHT.
     pub weight: u32,
 }
@@ -347,6 +350,7 @@ struct RawDaemon {
     state_dir: Option<PathBuf>,
     metrics_addr: Option<String>,
     conntrack_max: Option<i64>,
+    conntrack6_max: Option<i64>,
     pin_dir: Option<PathBuf>,
     flood_new_flows_per_sec: Option<i64>,
     max_services: Option<i64>,
@@ -444,6 +448,18 @@ impl RawConfig {
                 ));
             }
         };
+        // A table of its own per family (keys of 16 and 40 bytes); an IPv4-only node may
+        // shrink the IPv6 one to its floor and save its kernel memory.
+        let conntrack6_max = match d.conntrack6_max {
+            None => conntrack_max,
+            Some(n) if (1024..=16_777_216).contains(&n) => n as u32,
+            Some(n) => {
+                return Err(err(
+                    "daemon.conntrack6_max",
+                    format!("{n} is out of range (allowed: 1024 to 16777216 flows)"),
+                ));
+            }
+        };
         let flood_new_flows_per_sec = match d.flood_new_flows_per_sec {
             None => DEFAULT_FLOOD_NEW_FLOWS_PER_SEC,
             Some(n) if n == 0 || (100..=100_000_000).contains(&n) => n as u32,
@@ -483,6 +499,7 @@ impl RawConfig {
             state_dir: d.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             metrics_addr,
             conntrack_max,
+            conntrack6_max,
             pin_dir: match d.pin_dir {
                 Some(p) if !p.is_absolute() || p.parent().is_none() => {
                     return Err(err(
@@ -555,15 +572,15 @@ impl RawConfig {
             ));
         }
         let vrrp = match self.vrrp {
-            Some(v) => Some(v.validate(&daemon, &services)?),
-            None => None,
+            Some(v) => v.validate(&daemon, &services)?,
+            None => Vec::new(),
         };
         let proxy = match self.proxy {
             Some(p) => p.validate()?,
             None => ProxyConfig::default(),
         };
         let announce = match self.announce {
-            Some(a) => Some(a.validate(&daemon, &services, vrrp.is_some())?),
+            Some(a) => Some(a.validate(&daemon, &services, !vrrp.is_empty())?),
             None => None,
         };
         Ok(Config {
@@ -588,23 +605,22 @@ impl RawService {
                 ));
             }
         };
-        let vip: SocketAddrV4 = self.vip.parse().map_err(|_| {
+        let vip: SocketAddr = self.vip.parse().map_err(|_| {
             err(
                 format!("{path}.vip"),
                 format!(
-                    "{:?} is not an IPv4 address and port (e.g. 198.18.0.100:80)",
+                    "{:?} is not an address and port (e.g. 198.18.0.100:80 or [2001:db8::100]:80)",
                     self.vip
                 ),
             )
         })?;
-        if vip.port() == 0
-            || vip.ip().is_unspecified()
-            || vip.ip().is_multicast()
-            || vip.ip().is_broadcast()
-        {
+        // Loopback is fine for a VIP (the proxy serves it), not for a backend.
+        if vip.port() == 0 || !(routable_unicast(vip.ip()) || vip.ip().is_loopback()) {
             return Err(err(
                 format!("{path}.vip"),
-                format!("{vip} cannot be a VIP (needs a unicast address and a non-zero port)"),
+                format!(
+                    "{vip} cannot be a VIP (needs a non-zero port and a unicast address, not link-local or IPv4-mapped)"
+                ),
             ));
         }
         let name = self.scheduler.as_deref().unwrap_or("maglev");
@@ -638,6 +654,19 @@ impl RawService {
             let bpath = format!("{path}.backends[{j}]");
             let addr = parse_backend_addr(&b.addr, vip.port())
                 .map_err(|m| err(format!("{bpath}.addr"), m))?;
+            // Direct routing forwards the client's packet as it is: a backend must take the
+            // VIP's family (and the proxy keeps one family per service, as IPVS does).
+            if addr.is_ipv4() != vip.is_ipv4() {
+                return Err(err(
+                    format!("{bpath}.addr"),
+                    format!(
+                        "{addr} is {}, the VIP {} is {}: a service's backends are of its VIP's family",
+                        family(addr),
+                        vip.ip(),
+                        family(vip.ip())
+                    ),
+                ));
+            }
             if backends.iter().any(|o| o.addr == addr) {
                 return Err(err(
                     format!("{bpath}.addr"),
@@ -677,16 +706,33 @@ impl RawService {
     }
 }
 
-/// Parses a backend address: an IPv4 address, or IPv4:port where the port must be the VIP's
-/// (direct routing forwards frames unchanged, so it cannot change ports).
-pub fn parse_backend_addr(text: &str, vip_port: u16) -> Result<Ipv4Addr, String> {
-    let (ip, port) = match text.parse::<SocketAddrV4>() {
-        Ok(sa) => (*sa.ip(), Some(sa.port())),
-        Err(_) => match text.parse::<Ipv4Addr>() {
+/// "IPv4" or "IPv6".
+pub fn family(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+/// An address a VIP or a backend can have: unicast, not loopback, not link-local (which needs
+/// an interface to mean anything), and IPv6 not IPv4-mapped (write those as IPv4).
+pub fn routable_unicast(ip: IpAddr) -> bool {
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+        return false;
+    }
+    match ip {
+        IpAddr::V4(v4) => !v4.is_broadcast(),
+        IpAddr::V6(v6) => !v6.is_unicast_link_local() && v6.to_ipv4_mapped().is_none(),
+    }
+}
+
+/// Parses a backend address: an IPv4 or IPv6 address, or address:port (`[v6]:port`) where the
+/// port must be the VIP's (direct routing forwards frames unchanged, so it cannot change ports).
+pub fn parse_backend_addr(text: &str, vip_port: u16) -> Result<IpAddr, String> {
+    let (ip, port) = match text.parse::<SocketAddr>() {
+        Ok(sa) => (sa.ip(), Some(sa.port())),
+        Err(_) => match text.parse::<IpAddr>() {
             Ok(ip) => (ip, None),
             Err(_) => {
                 return Err(format!(
-                    "{text:?} is not an IPv4 address (expected e.g. 198.18.0.21 or 198.18.0.21:{vip_port})"
+                    "{text:?} is not an address (expected e.g. 198.18.0.21, 198.18.0.21:{vip_port}, 2001:db8::21 or [2001:db8::21]:{vip_port})"
                 ));
             }
         },
@@ -698,9 +744,9 @@ pub fn parse_backend_addr(text: &str, vip_port: u16) -> Result<Ipv4Addr, String>
             "port {p} differs from the VIP port {vip_port}; direct routing cannot change ports (omit the port or use {vip_port})"
         ));
     }
-    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback() {
+    if !routable_unicast(ip) {
         return Err(format!(
-            "{ip} cannot be a backend (needs a unicast address on the network)"
+            "{ip} cannot be a backend (needs a unicast address on the network, not loopback, link-local or IPv4-mapped)"
         ));
     }
     Ok(ip)
@@ -734,6 +780,7 @@ backends = [ { addr = "198.18.0.21" } ]
         assert_eq!(c.daemon.interface, "eth0");
         assert_eq!(c.daemon.datapath, Datapath::XdpGeneric);
         assert_eq!(c.daemon.conntrack_max, lb_common::CONNTRACK_DEFAULT_MAX);
+        assert_eq!(c.daemon.conntrack6_max, c.daemon.conntrack_max);
         assert_eq!(
             c.daemon.max_services, 64,
             "two services and room for 62 more"
@@ -744,6 +791,25 @@ backends = [ { addr = "198.18.0.21" } ]
         assert_eq!(c.services[0].backends[1].weight, 1);
         assert_eq!(c.services[1].name, "udp/198.18.0.100:5353");
         assert_eq!(c.services[1].scheduler, Scheduler::Sh);
+    }
+
+    /// IPv6 VIPs and backends, with and without the port, beside IPv4 services.
+    #[test]
+    fn dual_stack_config_parses() {
+        let c = Config::parse(&format!(
+            "{GOOD}\n[[service]]\nvip = \"[2001:DB8::100]:80\"\nbackends = [ {{ addr = \"2001:db8::21\" }}, {{ addr = \"[2001:db8::22]:80\", weight = 3 }} ]\n"
+        ))
+        .unwrap();
+        let v6 = &c.services[2];
+        assert_eq!(v6.vip, "[2001:db8::100]:80".parse().unwrap());
+        assert_eq!(
+            v6.name, "tcp/[2001:db8::100]:80",
+            "the default name, canonical"
+        );
+        let addrs: Vec<String> = v6.backends.iter().map(|b| b.addr.to_string()).collect();
+        assert_eq!(addrs, ["2001:db8::21", "2001:db8::22"]);
+        assert_eq!(v6.backends[1].weight, 3);
+        assert_eq!(v6.key().to_string(), "tcp/[2001:db8::100]:80");
     }
 
     /// Each bad config and the message it must give: the key path, the value, what is allowed.
@@ -802,12 +868,16 @@ backends = [ { addr = "198.18.0.21" } ]
                 "daemon.conntrack_max: 5 is out of range (allowed: 1024 to 16777216 flows)",
             ),
             (
+                "[daemon]\ninterface = \"eth0\"\nconntrack6_max = 100\n".into(),
+                "daemon.conntrack6_max: 100 is out of range (allowed: 1024 to 16777216 flows)",
+            ),
+            (
                 "[daemon]\ninterface = \"eth0\"\npin_dir = \"lbd/eth0\"\n".into(),
                 "daemon.pin_dir: \"lbd/eth0\" is not an absolute directory below a bpffs mount",
             ),
             (
                 "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"198.18.0.100\"\n".into(),
-                "service[0].vip: \"198.18.0.100\" is not an IPv4 address and port",
+                "service[0].vip: \"198.18.0.100\" is not an address and port",
             ),
             (
                 "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"0.0.0.0:80\"\n".into(),
@@ -827,7 +897,35 @@ backends = [ { addr = "198.18.0.21" } ]
             ),
             (
                 svc("backends = [ { addr = \"10.0.0.x\" } ]"),
-                "service[0].backends[0].addr: \"10.0.0.x\" is not an IPv4 address",
+                "service[0].backends[0].addr: \"10.0.0.x\" is not an address",
+            ),
+            (
+                svc("backends = [ { addr = \"2001:db8::21\" } ]"),
+                "service[0].backends[0].addr: 2001:db8::21 is IPv6, the VIP 198.18.0.100 is IPv4: a service's backends are of its VIP's family",
+            ),
+            (
+                "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"[2001:db8::100]:80\"\nbackends = [ { addr = \"198.18.0.21\" } ]\n".into(),
+                "service[0].backends[0].addr: 198.18.0.21 is IPv4, the VIP 2001:db8::100 is IPv6",
+            ),
+            (
+                "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"[2001:db8::100]:80\"\nbackends = [ { addr = \"[2001:db8::21]:81\" } ]\n".into(),
+                "service[0].backends[0].addr: port 81 differs from the VIP port 80",
+            ),
+            (
+                "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"[fe80::1]:80\"\n".into(),
+                "service[0].vip: [fe80::1]:80 cannot be a VIP",
+            ),
+            (
+                "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"[::ffff:198.18.0.100]:80\"\n".into(),
+                "service[0].vip: [::ffff:198.18.0.100]:80 cannot be a VIP",
+            ),
+            (
+                "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"2001:db8::100:80\"\n".into(),
+                "service[0].vip: \"2001:db8::100:80\" is not an address and port (e.g. 198.18.0.100:80 or [2001:db8::100]:80)",
+            ),
+            (
+                "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"[2001:db8::100]:80\"\nbackends = [ { addr = \"::1\" } ]\n".into(),
+                "service[0].backends[0].addr: ::1 cannot be a backend",
             ),
             (
                 svc("backends = [ { addr = \"198.18.0.21:8080\" } ]"),
@@ -880,13 +978,60 @@ backends = [ { addr = "198.18.0.21" } ]
             "{GOOD}\n[vrrp]\nvrid = 51\npriority = 150\nadvert_interval_ms = 100\n"
         ))
         .unwrap();
-        let v = c.vrrp.expect("vrrp section");
+        assert_eq!(c.vrrp.len(), 1, "one family, one virtual router");
+        let v = &c.vrrp[0];
         assert_eq!(v.vrid.get(), 51);
         assert_eq!(v.priority.get(), 150);
         assert_eq!(v.advert_interval.centis(), 10);
-        assert_eq!(v.vips, vec![Ipv4Addr::new(198, 18, 0, 100)]);
+        assert_eq!(v.vips, vec![std::net::IpAddr::from([198, 18, 0, 100])]);
         assert_eq!(v.interface, "eth0");
         assert!(v.preempt);
+    }
+
+    /// VIPs of both families: two virtual routers (RFC 5798 keeps the families apart) with the
+    /// same VRID, priority and timers; unicast peers go to their family's router.
+    #[test]
+    fn vrrp_with_both_families_runs_one_router_per_family() {
+        let dual = format!(
+            "{GOOD}\n[[service]]\nvip = \"[2001:db8::100]:80\"\n[vrrp]\nvrid = 51\npriority = 150\n"
+        );
+        let c = Config::parse(&dual).unwrap();
+        assert_eq!(c.vrrp.len(), 2);
+        assert_eq!(
+            c.vrrp[0].vips,
+            vec![std::net::IpAddr::from([198, 18, 0, 100])]
+        );
+        assert_eq!(
+            c.vrrp[1].vips,
+            vec!["2001:db8::100".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert!(
+            c.vrrp
+                .iter()
+                .all(|v| v.vrid.get() == 51 && v.priority.get() == 150)
+        );
+
+        let unicast = format!("{dual}unicast_peers = [\"198.18.0.3\", \"2001:db8::3\"]\n");
+        let c = Config::parse(&unicast).unwrap();
+        assert_eq!(
+            c.vrrp[0].unicast_peers,
+            vec![std::net::IpAddr::from([198, 18, 0, 3])]
+        );
+        assert_eq!(
+            c.vrrp[1].unicast_peers,
+            vec!["2001:db8::3".parse::<std::net::IpAddr>().unwrap()]
+        );
+        let e = Config::parse(&format!("{dual}unicast_peers = [\"198.18.0.3\"]\n")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("vrrp.unicast_peers: no IPv6 peer for the IPv6 VIPs"),
+            "{e}"
+        );
+        let e = Config::parse(&format!(
+            "{GOOD}\n[vrrp]\nvrid = 51\npriority = 150\nunicast_peers = [\"2001:db8::3\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("vrrp.unicast_peers:"), "{e}");
     }
 
     #[test]

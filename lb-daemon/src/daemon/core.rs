@@ -12,7 +12,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -72,7 +72,7 @@ pub enum Command {
     /// Neighbour look-up results.
     Resolved {
         /// MACs found.
-        found: HashMap<Ipv4Addr, [u8; 6]>,
+        found: HashMap<IpAddr, [u8; 6]>,
         /// What asked for them.
         then: AfterResolve,
     },
@@ -110,7 +110,7 @@ pub struct PendingAdd {
     /// Service.
     pub key: ServiceKey,
     /// Backend.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// Its weight.
     pub weight: u32,
 }
@@ -133,7 +133,7 @@ pub enum AfterScan {
         /// Service.
         key: ServiceKey,
         /// Backend.
-        ip: Ipv4Addr,
+        ip: IpAddr,
         /// Cut its flows.
         force: bool,
         /// The answer.
@@ -150,7 +150,7 @@ pub enum AfterScan {
 pub trait Effects: Send {
     /// Resolves the MACs of `ips`, waiting up to `wait` for answers; then
     /// [`Command::Resolved`].
-    fn resolve(&mut self, ips: Vec<Ipv4Addr>, wait: Duration, then: AfterResolve);
+    fn resolve(&mut self, ips: Vec<IpAddr>, wait: Duration, then: AfterResolve);
     /// Scans the connection table, cutting the flows of the backends in `dead`; then
     /// [`Command::Scanned`].
     fn scan(&mut self, dead: HashSet<u32>, then: AfterScan);
@@ -158,7 +158,7 @@ pub trait Effects: Send {
     /// calls `done` with them and how long the pass took.
     fn list_flows(&mut self, query: FlowQuery, done: ListDone);
     /// Makes lbd's route table `table` hold exactly these VIP routes (what BIRD announces).
-    fn announce(&mut self, _table: u32, _vips: Vec<Ipv4Addr>) {}
+    fn announce(&mut self, _table: u32, _vips: Vec<IpAddr>) {}
     /// Makes the health checks probe exactly these targets.
     fn health_targets(&mut self, targets: Vec<Target>);
     /// Tells systemd (or whoever supervises) how the daemon is doing.
@@ -202,7 +202,7 @@ pub enum CoreError {
     )]
     NotABackend {
         /// Address.
-        ip: Ipv4Addr,
+        ip: IpAddr,
         /// Service name.
         service: String,
         /// Its backends.
@@ -214,7 +214,7 @@ pub enum CoreError {
     )]
     AlreadyBackend {
         /// Address.
-        ip: Ipv4Addr,
+        ip: IpAddr,
         /// Service name.
         service: String,
     },
@@ -225,7 +225,7 @@ pub enum CoreError {
     )]
     OpenFlows {
         /// Address.
-        ip: Ipv4Addr,
+        ip: IpAddr,
         /// Service name.
         service: String,
         /// Open flows.
@@ -256,7 +256,7 @@ pub enum CoreError {
 /// The VRRP speaker's handles: its settings, status and tracked conditions.
 #[derive(Clone)]
 pub struct VrrpHandles {
-    /// Its settings.
+    /// Its settings (one address family's virtual router).
     pub config: vrrp::Config,
     /// Its status.
     pub status: tokio::sync::watch::Receiver<vrrp::Status>,
@@ -276,7 +276,7 @@ pub struct Core {
     /// Why this data path.
     pub(super) mode_reason: String,
     /// Backend MACs known (XDP).
-    pub(super) macs: HashMap<Ipv4Addr, [u8; 6]>,
+    pub(super) macs: HashMap<IpAddr, [u8; 6]>,
     /// Flows per backend as of the last scan.
     pub(super) counts: FlowCounts,
     /// Ticks to let pass before the next scan (see [`SCAN_SPACING`]); None while one runs.
@@ -284,10 +284,11 @@ pub struct Core {
     /// Ticks since all MACs were looked up.
     mac_age: u32,
     /// The last health result of each checked backend: (service name, backend) → event.
-    pub(super) health: HashMap<(String, Ipv4Addr), HealthEvent>,
+    pub(super) health: HashMap<(String, IpAddr), HealthEvent>,
     pub(super) overrides: Overrides,
     pub(super) state_file: StateFile,
-    pub(super) vrrp: Option<VrrpHandles>,
+    /// One speaker per address family of the VIPs.
+    pub(super) vrrp: Vec<VrrpHandles>,
     pub(super) started: Instant,
     pub(super) loaded_at: SystemTime,
     pub(super) reloads: u64,
@@ -308,7 +309,7 @@ pub struct Core {
     /// The ids file of a pinned data path, its maps' layout, and the ids written last.
     ids_file: Option<(PathBuf, String, IdMap)>,
     /// Each VIP's announcement as last decided (`[announce]` only).
-    pub(super) announced: BTreeMap<Ipv4Addr, announce::Reason>,
+    pub(super) announced: BTreeMap<IpAddr, announce::Reason>,
 }
 
 /// What a new core starts from.
@@ -328,9 +329,9 @@ pub struct CoreSetup {
     /// What the state file holds (read by the caller, which needed it first).
     pub overrides: Overrides,
     /// Backend MACs at start: adopted ones and those resolved then.
-    pub macs: HashMap<Ipv4Addr, [u8; 6]>,
+    pub macs: HashMap<IpAddr, [u8; 6]>,
     /// The VRRP speaker, when configured.
-    pub vrrp: Option<VrrpHandles>,
+    pub vrrp: Vec<VrrpHandles>,
     /// Where to publish the status.
     pub board: StatusBoard,
     /// The pinned data path taken over (XDP with `daemon.pin_dir`).
@@ -437,7 +438,7 @@ impl Core {
                 .backends
                 .values()
                 .any(|b| b.state() == crate::model::BackendState::Active);
-            *vips.entry(*s.config.vip.ip()).or_insert(false) |= serving;
+            *vips.entry(s.config.vip.ip()).or_insert(false) |= serving;
         }
         announce::Inputs {
             drained: self.overrides.node_drained,
@@ -526,7 +527,7 @@ impl Core {
             .map(|t| (t.service.as_str(), t.backend.ip()))
             .collect();
         self.health
-            .retain(|(service, ip), _| checked.contains(&(service.as_str(), (*ip).into())));
+            .retain(|(service, ip), _| checked.contains(&(service.as_str(), *ip)));
         self.effects.health_targets(targets);
         result
     }
@@ -575,9 +576,7 @@ impl Core {
     /// A health check result: its transitions take a backend out of rotation (and its flows out
     /// of the connection table, so its clients get a new backend at once) or put it back.
     fn on_health(&mut self, ev: HealthEvent) {
-        let std::net::IpAddr::V4(ip) = ev.backend.ip() else {
-            return;
-        };
+        let ip = ev.backend.ip();
         let Some(key) = self
             .config
             .services
@@ -651,10 +650,10 @@ impl Core {
                 "SIGHUP: [daemon] settings changed; they take effect at the next restart (services are applied now)"
             );
         }
-        let known: BTreeSet<Ipv4Addr> = backend_ips(&self.config, &self.overrides)
+        let known: BTreeSet<IpAddr> = backend_ips(&self.config, &self.overrides)
             .into_iter()
             .collect();
-        let missing: Vec<Ipv4Addr> = backend_ips(&new, &self.overrides)
+        let missing: Vec<IpAddr> = backend_ips(&new, &self.overrides)
             .into_iter()
             .filter(|ip| !self.macs.contains_key(ip) && !known.contains(ip))
             .collect();
@@ -747,7 +746,7 @@ impl Core {
         if all {
             self.mac_age = 0;
         }
-        let wanted: Vec<Ipv4Addr> = backend_ips(&self.config, &self.overrides)
+        let wanted: Vec<IpAddr> = backend_ips(&self.config, &self.overrides)
             .into_iter()
             .filter(|ip| all || !self.macs.contains_key(ip))
             .collect();
@@ -776,7 +775,12 @@ impl Core {
     /// takes over: a service with no backend in rotation, the XDP program gone from the
     /// interface, a tracked interface down.
     fn track(&self, links: &HashMap<String, LinkHealth>) {
-        let Some(v) = &self.vrrp else { return };
+        for v in &self.vrrp {
+            self.track_one(v, links);
+        }
+    }
+
+    fn track_one(&self, v: &VrrpHandles, links: &HashMap<String, LinkHealth>) {
         for cond in &v.config.tracked {
             let failed = if cond.name == crate::config::TRACK_NO_BACKEND {
                 self.engine
@@ -815,7 +819,8 @@ impl Core {
 
     /// The interfaces the tick must look up: the data path's (XDP) and the tracked ones.
     pub fn tracked_interfaces(config: &Config) -> Vec<String> {
-        let Some(v) = &config.vrrp else {
+        // The families' routers track the same conditions.
+        let Some(v) = config.vrrp.first() else {
             return Vec::new();
         };
         let mut out: Vec<String> = v
@@ -836,8 +841,8 @@ impl Core {
         out
     }
 
-    fn on_resolved(&mut self, found: HashMap<Ipv4Addr, [u8; 6]>, then: AfterResolve) {
-        let learned: Vec<(Ipv4Addr, [u8; 6])> = found
+    fn on_resolved(&mut self, found: HashMap<IpAddr, [u8; 6]>, then: AfterResolve) {
+        let learned: Vec<(IpAddr, [u8; 6])> = found
             .into_iter()
             .filter(|(ip, mac)| self.macs.get(ip) != Some(mac))
             .collect();
@@ -953,7 +958,7 @@ pub fn health_targets(engine: &Engine) -> Vec<Target> {
                 .filter(|b| !b.removed)
                 .map(move |b| Target {
                     service: s.config.name.clone(),
-                    backend: std::net::SocketAddr::new(b.addr.into(), s.config.vip.port()),
+                    backend: std::net::SocketAddr::new(b.addr, s.config.vip.port()),
                     config: h.clone(),
                 })
         })
@@ -961,8 +966,8 @@ pub fn health_targets(engine: &Engine) -> Vec<Target> {
 }
 
 /// Backend addresses to resolve: the config's and those added at run time.
-pub fn backend_ips(config: &Config, overrides: &Overrides) -> Vec<Ipv4Addr> {
-    let ips: BTreeSet<Ipv4Addr> = config
+pub fn backend_ips(config: &Config, overrides: &Overrides) -> Vec<IpAddr> {
+    let ips: BTreeSet<IpAddr> = config
         .services
         .iter()
         .flat_map(|s| s.backends.iter().map(|b| b.addr))

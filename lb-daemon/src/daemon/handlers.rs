@@ -4,7 +4,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     time::{Duration, SystemTime},
 };
 
@@ -131,7 +131,14 @@ impl Core {
         self.config
             .services
             .iter()
-            .find(|s| s.name == name || s.vip.to_string() == name || s.key().to_string() == name)
+            // By name, `VIP:port` or `proto/VIP:port`; an address parsed, so that any spelling of
+            // an IPv6 VIP (`[2001:DB8:0::100]:80`) finds it.
+            .find(|s| {
+                s.name == name
+                    || s.vip.to_string() == name
+                    || s.key().to_string() == name
+                    || name.parse::<std::net::SocketAddr>() == Ok(s.vip)
+            })
             .map(|s| s.key())
             .ok_or_else(|| {
                 let names: Vec<&str> = self
@@ -165,9 +172,9 @@ impl Core {
         let backends = match backend {
             None => None,
             Some(addr) => {
-                let ip: Ipv4Addr = addr.parse().map_err(|_| {
+                let ip: IpAddr = addr.parse().map_err(|_| {
                     CoreError::Filter(format!(
-                        "backend: {addr:?} is not an IPv4 address (e.g. 198.18.0.21)"
+                        "backend: {addr:?} is not an address (e.g. 198.18.0.21 or 2001:db8::21)"
                     ))
                 })?;
                 let ids: HashSet<u32> = self
@@ -242,14 +249,14 @@ impl Core {
     }
 
     /// The service and backend address of a request, checked.
-    fn target(&self, service: &str, addr: &str) -> Result<(ServiceKey, Ipv4Addr), CoreError> {
+    fn target(&self, service: &str, addr: &str) -> Result<(ServiceKey, IpAddr), CoreError> {
         let key = self.find_service(service)?;
         let ip = parse_backend_addr(addr, key.vip.port()).map_err(CoreError::Address)?;
         Ok((key, ip))
     }
 
     /// Checks that a backend exists and is not removed; the error lists the service's backends.
-    fn existing(&self, key: &ServiceKey, ip: Ipv4Addr) -> Result<&BackendRec, CoreError> {
+    fn existing(&self, key: &ServiceKey, ip: IpAddr) -> Result<&BackendRec, CoreError> {
         match self.engine.backend(key, ip) {
             Some(b) if !b.removed => Ok(b),
             _ => {
@@ -390,16 +397,18 @@ impl Core {
     }
 
     fn vrrp_standby(&mut self, standby: bool) -> Result<String, CoreError> {
-        let Some(vrrp) = &self.vrrp else {
+        if self.vrrp.is_empty() {
             return Err(CoreError::NotHere(
                 "this node runs no VRRP ([vrrp] is not in the config)",
             ));
-        };
-        let standby_switch = vrrp.standby.clone();
+        }
         let mut new = self.overrides.clone();
         new.vrrp_resigned = standby;
         self.commit(new)?;
-        standby_switch.set(standby);
+        // Both families' routers: the node resigns as a whole.
+        for v in &self.vrrp {
+            v.standby.set(standby);
+        }
         Ok(if standby {
             "resigned: a master keeps the VIPs until the backup's first advert (and a second more), then stays out of the election until `lbctl vrrp resume` (kept across restarts)"
                 .into()
@@ -451,7 +460,7 @@ impl Core {
     pub(super) fn remove_counted(
         &mut self,
         key: &ServiceKey,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         force: bool,
         reply: Reply,
     ) {
@@ -645,10 +654,26 @@ impl Core {
                 ..FloodGuardStatus::default()
             },
             services,
-            vrrp: self.vrrp.as_ref().map(VrrpHandles::status),
+            vrrp: vrrp_status(&self.vrrp, Family::V4),
+            vrrp6: vrrp_status(&self.vrrp, Family::V6),
         };
         StatusView::new(status, self.started, ids)
     }
+}
+
+/// An address family, to pick a VRRP speaker by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Family {
+    V4,
+    V6,
+}
+
+/// The status of the speaker of `family`, when there is one.
+pub(super) fn vrrp_status(speakers: &[VrrpHandles], family: Family) -> Option<VrrpStatus> {
+    speakers
+        .iter()
+        .find(|v| (v.config.family() == vrrp::wire::AddressFamily::Ipv4) == (family == Family::V4))
+        .map(VrrpHandles::status)
 }
 
 impl VrrpHandles {

@@ -22,7 +22,7 @@ mod tests;
 
 use std::{
     collections::{HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::PathBuf,
     sync::{Arc, Mutex, PoisonError, mpsc as std_mpsc},
     time::{Duration, Instant},
@@ -81,11 +81,11 @@ struct IoEffects {
     health: HealthMonitor,
     watchdog: Option<(Duration, Instant)>,
     /// The VIP routes wanted in lbd's table, for the announcer task.
-    announcer: tokio::sync::watch::Sender<Option<(u32, Vec<Ipv4Addr>)>>,
+    announcer: tokio::sync::watch::Sender<Option<(u32, Vec<IpAddr>)>>,
 }
 
 impl Effects for IoEffects {
-    fn resolve(&mut self, ips: Vec<Ipv4Addr>, wait: Duration, then: AfterResolve) {
+    fn resolve(&mut self, ips: Vec<IpAddr>, wait: Duration, then: AfterResolve) {
         let Some((iface, link)) = self.link.clone() else {
             let _ = self.commands.try_send(Command::Resolved {
                 found: HashMap::new(),
@@ -119,7 +119,7 @@ impl Effects for IoEffects {
         }
     }
 
-    fn announce(&mut self, table: u32, vips: Vec<Ipv4Addr>) {
+    fn announce(&mut self, table: u32, vips: Vec<IpAddr>) {
         self.announcer.send_replace(Some((table, vips)));
     }
 
@@ -160,7 +160,7 @@ struct StatusReader {
     board: StatusBoard,
     counters: Arc<dyn CounterSource>,
     /// The VRRP speaker, read live: its state changes reach no core command.
-    vrrp: Option<VrrpHandles>,
+    vrrp: Vec<VrrpHandles>,
     /// Rates from the sampler ([`sample_rates`]).
     rates: Arc<Mutex<RateBook>>,
 }
@@ -182,7 +182,8 @@ impl StatusReader {
             &mut status,
             &self.rates.lock().unwrap_or_else(PoisonError::into_inner),
         );
-        status.vrrp = self.vrrp.as_ref().map(VrrpHandles::status);
+        status.vrrp = handlers::vrrp_status(&self.vrrp, handlers::Family::V4);
+        status.vrrp6 = handlers::vrrp_status(&self.vrrp, handlers::Family::V6);
         Ok(status)
     }
 }
@@ -296,7 +297,7 @@ const WITHDRAW_GRACE: Duration = Duration::from_millis(500);
 /// deletes the others (also those a crashed lbd left). Retries a failure after a second.
 async fn announce_routes(
     netlink: rtnetlink::Handle,
-    mut wanted: tokio::sync::watch::Receiver<Option<(u32, Vec<Ipv4Addr>)>>,
+    mut wanted: tokio::sync::watch::Receiver<Option<(u32, Vec<IpAddr>)>>,
 ) {
     let lo = match net::link(&netlink, "lo").await {
         Ok(l) => l.index,
@@ -420,7 +421,7 @@ pub async fn run(config_path: PathBuf, config: Config, inherited: Inherited) -> 
         .map(start::Adoption::macs_by_addr)
         .unwrap_or_default();
     if let Some(l) = &chosen.link {
-        let ips: Vec<Ipv4Addr> = core::backend_ips(&config, &overrides)
+        let ips: Vec<IpAddr> = core::backend_ips(&config, &overrides)
             .into_iter()
             .filter(|ip| !macs.contains_key(ip))
             .collect();
@@ -465,27 +466,25 @@ pub async fn run(config_path: PathBuf, config: Config, inherited: Inherited) -> 
     // VRRP last: this node claims the VIP only once it can forward for it. As backup it keeps
     // its data path filled, so taking over needs no set-up.
     let vrrp_stop = CancellationToken::new();
-    let mut vrrp_done = None;
-    let vrrp = match &config.vrrp {
-        Some(vc) => {
-            // A pinned data path forwards across a restart, and a replaced lbd held the VIPs for
-            // this one: the VIPs stay, and a start that finds them resumes as master (no
-            // failover for a restart).
-            let speaker = vrrp::Speaker::new(vc.clone())
-                .context("[vrrp]")?
-                .hold_across_restarts(chosen.adoption.is_some() || replacing.is_some());
-            // Resigned by lbctl before this start: it stays out.
-            speaker.standby_switch().set(overrides.vrrp_resigned);
-            let handles = VrrpHandles {
-                config: vc.clone(),
-                status: speaker.status(),
-                tracker: speaker.tracker(),
-                standby: speaker.standby_switch(),
-            };
-            Some((speaker, handles))
-        }
-        None => None,
-    };
+    let mut vrrp_done = Vec::new();
+    let mut vrrp = Vec::new();
+    for vc in &config.vrrp {
+        // A pinned data path forwards across a restart, and a replaced lbd held the VIPs for
+        // this one: the VIPs stay, and a start that finds them resumes as master (no failover
+        // for a restart).
+        let speaker = vrrp::Speaker::new(vc.clone())
+            .with_context(|| format!("[vrrp] ({})", vc.family()))?
+            .hold_across_restarts(chosen.adoption.is_some() || replacing.is_some());
+        // Resigned by lbctl before this start: it stays out.
+        speaker.standby_switch().set(overrides.vrrp_resigned);
+        let handles = VrrpHandles {
+            config: vc.clone(),
+            status: speaker.status(),
+            tracker: speaker.tracker(),
+            standby: speaker.standby_switch(),
+        };
+        vrrp.push((speaker, handles));
+    }
     let socket_path = config.daemon.control_socket.clone();
     let tracked = Core::tracked_interfaces(&config);
     let metrics_addr = config.daemon.metrics_addr;
@@ -512,7 +511,7 @@ pub async fn run(config_path: PathBuf, config: Config, inherited: Inherited) -> 
         state_file,
         overrides,
         macs,
-        vrrp: vrrp.as_ref().map(|(_, h)| h.clone()),
+        vrrp: vrrp.iter().map(|(_, h)| h.clone()).collect(),
         board: board.clone(),
         adoption: chosen.adoption,
     })
@@ -525,11 +524,11 @@ pub async fn run(config_path: PathBuf, config: Config, inherited: Inherited) -> 
         .spawn(move || core.run(commands_rx))
         .context("starting the core thread")?;
 
-    let vrrp_handles = vrrp.as_ref().map(|(_, h)| h.clone());
-    let vrrp_hold = vrrp.as_ref().map(|(s, _)| s.hold_switch());
-    if let Some((speaker, _)) = vrrp {
-        tracing::info!(vrid = speaker.config().vrid.get(), priority = speaker.config().priority.get(), interface = %speaker.config().interface, "VRRP starting");
-        vrrp_done = Some(spawn_vrrp(speaker, vrrp_stop.clone())?);
+    let vrrp_handles: Vec<VrrpHandles> = vrrp.iter().map(|(_, h)| h.clone()).collect();
+    let vrrp_hold: Vec<vrrp::HoldSwitch> = vrrp.iter().map(|(s, _)| s.hold_switch()).collect();
+    for (speaker, _) in vrrp {
+        tracing::info!(vrid = speaker.config().vrid.get(), family = %speaker.config().family(), priority = speaker.config().priority.get(), interface = %speaker.config().interface, "VRRP starting");
+        vrrp_done.push(spawn_vrrp(speaker, vrrp_stop.clone())?);
     }
 
     let listener = control::bind(&socket_path).await?;
@@ -644,10 +643,10 @@ pub async fn run(config_path: PathBuf, config: Config, inherited: Inherited) -> 
         }
     }
     // The successor serves the VIPs from where this one leaves them.
-    if successor.is_some()
-        && let Some(hold) = &vrrp_hold
-    {
-        hold.set(true);
+    if successor.is_some() {
+        for hold in &vrrp_hold {
+            hold.set(true);
+        }
     }
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
     // Withdraw first: the routers send new flows to the other nodes while this one still
@@ -664,8 +663,8 @@ pub async fn run(config_path: PathBuf, config: Config, inherited: Inherited) -> 
     let _ = rates_task.await;
     // Resign first (a priority-0 advert hands over within the skew time, and the VIP leaves this
     // node), then stop forwarding.
-    if let Some(done) = vrrp_done {
-        vrrp_stop.cancel();
+    vrrp_stop.cancel();
+    for done in vrrp_done {
         let waited = tokio::task::spawn_blocking(move || done.recv_timeout(VRRP_STOP)).await;
         match waited {
             Ok(Ok(Ok(()))) => tracing::info!("VRRP stopped: resigned and removed the VIP"),

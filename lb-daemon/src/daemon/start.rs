@@ -53,7 +53,7 @@ pub struct Adoption {
 
 impl Adoption {
     /// The adopted backends' MACs by address: what needs no look-up at start.
-    pub fn macs_by_addr(&self) -> HashMap<std::net::Ipv4Addr, [u8; 6]> {
+    pub fn macs_by_addr(&self) -> HashMap<std::net::IpAddr, [u8; 6]> {
         let Some(ids) = &self.ids else {
             return HashMap::new();
         };
@@ -118,6 +118,7 @@ fn attach_xdp(
             link.mac,
             [0; 6],
             config.daemon.conntrack_max,
+            config.daemon.conntrack6_max,
             config.daemon.max_services,
             &[xdp::PROG_LBD],
             None,
@@ -133,7 +134,11 @@ fn attach_xdp(
     };
     let pins = Pins::new(
         dir,
-        pins::layout(config.daemon.conntrack_max, config.daemon.max_services),
+        pins::layout(
+            config.daemon.conntrack_max,
+            config.daemon.conntrack6_max,
+            config.daemon.max_services,
+        ),
     );
     let mut found = pins
         .prepare()
@@ -165,6 +170,7 @@ fn attach_xdp(
         link.mac,
         [0; 6],
         config.daemon.conntrack_max,
+        config.daemon.conntrack6_max,
         config.daemon.max_services,
         &[xdp::PROG_LBD],
         Some(&maps_dir),

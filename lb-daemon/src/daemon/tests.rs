@@ -4,7 +4,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::PathBuf,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -29,9 +29,9 @@ use crate::{
 /// What the core asked for.
 #[derive(Default)]
 struct Asked {
-    resolves: Vec<(Vec<Ipv4Addr>, Duration, AfterResolve)>,
+    resolves: Vec<(Vec<IpAddr>, Duration, AfterResolve)>,
     scans: Vec<(HashSet<u32>, AfterScan)>,
-    announced: Vec<(u32, Vec<Ipv4Addr>)>,
+    announced: Vec<(u32, Vec<IpAddr>)>,
     lists: Vec<(FlowQuery, ListDone)>,
     targets: Vec<Target>,
     notified: Vec<Notify>,
@@ -47,7 +47,7 @@ impl FakeEffects {
 }
 
 impl Effects for FakeEffects {
-    fn resolve(&mut self, ips: Vec<Ipv4Addr>, wait: Duration, then: AfterResolve) {
+    fn resolve(&mut self, ips: Vec<IpAddr>, wait: Duration, then: AfterResolve) {
         self.asked().resolves.push((ips, wait, then));
     }
     fn scan(&mut self, dead: HashSet<u32>, then: AfterScan) {
@@ -56,7 +56,7 @@ impl Effects for FakeEffects {
     fn list_flows(&mut self, query: FlowQuery, done: ListDone) {
         self.asked().lists.push((query, done));
     }
-    fn announce(&mut self, table: u32, vips: Vec<Ipv4Addr>) {
+    fn announce(&mut self, table: u32, vips: Vec<IpAddr>) {
         self.asked().announced.push((table, vips));
     }
     fn health_targets(&mut self, targets: Vec<Target>) {
@@ -78,11 +78,11 @@ health = { kind = "tcp", interval_ms = 1000 }
 backends = [ { addr = "198.18.0.21" }, { addr = "198.18.0.22" }, { addr = "198.18.0.23", weight = 2 } ]
 "#;
 
-fn ip(n: u8) -> Ipv4Addr {
-    Ipv4Addr::new(198, 18, 0, n)
+fn ip(n: u8) -> IpAddr {
+    IpAddr::from([198, 18, 0, n])
 }
 
-fn macs() -> HashMap<Ipv4Addr, [u8; 6]> {
+fn macs() -> HashMap<IpAddr, [u8; 6]> {
     (20..=30).map(|i| (ip(i), [2, 0, 0, 0, 0, i])).collect()
 }
 
@@ -119,7 +119,7 @@ impl Bed {
             state_file: StateFile::in_dir(&dir),
             overrides: StateFile::in_dir(&dir).load().expect("state file"),
             macs: macs(),
-            vrrp: None,
+            vrrp: Vec::new(),
             board: board.clone(),
             adoption: None,
         })
@@ -168,7 +168,7 @@ impl Bed {
     }
 
     /// Carries out the neighbour look-ups, answering for the addresses in `known`.
-    fn run_resolves(&mut self, known: &HashMap<Ipv4Addr, [u8; 6]>) -> usize {
+    fn run_resolves(&mut self, known: &HashMap<IpAddr, [u8; 6]>) -> usize {
         let resolves = std::mem::take(&mut self.effects.asked().resolves);
         let n = resolves.len();
         for (ips, _, then) in resolves {
@@ -287,7 +287,7 @@ fn add_waits_for_the_mac_then_enters_rotation_and_persists() {
                 addr: "198.18.0.x".into(),
                 weight: None,
             },
-            "address: \"198.18.0.x\" is not an IPv4 address",
+            "address: \"198.18.0.x\" is not an address (expected e.g. 198.18.0.21",
         ),
         (
             Request::BackendAdd {
@@ -658,10 +658,10 @@ fn status_sums_services_from_backends_and_the_proxy_needs_no_macs() {
 #[test]
 fn flows_are_listed_named_and_filtered() {
     let mut bed = Bed::new("flows", DatapathMode::XdpGeneric);
-    let vip = std::net::SocketAddrV4::new(ip(100), 80);
+    let vip = std::net::SocketAddr::new(ip(100), 80);
     let flow = |port: u16, backend: u8, idle_s: u64| FlowRecord {
         proto: crate::config::Proto::Tcp,
-        client: std::net::SocketAddrV4::new(ip(10), port),
+        client: std::net::SocketAddr::new(ip(10), port),
         vip,
         backend_id: bed.id(backend),
         closing: port == 3,
@@ -745,7 +745,7 @@ fn flows_are_listed_named_and_filtered() {
                 client: None,
                 limit: None,
             },
-            "backend: \"x\" is not an IPv4 address",
+            "backend: \"x\" is not an address (e.g. 198.18.0.21 or 2001:db8::21)",
         ),
         (
             Request::Flows {
@@ -754,7 +754,7 @@ fn flows_are_listed_named_and_filtered() {
                 client: Some("1.2.3".into()),
                 limit: None,
             },
-            "client: \"1.2.3\" is not an IPv4 address or address:port",
+            "client: \"1.2.3\" is not an address or address:port",
         ),
         (
             Request::Flows {

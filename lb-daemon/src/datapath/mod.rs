@@ -12,7 +12,7 @@ pub mod fake;
 pub mod proxy;
 pub mod xdp;
 
-use std::{collections::HashMap, fmt, net::Ipv4Addr, sync::Arc};
+use std::{collections::HashMap, fmt, net::IpAddr, sync::Arc};
 
 use lb_common::{Counter, reason};
 
@@ -68,7 +68,7 @@ impl fmt::Display for DatapathMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendEntry {
     /// Address.
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     /// MAC (XDP rewrites the destination to it); none while unresolved.
     pub mac: Option<[u8; 6]>,
     /// State: whether its flows go on, and why not new ones.

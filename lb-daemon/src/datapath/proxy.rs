@@ -77,7 +77,7 @@ impl ProxyDatapath {
         svc: &ServiceEntry<'_>,
         specs: &[BackendSpec],
     ) -> Result<(), DatapathError> {
-        let vip = SocketAddr::V4(svc.key.vip);
+        let vip = svc.key.vip;
         let handle = Arc::new(ServiceHandle::new(
             svc.name,
             vip,
@@ -191,7 +191,7 @@ impl Datapath for ProxyDatapath {
     fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DatapathError> {
         if let Some(p) = self.services.remove(key) {
             p.stop.cancel();
-            handover::unstore(&handover::name(key.proto, SocketAddr::V4(key.vip)));
+            handover::unstore(&handover::name(key.proto, key.vip));
             tracing::info!(service = %key, "proxy stopped");
         }
         self.handles
@@ -244,7 +244,7 @@ impl Datapath for ProxyDatapath {
             .iter()
             .filter_map(|(key, p)| {
                 let fd = p.listener.as_ref()?.try_clone().ok()?;
-                Some((handover::name(key.proto, SocketAddr::V4(key.vip)), fd))
+                Some((handover::name(key.proto, key.vip), fd))
             })
             .collect()
     }
@@ -311,21 +311,16 @@ impl FlowTable for ProxyFlows {
     fn list(&mut self, query: &FlowQuery) -> FlowListing {
         let mut collector = Collector::new(query);
         for h in self.handles() {
-            let SocketAddr::V4(vip) = h.vip() else {
-                continue;
-            };
+            let vip = h.vip();
             // An idle connection or session ends at this timeout.
             let timeout = match h.proto() {
                 Proto::Tcp => h.config().idle_timeout,
                 Proto::Udp => h.config().udp_session_timeout,
             };
             for open in h.open_flows() {
-                let SocketAddr::V4(client) = open.client else {
-                    continue;
-                };
                 collector.offer(FlowRecord {
                     proto: h.proto(),
-                    client,
+                    client: open.client,
                     vip,
                     backend_id: open.backend_id,
                     // The proxy sees a close as the end of the connection: no closing state.

@@ -5,7 +5,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use aya::{Ebpf, programs::xdp::XdpLink};
-use lb_common::{Backend, Counter, STATS_BACKEND_BASE, VIP_FLAG_SRC_ONLY, VipInfo, VipKey, reason};
+use lb_common::{Backend, Counter, STATS_BACKEND_BASE, VIP_FLAG_SRC_ONLY, VipInfo, reason};
 
 use super::{
     BackendEntry, CounterSource, Datapath, DatapathCounters, DatapathError, DatapathMode,
@@ -15,7 +15,7 @@ use crate::{
     config::{Scheduler, ServiceKey},
     flows::{FlowListing, FlowQuery},
     model::FlowCounts,
-    xdp::{self, AttachMode, FlowTimeouts, XdpError, XdpFlows, XdpMaps, XdpStats},
+    xdp::{self, AnyVipKey, AttachMode, FlowTimeouts, XdpError, XdpFlows, XdpMaps, XdpStats},
 };
 
 /// A service's rings: which one is live and the table in it.
@@ -81,16 +81,10 @@ impl XdpDatapath {
     /// Takes over the tables of adopted maps: which ring each service serves from, so that the
     /// first table written goes to the other one; returns the backends' MACs by id.
     pub fn adopt(&mut self) -> HashMap<u32, [u8; 6]> {
-        for (key, info) in self.maps.vips() {
-            let proto = match key.proto {
-                lb_common::IPPROTO_TCP => crate::config::Proto::Tcp,
-                lb_common::IPPROTO_UDP => crate::config::Proto::Udp,
-                _ => continue,
+        for (vip, proto, info) in self.maps.vips() {
+            let Some(proto) = crate::config::Proto::from_number(proto) else {
+                continue;
             };
-            let vip = std::net::SocketAddrV4::new(
-                std::net::Ipv4Addr::from(key.addr_be.to_ne_bytes()),
-                u16::from_be(key.port_be),
-            );
             self.rings.insert(
                 ServiceKey { vip, proto },
                 Rings {
@@ -108,13 +102,16 @@ impl XdpDatapath {
     }
 }
 
-/// The VIPS key of a service.
-pub fn vip_key(key: &ServiceKey) -> VipKey {
-    VipKey {
-        addr_be: u32::from_ne_bytes(key.vip.ip().octets()),
-        port_be: key.vip.port().to_be(),
-        proto: key.proto.number(),
-        _pad: 0,
+/// The VIPS (or VIPS6) key of a service.
+pub fn vip_key(key: &ServiceKey) -> AnyVipKey {
+    AnyVipKey::new(key.vip, key.proto.number())
+}
+
+/// An address as the BACKENDS map keeps it: IPv6 octets, IPv4 mapped.
+fn backend_addr(ip: std::net::IpAddr) -> [u8; 16] {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(v6) => v6.octets(),
     }
 }
 
@@ -127,8 +124,9 @@ impl Datapath for XdpDatapath {
         let value = Backend {
             mac: b.mac.unwrap_or([0; 6]),
             _pad: [0; 2],
-            addr_be: u32::from_ne_bytes(b.addr.octets()),
             state: b.state.dataplane_code(),
+            addr: backend_addr(b.addr),
+            _pad2: 0,
         };
         Ok(self.maps.set_backend(id, &value)?)
     }
@@ -192,8 +190,9 @@ impl Datapath for XdpDatapath {
             &Backend {
                 mac: [0; 6],
                 _pad: [0; 2],
-                addr_be: 0,
                 state: lb_common::backend_state::REMOVED,
+                addr: [0; 16],
+                _pad2: 0,
             },
         )?;
         Ok(self.maps.retire_backend(id)?)

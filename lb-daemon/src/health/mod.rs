@@ -423,7 +423,7 @@ fn apply_config(tracker: &mut Tracker, old: &HealthConfig, new: &HealthConfig) {
 #[cfg(test)]
 mod tests {
     use std::{
-        net::{Ipv4Addr, SocketAddr},
+        net::{IpAddr, SocketAddr},
         time::Duration,
     };
 
@@ -440,7 +440,7 @@ mod tests {
 
     // ---- probes on loopback ----
 
-    const LOCAL: Ipv4Addr = Ipv4Addr::LOCALHOST;
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     fn tcp_cfg() -> HealthConfig {
         HealthConfig {
@@ -568,6 +568,43 @@ mod tests {
             assert!(req.contains(&format!("\r\nHost: {addr}\r\n")), "{req}");
             assert!(req.contains("\r\nConnection: close\r\n"), "{req}");
         }
+    }
+
+    /// Both kinds of check over IPv6: a connect, and an HTTP request whose Host header carries
+    /// the address in brackets (RFC 7230 §5.4, RFC 3986 §3.2.2).
+    #[tokio::test]
+    async fn probes_over_ipv6() {
+        let lo6 = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+        let l = TcpListener::bind((lo6, 0)).await.expect("bind [::1]");
+        let addr = l.local_addr().expect("addr");
+        let r = probe(addr, &tcp_cfg()).await;
+        assert!(r.ok && r.detail == "connected", "{r:?}");
+        drop(l);
+        let r = probe(addr, &tcp_cfg()).await;
+        assert!(!r.ok, "{r:?}");
+
+        let l = TcpListener::bind((lo6, 0)).await.expect("bind [::1]");
+        let addr = l.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.expect("accept");
+            let mut req = Vec::new();
+            let mut buf = [0u8; 512];
+            while !req.ends_with(b"\r\n\r\n") && req.len() < 8192 {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await;
+            String::from_utf8_lossy(&req).into_owned()
+        });
+        let r = probe(addr, &http_cfg(500)).await;
+        assert!(r.ok && r.detail.starts_with("HTTP 200"), "{r:?}");
+        let req = server.await.expect("server");
+        assert!(
+            req.contains(&format!("\r\nHost: [::1]:{}\r\n", addr.port())),
+            "{req}"
+        );
     }
 
     #[tokio::test]

@@ -23,7 +23,11 @@ use std::{
     },
 };
 
-use lb_common::{FlowKey, hash::flow_hash};
+use lb_common::{
+    FlowKey, FlowKey6,
+    hash::{flow_hash, flow_hash6},
+    ipv6_lanes,
+};
 
 use crate::config::{Proto, Scheduler};
 
@@ -49,39 +53,41 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// The flow key the XDP program would build for this flow (`src_only`: the client port is
-    /// zeroed, as for a `sh` service).
-    pub fn key(&self, src_only: bool) -> FlowKey {
-        FlowKey::new(
-            addr_word(self.client.ip()),
-            addr_word(self.vip.ip()),
-            if src_only {
-                0
-            } else {
-                self.client.port().to_be()
-            },
-            self.vip.port().to_be(),
-            self.proto.number(),
-        )
+    /// The flow hash the XDP program would compute for this flow (`src_only`: the client port
+    /// is zeroed, as for a `sh` service), so that the proxy picks the backend XDP picks.
+    pub fn hash(&self, src_only: bool) -> u32 {
+        let sport = if src_only {
+            0
+        } else {
+            self.client.port().to_be()
+        };
+        let (dport, proto) = (self.vip.port().to_be(), self.proto.number());
+        match (self.client.ip(), self.vip.ip()) {
+            (IpAddr::V4(c), IpAddr::V4(v)) => flow_hash(&FlowKey::new(
+                u32::from_ne_bytes(c.octets()),
+                u32::from_ne_bytes(v.octets()),
+                sport,
+                dport,
+                proto,
+            )),
+            (c, v) => flow_hash6(&FlowKey6::new(
+                ipv6_lanes(v6_octets(c)),
+                ipv6_lanes(v6_octets(v)),
+                sport,
+                dport,
+                proto,
+            )),
+        }
     }
 }
 
-/// An address as the flow key holds it: IPv4 in network order (what the XDP program reads from
-/// the header). The key has no room for IPv6 (the XDP path is IPv4-only); an IPv6 address is
-/// folded into 32 bits so the proxy still hashes it consistently.
-fn addr_word(ip: IpAddr) -> u32 {
-    let v4 = match ip {
-        IpAddr::V4(v4) => v4,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4,
-            None => {
-                return v6.octets().chunks_exact(4).fold(0, |acc, c| {
-                    acc ^ u32::from_ne_bytes([c[0], c[1], c[2], c[3]])
-                });
-            }
-        },
-    };
-    u32::from_ne_bytes(v4.octets())
+/// An address's IPv6 octets (an IPv4 one mapped; the proxy keeps one family per service, so
+/// this only serves a mixed pair no listener produces).
+fn v6_octets(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
 }
 
 /// A scheduler's state built for one backend list; [`Picker::pick`] must be given that same
@@ -142,8 +148,8 @@ impl Picker {
                 if len == 0 {
                     return None;
                 }
-                let key = flow.key(self.kind == Scheduler::Sh);
-                let slot = lb_common::hash::maglev_slot(flow_hash(&key)) as usize % len;
+                let hash = flow.hash(self.kind == Scheduler::Sh);
+                let slot = lb_common::hash::maglev_slot(hash) as usize % len;
                 // The first choice is the XDP path's; a retry walks on to the next slot that
                 // holds another backend (slot order is a permutation mix, so the retries of
                 // the failed backend's flows spread over the others by weight).
@@ -221,7 +227,7 @@ fn index_table<B: Candidate>(backends: &[B], table: &[u32]) -> Vec<u32> {
 
 #[cfg(test)]
 mod tests {
-    use std::{net::Ipv4Addr, sync::Arc};
+    use std::{net::IpAddr, sync::Arc};
 
     use lb_common::MAGLEV_M;
 
@@ -239,7 +245,7 @@ mod tests {
                 Backend::new(
                     BackendSpec {
                         id: 100 + i as u32,
-                        addr: SocketAddr::from((Ipv4Addr::new(198, 18, 0, 21 + i as u8), 80)),
+                        addr: SocketAddr::from((IpAddr::from([198, 18, 0, 21 + i as u8]), 80)),
                         weight: w,
                     },
                     Arc::new(Counters::default()),
@@ -394,6 +400,33 @@ mod tests {
             lb_common::IPPROTO_TCP,
         );
         table[(flow_hash(&key) % MAGLEV_M) as usize] as usize
+    }
+
+    /// An IPv6 flow hashes as the XDP program hashes its CONNTRACK6 key, so the proxy and XDP
+    /// give an IPv6 client the same backend too.
+    #[test]
+    fn ipv6_flows_hash_as_the_xdp_path_does() {
+        let client: SocketAddr = "[2001:db8::10]:40000".parse().unwrap();
+        let vip: SocketAddr = "[2001:db8::100]:80".parse().unwrap();
+        let flow = Flow {
+            client,
+            vip,
+            proto: Proto::Tcp,
+        };
+        let lanes = |a: SocketAddr| match a.ip() {
+            IpAddr::V6(v6) => ipv6_lanes(v6.octets()),
+            IpAddr::V4(_) => unreachable!("IPv6 addresses"),
+        };
+        for src_only in [false, true] {
+            let key = FlowKey6::new(
+                lanes(client),
+                lanes(vip),
+                if src_only { 0 } else { 40000u16.to_be() },
+                80u16.to_be(),
+                lb_common::IPPROTO_TCP,
+            );
+            assert_eq!(flow.hash(src_only), flow_hash6(&key), "src_only {src_only}");
+        }
     }
 
     #[test]

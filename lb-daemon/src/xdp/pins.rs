@@ -11,22 +11,25 @@ use std::{
 };
 
 use lb_common::{
-    Backend, CONNTRACK_DEFAULT_MAX, Counter, FloodSlot, FlowKey, FlowState, MAGLEV_M, MAX_BACKENDS,
-    MAX_RINGS, MAX_SERVICES, STATS_LEN, Settings, VipInfo, VipKey,
+    Backend, CONNTRACK_DEFAULT_MAX, Counter, FloodSlot, FlowKey, FlowKey6, FlowState, MAGLEV_M,
+    MAX_BACKENDS, MAX_RINGS, MAX_SERVICES, STATS_LEN, Settings, VipInfo, VipKey, VipKey6,
 };
 
 /// The maps pinned, by their names in the object.
-pub const MAP_NAMES: [&str; 7] = [
+pub const MAP_NAMES: [&str; 9] = [
     "VIPS",
+    "VIPS6",
     "RINGS",
     "BACKENDS",
     "CONNTRACK",
+    "CONNTRACK6",
     "STATS",
     "SETTINGS",
     "FLOOD",
 ];
-/// Bumped when a map's meaning changes while its sizes stay.
-const LAYOUT_VERSION: u32 = 2;
+/// Bumped when a map's meaning changes while its sizes stay (3: the IPv6 maps, and STATS
+/// reasons renumbered).
+const LAYOUT_VERSION: u32 = 3;
 /// `BPF_FS_MAGIC` from `linux/magic.h`: the `f_type` of a bpffs mount.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Where bpffs is mounted by convention (and where lbd mounts it when it is not).
@@ -55,14 +58,17 @@ pub struct Pins {
     layout: String,
 }
 
-/// The layout name of maps sized for `conntrack_max` flows and `max_services` services.
-pub fn layout(conntrack_max: u32, max_services: u32) -> String {
+/// The layout name of maps sized for `conntrack_max` IPv4 and `conntrack6_max` IPv6 flows and
+/// `max_services` services.
+pub fn layout(conntrack_max: u32, conntrack6_max: u32, max_services: u32) -> String {
     let sizes = [
         LAYOUT_VERSION as usize,
         size_of::<VipKey>(),
         size_of::<VipInfo>(),
         size_of::<Backend>(),
         size_of::<FlowKey>(),
+        size_of::<VipKey6>(),
+        size_of::<FlowKey6>(),
         size_of::<FlowState>(),
         size_of::<Counter>(),
         size_of::<Settings>(),
@@ -73,6 +79,7 @@ pub fn layout(conntrack_max: u32, max_services: u32) -> String {
         MAX_BACKENDS as usize,
         STATS_LEN as usize,
         conntrack_max as usize,
+        conntrack6_max as usize,
         CONNTRACK_DEFAULT_MAX as usize,
         crate::xdp::rings_len(max_services) as usize,
     ];
@@ -254,13 +261,18 @@ mod tests {
 
     #[test]
     fn layouts_differ_by_table_size_and_are_stable() {
-        assert_eq!(layout(262_144, 64), layout(262_144, 64));
-        assert_ne!(layout(262_144, 64), layout(524_288, 64));
+        assert_eq!(layout(262_144, 262_144, 64), layout(262_144, 262_144, 64));
+        assert_ne!(layout(262_144, 262_144, 64), layout(524_288, 262_144, 64));
         assert_ne!(
-            layout(262_144, 64),
-            layout(262_144, 128),
+            layout(262_144, 262_144, 64),
+            layout(262_144, 1024, 64),
+            "a smaller IPv6 table"
+        );
+        assert_ne!(
+            layout(262_144, 262_144, 64),
+            layout(262_144, 262_144, 128),
             "rings for more services"
         );
-        assert!(layout(1024, 64).starts_with("v2-"));
+        assert!(layout(1024, 1024, 64).starts_with("v3-"));
     }
 }

@@ -9,7 +9,7 @@
 //! `rise = 1` (keepalived takes it back after one passed check). Each of those settings is
 //! inherited virtual_server → real_server → checker, as in keepalived.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::{Findings, parse_int, parse_timer, shorten};
 use crate::emit::Health;
@@ -115,7 +115,7 @@ pub(crate) fn is_checker(key: &str) -> bool {
 #[derive(Debug, Clone)]
 pub(crate) struct RsCheck {
     rs_at: At,
-    addr: Ipv4Addr,
+    addr: IpAddr,
     check: Option<Converted>,
 }
 
@@ -134,7 +134,7 @@ struct Converted {
 )]
 pub(crate) fn real_server_checks(
     rs: &Node,
-    addr: Ipv4Addr,
+    addr: IpAddr,
     rs_port: u16,
     vip_port: u16,
     udp: bool,
@@ -200,7 +200,7 @@ pub(crate) fn real_server_checks(
 /// One `TCP_CHECK`, `HTTP_GET` or `SSL_GET` block.
 fn checker(
     c: &Node,
-    addr: Ipv4Addr,
+    addr: IpAddr,
     rs_port: u16,
     vip_port: u16,
     timing: &Timing,
@@ -219,7 +219,7 @@ fn checker(
                 Some(p @ 1..=65535) => port = (u16::try_from(p).unwrap_or(rs_port), Some(k.at())),
                 _ => f.not_converted(k, "the port is not 1 to 65535"),
             },
-            "connect_ip" if k.arg(0) == Some(addr.to_string().as_str()) => {}
+            "connect_ip" if k.arg(0).and_then(|a| a.parse::<IpAddr>().ok()) == Some(addr) => {}
             "connect_ip" => f.not_converted(k, "lbd probes the backend's own address"),
             "bindto" | "bind_port" | "bind_if" | "fwmark" => f.not_converted(
                 k,
@@ -346,7 +346,7 @@ fn ms_text(ms: u64) -> String {
 
 /// The path and status of an `HTTP_GET`'s first `url`; none (a TCP check) when it has none lbd
 /// can send.
-fn http_url(c: &Node, addr: Ipv4Addr, urls: &[&Node], f: &mut Findings) -> Option<(String, u16)> {
+fn http_url(c: &Node, addr: IpAddr, urls: &[&Node], f: &mut Findings) -> Option<(String, u16)> {
     let Some((first, rest)) = urls.split_first() else {
         f.warn(
             c.at(),

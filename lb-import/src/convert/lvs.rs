@@ -1,11 +1,15 @@
 //! `virtual_server ADDR PORT` → `[[service]]`, its `real_server`s → `backends`.
 //!
+//! Both families convert: an IPv6 `virtual_server` becomes a service `vip = "[ADDR]:PORT"`; its
+//! real servers must be IPv6 too (direct routing forwards the client's packet unchanged, so a
+//! service's backends are of its VIP's family, in lbd as in IPVS).
+//!
 //! lbd forwards by direct routing (XDP, IPVS `DR` style), so only `lb_kind DR` services convert;
 //! the scheduler keeps direct routing too: lbd's `rr`, `wrr` and `lc` exist only in its userspace
 //! proxy, which would replace direct routing for every service, so IPVS schedulers map to the
 //! XDP-capable `maglev` (weights honoured) or `sh` (one client, one backend).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use super::check::{self, Timing};
 use super::{Findings, parse_int, shorten};
@@ -73,20 +77,18 @@ pub(crate) fn virtual_server(node: &Node) -> Draft {
         }
         (Some("group"), _) => {
             return refuse(
-                "lbd services are one IPv4 VIP and port each: write a virtual_server per address and port of the virtual_server_group"
+                "lbd services are one VIP and port each: write a virtual_server per address and port of the virtual_server_group"
                     .into(),
             );
         }
         (Some(ip), port) => (ip, port),
         (None, _) => return refuse("no address given".into()),
     };
-    let ip = match ip.parse::<IpAddr>() {
-        Ok(IpAddr::V4(a)) => a,
-        Ok(IpAddr::V6(_)) => return refuse("lbd's data path is IPv4 only".into()),
-        Err(_) => return refuse("not an IP address".into()),
+    let Ok(ip) = ip.parse::<IpAddr>() else {
+        return refuse("not an IP address".into());
     };
-    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
-        return refuse("not a unicast address".into());
+    if let Some(reason) = unusable_vip(ip) {
+        return refuse(reason.into());
     }
     let port = match port {
         None | Some("0") => {
@@ -100,7 +102,7 @@ pub(crate) fn virtual_server(node: &Node) -> Draft {
             _ => return refuse("the port is not 1 to 65535".into()),
         },
     };
-    let vip = SocketAddrV4::new(ip, port);
+    let vip = SocketAddr::new(ip, port);
     f.note(at, format!("virtual_server {ip} {port}"));
 
     let mut udp = false;
@@ -137,7 +139,11 @@ pub(crate) fn virtual_server(node: &Node) -> Draft {
                 n.at(),
                 format!("{}: lbd's hash tables leave out backends that are down, so a flow always finds a live one", n.key()),
             ),
-            "ip_family" if n.arg(0) == Some("inet") => {}
+            "ip_family" if n.arg(0) == Some(if ip.is_ipv4() { "inet" } else { "inet6" }) => {}
+            "ip_family" if matches!(n.arg(0), Some("inet" | "inet6")) => f.not_converted(
+                n,
+                &format!("the service's family is its VIP's ({})", family(ip)),
+            ),
             "real_server" => real_servers.push(n),
             "persistence_granularity" => f.not_converted(
                 n,
@@ -165,7 +171,7 @@ pub(crate) fn virtual_server(node: &Node) -> Draft {
 
     // keepalived's default forwarding is NAT.
     let vs_method = kind.map_or(Method::Nat, |(m, _)| m);
-    let mut backends: Vec<(Ipv4Addr, i64, At)> = Vec::new();
+    let mut backends: Vec<(IpAddr, i64, At)> = Vec::new();
     let mut checks: Vec<check::RsCheck> = Vec::new();
     let mut other_method = Vec::new();
     let mut dr_servers = 0usize;
@@ -236,28 +242,30 @@ pub(crate) fn virtual_server(node: &Node) -> Draft {
 /// One DR `real_server ADDR [PORT] { ... }`: the backend and its checks, or none (reported).
 fn real_server(
     rs: &Node,
-    vip: SocketAddrV4,
+    vip: SocketAddr,
     udp: bool,
     vs_timing: &Timing,
-    seen: &[(Ipv4Addr, i64, At)],
+    seen: &[(IpAddr, i64, At)],
     f: &mut Findings,
-) -> Option<(Ipv4Addr, i64, check::RsCheck)> {
-    let addr = match rs.arg(0).map(str::parse::<IpAddr>) {
-        Some(Ok(IpAddr::V4(a))) => a,
-        Some(Ok(IpAddr::V6(_))) => {
-            f.not_converted(rs, "lbd's data path is IPv4 only");
-            return None;
-        }
-        _ => {
-            f.not_converted(rs, "not an IP address");
-            return None;
-        }
+) -> Option<(IpAddr, i64, check::RsCheck)> {
+    let Some(Ok(addr)) = rs.arg(0).map(str::parse::<IpAddr>) else {
+        f.not_converted(rs, "not an IP address");
+        return None;
     };
-    if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback() {
+    if addr.is_ipv4() != vip.is_ipv4() {
         f.not_converted(
             rs,
-            "lbd needs a unicast address on the network for a backend",
+            &format!(
+                "an {} real server of an {} virtual_server: direct routing forwards the client's packet unchanged, \
+                 so a service's backends are of its VIP's family",
+                family(addr),
+                family(vip.ip())
+            ),
         );
+        return None;
+    }
+    if let Some(reason) = unusable_backend(addr) {
+        f.not_converted(rs, reason);
         return None;
     }
     if seen.iter().any(|(a, _, _)| *a == addr) {
@@ -428,7 +436,7 @@ fn scheduler(
 }
 
 /// lbd weights are 1 to 1000: larger IPVS weights are scaled down together, keeping their ratios.
-fn scale_weights(backends: &[(Ipv4Addr, i64, At)], f: &mut Findings) -> Vec<u32> {
+fn scale_weights(backends: &[(IpAddr, i64, At)], f: &mut Findings) -> Vec<u32> {
     let max = backends.iter().map(|(_, w, _)| *w).max().unwrap_or(1);
     let divisor = if max > MAX_WEIGHT {
         let d = (max + MAX_WEIGHT - 1) / MAX_WEIGHT;
@@ -449,4 +457,51 @@ fn scale_weights(backends: &[(Ipv4Addr, i64, At)], f: &mut Findings) -> Vec<u32>
             u32::try_from(scaled).unwrap_or(1)
         })
         .collect()
+}
+
+/// "IPv4" or "IPv6".
+fn family(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+/// Why lbd cannot serve `ip` as a VIP (as lbd's config loader checks it), if it cannot.
+fn unusable_vip(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(a) if a.is_unspecified() || a.is_multicast() || a.is_broadcast() => {
+            Some("not a unicast address")
+        }
+        IpAddr::V4(_) => None,
+        IpAddr::V6(a) if a.is_unspecified() || a.is_multicast() => Some("not a unicast address"),
+        IpAddr::V6(a) if a.is_unicast_link_local() => Some(
+            "a link-local address cannot be an lbd VIP: it means something on one link only; use a global or unique local address",
+        ),
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
+            Some("an IPv4-mapped IPv6 address: write the virtual_server with the IPv4 address")
+        }
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// Why `ip` cannot be an lbd backend (as lbd's config loader checks it), if it cannot.
+fn unusable_backend(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(a)
+            if a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback() =>
+        {
+            Some("lbd needs a unicast address on the network for a backend")
+        }
+        IpAddr::V4(_) => None,
+        IpAddr::V6(a)
+            if a.is_unspecified()
+                || a.is_multicast()
+                || a.is_loopback()
+                || a.is_unicast_link_local()
+                || a.to_ipv4_mapped().is_some() =>
+        {
+            Some(
+                "lbd needs a unicast address on the network for a backend (not loopback, link-local or IPv4-mapped)",
+            )
+        }
+        IpAddr::V6(_) => None,
+    }
 }

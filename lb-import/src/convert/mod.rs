@@ -6,11 +6,11 @@
 //! not carry over and why. Both become `# keepalived FILE:LINE: ...` comments in the section they
 //! concern; warnings are also returned to the caller (and are errors with `--strict`).
 
-use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use crate::Warning;
-use crate::emit::{LbdConfig, Service};
+use crate::emit::{LbdConfig, Service, Vrrp};
 use crate::include::{At, Source};
 use crate::parser::Node;
 
@@ -218,18 +218,39 @@ pub(crate) fn convert(source: &Source, nodes: &[Node], name: &str) -> Converted 
         }
     }
 
-    // One VRRP router: the convertible instance that holds the most service VIPs, the first
-    // of those on a tie.
-    let service_vips: BTreeSet<Ipv4Addr> = services.iter().map(|(s, _, _)| *s.vip.ip()).collect();
-    let chosen = instances
-        .iter()
-        .enumerate()
-        .filter_map(|(i, inst)| inst.vrrp.as_ref().ok().map(|v| (i, v)))
-        .max_by_key(|(i, v)| {
-            let held = v.vips.iter().filter(|a| service_vips.contains(a)).count();
-            (held, std::cmp::Reverse(*i))
-        })
-        .map(|(i, _)| i);
+    // [vrrp]: the convertible instance that holds the most service VIPs, the first of those on
+    // a tie; and, merged in, the instance of the other family that holds the most of the
+    // others among those whose settings match it. lbd runs one virtual router per family of
+    // [vrrp].vips, with the same settings, so only settings that match can merge.
+    let service_vips: BTreeSet<IpAddr> = services.iter().map(|(s, _, _)| s.vip.ip()).collect();
+    let best = |take: &dyn Fn(usize, &vrrp::Instance) -> bool| {
+        instances
+            .iter()
+            .enumerate()
+            .filter(|(i, inst)| take(*i, inst))
+            .filter_map(|(i, inst)| inst.vrrp.as_ref().ok().map(|v| (i, v)))
+            .max_by_key(|(i, v)| {
+                let held = v.vips.iter().filter(|a| service_vips.contains(a)).count();
+                (held, std::cmp::Reverse(*i))
+            })
+            .map(|(i, _)| i)
+    };
+    let chosen = best(&|_, _| true);
+    // The other family's instances whose settings differ from the chosen one's: what differs.
+    let mut differ: BTreeMap<usize, String> = BTreeMap::new();
+    if let Some(c) = chosen.and_then(|c| instances.get(c)) {
+        for (i, inst) in instances.iter().enumerate() {
+            if inst.ipv6 != c.ipv6
+                && let Some(d) = differences(c, inst)
+            {
+                differ.insert(i, d);
+            }
+        }
+    }
+    let partner = chosen.and_then(|c| {
+        let ipv6 = instances.get(c).is_some_and(|inst| inst.ipv6);
+        best(&|i, inst| inst.ipv6 != ipv6 && !differ.contains_key(&i))
+    });
 
     // daemon.interface: the chosen instance's, else any instance's, else a default.
     let interface_from = chosen
@@ -254,36 +275,51 @@ pub(crate) fn convert(source: &Source, nodes: &[Node], name: &str) -> Converted 
         }
     }
 
-    let chosen_name = chosen
-        .and_then(|i| instances.get(i))
-        .map(|inst| inst.name.clone())
-        .unwrap_or_default();
-    let mut vrrp_vips: Option<Vec<Ipv4Addr>> = None;
+    let name_of = |i: Option<usize>| {
+        i.and_then(|i| instances.get(i))
+            .map(|inst| inst.name.clone())
+            .unwrap_or_default()
+    };
+    let chosen_name = name_of(chosen);
+    let partner_name = name_of(partner);
+    // How the instances [vrrp] is converted from are named in messages.
+    let source_desc = if partner.is_some() {
+        format!("vrrp_instances {chosen_name} and {partner_name}")
+    } else {
+        format!("vrrp_instance {chosen_name}")
+    };
+    let mut vrrp_vips: Option<Vec<IpAddr>> = None;
+    let mut merged: Option<(Vrrp, Findings, bool)> = None;
+    let mut partner_part: Option<(Vrrp, Findings, At)> = None;
     for (i, inst) in instances.into_iter().enumerate() {
         match inst.vrrp {
-            Ok(mut v) if Some(i) == chosen => {
-                if v.interface.as_deref() == Some(config.interface.as_str()) {
-                    v.interface = None;
-                }
-                let mut findings = inst.findings;
-                findings.0.sort_by_key(|f| f.at.seq);
-                let mut comments = Vec::new();
-                out.flush(findings, &mut comments);
-                v.comments = comments;
-                vrrp_vips = Some(v.vips.clone());
-                config.vrrp = Some(v);
-            }
+            Ok(v) if Some(i) == chosen => merged = Some((v, inst.findings, inst.ipv6)),
+            Ok(v) if Some(i) == partner => partner_part = Some((v, inst.findings, inst.at)),
             Ok(v) => {
                 let vips: Vec<String> = v.vips.iter().map(ToString::to_string).collect();
-                global.warn(
-                    inst.at,
-                    format!(
+                let message = match differ.get(&i) {
+                    Some(d) => format!(
+                        "vrrp_instance {} not converted: [vrrp] is converted from vrrp_instance {chosen_name} and lbd runs both families' \
+                         virtual routers with its settings, but this {} instance's differ: {d}; its VIPs ({}) do not fail over \
+                         unless the settings match (lb-import then merges the two)",
+                        inst.name,
+                        if inst.ipv6 { "IPv6" } else { "IPv4" },
+                        vips.join(", ")
+                    ),
+                    None if partner.is_some() => format!(
+                        "vrrp_instance {} not converted: lbd runs one VRRP router per address family and [vrrp] is converted from {source_desc}; \
+                         its VIPs ({}) do not fail over unless you move them into [vrrp].vips",
+                        inst.name,
+                        vips.join(", ")
+                    ),
+                    None => format!(
                         "vrrp_instance {} not converted: lbd runs one VRRP router per node and [vrrp] is converted from vrrp_instance {chosen_name}; \
                          its VIPs ({}) do not fail over unless you move them into [vrrp].vips",
                         inst.name,
                         vips.join(", ")
                     ),
-                );
+                };
+                global.warn(inst.at, message);
             }
             Err(reason) => {
                 refused.insert(inst.at.seq);
@@ -291,15 +327,37 @@ pub(crate) fn convert(source: &Source, nodes: &[Node], name: &str) -> Converted 
             }
         }
     }
+    if let Some((mut v, mut findings, ipv6)) = merged {
+        if let Some((p, p_findings, p_at)) = partner_part {
+            merge(
+                &mut v,
+                &mut findings,
+                ipv6,
+                p,
+                p_findings,
+                p_at,
+                (&chosen_name, &partner_name),
+            );
+        }
+        if v.interface.as_deref() == Some(config.interface.as_str()) {
+            v.interface = None;
+        }
+        findings.0.sort_by_key(|f| f.at.seq);
+        let mut comments = Vec::new();
+        out.flush(findings, &mut comments);
+        v.comments = comments;
+        vrrp_vips = Some(v.vips.clone());
+        config.vrrp = Some(v);
+    }
 
     for (mut service, mut findings, at) in services {
         if let Some(vips) = &vrrp_vips
-            && !vips.contains(service.vip.ip())
+            && !vips.contains(&service.vip.ip())
         {
             findings.warn(
                 at,
                 format!(
-                    "VIP {} is not among the VIPs of vrrp_instance {chosen_name} ([vrrp].vips): it does not fail over with it; add it there if it should",
+                    "VIP {} is not among the VIPs of {source_desc} ([vrrp].vips): it does not fail over with it; add it there if it should",
                     service.vip.ip()
                 ),
             );
@@ -327,6 +385,129 @@ pub(crate) fn convert(source: &Source, nodes: &[Node], name: &str) -> Converted 
         warnings: warnings.into_iter().map(|(_, w)| w).collect(),
         refusals,
     }
+}
+
+/// The settings lbd's one `[vrrp]` gives both families' virtual routers in which instance `b`
+/// differs from `a` (`a`'s value after `b`'s name), none when they match.
+fn differences(a: &vrrp::Instance, b: &vrrp::Instance) -> Option<String> {
+    let (Ok(av), Ok(bv)) = (&a.vrrp, &b.vrrp) else {
+        return None;
+    };
+    let mut d: Vec<String> = Vec::new();
+    let mut differ = |setting: &str, theirs: String, ours: String| {
+        if theirs != ours {
+            d.push(format!("{setting} {theirs} ({}: {ours})", a.name));
+        }
+    };
+    differ(
+        "virtual_router_id",
+        bv.vrid.to_string(),
+        av.vrid.to_string(),
+    );
+    differ("priority", bv.priority.to_string(), av.priority.to_string());
+    let advert = |v: &Vrrp| format!("{} ms", v.advert_interval_ms.unwrap_or(1000));
+    differ("advert_int", advert(bv), advert(av));
+    let interface = |i: &vrrp::Instance| i.interface.clone().unwrap_or_else(|| "(none)".into());
+    differ("interface", interface(b), interface(a));
+    let preempt = |v: &Vrrp| {
+        if v.preempt.unwrap_or(true) {
+            "preempt".to_owned()
+        } else {
+            "nopreempt".to_owned()
+        }
+    };
+    differ("preemption", preempt(bv), preempt(av));
+    let delay = |v: &Vrrp| format!("{} ms", v.preempt_delay_ms.unwrap_or(0));
+    differ("preempt_delay", delay(bv), delay(av));
+    let tracks = |v: &Vrrp| {
+        let mut t: Vec<String> = v
+            .track_interfaces
+            .iter()
+            .map(|(n, w)| format!("{n} weight -{w}"))
+            .collect();
+        t.sort();
+        if t.is_empty() {
+            "(none)".to_owned()
+        } else {
+            t.join(", ")
+        }
+    };
+    differ("track_interface", tracks(bv), tracks(av));
+    // lbd unicasts both families' adverts or neither's.
+    let unicast = |v: &Vrrp| {
+        if v.unicast_peers.is_empty() {
+            "none (multicast)".to_owned()
+        } else {
+            "some (unicast)".to_owned()
+        }
+    };
+    differ("unicast_peer", unicast(bv), unicast(av));
+    if d.is_empty() {
+        None
+    } else {
+        Some(d.join(", "))
+    }
+}
+
+/// Merges the other family's matching instance `p` into the chosen one's `[vrrp]`: its VIPs and
+/// unicast peers (IPv4 first), its findings, and its notify program when the chosen instance
+/// has none.
+fn merge(
+    v: &mut Vrrp,
+    findings: &mut Findings,
+    ipv6: bool,
+    p: Vrrp,
+    p_findings: Findings,
+    p_at: At,
+    (name, p_name): (&str, &str),
+) {
+    let (ours, theirs) = if ipv6 {
+        ("IPv6", "IPv4")
+    } else {
+        ("IPv4", "IPv6")
+    };
+    let mut f = p_findings;
+    f.note(
+        p_at,
+        format!(
+            "vrrp_instance {p_name} ({theirs}) merged into [vrrp] with vrrp_instance {name} ({ours}): their settings match, \
+             and lbd runs one virtual router per family with them"
+        ),
+    );
+    match (&v.notify, p.notify) {
+        (_, None) => {}
+        (None, Some(n)) => {
+            f.note(
+                p_at,
+                format!(
+                    "notify {n} of vrrp_instance {p_name}: lbd runs [vrrp].notify on the state changes of both families' routers"
+                ),
+            );
+            v.notify = Some(n);
+        }
+        (Some(program), Some(n)) if *program == n => {}
+        (Some(program), Some(n)) => f.warn(
+            p_at,
+            format!(
+                "notify {n} of vrrp_instance {p_name} not converted: lbd runs one notify program, {program} of vrrp_instance {name}, \
+                 for both families' routers"
+            ),
+        ),
+    }
+    let (vips, peers) = if ipv6 {
+        (
+            [p.vips, std::mem::take(&mut v.vips)].concat(),
+            [p.unicast_peers, std::mem::take(&mut v.unicast_peers)].concat(),
+        )
+    } else {
+        (
+            [std::mem::take(&mut v.vips), p.vips].concat(),
+            [std::mem::take(&mut v.unicast_peers), p.unicast_peers].concat(),
+        )
+    };
+    v.vips = vips;
+    v.unicast_peers = peers;
+    findings.0.extend(f.0);
 }
 
 /// Turns findings into comments (and warnings).
@@ -367,7 +548,7 @@ fn top_level_reason(key: &str) -> &'static str {
             "lbd tracks no scripts, processes or files: its tracked conditions are track_no_backend, track_datapath and track_interfaces in [vrrp]"
         }
         "virtual_server_group" => {
-            "lbd services are one IPv4 VIP and port each: write a virtual_server per address and port of the group"
+            "lbd services are one VIP and port each: write a virtual_server per address and port of the group"
         }
         "static_ipaddress" | "static_routes" | "static_rules" => {
             "lbd manages no static addresses, routes or rules: configure them in the system's network setup"

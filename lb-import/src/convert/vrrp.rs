@@ -1,5 +1,10 @@
 //! `vrrp_instance` → `[vrrp]`: identity, timers, VIPs, unicast peers, tracked interfaces and the
 //! notify program; what lbd's VRRPv3 speaker has no setting for is reported.
+//!
+//! An instance is IPv4 or IPv6, as in keepalived: the family of its first address (VIP, unicast
+//! peer or source address) is the instance's, and addresses of the other family are not taken
+//! (keepalived ignores them). lbd runs one virtual router per family of `[vrrp].vips`; the
+//! driver merges an IPv4 and an IPv6 instance into one `[vrrp]` when their settings match.
 
 use std::net::IpAddr;
 
@@ -27,6 +32,31 @@ pub(crate) struct Instance {
     pub findings: Findings,
     /// Its interface, when valid.
     pub interface: Option<String>,
+    /// Its family (keepalived's: that of its first address): IPv6 when true.
+    pub ipv6: bool,
+}
+
+/// The family of an instance as keepalived decides it: that of the first VIP, unicast peer or
+/// source address in the block (`virtual_ipaddress_excluded` may mix families and does not
+/// count); IPv4 when it has none.
+fn instance_family(node: &Node) -> bool {
+    let parse = |text: &str| {
+        let addr = text.split_once('/').map_or(text, |(a, _)| a);
+        addr.parse::<IpAddr>().ok()
+    };
+    for n in node.children() {
+        let found = match n.key() {
+            "virtual_ipaddress" | "unicast_peer" => {
+                n.children().iter().find_map(|line| parse(line.key()))
+            }
+            "unicast_src_ip" | "mcast_src_ip" => n.arg(0).and_then(parse),
+            _ => None,
+        };
+        if let Some(addr) = found {
+            return addr.is_ipv6();
+        }
+    }
+    false
 }
 
 /// Converts one `vrrp_instance NAME { ... }`.
@@ -42,7 +72,9 @@ pub(crate) fn instance(node: &Node, globals: &Globals) -> Instance {
     let mut vrid: Option<u8> = None;
     let mut priority_given = false;
     let mut version: Option<(u8, At)> = None;
-    let mut v6_vips = 0usize;
+    let ipv6 = instance_family(node);
+    // Addresses of the other family, not taken.
+    let mut other_family = 0usize;
     let mut tracks: Vec<(String, i64, At)> = Vec::new();
     let mut interface: Option<String> = None;
 
@@ -104,20 +136,34 @@ pub(crate) fn instance(node: &Node, globals: &Globals) -> Instance {
                         "virtual_ipaddress_excluded: lbd holds these as VIPs like the others and lists them in its adverts",
                     );
                 }
+                let excluded = key == "virtual_ipaddress_excluded";
                 for line in n.children() {
-                    vip(line, &mut v, interface.as_deref(), &mut v6_vips, &mut f);
+                    let family = Family { ipv6, excluded };
+                    if !vip(line, &mut v, interface.as_deref(), family, &mut f) {
+                        other_family += 1;
+                    }
                 }
             }
             "unicast_peer" => {
                 for line in n.children() {
                     match line.key().parse::<IpAddr>() {
-                        Ok(IpAddr::V4(a)) if v.unicast_peers.contains(&a) => {
+                        Ok(a) if a.is_ipv6() != ipv6 => f.not_converted(
+                            line,
+                            &format!(
+                                "an {} peer of an {} instance (keepalived takes an instance's family from its first address and skips \
+                                 peers of the other): put it in an {} vrrp_instance",
+                                family_name(a.is_ipv6()),
+                                family_name(ipv6),
+                                family_name(a.is_ipv6())
+                            ),
+                        ),
+                        Ok(a) if v.unicast_peers.contains(&a) => {
                             f.not_converted(line, "listed twice");
                         }
-                        Ok(IpAddr::V4(_)) if v.unicast_peers.len() >= MAX_PEERS => {
+                        Ok(_) if v.unicast_peers.len() >= MAX_PEERS => {
                             f.not_converted(line, "lb-import takes at most 255 unicast peers");
                         }
-                        Ok(IpAddr::V4(a)) => {
+                        Ok(a) => {
                             v.unicast_peers.push(a);
                             if !line.args.is_empty() {
                                 f.warn(
@@ -129,14 +175,17 @@ pub(crate) fn instance(node: &Node, globals: &Globals) -> Instance {
                                 );
                             }
                         }
-                        Ok(IpAddr::V6(_)) => f.not_converted(line, "lbd's VRRP router is IPv4 only"),
                         Err(_) => f.not_converted(line, "not an IP address"),
                     }
                 }
             }
             "unicast_src_ip" | "mcast_src_ip" => f.not_converted(
                 n,
-                "lbd sends adverts from the interface's first IPv4 address that is not a VIP",
+                if ipv6 {
+                    "lbd sends IPv6 adverts from the interface's link-local address (RFC 5798)"
+                } else {
+                    "lbd sends adverts from the interface's first IPv4 address that is not a VIP"
+                },
             ),
             "track_interface" => {
                 for line in n.children() {
@@ -247,30 +296,38 @@ pub(crate) fn instance(node: &Node, globals: &Globals) -> Instance {
         f.note(at, "no priority: keepalived's default 100");
     }
 
-    let version = version.or(globals.vrrp_version);
-    match version {
-        Some((3, _)) => {}
-        Some((_, vat)) => f.warn(
+    match (ipv6, version) {
+        // keepalived runs IPv6 instances as VRRPv3 whatever the version says.
+        (true, Some((2, vat))) => f.note(
             vat,
-            "VRRP version 2 not converted: lbd speaks VRRPv3 (RFC 5798) only; keepalived peers of this router need version 3",
+            "version 2: keepalived runs IPv6 instances as VRRPv3 anyway, as lbd does",
         ),
-        None if v6_vips > 0 => {}
-        None => f.warn(
-            at,
-            "VRRP version 2 (keepalived's default) not converted: lbd speaks VRRPv3 (RFC 5798) only; \
-             keepalived peers of this router need `vrrp_version 3`",
-        ),
+        (true, _) => {}
+        (false, version) => match version.or(globals.vrrp_version) {
+            Some((3, _)) => {}
+            Some((_, vat)) => f.warn(
+                vat,
+                "VRRP version 2 not converted: lbd speaks VRRPv3 (RFC 5798) only; keepalived peers of this router need version 3",
+            ),
+            None => f.warn(
+                at,
+                "VRRP version 2 (keepalived's default) not converted: lbd speaks VRRPv3 (RFC 5798) only; \
+                 keepalived peers of this router need `vrrp_version 3`",
+            ),
+        },
     }
 
     let vrrp = match vrid {
         None => Err(format!(
             "vrrp_instance {name} not converted: it has no valid virtual_router_id (1 to 255)"
         )),
-        Some(_) if v.vips.is_empty() && v6_vips > 0 => Err(format!(
-            "vrrp_instance {name} not converted: its virtual addresses are IPv6; lbd's VRRP router is IPv4 only"
+        Some(_) if v.vips.is_empty() && other_family > 0 => Err(format!(
+            "vrrp_instance {name} not converted: it has no {fam} virtual_ipaddress, and it is {fam} \
+             (keepalived takes an instance's family from its first address and ignores the other family's)",
+            fam = family_name(ipv6)
         )),
         Some(_) if v.vips.is_empty() => Err(format!(
-            "vrrp_instance {name} not converted: it has no virtual_ipaddress (lbd's VRRP router needs at least one IPv4 VIP)"
+            "vrrp_instance {name} not converted: it has no virtual_ipaddress (lbd's VRRP router needs at least one VIP)"
         )),
         Some(id) => {
             v.vrid = id;
@@ -283,41 +340,82 @@ pub(crate) fn instance(node: &Node, globals: &Globals) -> Instance {
         vrrp,
         findings: f,
         interface,
+        ipv6,
     }
 }
 
-/// One `virtual_ipaddress` line: `ADDR[/PREFIX] [dev IF] [label L] [scope S] [brd B] ...`.
-fn vip(line: &Node, v: &mut Vrrp, interface: Option<&str>, v6: &mut usize, f: &mut Findings) {
+fn family_name(ipv6: bool) -> &'static str {
+    if ipv6 { "IPv6" } else { "IPv4" }
+}
+
+/// The family of the instance a VIP line is in, and whether it is `virtual_ipaddress_excluded`.
+#[derive(Debug, Clone, Copy)]
+struct Family {
+    ipv6: bool,
+    excluded: bool,
+}
+
+/// One `virtual_ipaddress` line: `ADDR[/PREFIX] [dev IF] [label L] [scope S] [brd B] ...`;
+/// false when the address is of the other family than the instance's (reported).
+fn vip(
+    line: &Node,
+    v: &mut Vrrp,
+    interface: Option<&str>,
+    family: Family,
+    f: &mut Findings,
+) -> bool {
     let text = line.key();
     let (addr, prefix) = text.split_once('/').unwrap_or((text, ""));
-    let addr = match addr.parse::<IpAddr>() {
-        Ok(IpAddr::V4(a)) => a,
-        Ok(IpAddr::V6(_)) => {
-            *v6 += 1;
-            f.not_converted(line, "lbd's VRRP router is IPv4 only");
-            return;
-        }
-        Err(_) => {
-            f.not_converted(line, "not an IP address");
-            return;
-        }
+    let Ok(addr) = addr.parse::<IpAddr>() else {
+        f.not_converted(line, "not an IP address");
+        return true;
     };
-    if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() {
+    if addr.is_ipv6() != family.ipv6 {
+        let (ours, theirs) = (family_name(family.ipv6), family_name(addr.is_ipv6()));
+        let how = if family.excluded {
+            "keepalived holds it on the master without advertising it; lbd holds each VIP in the virtual router of its family"
+        } else {
+            "keepalived takes an instance's family from its first address and ignores addresses of the other"
+        };
+        f.not_converted(
+            line,
+            &format!(
+                "an {theirs} address in an {ours} vrrp_instance: {how}; put it in an {theirs} vrrp_instance \
+                 (lb-import merges it into [vrrp] when its settings match this one's)"
+            ),
+        );
+        return false;
+    }
+    let unusable = match addr {
+        IpAddr::V4(a) => a.is_unspecified() || a.is_multicast() || a.is_broadcast(),
+        IpAddr::V6(a) => a.is_unspecified() || a.is_multicast(),
+    };
+    if unusable {
         f.not_converted(line, "not a unicast address");
-        return;
+        return true;
+    }
+    if let IpAddr::V6(a) = addr
+        && a.to_ipv4_mapped().is_some()
+    {
+        f.not_converted(
+            line,
+            "an IPv4-mapped IPv6 address: write it as IPv4, in an IPv4 vrrp_instance",
+        );
+        return true;
     }
     if v.vips.contains(&addr) {
         f.not_converted(line, "listed twice");
-        return;
+        return true;
     }
     if v.vips.len() >= MAX_VIPS {
         f.not_converted(line, "a VRRPv3 advert carries at most 255 addresses");
-        return;
+        return true;
     }
-    if !prefix.is_empty() && prefix != "32" {
+    let host = if addr.is_ipv4() { "32" } else { "128" };
+    if !prefix.is_empty() && prefix != host {
         f.note(
             line.at(),
-            format!("{addr}/{prefix}: lbd adds VIPs as /32; the subnet route comes from the interface's own address"),
+            format!("{addr}/{prefix}: lbd adds VIPs as /{host}; the subnet route comes from the interface's own address"),
         );
     }
     let mut args = line.args.iter();
@@ -359,12 +457,16 @@ fn vip(line: &Node, v: &mut Vrrp, interface: Option<&str>, v6: &mut usize, f: &m
                 };
                 f.warn(
                     opt.at,
-                    format!("{addr}: option {}{value} not converted: lbd adds VIPs as plain /32 addresses", shorten(other)),
+                    format!(
+                        "{addr}: option {}{value} not converted: lbd adds VIPs as plain /{host} addresses",
+                        shorten(other)
+                    ),
                 );
             }
         }
     }
     v.vips.push(addr);
+    true
 }
 
 /// One `track_interface` line: `IF [weight W [reverse]]`.
@@ -533,8 +635,8 @@ mod tests {
                 "no virtual_ipaddress",
             ),
             (
-                "vrrp_instance V {\n virtual_router_id 3\n virtual_ipaddress {\n fe80::1\n }\n}\n",
-                "IPv6",
+                "vrrp_instance V {\n virtual_router_id 3\n unicast_peer {\n 10.0.0.2\n }\n virtual_ipaddress {\n 2001:db8::1\n }\n}\n",
+                "it has no IPv4 virtual_ipaddress, and it is IPv4",
             ),
         ];
         for (text, want) in cases {
@@ -552,6 +654,79 @@ mod tests {
         assert_eq!(w.len(), 1);
         assert_eq!(w[0].at.line, 3);
         assert!(w[0].message.contains("VRRPv3"));
+    }
+
+    /// An IPv6 instance: VIPs (link-local ones too) and peers of its family; the other
+    /// family's addresses are reported as keepalived ignores them; no VRRPv2 warning.
+    #[test]
+    fn ipv6_instance() {
+        let i = convert(
+            "vrrp_instance V6 {\n interface eth1\n virtual_router_id 7\n priority 150\n unicast_src_ip fe80::1\n \
+             virtual_ipaddress {\n fe80::100/64\n 2001:db8::100/64 dev eth1\n 198.18.0.100\n ::ffff:198.18.0.101\n ff02::1\n }\n \
+             virtual_ipaddress_excluded {\n 198.18.0.102\n }\n unicast_peer {\n fe80::2\n 198.18.0.3\n }\n}\n",
+        );
+        assert!(i.ipv6);
+        let msgs = messages(&i);
+        let v = i.vrrp.unwrap();
+        let addrs = |list: &[IpAddr]| list.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(addrs(&v.vips), ["fe80::100", "2001:db8::100"]);
+        assert_eq!(addrs(&v.unicast_peers), ["fe80::2"]);
+        let has = |s: &str| msgs.iter().any(|m| m.contains(s));
+        assert!(
+            has(
+                "unicast_src_ip fe80::1 not converted: lbd sends IPv6 adverts from the interface's link-local address"
+            ),
+            "{msgs:?}"
+        );
+        assert!(has("fe80::100/64: lbd adds VIPs as /128"), "{msgs:?}");
+        assert!(
+            has(
+                "198.18.0.100 not converted: an IPv4 address in an IPv6 vrrp_instance: keepalived takes an instance's family"
+            ),
+            "{msgs:?}"
+        );
+        assert!(
+            has(
+                "198.18.0.102 not converted: an IPv4 address in an IPv6 vrrp_instance: keepalived holds it on the master"
+            ),
+            "{msgs:?}"
+        );
+        assert!(
+            has("::ffff:198.18.0.101 not converted: an IPv4-mapped IPv6 address"),
+            "{msgs:?}"
+        );
+        assert!(
+            has("ff02::1 not converted: not a unicast address"),
+            "{msgs:?}"
+        );
+        assert!(
+            has("198.18.0.3 not converted: an IPv4 peer of an IPv6 instance"),
+            "{msgs:?}"
+        );
+        assert!(
+            !has("VRRP version 2"),
+            "IPv6 instances are VRRPv3 in keepalived: {msgs:?}"
+        );
+    }
+
+    /// keepalived takes the family from the first address, whichever block it is in.
+    #[test]
+    fn family_of_the_first_address() {
+        let i = convert(
+            "vrrp_instance V {\n virtual_router_id 7\n virtual_ipaddress_excluded {\n 2001:db8::1\n }\n \
+             virtual_ipaddress {\n 198.18.0.100\n 2001:db8::100\n }\n}\n",
+        );
+        assert!(!i.ipv6, "excluded addresses do not set the family");
+        let v = i.vrrp.unwrap();
+        assert_eq!(v.vips, [Ipv4Addr::new(198, 18, 0, 100)]);
+        let i = convert(
+            "vrrp_instance V {\n virtual_router_id 7\n unicast_peer {\n 2001:db8::2\n }\n virtual_ipaddress {\n 198.18.0.100\n 2001:db8::100\n }\n}\n",
+        );
+        assert!(i.ipv6, "the first peer sets it");
+        assert_eq!(
+            i.vrrp.unwrap().vips,
+            ["2001:db8::100".parse::<IpAddr>().unwrap()]
+        );
     }
 
     use super::super::Finding;

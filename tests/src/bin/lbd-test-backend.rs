@@ -2,7 +2,11 @@
 //!
 //! ```text
 //! lbd-test-backend --name b1 --http 0.0.0.0:80 --udp 198.18.0.100:5353 [--udp 198.18.0.21:5353]
+//!                  [--http [::]:80] [--udp [2001:db8::100]:5353] [--udp [2001:db8::21]:5353]
 //! ```
+//! - Every address gets a socket of its own family. IPv6 sockets are `IPV6_V6ONLY`, so `[::]:80` and
+//!   `0.0.0.0:80` bind side by side and an IPv4 peer always shows as `198.18.0.10:port`, never as
+//!   `[::ffff:198.18.0.10]:port`. An IPv6 peer shows as `[2001:db8::10]:port` (`X-Client`, `/echo-peer`).
 //! - HTTP/1.1 with keep-alive on every `--http` address; answers as described in `lbd_tests::http`:
 //!   body `<name>\n` with `X-Backend` and `X-Client` headers, `/echo-peer`, `/stream?bytes=N&chunk_ms=M`,
 //!   `/reset` (no answer: the connection is reset).
@@ -24,7 +28,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use lbd_tests::http::{DEFAULT_STREAM_CHUNK, Head, HttpReader, query_param, stream_byte};
-use socket2::{Domain, Socket, Type};
+use socket2::{Domain, Protocol, Socket, Type};
 
 /// Connections served at once; the next ones get `503` and are closed.
 const MAX_CONNECTIONS: usize = 4096;
@@ -140,7 +144,7 @@ fn run() -> Result<()> {
             .context("spawning the HTTP accept thread")?;
     }
     for addr in &args.udp {
-        let socket = UdpSocket::bind(addr).with_context(|| {
+        let socket = bind_udp(*addr).with_context(|| {
             format!("binding UDP {addr} (is the address configured here? the VIP must be on lo before start)")
         })?;
         bound.push(format!(
@@ -193,19 +197,32 @@ fn wait_signal(set: &libc::sigset_t) -> Result<()> {
     Ok(())
 }
 
-/// A TCP listener on `addr` with SO_REUSEADDR and a large backlog.
+/// A TCP listener on `addr` with SO_REUSEADDR and a large backlog (IPv6 only for an IPv6 address).
 fn listen(addr: SocketAddr) -> Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .context("creating a TCP socket")?;
     socket
         .set_reuse_address(true)
         .context("setting SO_REUSEADDR")?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).context("setting IPV6_V6ONLY")?;
+    }
     socket
         .bind(&addr.into())
         .with_context(|| format!("binding TCP {addr}"))?;
     socket
         .listen(BACKLOG)
         .with_context(|| format!("listening on {addr}"))?;
+    Ok(socket.into())
+}
+
+/// A UDP socket bound to `addr` (IPv6 only for an IPv6 address, so IPv4 peers never arrive mapped).
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
     Ok(socket.into())
 }
 
@@ -478,6 +495,35 @@ mod tests {
         assert_eq!(a.name, "b1");
         assert_eq!(a.http.len(), 1);
         assert_eq!(a.udp.len(), 2);
+
+        let a = args(&[
+            "--name",
+            "b1",
+            "--http",
+            "0.0.0.0:80",
+            "--http",
+            "[::]:80",
+            "--udp",
+            "[2001:db8::100]:5353",
+        ])
+        .unwrap();
+        assert_eq!(a.http[1], "[::]:80".parse::<SocketAddr>().unwrap());
+        assert!(a.udp[0].is_ipv6());
+    }
+
+    #[test]
+    fn ipv4_and_ipv6_wildcards_bind_side_by_side() {
+        // Port 0 picks a free port; the IPv6 listener then takes the same one, which only works with
+        // IPV6_V6ONLY (else [::] would also claim it for IPv4).
+        let v4 = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = v4.local_addr().unwrap().port();
+        let Ok(v6) = listen(SocketAddr::from(([0u16; 8], port))) else {
+            return; // no IPv6 where the unit tests run
+        };
+        let only_v6 = socket2::SockRef::from(&v6).only_v6().unwrap();
+        assert!(only_v6);
+        let u6 = bind_udp(SocketAddr::from(([0u16; 8], 0))).unwrap();
+        assert!(socket2::SockRef::from(&u6).only_v6().unwrap());
     }
 
     #[test]

@@ -1,0 +1,362 @@
+//! VRRPv3 over IPv6 (RFC 5798 §5.1.2) between lbd nodes and with keepalived, in network
+//! namespaces: a client, two nodes, three backends, dual-stack. The IPv6 VIP moves on node
+//! failure (the new master's unsolicited neighbour advertisements turn the client's neighbour
+//! entry to it) and a TCP stream through it survives; keepalived is master with lbd as backup
+//! and the reverse, over IPv6.
+
+use std::{process::Command, time::Duration};
+
+use anyhow::{Context, Result, ensure};
+use lb_testkit::{require_or_skip, tool_unavailable_reason, try_wait_until, wait_until};
+use lbd_tests::{
+    Host, Topology, bin_path, client,
+    lbd::{LbdNode, Mode},
+    netns_tests_enabled, test_tag,
+};
+
+const MASTER_WAIT: Duration = Duration::from_secs(10);
+
+/// A node's config: `web` on the IPv4 VIP and `web6` on the IPv6 one over the three backends,
+/// generic XDP, and `[vrrp]` for `vips` (both families: two virtual routers).
+fn config(topo: &Topology, node: Host, priority: u8, vips: &[&str]) -> String {
+    let socket = LbdNode::socket_path(topo, node);
+    let list = |v6: bool| {
+        topo.backends()
+            .into_iter()
+            .map(|b| {
+                if v6 {
+                    format!("{{ addr = \"{}\" }}", topo.ip6(b))
+                } else {
+                    format!("{{ addr = \"{}\" }}", topo.ip(b))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let vips: Vec<String> = vips.iter().map(|v| format!("\"{v}\"")).collect();
+    format!(
+        "[daemon]\ninterface = \"eth0\"\ndatapath = \"{}\"\ncontrol_socket = \"{}\"\nstate_dir = \"{}\"\n\n\
+         [[service]]\nname = \"web\"\nvip = \"{}\"\nbackends = [{}]\n\n\
+         [[service]]\nname = \"web6\"\nvip = \"{}\"\nbackends = [{}]\n\n\
+         [vrrp]\nvrid = 51\npriority = {priority}\nadvert_interval_ms = 100\npreempt = true\n\
+         interface = \"eth0\"\nvips = [{}]\n",
+        Mode::XdpGeneric.datapath(),
+        socket.display(),
+        socket
+            .parent()
+            .unwrap_or(std::path::Path::new("/tmp"))
+            .display(),
+        topo.vip_http(),
+        list(false),
+        topo.vip6_http(),
+        list(true),
+        vips.join(", "),
+    )
+}
+
+/// Waits until the node's IPv6 virtual router is in `state`.
+fn wait_state6(node: &LbdNode, state: &str) -> Result<lb_daemon::status::VrrpStatus> {
+    let s = node.wait_status(MASTER_WAIT, &format!("VRRP (IPv6) {state}"), |s| {
+        s.vrrp6.as_ref().is_some_and(|v| v.state == state)
+    })?;
+    s.vrrp6.context("vrrp6 status")
+}
+
+fn holds_vip6(topo: &Topology, node: Host) -> Result<bool> {
+    let out = topo
+        .ns(node)
+        .run("ip", &["-6", "addr", "show", "dev", "eth0"])?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains(&format!("{}/128", lbd_tests::VIP6)))
+}
+
+/// Exactly one of `live` holds the IPv6 VIP, and keeps it over 300 ms (no flapping).
+fn exactly_one_holds_vip6(topo: &Topology, live: &[Host]) -> Result<Host> {
+    let holders = || -> Vec<Host> {
+        live.iter()
+            .copied()
+            .filter(|n| holds_vip6(topo, *n).unwrap_or(false))
+            .collect()
+    };
+    let mut last = Vec::new();
+    wait_until("exactly one node holding the IPv6 VIP", MASTER_WAIT, || {
+        last = holders();
+        last.len() == 1
+    })
+    .with_context(|| format!("IPv6 VIP held by {last:?} among {live:?}"))?;
+    let holder = last[0];
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = holders();
+        ensure!(
+            now == [holder],
+            "IPv6 VIP moved: held by {now:?}, was {holder:?}"
+        );
+    }
+    Ok(holder)
+}
+
+/// A node fails as a crashed host does: the process killed, the link down.
+fn fail_node(topo: &Topology, node: Host, process: &mut lbd_tests::Spawned) -> Result<()> {
+    process.signal(libc::SIGKILL)?;
+    topo.ns(node).ip(&["link", "set", "eth0", "down"])?;
+    Ok(())
+}
+
+/// New connections to the IPv6 VIP succeed again, within a bound, then 20 in a row.
+fn connections6_recover(topo: &Topology) -> Result<()> {
+    let vip = topo.vip6_http();
+    topo.client().enter(move || -> Result<()> {
+        let mut last = None;
+        wait_until(
+            "the IPv6 VIP answering",
+            Duration::from_secs(10),
+            || match client::http_get_path(vip, "/", Duration::from_secs(1)) {
+                Ok(r) if r.status == 200 => true,
+                other => {
+                    last = Some(format!("{other:?}"));
+                    false
+                }
+            },
+        )
+        .with_context(|| format!("last answer: {last:?}"))?;
+        for i in 0..20 {
+            client::http_get(vip).with_context(|| format!("IPv6 connection {i}"))?;
+        }
+        Ok(())
+    })?
+}
+
+#[test]
+fn ipv6_node_failure_moves_the_vip_and_keeps_a_stream() -> Result<()> {
+    if !netns_tests_enabled("ipv6_node_failure_moves_the_vip_and_keeps_a_stream") {
+        return Ok(());
+    }
+    let topo = Topology::builder(&test_tag("vrrp6_fail"))
+        .lbd_nodes(2)
+        .backends(3)
+        .build()?;
+    let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
+    let (n1, n2) = (Host::Lbd(1), Host::Lbd(2));
+    let vips = [lbd_tests::VIP.to_string(), lbd_tests::VIP6.to_string()];
+    let vips: Vec<&str> = vips.iter().map(String::as_str).collect();
+    let mut a = LbdNode::start(&topo, n1, &config(&topo, n1, 150, &vips))?;
+    let b = LbdNode::start(&topo, n2, &config(&topo, n2, 100, &vips))?;
+    wait_state6(&a, "MASTER")?;
+    let v = wait_state6(&b, "BACKUP")?;
+    // Both families' routers run; the IPv4 one elects the same way.
+    let st = b.status()?;
+    ensure!(
+        st.vrrp.as_ref().is_some_and(|v| v.state == "BACKUP"),
+        "lbd2's IPv4 router: {:?}",
+        st.vrrp
+    );
+    ensure!(
+        exactly_one_holds_vip6(&topo, &[n1, n2])? == n1,
+        "lbd1 should hold the IPv6 VIP"
+    );
+    // The backup knows the master by its link-local address (the source of IPv6 adverts).
+    let seen = b.wait_status(MASTER_WAIT, "lbd1 seen as the IPv6 master", |s| {
+        s.vrrp6
+            .as_ref()
+            .is_some_and(|v| v.master.as_deref().is_some_and(|m| m.starts_with("fe80::")))
+    })?;
+    ensure!(
+        v.priority == 100 && seen.vrrp6.is_some_and(|v| v.adverts_dropped.is_empty()),
+        "lbd2's IPv6 router"
+    );
+    connections6_recover(&topo)?;
+
+    // A long stream through the IPv6 VIP across the failover: no reset, every byte.
+    let vip = topo.vip6_http();
+    let result = std::thread::scope(|scope| -> Result<client::StreamResult> {
+        let stream = scope.spawn(|| {
+            topo.client().enter(move || {
+                client::http_stream(vip, 2_000_000, 20_000, 30, Duration::from_secs(40))
+            })
+        });
+        let stream_to = format!("[{}]:80", lbd_tests::VIP6);
+        try_wait_until(
+            "the IPv6 stream flowing",
+            Duration::from_secs(10),
+            || -> Result<bool> {
+                let out = topo
+                    .client()
+                    .run("ss", &["-Htin", "state", "established", "dst", &stream_to])?;
+                Ok(String::from_utf8_lossy(&out.stdout).contains("bytes_received:"))
+            },
+        )?;
+        fail_node(&topo, n1, &mut a.process)?;
+        wait_state6(&b, "MASTER")?;
+        ensure!(
+            holds_vip6(&topo, n2)?,
+            "lbd2 is master without the IPv6 VIP"
+        );
+        stream
+            .join()
+            .map_err(|_| anyhow::anyhow!("stream thread panicked"))??
+    })?;
+    ensure!(
+        result.received == 2_000_000,
+        "IPv6 stream cut at {} bytes",
+        result.received
+    );
+    connections6_recover(&topo)?;
+    let v = b.status()?.vrrp6.context("vrrp6")?;
+    ensure!(v.became_master == 1, "after failover: {v:?}");
+    Ok(())
+}
+
+/// keepalived from Debian's packages with an IPv6 `vrrp_instance`, in a node namespace.
+struct Keepalived {
+    process: lbd_tests::Spawned,
+    dir: std::path::PathBuf,
+}
+
+impl Keepalived {
+    fn start(topo: &Topology, node: Host, priority: u8) -> Result<Keepalived> {
+        let dir = std::env::temp_dir().join(format!("lbdt-{}-keepalived6", topo.tag()));
+        std::fs::create_dir_all(&dir)?;
+        let conf = dir.join("keepalived.conf");
+        // VRRPv3 (keepalived 2.2 defaults to 2, which has no IPv6), the same VRID, interval
+        // and VIP as lbd's IPv6 router.
+        std::fs::write(
+            &conf,
+            format!(
+                "global_defs {{\n  vrrp_version 3\n  script_user root\n  enable_script_security\n}}\n\
+                 vrrp_instance VI_6 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  \
+                 priority {priority}\n  advert_int 0.1\n  virtual_ipaddress {{\n    {}/128 dev eth0\n  }}\n}}\n",
+                lbd_tests::VIP6
+            ),
+        )?;
+        let mut cmd = topo.ns(node).command("keepalived");
+        cmd.args(["-n", "-l", "-D", "-P", "-f"]).arg(&conf);
+        cmd.arg("-p")
+            .arg(dir.join("k.pid"))
+            .arg("-r")
+            .arg(dir.join("v.pid"));
+        let process = topo.ns(node).spawn(cmd)?;
+        Ok(Keepalived { process, dir })
+    }
+}
+
+impl Drop for Keepalived {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn ipv6_interoperates_with_keepalived_both_ways() -> Result<()> {
+    let test = "ipv6_interoperates_with_keepalived_both_ways";
+    if !netns_tests_enabled(test)
+        || !require_or_skip(test, tool_unavailable_reason("keepalived", "--version"))
+    {
+        return Ok(());
+    }
+    let vip6 = lbd_tests::VIP6.to_string();
+    // keepalived master, lbd backup: lbd takes over when keepalived's node fails.
+    let topo = Topology::builder(&test_tag("vrrp6_ka1"))
+        .lbd_nodes(2)
+        .backends(3)
+        .build()?;
+    let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
+    let (n1, n2) = (Host::Lbd(1), Host::Lbd(2));
+    let mut ka = Keepalived::start(&topo, n2, 150)?;
+    let ours = LbdNode::start(&topo, n1, &config(&topo, n1, 100, &[&vip6]))?;
+    try_wait_until("keepalived holding the IPv6 VIP", MASTER_WAIT, || {
+        holds_vip6(&topo, n2)
+    })?;
+    wait_state6(&ours, "BACKUP")?;
+    ensure!(
+        ours.status()?.vrrp.is_none(),
+        "IPv6 VIPs only: no IPv4 router"
+    );
+    ensure!(
+        exactly_one_holds_vip6(&topo, &[n1, n2])? == n2,
+        "keepalived should hold the IPv6 VIP"
+    );
+    let s = ours.wait_status(MASTER_WAIT, "keepalived seen as the IPv6 master", |s| {
+        s.vrrp6
+            .as_ref()
+            .is_some_and(|v| v.master.as_deref().is_some_and(|m| m.starts_with("fe80::")))
+    })?;
+    let v = s.vrrp6.context("vrrp6")?;
+    ensure!(
+        v.adverts_accepted > 0 && v.adverts_dropped.is_empty(),
+        "keepalived's IPv6 adverts: {v:?}"
+    );
+    fail_node(&topo, n2, &mut ka.process)?;
+    wait_state6(&ours, "MASTER")?;
+    ensure!(holds_vip6(&topo, n1)?, "lbd is master without the IPv6 VIP");
+    connections6_recover(&topo)?;
+    drop(ours);
+    drop(ka);
+    drop(topo);
+
+    // lbd master, keepalived backup: keepalived stays backup, then takes over when lbd's node
+    // fails. lbd's adverts are captured for tshark.
+    let topo = Topology::builder(&test_tag("vrrp6_ka2"))
+        .lbd_nodes(2)
+        .backends(3)
+        .build()?;
+    let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
+    let capture_file = std::env::temp_dir().join(format!("lbdt-{}-vrrp6.pcap", topo.tag()));
+    let mut tcpdump = {
+        let mut c = topo.client().command("tcpdump");
+        c.args(["-i", "eth0", "-U", "-c", "20", "-w"])
+            .arg(&capture_file)
+            .arg("ip6 proto 112 and ether src ")
+            .arg(topo.mac(n1).to_string());
+        topo.client().spawn(c)?
+    };
+    let mut ours = LbdNode::start(&topo, n1, &config(&topo, n1, 150, &[&vip6]))?;
+    wait_state6(&ours, "MASTER")?;
+    let _ka = Keepalived::start(&topo, n2, 100)?;
+    // keepalived hears us for a second (10 adverts) and stays backup: the wait asserts that
+    // something does not happen, and keepalived has no counter to wait on.
+    std::thread::sleep(Duration::from_millis(1000));
+    ensure!(
+        exactly_one_holds_vip6(&topo, &[n1, n2])? == n1,
+        "lbd should hold the IPv6 VIP"
+    );
+    connections6_recover(&topo)?;
+    fail_node(&topo, n1, &mut ours.process)?;
+    try_wait_until("keepalived taking the IPv6 VIP", MASTER_WAIT, || {
+        holds_vip6(&topo, n2)
+    })?;
+    ensure!(
+        exactly_one_holds_vip6(&topo, &[n2])? == n2,
+        "keepalived should hold the IPv6 VIP"
+    );
+
+    // tshark decodes lbd's IPv6 adverts as VRRPv3 with a good checksum, hop limit 255, to
+    // ff02::12.
+    let _ = tcpdump.terminate(Duration::from_secs(3));
+    if require_or_skip(
+        "ipv6_interoperates_with_keepalived_both_ways (tshark decode)",
+        tool_unavailable_reason("tshark", "--version"),
+    ) {
+        let out = Command::new("tshark")
+            .args(["-r"])
+            .arg(&capture_file)
+            .args(["-Y", "vrrp", "-V"])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            text.contains("VRRP protocol version: 3")
+                && text.contains("Destination Address: ff02::12")
+                && text.contains("Hop Limit: 255"),
+            "tshark did not decode IPv6 VRRPv3 ({} bytes captured): {text} {}",
+            std::fs::metadata(&capture_file)
+                .map(|m| m.len())
+                .unwrap_or(0),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            text.contains("[Checksum Status: Good]") && !text.contains("[Checksum Status: Bad]"),
+            "tshark checksum: {text}"
+        );
+    }
+    let _ = std::fs::remove_file(&capture_file);
+    Ok(())
+}
