@@ -673,6 +673,17 @@ impl XdpMaps {
         sum_stats(&self.stats)
     }
 
+    /// [`Self::read_stats`] entry by entry, as where the kernel has no batch reads of arrays
+    /// (tests and the benchmark compare the two).
+    pub fn read_stats_walked(&self) -> Result<Vec<Counter>, XdpError> {
+        sum_stats_each(&self.stats)
+    }
+
+    /// [`Self::read_stats`] in batches only: an error where the kernel has none.
+    pub fn read_stats_batched(&self) -> Result<Vec<Counter>, XdpError> {
+        sum_stats_batched(&self.stats)
+    }
+
     /// A second handle on the counters, for readers on other threads (`lbctl status` and
     /// scrapes read them without the daemon's core).
     pub fn stats_reader(&self) -> Result<XdpStats, XdpError> {
@@ -701,7 +712,36 @@ impl XdpStats {
     }
 }
 
+/// Sums the per-CPU counters: one batch read of the whole map where the kernel has it (5.7+;
+/// 8,717 entries, read every second by the rates sampler and on each scrape), else entry by
+/// entry, two syscalls each.
 fn sum_stats(stats: &PerCpuArray<MapData, Counter>) -> Result<Vec<Counter>, XdpError> {
+    sum_stats_batched(stats).or_else(|e| {
+        tracing::debug!(error = %e, "batch read of STATS failed: reading it entry by entry");
+        sum_stats_each(stats)
+    })
+}
+
+/// [`sum_stats`] in batches only.
+fn sum_stats_batched(stats: &PerCpuArray<MapData, Counter>) -> Result<Vec<Counter>, XdpError> {
+    let err = |e: String| XdpError::Map("STATS", e);
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| err(e.to_string()))?;
+    let values = batch::lookup_percpu_array::<Counter>(stats.map().fd().as_fd(), STATS_LEN, cpus)
+        .map_err(|e| err(format!("batch read: {e}")))?;
+    Ok(values
+        .chunks_exact(cpus)
+        .map(|per_cpu| {
+            let mut sum = Counter::default();
+            for c in per_cpu {
+                sum.add(*c);
+            }
+            sum
+        })
+        .collect())
+}
+
+/// [`sum_stats`] entry by entry.
+fn sum_stats_each(stats: &PerCpuArray<MapData, Counter>) -> Result<Vec<Counter>, XdpError> {
     let mut out = vec![Counter::default(); STATS_LEN as usize];
     for (i, slot) in out.iter_mut().enumerate() {
         let per_cpu = stats

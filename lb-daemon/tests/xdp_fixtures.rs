@@ -981,3 +981,32 @@ fn a_mid_flow_packet_without_an_entry_follows_maglev() {
         );
     }
 }
+
+/// The counters read in one batch (what the daemon does each second) equal the entry-by-entry
+/// walk, on every entry.
+#[test]
+fn the_counters_read_in_batches_equal_the_walk() {
+    if !have_root("the_counters_read_in_batches_equal_the_walk") {
+        return;
+    }
+    let bed = Bed::new(&[21, 22, 23]);
+    for p in 46000..46100u16 {
+        bed.run(&tcp(OWN_MAC, CLIENT, p, VIP, 80, true, false));
+        bed.run(&tcp6(OWN_MAC, CLIENT6, p, VIP6, 80, true, false));
+    }
+    bed.run(&arp_request());
+    let batched = bed
+        .dp
+        .maps()
+        .read_stats_batched()
+        .expect("a batch read of the per-CPU STATS array (Linux 5.7+)");
+    let walked = bed.dp.maps().read_stats_walked().expect("walk");
+    assert_eq!(batched.len(), lb_common::STATS_LEN as usize);
+    assert_eq!(batched, walked);
+    let forwarded: u64 = batched[STATS_BACKEND_BASE as usize..]
+        .iter()
+        .map(|c| c.packets)
+        .sum();
+    assert_eq!(forwarded, 200, "both families' packets counted");
+    assert_eq!(batched[reason::PASS_ARP as usize].packets, 1);
+}

@@ -160,6 +160,23 @@ pub fn run() -> anyhow::Result<Vec<(String, f64)>> {
         }
         Ok((ms, counts.entries))
     };
+    // The counters, as the rates sampler reads them each second: one batch against the walk.
+    let read_ms = |batched: bool| -> anyhow::Result<f64> {
+        let mut times = Vec::new();
+        for _ in 0..20 {
+            let start = std::time::Instant::now();
+            if batched {
+                dp.maps().read_stats_batched()?;
+            } else {
+                dp.maps().read_stats_walked()?;
+            }
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    };
+    let stats_batched_ms = read_ms(true)?;
+    let stats_walked_ms = read_ms(false)?;
     let (batched_ms, entries) = scan_ms(true)?;
     let (walked_ms, walked_entries) = scan_ms(false)?;
     // The test runs insert on one CPU, which owns max / CPUs of the table's LRU lists.
@@ -289,6 +306,8 @@ pub fn run() -> anyhow::Result<Vec<(String, f64)>> {
             "xdp_cost_ratio_new_flow".into(),
             new_flow / est_single.max(1.0),
         ),
+        ("stats_read_ms_batched".into(), stats_batched_ms),
+        ("stats_read_ms_walked".into(), stats_walked_ms),
         ("conntrack_scan_flows".into(), entries as f64),
         ("conntrack_scan_ms_batched".into(), batched_ms),
         ("conntrack_scan_ms_walked".into(), walked_ms),

@@ -148,6 +148,70 @@ pub fn delete<K: Pod>(fd: BorrowedFd<'_>, keys: &[K], deleted: &mut u64) -> io::
     Ok(())
 }
 
+/// Reads the whole per-CPU array map `fd` of `len` entries of `V`, on `cpus` possible CPUs, in
+/// chunks of consecutive indices: `out[i * cpus + cpu]`. The kernel lays each entry out as one
+/// value per possible CPU, each rounded up to 8 bytes, which `V` must already be.
+pub fn lookup_percpu_array<V: Pod>(
+    fd: BorrowedFd<'_>,
+    len: u32,
+    cpus: usize,
+) -> io::Result<Vec<V>> {
+    const CHUNK: u32 = 1024;
+    if !size_of::<V>().is_multiple_of(8) {
+        return Err(io::Error::other(
+            "per-CPU values must be a multiple of 8 bytes",
+        ));
+    }
+    // SAFETY: V is Pod: any bytes, zeroes included, are a valid value.
+    let zero: V = unsafe { std::mem::zeroed() };
+    let mut out = vec![zero; len as usize * cpus];
+    let mut keys = vec![0u32; CHUNK as usize];
+    // The position tokens of an array walk are indices.
+    let mut position = 0u32;
+    let mut next = 0u32;
+    let mut read = 0u32;
+    while read < len {
+        let want = CHUNK.min(len - read);
+        let mut attr = BatchAttr {
+            in_batch: if read == 0 {
+                0
+            } else {
+                &mut position as *mut u32 as u64
+            },
+            out_batch: &mut next as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: out[read as usize * cpus..].as_mut_ptr() as u64,
+            count: want,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let got = attr.count.min(want);
+        match result {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                read += got;
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+        // An array walk returns its indices in order, from `position` on.
+        if got == 0 || keys.first() != Some(&read) {
+            return Err(io::Error::other(
+                "the array walk did not continue where it stopped",
+            ));
+        }
+        read += got;
+        position = next;
+    }
+    if read != len {
+        return Err(io::Error::other(format!(
+            "the array walk gave {read} of {len} entries"
+        )));
+    }
+    Ok(out)
+}
+
 /// Writes `values` at the consecutive indices `first..` of the array map `fd`, a chunk per
 /// syscall (a Maglev table is 65,537 entries: one call instead of 65,537).
 pub fn update_array<V: Pod>(fd: BorrowedFd<'_>, first: u32, values: &[V]) -> io::Result<()> {
