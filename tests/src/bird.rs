@@ -4,11 +4,20 @@
 //! kernel`). Configs, control sockets and logs live in the test's run directory; each BIRD is a
 //! [`Spawned`] child, stopped on drop.
 //!
+//! Dual-stack: lbd keeps `/32` routes for IPv4 VIPs and `/128` routes for IPv6 VIPs in the same
+//! table. BIRD 2 gives a kernel protocol one channel, so each node learns the table with two
+//! kernel protocols (`lbd_vips`, `lbd_vips6`), and the one IPv4 BGP session carries both families
+//! (multiprotocol BGP: an `ipv6` channel beside the `ipv4` one). An IPv6 route over an IPv4
+//! session needs an IPv6 next hop: the node sets it to its own global address (`next hop
+//! address`; BIRD would otherwise pick the interface's preferred IPv6 address), which the router
+//! reaches directly on the shared link. The router merges the IPv6 routes into multipath kernel
+//! routes as it does the IPv4 ones.
+//!
 //! The settings are the tests' (short timers, no graceful restart, BFD at 100 ms × 3), per the
 //! probe of this design; `packaging/bird/` holds the documented production snippets.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -16,7 +25,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 
-use crate::{Host, Spawned, Topology, VIP};
+use crate::{Family, Host, Spawned, Topology};
 
 /// The routers' AS and the lbd nodes' AS.
 pub const ROUTER_AS: u32 = 65000;
@@ -33,13 +42,17 @@ const TIMERS: &str = "    hold time 9;
     graceful restart off;
 ";
 
-/// The router's config: a passive session per lbd node, ECMP into the kernel.
+/// The router's config: a passive session per lbd node, ECMP into the kernel (both families).
 pub fn router_config(nodes: &[Host]) -> String {
     let mut c = format!(
         "router id {router};
 protocol device {{ scan time 1; }}
 protocol kernel {{
     ipv4 {{ import none; export all; }};
+    merge paths on;
+}}
+protocol kernel {{
+    ipv6 {{ import none; export all; }};
     merge paths on;
 }}
 protocol bfd {{
@@ -50,6 +63,7 @@ template bgp lbd_node {{
     passive on;
     bfd on;
 {TIMERS}    ipv4 {{ import all; export none; }};
+    ipv6 {{ import all; export none; }};
 }}
 ",
         router = Host::Router.ip()
@@ -64,7 +78,7 @@ template bgp lbd_node {{
     c
 }
 
-/// An lbd node's config: the VIP routes of lbd's table, exported to the router.
+/// An lbd node's config: the VIP routes of lbd's table (both families), exported to the router.
 pub fn node_config(node: Host) -> String {
     format!(
         "router id {me};
@@ -76,6 +90,13 @@ protocol kernel lbd_vips {{
     scan time 1;
     ipv4 {{ import all; export none; }};
 }}
+# The same table's IPv6 routes (/128): BIRD 2 has one channel per kernel protocol.
+protocol kernel lbd_vips6 {{
+    kernel table {TABLE};
+    learn;
+    scan time 1;
+    ipv6 {{ import all; export none; }};
+}}
 protocol bfd {{
     interface \"eth0\" {{ min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }};
 }}
@@ -84,9 +105,16 @@ protocol bgp upstream {{
     neighbor {router} as {ROUTER_AS};
     bfd on;
 {TIMERS}    ipv4 {{ import none; export where proto = \"lbd_vips\"; next hop self; }};
+    ipv6 {{
+        import none;
+        export where proto = \"lbd_vips6\";
+        next hop self;
+        next hop address {me6};
+    }};
 }}
 ",
         me = node.ip(),
+        me6 = node.ip6(),
         router = Host::Router.ip()
     )
 }
@@ -160,9 +188,25 @@ impl Bird {
 
 /// The next hops of the router's kernel route to the VIP (`ip route show VIP`).
 pub fn vip_next_hops(topo: &Topology) -> Result<Vec<Ipv4Addr>> {
+    Ok(vip_next_hops_of(topo, Family::V4)?
+        .into_iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect())
+}
+
+/// The next hops of the router's kernel route to the VIP of `family` (`ip -4 route show
+/// VIP/32`, `ip -6 route show VIP6/128`): one `via` per next hop, multipath or not.
+pub fn vip_next_hops_of(topo: &Topology, family: Family) -> Result<Vec<IpAddr>> {
+    let prefix = match family {
+        Family::V4 => format!("{}/32", family.vip()),
+        Family::V6 => format!("{}/128", family.vip()),
+    };
     let out = topo
         .ns(Host::Router)
-        .run("ip", &["-4", "route", "show", &format!("{VIP}/32")])?;
+        .run("ip", &[family.ip_flag(), "route", "show", &prefix])?;
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text
         .split_whitespace()
@@ -176,18 +220,30 @@ pub fn vip_next_hops(topo: &Topology) -> Result<Vec<Ipv4Addr>> {
 /// Waits until the router's route to the VIP has exactly `want` next hops (sorted). Polls every
 /// 5 ms (not with a growing back-off): the reroute times are measured with it.
 pub fn wait_next_hops(topo: &Topology, want: &[Ipv4Addr], timeout: Duration) -> Result<()> {
+    let want: Vec<IpAddr> = want.iter().map(|&ip| ip.into()).collect();
+    wait_next_hops_of(topo, Family::V4, &want, timeout)
+}
+
+/// [`wait_next_hops`] for the VIP of `family`; `want` holds addresses of that family.
+pub fn wait_next_hops_of(
+    topo: &Topology,
+    family: Family,
+    want: &[IpAddr],
+    timeout: Duration,
+) -> Result<()> {
     let mut want = want.to_vec();
     want.sort();
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let mut have = vip_next_hops(topo).unwrap_or_default();
+        let mut have = vip_next_hops_of(topo, family).unwrap_or_default();
         have.sort();
         if have == want {
             return Ok(());
         }
         if std::time::Instant::now() >= deadline {
             anyhow::bail!(
-                "the router's next hops to the VIP are {have:?} after {timeout:?}, wanted {want:?}"
+                "the router's next hops to {} are {have:?} after {timeout:?}, wanted {want:?}",
+                family.vip()
             );
         }
         std::thread::sleep(Duration::from_millis(5));

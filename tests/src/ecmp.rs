@@ -4,17 +4,20 @@
 //! their 5-tuple (`fib_multipath_hash_policy = 1`, and `clear_hash` on the router's ingress so
 //! that the hash of the client's socket does not stand in for it); every node picks the same
 //! backend for a flow (Maglev), so a flow survives moving between nodes.
+//!
+//! A dual-stack bed ([`Bed::build_dual_stack`]) also serves `web6` on `[VIP6]:80`: the nodes
+//! announce `VIP6/128` beside `VIP/32` over the same BGP sessions (see [`crate::bird`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, ensure};
 
 use crate::{
-    Host, Spawned, Topology, bin_path,
+    Family, Host, Spawned, Topology, bin_path,
     bird::{self, Bird},
     client,
     lbd::{self, LbdNode, Mode},
@@ -38,12 +41,40 @@ pub struct Bed {
     pub router: Bird,
     /// The router's `clear_hash`, attached while held.
     _clear_hash: aya::Ebpf,
+    /// Whether the nodes also serve `web6` on the IPv6 VIP ([`Bed::build_dual_stack`]).
+    pub dual_stack: bool,
+}
+
+/// The IPv6 service of a dual-stack bed: `web6` on `[VIP6]:80` over the backends' IPv6
+/// addresses, appended to a node's config.
+fn web6_section(topo: &Topology) -> String {
+    let backends = topo
+        .backends()
+        .into_iter()
+        .map(|b| format!("{{ addr = \"{}\" }}", topo.ip6(b)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "\n[[service]]\nname = \"web6\"\nvip = \"{}\"\nbackends = [{backends}]\n",
+        topo.vip6_http()
+    )
 }
 
 impl Bed {
     /// `n` nodes on generic XDP over three backends, each announcing the VIP; returns once the
     /// router has a next hop per node.
     pub fn build(name: &str, n: u8) -> Result<Bed> {
+        Self::build_with(name, n, false)
+    }
+
+    /// [`Bed::build`] with the nodes dual-stack: each also serves `web6` on `[VIP6]:80` over the
+    /// backends' IPv6 addresses and announces `VIP6/128`; returns once the router has a next hop
+    /// per node for both VIPs.
+    pub fn build_dual_stack(name: &str, n: u8) -> Result<Bed> {
+        Self::build_with(name, n, true)
+    }
+
+    fn build_with(name: &str, n: u8, dual_stack: bool) -> Result<Bed> {
         let topo = Topology::builder(&crate::test_tag(name))
             .lbd_nodes(n)
             .backends(3)
@@ -61,8 +92,11 @@ impl Bed {
         let mut nodes = Vec::new();
         let mut birds = Vec::new();
         for h in node_hosts {
-            let config = lbd::all_backends_config(&topo, h, Mode::XdpGeneric)
-                + &format!("\n[announce]\ntable = {}\n", bird::TABLE);
+            let mut config = lbd::all_backends_config(&topo, h, Mode::XdpGeneric);
+            if dual_stack {
+                config += &web6_section(&topo);
+            }
+            config += &format!("\n[announce]\ntable = {}\n", bird::TABLE);
             nodes.push((h, LbdNode::start(&topo, h, &config)?));
             birds.push(Bird::start(
                 &topo,
@@ -78,9 +112,14 @@ impl Bed {
             birds,
             router,
             _clear_hash: clear_hash,
+            dual_stack,
         };
         // BIRD 2.0.12 may announce a few seconds after its session is up.
         bird::wait_next_hops(&bed.topo, &bed.node_ips(), Duration::from_secs(30))?;
+        if dual_stack {
+            // The same sessions carry the IPv6 routes: no second wait for BGP to come up.
+            bed.wait_next_hops(Family::V6, &bed.nodes, Duration::from_secs(10))?;
+        }
         Ok(bed)
     }
 
@@ -89,14 +128,40 @@ impl Bed {
         self.nodes.iter().map(|(h, _)| self.topo.ip(*h)).collect()
     }
 
+    /// The nodes' addresses of `family` (the router's next hops to that family's VIP).
+    pub fn node_ips_of(&self, family: Family) -> Vec<IpAddr> {
+        self.nodes.iter().map(|(h, _)| h.ip_of(family)).collect()
+    }
+
+    /// Waits until the router's route to the VIP of `family` has exactly the next hops of
+    /// `nodes` (see [`bird::wait_next_hops_of`]).
+    pub fn wait_next_hops(
+        &self,
+        family: Family,
+        nodes: &[(Host, LbdNode)],
+        timeout: Duration,
+    ) -> Result<()> {
+        let want: Vec<IpAddr> = nodes.iter().map(|(h, _)| h.ip_of(family)).collect();
+        bird::wait_next_hops_of(&self.topo, family, &want, timeout)
+    }
+
     /// Each node's count of flows started for web.
     pub fn new_flows(&self) -> Result<BTreeMap<Host, u64>> {
+        self.new_flows_of("web")
+    }
+
+    /// Each node's count of flows started for `service`.
+    pub fn new_flows_of(&self, service: &str) -> Result<BTreeMap<Host, u64>> {
         self.nodes
             .iter()
             .map(|(h, n)| {
                 let s = n.status()?;
-                let web = s.services.iter().find(|s| s.name == "web").context("web")?;
-                Ok((*h, web.new_flows))
+                let svc = s
+                    .services
+                    .iter()
+                    .find(|s| s.name == service)
+                    .with_context(|| format!("{h}: no service {service}"))?;
+                Ok((*h, svc.new_flows))
             })
             .collect()
     }
@@ -121,8 +186,35 @@ impl Bed {
 /// Every backend must have seen the client's remote address (its answer went back through the
 /// router).
 pub fn share(bed: &Bed, n: usize) -> Result<(BTreeMap<Host, u64>, BTreeSet<String>)> {
-    let before = bed.new_flows()?;
-    let vip = bed.topo.vip_http();
+    share_of(bed, Family::V4, n)
+}
+
+/// [`share`] through the VIP of `family`: `web` on `VIP:80`, or `web6` on `[VIP6]:80` (a
+/// dual-stack bed), from the remote client's address of that family.
+pub fn share_of(
+    bed: &Bed,
+    family: Family,
+    n: usize,
+) -> Result<(BTreeMap<Host, u64>, BTreeSet<String>)> {
+    let (service, vip, client_ip) = match family {
+        Family::V4 => (
+            "web",
+            bed.topo.vip_http(),
+            IpAddr::V4(crate::topology::REMOTE_CLIENT),
+        ),
+        Family::V6 => {
+            ensure!(
+                bed.dual_stack,
+                "the bed serves no IPv6 VIP (build_dual_stack)"
+            );
+            (
+                "web6",
+                bed.topo.vip6_http(),
+                IpAddr::V6(crate::topology::REMOTE_CLIENT6),
+            )
+        }
+    };
+    let before = bed.new_flows_of(service)?;
     let backends = bed
         .topo
         .client()
@@ -131,7 +223,7 @@ pub fn share(bed: &Bed, n: usize) -> Result<(BTreeMap<Host, u64>, BTreeSet<Strin
             for i in 0..n {
                 let r = client::http_get(vip).with_context(|| format!("connection {i}"))?;
                 ensure!(
-                    r.client_addr.ip() == std::net::IpAddr::V4(crate::topology::REMOTE_CLIENT),
+                    r.client_addr.ip() == client_ip,
                     "connection {i}: {} saw the client as {}",
                     r.backend,
                     r.client_addr
@@ -140,7 +232,7 @@ pub fn share(bed: &Bed, n: usize) -> Result<(BTreeMap<Host, u64>, BTreeSet<Strin
             }
             Ok(seen)
         })??;
-    let after = bed.new_flows()?;
+    let after = bed.new_flows_of(service)?;
     let shares = after
         .iter()
         .map(|(h, c)| (*h, c - before.get(h).copied().unwrap_or(0)))

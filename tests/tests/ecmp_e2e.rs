@@ -1,12 +1,13 @@
 //! Active-active behind ECMP, end to end in namespaces (see `lbd_tests::ecmp`): three lbd nodes
 //! announce the VIP through BIRD to a router namespace that spreads the client's connections
-//! over them; a flow keeps its backend whichever node it reaches.
+//! over them; a flow keeps its backend whichever node it reaches. A dual-stack bed does the same
+//! for the IPv6 VIP (`/128` routes, the `ipv6` channel of the same BGP sessions).
 
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use lbd_tests::{
-    VIP, bird,
+    Family, VIP, VIP6, bird,
     ecmp::{self, Bed, FLOWS},
     netns_tests_enabled,
 };
@@ -33,6 +34,59 @@ fn three_announced_nodes_share_new_connections() -> Result<()> {
         ensure!(*n >= 45, "{h} took {n} of 300 (less than 15%): {shares:?}");
     }
     ensure!(backends.len() == 3, "backends reached: {backends:?}");
+    Ok(())
+}
+
+/// Dual-stack nodes: the router gets a multipath `/128` to the IPv6 VIP with a next hop per node,
+/// connections from the remote client's IPv6 address are spread over every node and reach every
+/// backend, and `lbctl node drain` withdraws the IPv6 route with the IPv4 one.
+#[test]
+fn dual_stack_nodes_share_ipv6_connections_and_a_drain_withdraws_both_routes() -> Result<()> {
+    let name = "ecmp_ipv6";
+    if !netns_tests_enabled(name) {
+        return Ok(());
+    }
+    let bed = Bed::build_dual_stack(name, 3)?;
+    let routes = bed
+        .router
+        .birdc(&["show", "route", "for", &VIP6.to_string()])?;
+    eprintln!("router's BIRD:\n{routes}");
+    // Built: one next hop per node, their IPv6 addresses, in one multipath kernel route.
+    let mut hops = bird::vip_next_hops_of(&bed.topo, Family::V6)?;
+    hops.sort();
+    let mut want = bed.node_ips_of(Family::V6);
+    want.sort();
+    ensure!(
+        hops == want,
+        "the router's IPv6 next hops are {hops:?}, wanted {want:?}"
+    );
+
+    let (shares, backends) = ecmp::share_of(&bed, Family::V6, 300)?;
+    eprintln!("new IPv6 connections per node: {shares:?}; backends: {backends:?}");
+    let total: u64 = shares.values().sum();
+    ensure!(
+        total == 300,
+        "the nodes counted {total} of 300 IPv6 connections: {shares:?}"
+    );
+    for (h, n) in &shares {
+        ensure!(*n >= 45, "{h} took {n} of 300 (less than 15%): {shares:?}");
+    }
+    ensure!(backends.len() == 3, "backends reached: {backends:?}");
+
+    // A drain withdraws both VIPs of the node; an undrain announces both again.
+    let (_, node) = &bed.nodes[0];
+    let (code, _, err) = node.lbctl(&["node", "drain"])?;
+    ensure!(code == 0, "lbctl node drain: {err}");
+    for family in Family::BOTH {
+        bed.wait_next_hops(family, &bed.nodes[1..], Duration::from_secs(10))
+            .with_context(|| format!("{family} route after the drain"))?;
+    }
+    let (code, _, err) = node.lbctl(&["node", "undrain"])?;
+    ensure!(code == 0, "lbctl node undrain: {err}");
+    for family in Family::BOTH {
+        bed.wait_next_hops(family, &bed.nodes, Duration::from_secs(10))
+            .with_context(|| format!("{family} route after the undrain"))?;
+    }
     Ok(())
 }
 

@@ -39,19 +39,19 @@ fn step(title: &str) {
 }
 
 fn curl_requests(topo: &Topology, n: usize) -> Result<Vec<String>> {
+    curl_requests_to(topo, &lbd_tests::VIP.to_string(), n)
+}
+
+/// `n` curls to `http://HOST/` (an IPv6 host in brackets).
+fn curl_requests_to(topo: &Topology, host: &str, n: usize) -> Result<Vec<String>> {
     let mut answered = Vec::new();
+    let url = format!("http://{host}/");
     for i in 1..=n {
         check_stop()?;
+        // -g: the brackets of an IPv6 host are the address, not a glob.
         let out = topo.client().output(
             "curl",
-            &[
-                "-sS",
-                "-m",
-                "3",
-                "-D",
-                "-",
-                &format!("http://{}/", lbd_tests::VIP),
-            ],
+            &["-sS", "-g", "-m", "3", "-D", "-", &url],
             Duration::from_secs(5),
         )?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -63,8 +63,7 @@ fn curl_requests(topo: &Topology, n: usize) -> Result<Vec<String>> {
         };
         let backend = header("X-Backend:");
         println!(
-            "  curl #{i:<2} http://{}/ -> answered by {backend:<3} (backend saw client {})",
-            lbd_tests::VIP,
+            "  curl #{i:<2} {url} -> answered by {backend:<3} (backend saw client {})",
             header("X-Client:")
         );
         answered.push(backend);
@@ -91,11 +90,14 @@ fn lbctl(node: &LbdNode, args: &[&str]) -> Result<String> {
 fn vrrp_line(name: &str, node: &LbdNode) -> Result<()> {
     let s = node.status()?;
     let v = s.vrrp.context("no VRRP status")?;
+    let v6 = s.vrrp6.context("no IPv6 VRRP status")?;
     println!(
-        "  {name}: VRRP {} (priority {}, master {})",
+        "  {name}: VRRP {} (priority {}, master {}); IPv6 router {} (master {})",
         v.state,
         v.priority,
-        v.master.as_deref().unwrap_or("-")
+        v.master.as_deref().unwrap_or("-"),
+        v6.state,
+        v6.master.as_deref().unwrap_or("-")
     );
     Ok(())
 }
@@ -111,7 +113,21 @@ fn config(topo: &Topology, node: Host, priority: u8) -> String {
             udp: all,
         },
     );
-    c.push_str(&lbd::vrrp_section(priority, true));
+    // Dual-stack: an IPv6 twin of the web service, and one VRRP router per family.
+    let all6: Vec<String> = topo
+        .backends()
+        .into_iter()
+        .map(|b| format!("{{ addr = \"{}\" }}", topo.ip6(b)))
+        .collect();
+    c.push_str(&format!(
+        "\n[[service]]\nname = \"web6\"\nvip = \"{}\"\nbackends = [{}]\n",
+        topo.vip6_http(),
+        all6.join(", ")
+    ));
+    c.push_str(&lbd::vrrp_section(priority, true).replace(
+        &format!("vips = [\"{}\"]", lbd_tests::VIP),
+        &format!("vips = [\"{}\", \"{}\"]", lbd_tests::VIP, lbd_tests::VIP6),
+    ));
     c
 }
 
@@ -123,16 +139,18 @@ fn demo() -> Result<()> {
     let topo = Topology::builder(&tag).lbd_nodes(2).backends(3).build()?;
     for h in topo.hosts() {
         println!(
-            "  {:<8} {:<14} {}",
+            "  {:<8} {:<14} {:<14} {}",
             h.role(),
             topo.ip(h).to_string(),
+            topo.ip6(h).to_string(),
             topo.mac(h)
         );
     }
     let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
     println!(
-        "  backends serve HTTP on :80 and hold the VIP {} on lo (arp_ignore=1, arp_announce=2)",
-        lbd_tests::VIP
+        "  backends serve HTTP on :80 and hold the VIPs {} and {} on lo (arp_ignore=1, arp_announce=2)",
+        lbd_tests::VIP,
+        lbd_tests::VIP6
     );
     let (n1, n2) = (Host::Lbd(1), Host::Lbd(2));
     let _peers = (
@@ -152,9 +170,11 @@ fn demo() -> Result<()> {
     let b = LbdNode::start(&topo, n2, &config(&topo, n2, 100))?;
     a.wait_status(Duration::from_secs(10), "master", |s| {
         s.vrrp.as_ref().is_some_and(|v| v.state == "MASTER")
+            && s.vrrp6.as_ref().is_some_and(|v| v.state == "MASTER")
     })?;
     b.wait_status(Duration::from_secs(10), "backup", |s| {
         s.vrrp.as_ref().is_some_and(|v| v.state == "BACKUP")
+            && s.vrrp6.as_ref().is_some_and(|v| v.state == "BACKUP")
     })?;
     vrrp_line("lbd1", &a)?;
     vrrp_line("lbd2", &b)?;
@@ -168,6 +188,10 @@ fn demo() -> Result<()> {
             answered.iter().filter(|x| **x == bk.role()).count()
         );
     }
+
+    step("6 HTTP requests to the IPv6 VIP: the same XDP program, its IPv6 connection table");
+    let host6 = format!("[{}]", lbd_tests::VIP6);
+    curl_requests_to(&topo, &host6, 6)?;
 
     step("lbctl status on lbd1: packets per service and backend, as counted by the XDP program");
     std::thread::sleep(Duration::from_millis(1100)); // one refresh tick for the flow counts
@@ -254,7 +278,12 @@ fn demo() -> Result<()> {
     );
     vrrp_line("lbd2", &b)?;
     let answered = curl_requests(&topo, 6)?;
-    println!("  {} requests answered through lbd2", answered.len());
+    let answered6 = curl_requests_to(&topo, &host6, 3)?;
+    println!(
+        "  {} requests answered through lbd2 (IPv6: {}; its neighbour advertisements moved the IPv6 VIP)",
+        answered.len(),
+        answered6.len()
+    );
 
     step("stopping lbd (SIGTERM: VRRP resigns, XDP detaches) and removing the namespaces");
     b.stop()?;
