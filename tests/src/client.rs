@@ -367,6 +367,22 @@ pub fn udp_query(addr: SocketAddr, payload: &[u8], timeout: Duration) -> Result<
     })
 }
 
+/// `n` new TCP connections to `vip` (each `GET /`, status 200), in the current namespace; how
+/// many each backend answered.
+pub fn answered_by(vip: SocketAddr, n: usize) -> Result<std::collections::HashMap<String, usize>> {
+    let mut by_backend = std::collections::HashMap::new();
+    for i in 0..n {
+        let r = http_get(vip).with_context(|| format!("connection {i} to {vip}"))?;
+        anyhow::ensure!(
+            r.status == 200,
+            "connection {i} to {vip}: status {}",
+            r.status
+        );
+        *by_backend.entry(r.backend).or_insert(0) += 1;
+    }
+    Ok(by_backend)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,6 +59,7 @@ pub mod capture;
 pub mod client;
 pub mod ecmp;
 pub mod exec;
+pub mod failover;
 pub mod fdstore;
 pub mod http;
 pub mod lbd;

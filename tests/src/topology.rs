@@ -143,7 +143,7 @@ impl Family {
     }
 
     /// The VIP with its host prefix length, as `ip addr` takes it: `198.18.0.100/32`, `2001:db8::100/128`.
-    fn vip_cidr(self) -> String {
+    pub fn vip_cidr(self) -> String {
         match self {
             Family::V4 => format!("{VIP}/32"),
             Family::V6 => format!("{VIP6}/128"),

@@ -60,17 +60,7 @@ fn config(topo: &Topology, mode: Mode, tcp6: &[Host]) -> String {
 
 /// `n` new TCP connections from the client to `vip`; the backend that answered each.
 fn connections(topo: &Topology, vip: SocketAddr, n: usize) -> Result<HashMap<String, usize>> {
-    topo.client()
-        .enter(move || -> Result<HashMap<String, usize>> {
-            let mut by_backend = HashMap::new();
-            for i in 0..n {
-                let r =
-                    client::http_get(vip).with_context(|| format!("connection {i} to {vip}"))?;
-                ensure!(r.status == 200, "connection {i}: status {}", r.status);
-                *by_backend.entry(r.backend).or_insert(0) += 1;
-            }
-            Ok(by_backend)
-        })?
+    topo.client().enter(move || client::answered_by(vip, n))?
 }
 
 fn scenario(mode: Mode, name: &str) -> Result<()> {

@@ -7,14 +7,16 @@
 use std::{process::Command, time::Duration};
 
 use anyhow::{Context, Result, ensure};
-use lb_testkit::{require_or_skip, tool_unavailable_reason, try_wait_until, wait_until};
+use lb_testkit::{require_or_skip, tool_unavailable_reason, try_wait_until};
 use lbd_tests::{
+    Family::V6,
     Host, Topology, bin_path, client,
+    failover::{
+        Keepalived, MASTER_WAIT, connections_recover, exactly_one_holds_vip, fail_node, holds_vip,
+    },
     lbd::{LbdNode, Mode},
     netns_tests_enabled, test_tag,
 };
-
-const MASTER_WAIT: Duration = Duration::from_secs(10);
 
 /// A node's config: `web` on the IPv4 VIP and `web6` on the IPv6 one over the three backends,
 /// generic XDP, and `[vrrp]` for `vips` (both families: two virtual routers).
@@ -54,76 +56,23 @@ fn config(topo: &Topology, node: Host, priority: u8, vips: &[&str]) -> String {
     )
 }
 
+/// keepalived's IPv6 `vrrp_instance` beside lbd's IPv6 router: VRRPv3 (keepalived 2.2 defaults
+/// to 2, which has no IPv6), the same VRID, interval and VIP.
+fn keepalived_v6(priority: u8) -> String {
+    format!(
+        "global_defs {{\n  vrrp_version 3\n  script_user root\n  enable_script_security\n}}\n\
+         vrrp_instance VI_6 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  \
+         priority {priority}\n  advert_int 0.1\n  virtual_ipaddress {{\n    {}/128 dev eth0\n  }}\n}}\n",
+        lbd_tests::VIP6
+    )
+}
+
 /// Waits until the node's IPv6 virtual router is in `state`.
 fn wait_state6(node: &LbdNode, state: &str) -> Result<lb_daemon::status::VrrpStatus> {
     let s = node.wait_status(MASTER_WAIT, &format!("VRRP (IPv6) {state}"), |s| {
         s.vrrp6.as_ref().is_some_and(|v| v.state == state)
     })?;
     s.vrrp6.context("vrrp6 status")
-}
-
-fn holds_vip6(topo: &Topology, node: Host) -> Result<bool> {
-    let out = topo
-        .ns(node)
-        .run("ip", &["-6", "addr", "show", "dev", "eth0"])?;
-    Ok(String::from_utf8_lossy(&out.stdout).contains(&format!("{}/128", lbd_tests::VIP6)))
-}
-
-/// Exactly one of `live` holds the IPv6 VIP, and keeps it over 300 ms (no flapping).
-fn exactly_one_holds_vip6(topo: &Topology, live: &[Host]) -> Result<Host> {
-    let holders = || -> Vec<Host> {
-        live.iter()
-            .copied()
-            .filter(|n| holds_vip6(topo, *n).unwrap_or(false))
-            .collect()
-    };
-    let mut last = Vec::new();
-    wait_until("exactly one node holding the IPv6 VIP", MASTER_WAIT, || {
-        last = holders();
-        last.len() == 1
-    })
-    .with_context(|| format!("IPv6 VIP held by {last:?} among {live:?}"))?;
-    let holder = last[0];
-    for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = holders();
-        ensure!(
-            now == [holder],
-            "IPv6 VIP moved: held by {now:?}, was {holder:?}"
-        );
-    }
-    Ok(holder)
-}
-
-/// A node fails as a crashed host does: the process killed, the link down.
-fn fail_node(topo: &Topology, node: Host, process: &mut lbd_tests::Spawned) -> Result<()> {
-    process.signal(libc::SIGKILL)?;
-    topo.ns(node).ip(&["link", "set", "eth0", "down"])?;
-    Ok(())
-}
-
-/// New connections to the IPv6 VIP succeed again, within a bound, then 20 in a row.
-fn connections6_recover(topo: &Topology) -> Result<()> {
-    let vip = topo.vip6_http();
-    topo.client().enter(move || -> Result<()> {
-        let mut last = None;
-        wait_until(
-            "the IPv6 VIP answering",
-            Duration::from_secs(10),
-            || match client::http_get_path(vip, "/", Duration::from_secs(1)) {
-                Ok(r) if r.status == 200 => true,
-                other => {
-                    last = Some(format!("{other:?}"));
-                    false
-                }
-            },
-        )
-        .with_context(|| format!("last answer: {last:?}"))?;
-        for i in 0..20 {
-            client::http_get(vip).with_context(|| format!("IPv6 connection {i}"))?;
-        }
-        Ok(())
-    })?
 }
 
 #[test]
@@ -151,7 +100,7 @@ fn ipv6_node_failure_moves_the_vip_and_keeps_a_stream() -> Result<()> {
         st.vrrp
     );
     ensure!(
-        exactly_one_holds_vip6(&topo, &[n1, n2])? == n1,
+        exactly_one_holds_vip(&topo, &[n1, n2], V6)? == n1,
         "lbd1 should hold the IPv6 VIP"
     );
     // The backup knows the master by its link-local address (the source of IPv6 adverts).
@@ -164,7 +113,7 @@ fn ipv6_node_failure_moves_the_vip_and_keeps_a_stream() -> Result<()> {
         v.priority == 100 && seen.vrrp6.is_some_and(|v| v.adverts_dropped.is_empty()),
         "lbd2's IPv6 router"
     );
-    connections6_recover(&topo)?;
+    connections_recover(&topo, topo.vip6_http())?;
 
     // A long stream through the IPv6 VIP across the failover: no reset, every byte.
     let vip = topo.vip6_http();
@@ -188,7 +137,7 @@ fn ipv6_node_failure_moves_the_vip_and_keeps_a_stream() -> Result<()> {
         fail_node(&topo, n1, &mut a.process)?;
         wait_state6(&b, "MASTER")?;
         ensure!(
-            holds_vip6(&topo, n2)?,
+            holds_vip(&topo, n2, V6)?,
             "lbd2 is master without the IPv6 VIP"
         );
         stream
@@ -200,49 +149,10 @@ fn ipv6_node_failure_moves_the_vip_and_keeps_a_stream() -> Result<()> {
         "IPv6 stream cut at {} bytes",
         result.received
     );
-    connections6_recover(&topo)?;
+    connections_recover(&topo, topo.vip6_http())?;
     let v = b.status()?.vrrp6.context("vrrp6")?;
     ensure!(v.became_master == 1, "after failover: {v:?}");
     Ok(())
-}
-
-/// keepalived from Debian's packages with an IPv6 `vrrp_instance`, in a node namespace.
-struct Keepalived {
-    process: lbd_tests::Spawned,
-    dir: std::path::PathBuf,
-}
-
-impl Keepalived {
-    fn start(topo: &Topology, node: Host, priority: u8) -> Result<Keepalived> {
-        let dir = std::env::temp_dir().join(format!("lbdt-{}-keepalived6", topo.tag()));
-        std::fs::create_dir_all(&dir)?;
-        let conf = dir.join("keepalived.conf");
-        // VRRPv3 (keepalived 2.2 defaults to 2, which has no IPv6), the same VRID, interval
-        // and VIP as lbd's IPv6 router.
-        std::fs::write(
-            &conf,
-            format!(
-                "global_defs {{\n  vrrp_version 3\n  script_user root\n  enable_script_security\n}}\n\
-                 vrrp_instance VI_6 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  \
-                 priority {priority}\n  advert_int 0.1\n  virtual_ipaddress {{\n    {}/128 dev eth0\n  }}\n}}\n",
-                lbd_tests::VIP6
-            ),
-        )?;
-        let mut cmd = topo.ns(node).command("keepalived");
-        cmd.args(["-n", "-l", "-D", "-P", "-f"]).arg(&conf);
-        cmd.arg("-p")
-            .arg(dir.join("k.pid"))
-            .arg("-r")
-            .arg(dir.join("v.pid"));
-        let process = topo.ns(node).spawn(cmd)?;
-        Ok(Keepalived { process, dir })
-    }
-}
-
-impl Drop for Keepalived {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 #[test]
@@ -261,10 +171,10 @@ fn ipv6_interoperates_with_keepalived_both_ways() -> Result<()> {
         .build()?;
     let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
     let (n1, n2) = (Host::Lbd(1), Host::Lbd(2));
-    let mut ka = Keepalived::start(&topo, n2, 150)?;
+    let mut ka = Keepalived::start(&topo, n2, &keepalived_v6(150))?;
     let ours = LbdNode::start(&topo, n1, &config(&topo, n1, 100, &[&vip6]))?;
     try_wait_until("keepalived holding the IPv6 VIP", MASTER_WAIT, || {
-        holds_vip6(&topo, n2)
+        holds_vip(&topo, n2, V6)
     })?;
     wait_state6(&ours, "BACKUP")?;
     ensure!(
@@ -272,7 +182,7 @@ fn ipv6_interoperates_with_keepalived_both_ways() -> Result<()> {
         "IPv6 VIPs only: no IPv4 router"
     );
     ensure!(
-        exactly_one_holds_vip6(&topo, &[n1, n2])? == n2,
+        exactly_one_holds_vip(&topo, &[n1, n2], V6)? == n2,
         "keepalived should hold the IPv6 VIP"
     );
     let s = ours.wait_status(MASTER_WAIT, "keepalived seen as the IPv6 master", |s| {
@@ -287,8 +197,11 @@ fn ipv6_interoperates_with_keepalived_both_ways() -> Result<()> {
     );
     fail_node(&topo, n2, &mut ka.process)?;
     wait_state6(&ours, "MASTER")?;
-    ensure!(holds_vip6(&topo, n1)?, "lbd is master without the IPv6 VIP");
-    connections6_recover(&topo)?;
+    ensure!(
+        holds_vip(&topo, n1, V6)?,
+        "lbd is master without the IPv6 VIP"
+    );
+    connections_recover(&topo, topo.vip6_http())?;
     drop(ours);
     drop(ka);
     drop(topo);
@@ -311,21 +224,21 @@ fn ipv6_interoperates_with_keepalived_both_ways() -> Result<()> {
     };
     let mut ours = LbdNode::start(&topo, n1, &config(&topo, n1, 150, &[&vip6]))?;
     wait_state6(&ours, "MASTER")?;
-    let _ka = Keepalived::start(&topo, n2, 100)?;
+    let _ka = Keepalived::start(&topo, n2, &keepalived_v6(100))?;
     // keepalived hears us for a second (10 adverts) and stays backup: the wait asserts that
     // something does not happen, and keepalived has no counter to wait on.
     std::thread::sleep(Duration::from_millis(1000));
     ensure!(
-        exactly_one_holds_vip6(&topo, &[n1, n2])? == n1,
+        exactly_one_holds_vip(&topo, &[n1, n2], V6)? == n1,
         "lbd should hold the IPv6 VIP"
     );
-    connections6_recover(&topo)?;
+    connections_recover(&topo, topo.vip6_http())?;
     fail_node(&topo, n1, &mut ours.process)?;
     try_wait_until("keepalived taking the IPv6 VIP", MASTER_WAIT, || {
-        holds_vip6(&topo, n2)
+        holds_vip(&topo, n2, V6)
     })?;
     ensure!(
-        exactly_one_holds_vip6(&topo, &[n2])? == n2,
+        exactly_one_holds_vip(&topo, &[n2], V6)? == n2,
         "keepalived should hold the IPv6 VIP"
     );
 

@@ -6,14 +6,17 @@
 use std::{process::Command, time::Duration};
 
 use anyhow::{Context, Result, ensure};
-use lb_testkit::{require_or_skip, tool_unavailable_reason, try_wait_until, wait_until};
+use lb_testkit::{require_or_skip, tool_unavailable_reason, try_wait_until};
 use lbd_tests::{
-    Capture, Host, Topology, bin_path, client,
+    Capture,
+    Family::V4,
+    Host, Topology, bin_path, client,
+    failover::{
+        Keepalived, MASTER_WAIT, connections_recover, exactly_one_holds_vip, fail_node, holds_vip,
+    },
     lbd::{self, LbdNode, Mode, Services},
     netns_tests_enabled, test_tag,
 };
-
-const MASTER_WAIT: Duration = Duration::from_secs(10);
 
 fn config(topo: &Topology, node: Host, priority: u8, preempt: bool) -> String {
     let all: Vec<_> = topo.backends().into_iter().map(|b| topo.ip(b)).collect();
@@ -37,74 +40,6 @@ fn wait_state(node: &LbdNode, state: &str) -> Result<()> {
     .map(drop)
 }
 
-fn holds_vip(topo: &Topology, node: Host) -> Result<bool> {
-    let out = topo
-        .ns(node)
-        .run("ip", &["-4", "addr", "show", "dev", "eth0"])?;
-    Ok(String::from_utf8_lossy(&out.stdout).contains(&format!("{}/32", lbd_tests::VIP)))
-}
-
-/// Exactly one of the live nodes holds the VIP: waits (bounded) until one does, then samples a few
-/// times over 300 ms that it stays so. The samples are the point: they assert that something does
-/// not happen (the VIP does not flap between the nodes, or sit on both).
-fn exactly_one_holds_vip(topo: &Topology, live: &[Host]) -> Result<Host> {
-    let holders = || -> Vec<Host> {
-        live.iter()
-            .copied()
-            .filter(|n| holds_vip(topo, *n).unwrap_or(false))
-            .collect()
-    };
-    let mut last = Vec::new();
-    wait_until("exactly one node holding the VIP", MASTER_WAIT, || {
-        last = holders();
-        last.len() == 1
-    })
-    .with_context(|| format!("VIP held by {last:?} among {live:?}"))?;
-    let holder = last[0];
-    for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = holders();
-        ensure!(
-            now == [holder],
-            "VIP moved without a failure: held by {now:?}, was {holder:?}"
-        );
-    }
-    Ok(holder)
-}
-
-/// A node fails: its process is killed (SIGKILL) and it drops off the network, as a crashed host
-/// does. (A process killed alone would leave the VIP on the host's interface, where the kernel,
-/// with no balancer, would answer the VIP's TCP traffic with resets.)
-fn fail_node(topo: &Topology, node: Host, process: &mut lbd_tests::Spawned) -> Result<()> {
-    process.signal(libc::SIGKILL)?;
-    topo.ns(node).ip(&["link", "set", "eth0", "down"])?;
-    Ok(())
-}
-
-/// Connections to the VIP succeed again within a generous bound after a failover.
-fn connections_recover(topo: &Topology) -> Result<()> {
-    let vip = topo.vip_http();
-    topo.client().enter(move || -> Result<()> {
-        let mut last = None;
-        wait_until(
-            "the VIP answering",
-            Duration::from_secs(10),
-            || match client::http_get_path(vip, "/", Duration::from_secs(1)) {
-                Ok(r) if r.status == 200 => true,
-                other => {
-                    last = Some(format!("{other:?}"));
-                    false
-                }
-            },
-        )
-        .with_context(|| format!("after the failover; last answer: {last:?}"))?;
-        for i in 0..20 {
-            client::http_get(vip).with_context(|| format!("connection {i} after the failover"))?;
-        }
-        Ok(())
-    })?
-}
-
 #[test]
 fn node_failure_moves_the_vip_and_keeps_a_stream() -> Result<()> {
     if !netns_tests_enabled("node_failure_moves_the_vip_and_keeps_a_stream") {
@@ -121,7 +56,7 @@ fn node_failure_moves_the_vip_and_keeps_a_stream() -> Result<()> {
     wait_state(&a, "MASTER")?;
     wait_state(&b, "BACKUP")?;
     ensure!(
-        exactly_one_holds_vip(&topo, &[n1, n2])? == n1,
+        exactly_one_holds_vip(&topo, &[n1, n2], V4)? == n1,
         "lbd1 should hold the VIP"
     );
     let st = b.status()?;
@@ -130,7 +65,7 @@ fn node_failure_moves_the_vip_and_keeps_a_stream() -> Result<()> {
         v.master.as_deref() == Some("198.18.0.2") && v.priority == 100,
         "backup's view: {v:?}"
     );
-    connections_recover(&topo)?;
+    connections_recover(&topo, topo.vip_http())?;
 
     // A long stream through the VIP (direct routing) across the failover: no reset, every byte.
     let vip = topo.vip_http();
@@ -154,7 +89,7 @@ fn node_failure_moves_the_vip_and_keeps_a_stream() -> Result<()> {
         )?;
         fail_node(&topo, n1, &mut a.process)?;
         wait_state(&b, "MASTER")?;
-        ensure!(holds_vip(&topo, n2)?, "lbd2 is master without the VIP");
+        ensure!(holds_vip(&topo, n2, V4)?, "lbd2 is master without the VIP");
         stream
             .join()
             .map_err(|_| anyhow::anyhow!("stream thread panicked"))??
@@ -164,7 +99,7 @@ fn node_failure_moves_the_vip_and_keeps_a_stream() -> Result<()> {
         "stream cut at {} bytes",
         result.received
     );
-    connections_recover(&topo)?;
+    connections_recover(&topo, topo.vip_http())?;
     let v = b.status()?.vrrp.context("vrrp")?;
     ensure!(
         v.became_master == 1 && v.last_transition_unix.is_some(),
@@ -209,10 +144,10 @@ fn clean_stop_hands_over_and_preempt_follows_the_config() -> Result<()> {
         frames.len()
     );
     ensure!(
-        exactly_one_holds_vip(&topo, &[n1, n2])? == n2,
+        exactly_one_holds_vip(&topo, &[n1, n2], V4)? == n2,
         "lbd2 should hold the VIP"
     );
-    connections_recover(&topo)?;
+    connections_recover(&topo, topo.vip_http())?;
 
     // The old master comes back with preempt off: it stays backup.
     let a = LbdNode::start(&topo, n1, &config(&topo, n1, 150, false))?;
@@ -229,7 +164,7 @@ fn clean_stop_hands_over_and_preempt_follows_the_config() -> Result<()> {
         "lbd1 preempted with preempt off: {v:?}"
     );
     ensure!(
-        exactly_one_holds_vip(&topo, &[n1, n2])? == n2,
+        exactly_one_holds_vip(&topo, &[n1, n2], V4)? == n2,
         "VIP moved with preempt off"
     );
     a.stop()?;
@@ -239,40 +174,11 @@ fn clean_stop_hands_over_and_preempt_follows_the_config() -> Result<()> {
     wait_state(&a, "MASTER")?;
     wait_state(&b, "BACKUP")?;
     ensure!(
-        exactly_one_holds_vip(&topo, &[n1, n2])? == n1,
+        exactly_one_holds_vip(&topo, &[n1, n2], V4)? == n1,
         "lbd1 should hold the VIP after preempting"
     );
-    connections_recover(&topo)?;
+    connections_recover(&topo, topo.vip_http())?;
     Ok(())
-}
-
-/// keepalived from Debian's packages, in a node namespace, with a config file of its own.
-struct Keepalived {
-    process: lbd_tests::Spawned,
-    dir: std::path::PathBuf,
-}
-
-impl Keepalived {
-    fn start(topo: &Topology, node: Host, priority: u8) -> Result<Keepalived> {
-        let dir = std::env::temp_dir().join(format!("lbdt-{}-keepalived", topo.tag()));
-        std::fs::create_dir_all(&dir)?;
-        let conf = dir.join("keepalived.conf");
-        std::fs::write(&conf, lbd::keepalived_config(priority, true))?;
-        let mut cmd = topo.ns(node).command("keepalived");
-        cmd.args(["-n", "-l", "-D", "-P", "-f"]).arg(&conf);
-        cmd.arg("-p")
-            .arg(dir.join("k.pid"))
-            .arg("-r")
-            .arg(dir.join("v.pid"));
-        let process = topo.ns(node).spawn(cmd)?;
-        Ok(Keepalived { process, dir })
-    }
-}
-
-impl Drop for Keepalived {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 #[test]
@@ -290,14 +196,14 @@ fn interoperates_with_keepalived_both_ways() -> Result<()> {
         .build()?;
     let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
     let (n1, n2) = (Host::Lbd(1), Host::Lbd(2));
-    let mut ka = Keepalived::start(&topo, n2, 150)?;
+    let mut ka = Keepalived::start(&topo, n2, &lbd::keepalived_config(150, true))?;
     let ours = LbdNode::start(&topo, n1, &config(&topo, n1, 100, true))?;
     try_wait_until("keepalived holding the VIP", MASTER_WAIT, || {
-        holds_vip(&topo, n2)
+        holds_vip(&topo, n2, V4)
     })?;
     wait_state(&ours, "BACKUP")?;
     ensure!(
-        exactly_one_holds_vip(&topo, &[n1, n2])? == n2,
+        exactly_one_holds_vip(&topo, &[n1, n2], V4)? == n2,
         "keepalived should hold the VIP"
     );
     // A backup learns the master from its first accepted advert, which may come after it
@@ -314,8 +220,8 @@ fn interoperates_with_keepalived_both_ways() -> Result<()> {
     );
     fail_node(&topo, n2, &mut ka.process)?;
     wait_state(&ours, "MASTER")?;
-    ensure!(holds_vip(&topo, n1)?, "lbd is master without the VIP");
-    connections_recover(&topo)?;
+    ensure!(holds_vip(&topo, n1, V4)?, "lbd is master without the VIP");
+    connections_recover(&topo, topo.vip_http())?;
     drop(ours);
     drop(ka);
     drop(topo);
@@ -336,21 +242,21 @@ fn interoperates_with_keepalived_both_ways() -> Result<()> {
     };
     let mut ours = LbdNode::start(&topo, n1, &config(&topo, n1, 150, true))?;
     wait_state(&ours, "MASTER")?;
-    let _ka = Keepalived::start(&topo, n2, 100)?;
+    let _ka = Keepalived::start(&topo, n2, &lbd::keepalived_config(100, true))?;
     // keepalived hears us for a second (10 adverts) and stays backup. The wait is the point: it asserts
     // that something does not happen, and keepalived's side has no counter to wait on.
     std::thread::sleep(Duration::from_millis(1000));
     ensure!(
-        exactly_one_holds_vip(&topo, &[n1, n2])? == n1,
+        exactly_one_holds_vip(&topo, &[n1, n2], V4)? == n1,
         "lbd should hold the VIP"
     );
-    connections_recover(&topo)?;
+    connections_recover(&topo, topo.vip_http())?;
     fail_node(&topo, n1, &mut ours.process)?;
     try_wait_until("keepalived taking the VIP", MASTER_WAIT, || {
-        holds_vip(&topo, n2)
+        holds_vip(&topo, n2, V4)
     })?;
     ensure!(
-        exactly_one_holds_vip(&topo, &[n2])? == n2,
+        exactly_one_holds_vip(&topo, &[n2], V4)? == n2,
         "keepalived should hold the VIP"
     );
 
@@ -424,7 +330,7 @@ fn tracked_conditions_move_the_vip() -> Result<()> {
         "lbd1 with no backend: {v:?}"
     );
     ensure!(
-        exactly_one_holds_vip(&topo, &[n1, n2])? == n2,
+        exactly_one_holds_vip(&topo, &[n1, n2], V4)? == n2,
         "lbd2 should hold the VIP"
     );
     for ip in &backends {
@@ -446,7 +352,7 @@ fn tracked_conditions_move_the_vip() -> Result<()> {
     wait_state(&a, "MASTER")?;
     wait_state(&b, "BACKUP")?;
     ensure!(
-        exactly_one_holds_vip(&topo, &[n1, n2])? == n1,
+        exactly_one_holds_vip(&topo, &[n1, n2], V4)? == n1,
         "lbd1 should hold the VIP again"
     );
     Ok(())

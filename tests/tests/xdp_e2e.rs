@@ -31,17 +31,7 @@ fn name_of(topo: &Topology, backend: &str) -> Host {
 /// `n` new TCP connections from the client to VIP:80; the backend that answered each.
 fn connections(topo: &Topology, n: usize) -> Result<HashMap<String, usize>> {
     let vip = topo.vip_http();
-    topo.client()
-        .enter(move || -> Result<HashMap<String, usize>> {
-            let mut by_backend = HashMap::new();
-            for i in 0..n {
-                let r =
-                    client::http_get(vip).with_context(|| format!("connection {i} to the VIP"))?;
-                ensure!(r.status == 200, "connection {i}: status {}", r.status);
-                *by_backend.entry(r.backend).or_insert(0) += 1;
-            }
-            Ok(by_backend)
-        })?
+    topo.client().enter(move || client::answered_by(vip, n))?
 }
 
 fn scenario(mode: Mode, name: &str) -> Result<()> {

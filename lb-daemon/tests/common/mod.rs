@@ -4,7 +4,7 @@
     reason = "each test binary that includes this module uses a different part of it"
 )]
 
-use etherparse::PacketBuilder;
+use etherparse::{IpHeaders, PacketBuilder, PacketBuilderStep};
 
 /// Tests that need root (BPF_PROG_TEST_RUN) call this first: under CI they fail loudly without
 /// the privilege; elsewhere they say why they skip (the workspace's one rule, `lb-testkit`).
@@ -35,9 +35,20 @@ pub fn tcp(
     syn: bool,
     fin: bool,
 ) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, dst_mac)
-        .ipv4(src, dst, 64)
-        .tcp(sport, dport, 1000, 64240);
+    let ip = PacketBuilder::ethernet2(CLIENT_MAC, dst_mac).ipv4(src, dst, 64);
+    tcp_over(ip, sport, dport, syn, fin)
+}
+
+/// The TCP segment of [`tcp`] (or [`tcp6`]) over the IP header `ip`: a SYN, or an ACK with a
+/// request; FIN added when asked.
+fn tcp_over(
+    ip: PacketBuilderStep<IpHeaders>,
+    sport: u16,
+    dport: u16,
+    syn: bool,
+    fin: bool,
+) -> Vec<u8> {
+    let mut b = ip.tcp(sport, dport, 1000, 64240);
     if syn {
         b = b.syn();
     } else {
@@ -152,21 +163,8 @@ pub fn tcp6(
     syn: bool,
     fin: bool,
 ) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, dst_mac)
-        .ipv6(src, dst, 64)
-        .tcp(sport, dport, 1000, 64240);
-    if syn {
-        b = b.syn();
-    } else {
-        b = b.ack(1);
-    }
-    if fin {
-        b = b.fin();
-    }
-    let payload: &[u8] = if syn { &[] } else { b"GET / HTTP/1.1\r\n\r\n" };
-    let mut out = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut out, payload).expect("write frame");
-    out
+    let ip = PacketBuilder::ethernet2(CLIENT_MAC, dst_mac).ipv6(src, dst, 64);
+    tcp_over(ip, sport, dport, syn, fin)
 }
 
 /// An IPv6 UDP datagram from the client.
