@@ -1,7 +1,11 @@
 //! What the VRRP tests of both families share: who holds a VIP, a node failing as a crashed
 //! host does, connections coming back after a failover, and keepalived as the peer.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, ensure};
 use lb_testkit::wait_until;
@@ -81,6 +85,39 @@ pub fn connections_recover(topo: &Topology, vip: SocketAddr) -> Result<()> {
         }
         Ok(())
     })?
+}
+
+/// tshark, where installed (with `CI=true` it must be), decodes the adverts in `capture` as
+/// VRRP version 3 with good checksums, and its text holds each of `expect` (the IP header's
+/// fields of the family).
+pub fn tshark_decodes_vrrp3(test: &str, capture: &Path, expect: &[&str]) -> Result<()> {
+    if !lb_testkit::require_or_skip(
+        &format!("{test} (tshark decode)"),
+        lb_testkit::tool_unavailable_reason("tshark", "--version"),
+    ) {
+        return Ok(());
+    }
+    let out = std::process::Command::new("tshark")
+        .arg("-r")
+        .arg(capture)
+        .args(["-Y", "vrrp", "-V"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let missing: Vec<&&str> = std::iter::once(&"VRRP protocol version: 3")
+        .chain(expect)
+        .filter(|e| !text.contains(**e))
+        .collect();
+    ensure!(
+        missing.is_empty(),
+        "tshark's decode lacks {missing:?} ({} bytes captured): {text} {}",
+        std::fs::metadata(capture).map(|m| m.len()).unwrap_or(0),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        text.contains("[Checksum Status: Good]") && !text.contains("[Checksum Status: Bad]"),
+        "tshark checksum: {text}"
+    );
+    Ok(())
 }
 
 /// keepalived from Debian's packages, in a node namespace, with a config file of its own.

@@ -4,7 +4,7 @@
 //! entry to it) and a TCP stream through it survives; keepalived is master with lbd as backup
 //! and the reverse, over IPv6.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use lb_testkit::{require_or_skip, tool_unavailable_reason, try_wait_until};
@@ -13,6 +13,7 @@ use lbd_tests::{
     Host, Topology, bin_path, client,
     failover::{
         Keepalived, MASTER_WAIT, connections_recover, exactly_one_holds_vip, fail_node, holds_vip,
+        tshark_decodes_vrrp3,
     },
     lbd::{LbdNode, Mode},
     netns_tests_enabled, test_tag,
@@ -245,31 +246,11 @@ fn ipv6_interoperates_with_keepalived_both_ways() -> Result<()> {
     // tshark decodes lbd's IPv6 adverts as VRRPv3 with a good checksum, hop limit 255, to
     // ff02::12.
     let _ = tcpdump.terminate(Duration::from_secs(3));
-    if require_or_skip(
-        "ipv6_interoperates_with_keepalived_both_ways (tshark decode)",
-        tool_unavailable_reason("tshark", "--version"),
-    ) {
-        let out = Command::new("tshark")
-            .args(["-r"])
-            .arg(&capture_file)
-            .args(["-Y", "vrrp", "-V"])
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        ensure!(
-            text.contains("VRRP protocol version: 3")
-                && text.contains("Destination Address: ff02::12")
-                && text.contains("Hop Limit: 255"),
-            "tshark did not decode IPv6 VRRPv3 ({} bytes captured): {text} {}",
-            std::fs::metadata(&capture_file)
-                .map(|m| m.len())
-                .unwrap_or(0),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ensure!(
-            text.contains("[Checksum Status: Good]") && !text.contains("[Checksum Status: Bad]"),
-            "tshark checksum: {text}"
-        );
-    }
+    tshark_decodes_vrrp3(
+        "ipv6_interoperates_with_keepalived_both_ways",
+        &capture_file,
+        &["Destination Address: ff02::12", "Hop Limit: 255"],
+    )?;
     let _ = std::fs::remove_file(&capture_file);
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! follows the config, and a TCP stream through the VIP survives a failover because both nodes
 //! build the same Maglev tables.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use lb_testkit::{require_or_skip, tool_unavailable_reason, try_wait_until};
@@ -13,6 +13,7 @@ use lbd_tests::{
     Host, Topology, bin_path, client,
     failover::{
         Keepalived, MASTER_WAIT, connections_recover, exactly_one_holds_vip, fail_node, holds_vip,
+        tshark_decodes_vrrp3,
     },
     lbd::{self, LbdNode, Mode, Services},
     netns_tests_enabled, test_tag,
@@ -262,29 +263,11 @@ fn interoperates_with_keepalived_both_ways() -> Result<()> {
 
     // tshark, where installed, decodes our adverts as VRRPv3 with a good checksum.
     let _ = tcpdump.terminate(Duration::from_secs(3));
-    if require_or_skip(
-        "interoperates_with_keepalived_both_ways (tshark decode)",
-        tool_unavailable_reason("tshark", "--version"),
-    ) {
-        let out = Command::new("tshark")
-            .args(["-r"])
-            .arg(&capture_file)
-            .args(["-Y", "vrrp", "-V"])
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        ensure!(
-            text.contains("VRRP protocol version: 3"),
-            "tshark did not decode VRRPv3 ({} bytes captured): {text} {}",
-            std::fs::metadata(&capture_file)
-                .map(|m| m.len())
-                .unwrap_or(0),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ensure!(
-            text.contains("[Checksum Status: Good]") && !text.contains("[Checksum Status: Bad]"),
-            "tshark checksum: {text}"
-        );
-    }
+    tshark_decodes_vrrp3(
+        "interoperates_with_keepalived_both_ways",
+        &capture_file,
+        &["Destination Address: 224.0.0.18", "Time to Live: 255"],
+    )?;
     let _ = std::fs::remove_file(&capture_file);
     Ok(())
 }
