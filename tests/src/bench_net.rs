@@ -7,6 +7,7 @@
 //! | `direct_offload_off`, `direct_offload_on` | nothing: the client talks to `b1`'s own address |
 //! | `bare` | `bare_tx` natively on lbd2's `eth0`: dst MAC := `b1`, src MAC := old dst, `XDP_TX` |
 //! | `xdp` | lbd, `datapath = "xdp"` (native), direct routing to `b1` |
+//! | `bare_v6`, `xdp_v6` | the same two over IPv6: the client to [`VIP6`], lbd to `b1`'s IPv6 address |
 //! | `xdp_3backends` | the same over `b1`–`b3` (connection rate only) |
 //! | `userspace` | lbd, `datapath = "userspace"`: the TCP proxy to `b1`'s own address |
 //! | `haproxy` | HAProxy (`mode tcp`, splice on, as lbd's proxy) to `b1`'s own address, on VIP ports 8080 and 5202 |
@@ -17,11 +18,15 @@
 //! forward the client's ARP probes to the backend, which never answers ARP for the VIP), and
 //! that entry picks the node: lbd2, which runs `bare_tx`, for `bare`, lbd1 for the rest. So
 //! `bare` and `xdp` are two identical nodes that run at the same time, and switching between
-//! them is one neighbour update instead of a restart.
+//! them is one neighbour update instead of a restart. The IPv6 twins run on the same two
+//! balancers (one XDP program per node): `bare_tx` forwards IPv6 frames as is, and lbd1's lbd
+//! then serves [`VIP6`] (on lbd1 too, deprecated) beside the IPv4 VIP; the client's permanent
+//! neighbour entry for [`VIP6`] picks the node.
 //!
 //! The paths are measured in rounds, every other round in reverse order. Within a round, the
 //! paths that can run side by side do so and take turns (A B C C B A for each measurement), so
-//! that all see the same moments of the machine: `direct_offload_off`, `bare` and `xdp`; then
+//! that all see the same moments of the machine: `direct_offload_off`, `bare`, `xdp`, `bare_v6`
+//! and `xdp_v6` (so that the `xdp_v6_*_vs_xdp` ratios, IPv6 over IPv4, pair turns); then
 //! `direct_offload_on` and the two proxies (HAProxy on its own ports); `xdp_3backends` alone.
 //! iperf3 runs with the first second (slow start) left out, and for the XDP group with the
 //! client pinned to CPU 0 and the server to CPU 1 (see `NetPath::pin_iperf3`).
@@ -29,15 +34,17 @@
 //! of the ratio of the two paths within the round. On these shared 2-core machines one path's
 //! rate moves by ±15% from one minute to the next, so a ratio of two best-of figures compares
 //! two lucky moments; paired within a round, and in turns, most of that drift cancels.
-//! `xdp_throughput_vs_bare` and `userspace_throughput_vs_haproxy`, the throughput goals, are
-//! the lower of the 1- and 4-stream ratios.
+//! `xdp_throughput_vs_bare`, `userspace_throughput_vs_haproxy`, `xdp_v6_throughput_vs_xdp` and
+//! `xdp_v6_throughput_vs_bare_v6`, the throughput goals, are the lower of the 1- and 4-stream
+//! ratios.
 //!
 //! For the two proxies the bench also reads the CPU time (user + system) of the forwarding
 //! process from `/proc`: `cpu_us_per_conn_*` (per wrk request, each a new connection) and
 //! `cpu_ms_per_gb_4stream_*`: the proxy's own cost, where a rate also carries the client's and
 //! the backends' share of the two cores (it still grows when the machine is slow). For lbd's
-//! XDP path the same reading gives `daemon_cpu_us_per_conn_xdp`: its control plane's cost
-//! (counters, the connection table's scans) while the kernel forwards.
+//! XDP path the same reading gives `daemon_cpu_us_per_conn_xdp` (and `_xdp_v6`, the same
+//! process during the IPv6 turns): its control plane's cost (counters, the connection table's
+//! scans) while the kernel forwards.
 //!
 //! `LBD_BENCH_NET_SECS` (default 3) sets each measurement's length and `LBD_BENCH_NET_ROUNDS`
 //! (default 5) the rounds. `LBD_BENCH_NET_PATHS` (a comma-separated list of the path names
@@ -50,7 +57,7 @@
 
 use std::{
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -59,7 +66,7 @@ use anyhow::{Context, Result, bail, ensure};
 use lb_daemon::xdp;
 
 use crate::{
-    HTTP_PORT, Host, Spawned, Topology, VIP, bin_path, client,
+    Family, HTTP_PORT, Host, Spawned, Topology, VIP, VIP6, bin_path, client,
     lbd::{self, LbdNode, Mode, Services},
 };
 
@@ -90,6 +97,8 @@ enum NetPath {
     DirectOffloadOff,
     Bare,
     Xdp,
+    Bare6,
+    Xdp6,
     Xdp3,
     DirectOffloadOn,
     Userspace,
@@ -97,10 +106,12 @@ enum NetPath {
 }
 
 impl NetPath {
-    const ALL: [NetPath; 7] = [
+    const ALL: [NetPath; 9] = [
         NetPath::DirectOffloadOff,
         NetPath::Bare,
         NetPath::Xdp,
+        NetPath::Bare6,
+        NetPath::Xdp6,
         NetPath::Xdp3,
         NetPath::DirectOffloadOn,
         NetPath::Userspace,
@@ -120,6 +131,8 @@ impl NetPath {
             NetPath::DirectOffloadOff => "direct_offload_off",
             NetPath::Bare => "bare",
             NetPath::Xdp => "xdp",
+            NetPath::Bare6 => "bare_v6",
+            NetPath::Xdp6 => "xdp_v6",
             NetPath::Xdp3 => "xdp_3backends",
             NetPath::DirectOffloadOn => "direct_offload_on",
             NetPath::Userspace => "userspace",
@@ -149,15 +162,22 @@ impl NetPath {
     /// Whether the path needs `xdp_pass` on the lbd nodes' bridge-side peers (native XDP_TX on
     /// veth).
     fn native_xdp(self) -> bool {
-        matches!(self, NetPath::Bare | NetPath::Xdp | NetPath::Xdp3)
+        matches!(
+            self,
+            NetPath::Bare | NetPath::Xdp | NetPath::Bare6 | NetPath::Xdp6 | NetPath::Xdp3
+        )
     }
 
-    /// The paths of one group run side by side and take turns: the XDP paths with their
-    /// baseline, the proxies with theirs. `xdp_3backends` needs lbd1's web service with three
-    /// backends, so it runs alone.
+    /// The paths of one group run side by side and take turns: the XDP paths of both families
+    /// with their baseline, the proxies with theirs. `xdp_3backends` needs lbd1's web service
+    /// with three backends, so it runs alone.
     fn group(self) -> u8 {
         match self {
-            NetPath::DirectOffloadOff | NetPath::Bare | NetPath::Xdp => 0,
+            NetPath::DirectOffloadOff
+            | NetPath::Bare
+            | NetPath::Xdp
+            | NetPath::Bare6
+            | NetPath::Xdp6 => 0,
             NetPath::Xdp3 => 1,
             NetPath::DirectOffloadOn | NetPath::Userspace | NetPath::Haproxy => 2,
         }
@@ -174,8 +194,27 @@ impl NetPath {
     /// The lbd node the client's frames for the VIP go to.
     fn node(self) -> Host {
         match self {
-            NetPath::Bare => Host::Lbd(2),
+            NetPath::Bare | NetPath::Bare6 => Host::Lbd(2),
             _ => Host::Lbd(1),
+        }
+    }
+
+    /// The address family the client speaks on this path.
+    fn family(self) -> Family {
+        match self {
+            NetPath::Bare6 | NetPath::Xdp6 => Family::V6,
+            _ => Family::V4,
+        }
+    }
+
+    /// The path whose balancer also carries this one: an IPv6 twin shares its IPv4 path's
+    /// (`bare_tx` forwards either family as is, and lbd serves both VIPs from one config), as
+    /// one node holds one XDP program.
+    fn carrier(self) -> NetPath {
+        match self {
+            NetPath::Bare6 => NetPath::Bare,
+            NetPath::Xdp6 => NetPath::Xdp,
+            p => p,
         }
     }
 
@@ -189,10 +228,10 @@ impl NetPath {
     }
 
     /// Where the client connects.
-    fn target(self) -> Ipv4Addr {
+    fn target(self) -> IpAddr {
         match self {
-            NetPath::DirectOffloadOff | NetPath::DirectOffloadOn => Host::Backend(1).ip(),
-            _ => VIP,
+            NetPath::DirectOffloadOff | NetPath::DirectOffloadOn => Host::Backend(1).ip().into(),
+            p => p.family().vip(),
         }
     }
 
@@ -372,6 +411,7 @@ pub fn parse_iperf3_gbps(json: &str) -> Result<f64> {
 }
 
 /// TCP passive opens of a namespace (`PassiveOpens` of `/proc/net/snmp`), from a thread in it.
+/// The kernel keeps one TCP MIB for both families, so IPv6 connections count here too.
 fn passive_opens(topo: &Topology, host: Host) -> Result<u64> {
     let snmp = topo
         .try_ns(host)?
@@ -417,7 +457,7 @@ fn run_wrk(topo: &Topology, tools: &Tools, path: NetPath, secs: u32) -> Result<W
     let opens =
         |topo: &Topology| -> Result<u64> { backends.iter().map(|&b| passive_opens(topo, b)).sum() };
     let before = opens(topo)?;
-    let url = format!("http://{}:{}/", path.target(), path.ports().0);
+    let url = format!("http://{}/", SocketAddr::new(path.target(), path.ports().0));
     let args = [
         format!("-t{WRK_THREADS}"),
         format!("-c{WRK_CONNECTIONS}"),
@@ -474,7 +514,7 @@ fn run_wrk(topo: &Topology, tools: &Tools, path: NetPath, secs: u32) -> Result<W
 fn run_iperf3(
     topo: &Topology,
     tools: &Tools,
-    (target, port): (Ipv4Addr, u16),
+    (target, port): (IpAddr, u16),
     streams: u32,
     secs: u32,
     pinned: bool,
@@ -532,7 +572,7 @@ fn run_iperf3(
         }
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("iperf3 did not run")))
-        .with_context(|| format!("iperf3 -P {streams} to {target}:{port}"))
+        .with_context(|| format!("iperf3 -P {streams} to {}", SocketAddr::new(target, port)))
 }
 
 /// Waits until something in `node` listens on VIP:`port` (or the wildcard) for every port.
@@ -630,8 +670,9 @@ impl Balancer {
 }
 
 /// The lbd config of a path: the web service on VIP:80 (and the test config's UDP service), and
-/// for one backend an iperf3 service on VIP:5201.
-fn lbd_config(topo: &Topology, mode: Mode, backends: &[Host]) -> String {
+/// for one backend an iperf3 service on VIP:5201. With `v6`, the same two TCP services on
+/// [`VIP6`] over the backends' IPv6 addresses, for the IPv6 twin served by the same lbd.
+fn lbd_config(topo: &Topology, mode: Mode, backends: &[Host], v6: bool) -> String {
     let ips: Vec<Ipv4Addr> = backends.iter().map(|&b| b.ip()).collect();
     let node = Host::Lbd(1);
     let mut config = lbd::config_text(
@@ -647,6 +688,19 @@ fn lbd_config(topo: &Topology, mode: Mode, backends: &[Host]) -> String {
         "\n[[service]]\nname = \"iperf3\"\nvip = \"{VIP}:{IPERF_PORT}\"\nbackends = [{{ addr = \"{}\" }}]\n",
         ips[0]
     );
+    if v6 {
+        let list: Vec<String> = backends
+            .iter()
+            .map(|&b| format!("{{ addr = \"{}\" }}", b.ip6()))
+            .collect();
+        let _ = write!(
+            config,
+            "\n[[service]]\nname = \"web6\"\nvip = \"[{VIP6}]:{HTTP_PORT}\"\nbackends = [{}]\n\n\
+             [[service]]\nname = \"iperf3_6\"\nvip = \"[{VIP6}]:{IPERF_PORT}\"\nbackends = [{}]\n",
+            list.join(", "),
+            list[0]
+        );
+    }
     config
 }
 
@@ -659,10 +713,12 @@ fn haproxy_config(backend: Ipv4Addr) -> String {
     )
 }
 
-/// Starts what carries `path` on lbd1.
-fn start(topo: &Topology, tools: &Tools, path: NetPath) -> Result<Balancer> {
+/// Starts what carries `path` on lbd1 (a carrier: see [`NetPath::carrier`]); with `v6`, lbd also
+/// serves [`VIP6`].
+fn start(topo: &Topology, tools: &Tools, path: NetPath, v6: bool) -> Result<Balancer> {
     let node = Host::Lbd(1);
     match path {
+        NetPath::Bare6 | NetPath::Xdp6 => bail!("{} runs on its IPv4 twin's balancer", path.name()),
         NetPath::DirectOffloadOff | NetPath::DirectOffloadOn => Ok(Balancer::None),
         NetPath::Bare => {
             let node = path.node();
@@ -689,7 +745,7 @@ fn start(topo: &Topology, tools: &Tools, path: NetPath) -> Result<Balancer> {
             let lbd = LbdNode::start(
                 topo,
                 node,
-                &lbd_config(topo, Mode::XdpNative, &path.backends()),
+                &lbd_config(topo, Mode::XdpNative, &path.backends(), v6),
             )?;
             let status = lbd.status()?;
             ensure!(
@@ -704,7 +760,7 @@ fn start(topo: &Topology, tools: &Tools, path: NetPath) -> Result<Balancer> {
             let mut lbd = LbdNode::start(
                 topo,
                 node,
-                &lbd_config(topo, Mode::Userspace, &path.backends()),
+                &lbd_config(topo, Mode::Userspace, &path.backends(), false),
             )?;
             wait_listening(topo, node, &[HTTP_PORT, IPERF_PORT], &mut lbd.process)?;
             Ok(Balancer::Lbd(lbd))
@@ -767,7 +823,7 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
 
 /// Checks a path with one request: 200 from one of its backends.
 fn check_path(topo: &Topology, path: NetPath) -> Result<()> {
-    let addr: SocketAddr = SocketAddrV4::new(path.target(), path.ports().0).into();
+    let addr = SocketAddr::new(path.target(), path.ports().0);
     let reply = topo
         .client()
         .enter(move || client::http_get(addr))?
@@ -895,14 +951,15 @@ fn measure_group(
         .collect())
 }
 
-/// Points the client's neighbour entry for the VIP at the node of `path`. The entry is
-/// permanent: `bare_tx` would forward the client's ARP probes to the backend, which never
-/// answers ARP for the VIP.
+/// Points the client's neighbour entry for the VIP of the path's family at the node of `path`.
+/// The entry is permanent: `bare_tx` would forward the client's ARP probes (neighbour
+/// solicitations) to the backend, which never answers them for the VIP.
 fn select(topo: &Topology, path: NetPath) -> Result<()> {
     topo.client().ip(&[
+        path.family().ip_flag(),
         "neigh",
         "replace",
-        &VIP.to_string(),
+        &path.family().vip().to_string(),
         "lladdr",
         &path.node().mac().to_string(),
         "dev",
@@ -980,6 +1037,9 @@ pub fn run() -> Result<Vec<(String, f64)>> {
     tune(&topo)?;
     let node = Host::Lbd(1);
     topo.add_vip(node)?;
+    if settings.paths.iter().any(|p| p.family() == Family::V6) {
+        topo.add_vip6(node)?;
+    }
 
     // rounds[r][i]: path NetPath::ALL[i] in round r.
     let mut rounds: Vec<Vec<Option<Sample>>> = Vec::new();
@@ -1018,21 +1078,33 @@ pub fn run() -> Result<Vec<(String, f64)>> {
             }
             // One setting per group: its paths share the client.
             topo.set_tx_offload(Host::Client, path.client_tx_offload())?;
-            let mut balancers = Vec::new();
+            // One balancer per carrier: an IPv6 twin runs on its IPv4 path's, started with
+            // IPv6 services when a twin is in the group.
+            let v6 = group.iter().any(|(_, p)| p.family() == Family::V6);
+            let mut balancers: Vec<(NetPath, Balancer)> = Vec::new();
             for &(_, p) in &group {
-                let b =
-                    start(&topo, &tools, p).with_context(|| format!("starting {}", p.name()))?;
-                balancers.push(b);
+                let carrier = p.carrier();
+                if balancers.iter().any(|(c, _)| *c == carrier) {
+                    continue;
+                }
+                let b = start(&topo, &tools, carrier, v6)
+                    .with_context(|| format!("starting {}", carrier.name()))?;
+                balancers.push((carrier, b));
             }
             let names: Vec<&str> = group.iter().map(|(_, p)| p.name()).collect();
             let members: Vec<(NetPath, Option<u32>)> = group
                 .iter()
-                .zip(&balancers)
-                .map(|(&(_, p), b)| (p, b.pid()))
+                .map(|&(_, p)| {
+                    let pid = balancers
+                        .iter()
+                        .find(|(c, _)| *c == p.carrier())
+                        .and_then(|(_, b)| b.pid());
+                    (p, pid)
+                })
                 .collect();
             let group_samples = measure_group(&topo, &tools, &members, settings.secs)
                 .with_context(|| format!("measuring {}", names.join(" and ")))?;
-            for ((_, p), b) in group.iter().zip(balancers) {
+            for (p, b) in balancers {
                 if let (true, Balancer::Lbd(node)) = (debug(), &b) {
                     eprintln!("{} log tail: {}", p.name(), node.process.stderr_tail());
                 }
@@ -1134,6 +1206,9 @@ fn figures(rounds: &[Vec<Option<Sample>>], measured: &[NetPath]) -> Vec<(String,
         }
     };
     let xdp_gbps = [GBPS_1, GBPS_4].map(|f| ratio(NetPath::Xdp, NetPath::Bare, f));
+    // IPv6 against IPv4 (the goal: within 10%), and against its own bare forwarder.
+    let xdp_v6_gbps = [GBPS_1, GBPS_4].map(|f| ratio(NetPath::Xdp6, NetPath::Xdp, f));
+    let xdp_v6_bare_gbps = [GBPS_1, GBPS_4].map(|f| ratio(NetPath::Xdp6, NetPath::Bare6, f));
     let proxy_gbps = [GBPS_1, GBPS_4].map(|f| ratio(NetPath::Userspace, NetPath::Haproxy, f));
     let all_measured = measured.len() == NetPath::ALL.len();
     for (name, value) in [
@@ -1155,6 +1230,34 @@ fn figures(rounds: &[Vec<Option<Sample>>], measured: &[NetPath]) -> Vec<(String,
         (
             "xdp_throughput_1stream_vs_direct",
             ratio(NetPath::Xdp, NetPath::DirectOffloadOff, GBPS_1),
+        ),
+        (
+            "xdp_v6_conn_rate_vs_xdp",
+            ratio(NetPath::Xdp6, NetPath::Xdp, RATE),
+        ),
+        ("xdp_v6_throughput_1stream_vs_xdp", xdp_v6_gbps[0]),
+        ("xdp_v6_throughput_4stream_vs_xdp", xdp_v6_gbps[1]),
+        (
+            "xdp_v6_throughput_vs_xdp",
+            lower(xdp_v6_gbps[0], xdp_v6_gbps[1]),
+        ),
+        (
+            "xdp_v6_conn_rate_vs_bare_v6",
+            ratio(NetPath::Xdp6, NetPath::Bare6, RATE),
+        ),
+        ("xdp_v6_throughput_1stream_vs_bare_v6", xdp_v6_bare_gbps[0]),
+        ("xdp_v6_throughput_4stream_vs_bare_v6", xdp_v6_bare_gbps[1]),
+        (
+            "xdp_v6_throughput_vs_bare_v6",
+            lower(xdp_v6_bare_gbps[0], xdp_v6_bare_gbps[1]),
+        ),
+        (
+            "bare_v6_conn_rate_vs_bare",
+            ratio(NetPath::Bare6, NetPath::Bare, RATE),
+        ),
+        (
+            "bare_v6_throughput_1stream_vs_bare",
+            ratio(NetPath::Bare6, NetPath::Bare, GBPS_1),
         ),
         (
             "xdp_3backends_conn_rate_vs_xdp",
@@ -1316,6 +1419,58 @@ Transfer/sec:      1.20MB
             !figures.contains_key("userspace_conn_rate_vs_haproxy"),
             "unmeasured paths give no ratio"
         );
+    }
+
+    /// The IPv6 twins run on their IPv4 paths' balancers, in their group, and pair with them
+    /// in the `xdp_v6_*` ratios.
+    #[test]
+    fn ipv6_twins_share_their_ipv4_balancers() {
+        for p in NetPath::ALL {
+            let c = p.carrier();
+            assert_eq!(c.carrier(), c, "{p:?}");
+            assert_eq!(p.group(), c.group(), "{p:?}");
+            assert_eq!(p.node(), c.node(), "{p:?}");
+            assert_eq!(p.ports(), c.ports(), "{p:?}");
+            assert_eq!(p.family() == Family::V6, c != p, "{p:?}");
+        }
+        assert_eq!(NetPath::Xdp6.target(), IpAddr::from(VIP6));
+        assert_eq!(NetPath::Bare6.target(), IpAddr::from(VIP6));
+        assert_eq!(NetPath::Xdp.target(), IpAddr::from(VIP));
+        let sample = |rate: f64, gbps: (f64, f64)| Sample {
+            wrk: WrkFigures {
+                requests: 1000,
+                rate,
+                p50_ms: 1.0,
+                p99_ms: 2.0,
+                errors: 0,
+            },
+            gbps: Some(gbps),
+            cpu: None,
+        };
+        let mut r: Vec<Option<Sample>> = NetPath::ALL.iter().map(|_| None).collect();
+        r[NetPath::Bare.slot()] = Some(sample(1000.0, (2.0, 4.0)));
+        r[NetPath::Xdp.slot()] = Some(sample(900.0, (2.0, 4.0)));
+        r[NetPath::Bare6.slot()] = Some(sample(800.0, (1.6, 4.0)));
+        r[NetPath::Xdp6.slot()] = Some(sample(720.0, (1.8, 3.0)));
+        let measured = [NetPath::Bare, NetPath::Xdp, NetPath::Bare6, NetPath::Xdp6];
+        let figures: std::collections::HashMap<String, f64> =
+            figures(&[r], &measured).into_iter().collect();
+        let close = |name: &str, want: f64| {
+            let got = figures.get(name).copied().unwrap_or(f64::NAN);
+            assert!((got - want).abs() < 1e-9, "{name}: {got}, want {want}");
+        };
+        close("conn_rate_xdp_v6", 720.0);
+        close("throughput_gbps_1stream_bare_v6", 1.6);
+        close("xdp_conn_rate_vs_bare", 0.9);
+        close("xdp_v6_conn_rate_vs_xdp", 0.8);
+        close("xdp_v6_throughput_1stream_vs_xdp", 0.9);
+        close("xdp_v6_throughput_4stream_vs_xdp", 0.75);
+        close("xdp_v6_throughput_vs_xdp", 0.75);
+        close("xdp_v6_conn_rate_vs_bare_v6", 0.9);
+        close("xdp_v6_throughput_1stream_vs_bare_v6", 1.125);
+        close("xdp_v6_throughput_vs_bare_v6", 0.75);
+        close("bare_v6_conn_rate_vs_bare", 0.8);
+        close("bare_v6_throughput_1stream_vs_bare", 0.8);
     }
 
     #[test]
