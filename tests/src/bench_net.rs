@@ -97,6 +97,7 @@ enum NetPath {
     DirectOffloadOff,
     Bare,
     Xdp,
+    DirectOffloadOff6,
     Bare6,
     Xdp6,
     Xdp3,
@@ -106,10 +107,11 @@ enum NetPath {
 }
 
 impl NetPath {
-    const ALL: [NetPath; 9] = [
+    const ALL: [NetPath; 10] = [
         NetPath::DirectOffloadOff,
         NetPath::Bare,
         NetPath::Xdp,
+        NetPath::DirectOffloadOff6,
         NetPath::Bare6,
         NetPath::Xdp6,
         NetPath::Xdp3,
@@ -131,6 +133,7 @@ impl NetPath {
             NetPath::DirectOffloadOff => "direct_offload_off",
             NetPath::Bare => "bare",
             NetPath::Xdp => "xdp",
+            NetPath::DirectOffloadOff6 => "direct_offload_off_v6",
             NetPath::Bare6 => "bare_v6",
             NetPath::Xdp6 => "xdp_v6",
             NetPath::Xdp3 => "xdp_3backends",
@@ -176,6 +179,7 @@ impl NetPath {
             NetPath::DirectOffloadOff
             | NetPath::Bare
             | NetPath::Xdp
+            | NetPath::DirectOffloadOff6
             | NetPath::Bare6
             | NetPath::Xdp6 => 0,
             NetPath::Xdp3 => 1,
@@ -202,7 +206,7 @@ impl NetPath {
     /// The address family the client speaks on this path.
     fn family(self) -> Family {
         match self {
-            NetPath::Bare6 | NetPath::Xdp6 => Family::V6,
+            NetPath::DirectOffloadOff6 | NetPath::Bare6 | NetPath::Xdp6 => Family::V6,
             _ => Family::V4,
         }
     }
@@ -212,6 +216,7 @@ impl NetPath {
     /// one node holds one XDP program.
     fn carrier(self) -> NetPath {
         match self {
+            NetPath::DirectOffloadOff6 => NetPath::DirectOffloadOff,
             NetPath::Bare6 => NetPath::Bare,
             NetPath::Xdp6 => NetPath::Xdp,
             p => p,
@@ -231,6 +236,7 @@ impl NetPath {
     fn target(self) -> IpAddr {
         match self {
             NetPath::DirectOffloadOff | NetPath::DirectOffloadOn => Host::Backend(1).ip().into(),
+            NetPath::DirectOffloadOff6 => Host::Backend(1).ip6().into(),
             p => p.family().vip(),
         }
     }
@@ -718,7 +724,9 @@ fn haproxy_config(backend: Ipv4Addr) -> String {
 fn start(topo: &Topology, tools: &Tools, path: NetPath, v6: bool) -> Result<Balancer> {
     let node = Host::Lbd(1);
     match path {
-        NetPath::Bare6 | NetPath::Xdp6 => bail!("{} runs on its IPv4 twin's balancer", path.name()),
+        NetPath::DirectOffloadOff6 | NetPath::Bare6 | NetPath::Xdp6 => {
+            bail!("{} runs on its IPv4 twin's balancer", path.name())
+        }
         NetPath::DirectOffloadOff | NetPath::DirectOffloadOn => Ok(Balancer::None),
         NetPath::Bare => {
             let node = path.node();
@@ -1258,6 +1266,24 @@ fn figures(rounds: &[Vec<Option<Sample>>], measured: &[NetPath]) -> Vec<(String,
         (
             "bare_v6_throughput_1stream_vs_bare",
             ratio(NetPath::Bare6, NetPath::Bare, GBPS_1),
+        ),
+        // The kernel's own IPv6 path, client straight to the backend: what the IPv6 paths
+        // through a balancer cannot beat.
+        (
+            "direct_v6_conn_rate_vs_direct",
+            ratio(NetPath::DirectOffloadOff6, NetPath::DirectOffloadOff, RATE),
+        ),
+        (
+            "direct_v6_throughput_1stream_vs_direct",
+            ratio(
+                NetPath::DirectOffloadOff6,
+                NetPath::DirectOffloadOff,
+                GBPS_1,
+            ),
+        ),
+        (
+            "xdp_v6_throughput_1stream_vs_direct_v6",
+            ratio(NetPath::Xdp6, NetPath::DirectOffloadOff6, GBPS_1),
         ),
         (
             "xdp_3backends_conn_rate_vs_xdp",
