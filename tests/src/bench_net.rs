@@ -621,21 +621,13 @@ fn wait_listening(topo: &Topology, node: Host, ports: &[u16], process: &mut Spaw
 }
 
 /// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// What carries the path while it is measured; dropping it stops it.
 enum Balancer {
     None,
     /// `bare_tx` attached to lbd1's eth0 (detached when the object is dropped).
     Bare(aya::Ebpf),
     Lbd(LbdNode),
-    Haproxy(Spawned, TempDir),
+    Haproxy(Spawned, crate::TempPath),
 }
 
 impl Balancer {
@@ -774,7 +766,8 @@ fn start(topo: &Topology, tools: &Tools, path: NetPath, v6: bool) -> Result<Bala
             Ok(Balancer::Lbd(lbd))
         }
         NetPath::Haproxy => {
-            let dir = TempDir(std::env::temp_dir().join(format!("lbdt-{}-haproxy", topo.tag())));
+            let dir =
+                crate::TempPath(std::env::temp_dir().join(format!("lbdt-{}-haproxy", topo.tag())));
             std::fs::create_dir_all(&dir.0)
                 .with_context(|| format!("creating {}", dir.0.display()))?;
             let cfg = dir.0.join("haproxy.cfg");

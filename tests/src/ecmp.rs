@@ -39,6 +39,8 @@ pub struct Bed {
     pub birds: Vec<Bird>,
     /// The router's BIRD.
     pub router: Bird,
+    /// The router's BIRD files (no lbd runs there to remove them), removed after it.
+    _router_dir: crate::TempPath,
     /// The router's `clear_hash`, attached while held.
     _clear_hash: aya::Ebpf,
     /// Whether the nodes also serve `web6` on the IPv6 VIP ([`Bed::build_dual_stack`]).
@@ -83,10 +85,11 @@ impl Bed {
         let backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
         let clear_hash = lbd::attach_clear_hash(&topo, Host::Router)?;
         let node_hosts = topo.lbd_nodes();
+        let router_dir = crate::TempPath(LbdNode::dir(&topo, Host::Router));
         let router = Bird::start(
             &topo,
             Host::Router,
-            &LbdNode::dir(&topo, Host::Router),
+            &router_dir,
             &bird::router_config(&node_hosts),
         )?;
         let mut nodes = Vec::new();
@@ -111,6 +114,7 @@ impl Bed {
             nodes,
             birds,
             router,
+            _router_dir: router_dir,
             _clear_hash: clear_hash,
             dual_stack,
         };

@@ -263,3 +263,32 @@ mod tests {
         assert_eq!(a.split('-').next().unwrap().len(), 6);
     }
 }
+
+/// A file or directory a test made, removed when this is dropped (a test that fails leaves
+/// nothing behind either).
+#[derive(Debug)]
+pub struct TempPath(pub PathBuf);
+
+impl TempPath {
+    /// `temp_dir()/name`.
+    pub fn in_temp(name: &str) -> TempPath {
+        TempPath(std::env::temp_dir().join(name))
+    }
+}
+
+impl std::ops::Deref for TempPath {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        if self.0.is_dir() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        } else {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}

@@ -5,12 +5,28 @@ use std::process::Command;
 use anyhow::{Context, Result, ensure};
 use lbd_tests::bin_path;
 
-fn tmp(name: &str, text: &str) -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("lbdt-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let p = dir.join(name);
-    std::fs::write(&p, text)?;
-    Ok(p)
+/// A directory of files for one test, removed when the test ends, passed or failed.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Result<Scratch> {
+        let dir = std::env::temp_dir().join(format!("lbdt-cli-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Scratch(dir))
+    }
+
+    /// Writes `text` to the file `name` in it.
+    fn file(&self, name: &str, text: &str) -> Result<std::path::PathBuf> {
+        let p = self.0.join(name);
+        std::fs::write(&p, text)?;
+        Ok(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 const GOOD: &str = "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"198.18.0.100:80\"\nbackends = [ { addr = \"198.18.0.21\" } ]\n";
@@ -18,6 +34,7 @@ const GOOD: &str = "[daemon]\ninterface = \"eth0\"\n[[service]]\nvip = \"198.18.
 /// `lbd --check-config` on bad configs: exit 1 and a one-line message naming the key and value.
 #[test]
 fn check_config_names_key_and_value() -> Result<()> {
+    let scratch = Scratch::new("check_config_names_key_and_value")?;
     let lbd = bin_path("lbd")?;
     let cases = [
         (
@@ -48,7 +65,7 @@ fn check_config_names_key_and_value() -> Result<()> {
         ("not-toml.toml", "[daemon\n", "line 1"),
     ];
     for (file, text, want) in cases {
-        let path = tmp(file, text)?;
+        let path = scratch.file(file, text)?;
         let out = Command::new(&lbd)
             .arg("--check-config")
             .arg(&path)
@@ -65,7 +82,7 @@ fn check_config_names_key_and_value() -> Result<()> {
             "{file}: message is not one line: {err:?}"
         );
     }
-    let path = tmp("good.toml", GOOD)?;
+    let path = scratch.file("good.toml", GOOD)?;
     let out = Command::new(&lbd)
         .arg("--check-config")
         .arg(&path)
@@ -110,8 +127,9 @@ fn check_config_names_key_and_value() -> Result<()> {
 /// exits 1.
 #[test]
 fn unprivileged_lbd_says_what_it_lacks() -> Result<()> {
+    let scratch = Scratch::new("unprivileged_lbd_says_what_it_lacks")?;
     use std::os::unix::process::CommandExt as _;
-    let path = tmp(
+    let path = scratch.file(
         "unpriv.toml",
         &GOOD.replace("[daemon]\n", "[daemon]\ndatapath = \"xdp\"\n"),
     )?;
@@ -173,6 +191,7 @@ fn lbctl_reports_a_missing_daemon() -> Result<()> {
 /// place), and the shipped default config is valid.
 #[test]
 fn systemd_unit_verifies_and_default_config_is_valid() -> Result<()> {
+    let scratch = Scratch::new("systemd_unit_verifies_and_default_config_is_valid")?;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("workspace root")?;
@@ -200,7 +219,7 @@ fn systemd_unit_verifies_and_default_config_is_valid() -> Result<()> {
             "/etc/lbd/lbd.toml",
             &root.join("packaging/lbd.toml").display().to_string(),
         );
-    let path = tmp("lbd.service", &unit)?;
+    let path = scratch.file("lbd.service", &unit)?;
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)
@@ -219,6 +238,7 @@ fn systemd_unit_verifies_and_default_config_is_valid() -> Result<()> {
 /// know the newest options; every man page renders with groff without a warning.
 #[test]
 fn completions_and_man_pages_are_generated() -> Result<()> {
+    let scratch = Scratch::new("completions_and_man_pages_are_generated")?;
     for (bin, args, wants) in [
         (
             "lbctl",
@@ -244,7 +264,7 @@ fn completions_and_man_pages_are_generated() -> Result<()> {
                 "{bin}'s bash completion lacks {want}"
             );
         }
-        let path = tmp(&format!("{bin}.bash"), &script)?;
+        let path = scratch.file(&format!("{bin}.bash"), &script)?;
         let check = Command::new("bash").arg("-n").arg(&path).output()?;
         ensure!(
             check.status.success(),

@@ -214,11 +214,11 @@ fn ipv6_interoperates_with_keepalived_both_ways() -> Result<()> {
         .backends(3)
         .build()?;
     let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
-    let capture_file = std::env::temp_dir().join(format!("lbdt-{}-vrrp6.pcap", topo.tag()));
+    let capture_file = lbd_tests::TempPath::in_temp(&format!("lbdt-{}-vrrp6.pcap", topo.tag()));
     let mut tcpdump = {
         let mut c = topo.client().command("tcpdump");
         c.args(["-i", "eth0", "-U", "-c", "20", "-w"])
-            .arg(&capture_file)
+            .arg(&*capture_file)
             .arg("ip6 proto 112 and ether src ")
             .arg(topo.mac(n1).to_string());
         topo.client().spawn(c)?
@@ -251,6 +251,5 @@ fn ipv6_interoperates_with_keepalived_both_ways() -> Result<()> {
         &capture_file,
         &["Destination Address: ff02::12", "Hop Limit: 255"],
     )?;
-    let _ = std::fs::remove_file(&capture_file);
     Ok(())
 }

@@ -233,11 +233,11 @@ fn interoperates_with_keepalived_both_ways() -> Result<()> {
         .backends(3)
         .build()?;
     let _backends = topo.start_backends(&bin_path("lbd-test-backend")?)?;
-    let capture_file = std::env::temp_dir().join(format!("lbdt-{}-vrrp.pcap", topo.tag()));
+    let capture_file = lbd_tests::TempPath::in_temp(&format!("lbdt-{}-vrrp.pcap", topo.tag()));
     let mut tcpdump = {
         let mut c = topo.client().command("tcpdump");
         c.args(["-i", "eth0", "-U", "-c", "20", "-w"])
-            .arg(&capture_file)
+            .arg(&*capture_file)
             .arg("ip proto 112 and src host 198.18.0.2");
         topo.client().spawn(c)?
     };
@@ -268,7 +268,6 @@ fn interoperates_with_keepalived_both_ways() -> Result<()> {
         &capture_file,
         &["Destination Address: 224.0.0.18", "Time to Live: 255"],
     )?;
-    let _ = std::fs::remove_file(&capture_file);
     Ok(())
 }
 
