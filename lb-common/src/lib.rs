@@ -78,6 +78,14 @@ pub const fn ipv6_octets(lanes: Ipv6Lanes) -> [u8; 16] {
     octets
 }
 
+/// The 16 octets of an address as IPv6 holds it: an IPv4 address mapped (`::ffff:a.b.c.d`).
+pub const fn mapped_octets(ip: core::net::IpAddr) -> [u8; 16] {
+    match ip {
+        core::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        core::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
 /// Key of the VIPS6 map: an IPv6 virtual service (VIP, port, protocol).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -314,17 +314,27 @@ trait TableKey: aya::Pod {
     fn vip(&self) -> SocketAddr;
 }
 
+/// An address and port as the IPv4 map keys hold them (network order).
+fn socket_v4(addr_be: u32, port_be: u16) -> SocketAddr {
+    let ip = std::net::Ipv4Addr::from(addr_be.to_ne_bytes());
+    SocketAddr::new(IpAddr::V4(ip), u16::from_be(port_be))
+}
+
+/// An address and port as the IPv6 map keys hold them (network order).
+fn socket_v6(addr_be: lb_common::Ipv6Lanes, port_be: u16) -> SocketAddr {
+    let ip = std::net::Ipv6Addr::from(ipv6_octets(addr_be));
+    SocketAddr::new(IpAddr::V6(ip), u16::from_be(port_be))
+}
+
 impl TableKey for FlowKey {
     fn proto(&self) -> u8 {
         self.proto
     }
     fn client(&self) -> SocketAddr {
-        let ip = std::net::Ipv4Addr::from(self.src_be.to_ne_bytes());
-        SocketAddr::new(IpAddr::V4(ip), u16::from_be(self.sport_be))
+        socket_v4(self.src_be, self.sport_be)
     }
     fn vip(&self) -> SocketAddr {
-        let ip = std::net::Ipv4Addr::from(self.dst_be.to_ne_bytes());
-        SocketAddr::new(IpAddr::V4(ip), u16::from_be(self.dport_be))
+        socket_v4(self.dst_be, self.dport_be)
     }
 }
 
@@ -333,12 +343,10 @@ impl TableKey for FlowKey6 {
         self.proto
     }
     fn client(&self) -> SocketAddr {
-        let ip = std::net::Ipv6Addr::from(ipv6_octets(self.src_be));
-        SocketAddr::new(IpAddr::V6(ip), u16::from_be(self.sport_be))
+        socket_v6(self.src_be, self.sport_be)
     }
     fn vip(&self) -> SocketAddr {
-        let ip = std::net::Ipv6Addr::from(ipv6_octets(self.dst_be));
-        SocketAddr::new(IpAddr::V6(ip), u16::from_be(self.dport_be))
+        socket_v6(self.dst_be, self.dport_be)
     }
 }
 
@@ -546,22 +554,16 @@ impl XdpMaps {
     /// The VIPS and VIPS6 entries (what an adopted data path serves): VIP and port, IP
     /// protocol, entry.
     pub fn vips(&self) -> Vec<(SocketAddr, u8, VipInfo)> {
-        let v4 = self.vips.iter().filter_map(Result::ok).map(|(k, info)| {
-            let ip = std::net::Ipv4Addr::from(k.addr_be.to_ne_bytes());
-            (
-                SocketAddr::new(IpAddr::V4(ip), u16::from_be(k.port_be)),
-                k.proto,
-                info,
-            )
-        });
-        let v6 = self.vips6.iter().filter_map(Result::ok).map(|(k, info)| {
-            let ip = std::net::Ipv6Addr::from(ipv6_octets(k.addr_be));
-            (
-                SocketAddr::new(IpAddr::V6(ip), u16::from_be(k.port_be)),
-                k.proto,
-                info,
-            )
-        });
+        let v4 = self
+            .vips
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, info)| (socket_v4(k.addr_be, k.port_be), k.proto, info));
+        let v6 = self
+            .vips6
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, info)| (socket_v6(k.addr_be, k.port_be), k.proto, info));
         v4.chain(v6).collect()
     }
 

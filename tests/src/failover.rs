@@ -87,6 +87,38 @@ pub fn connections_recover(topo: &Topology, vip: SocketAddr) -> Result<()> {
     })?
 }
 
+/// A 2 MB stream from the client through `vip`; once bytes flow (the client has received
+/// some, so the stream is under way through the current master), `fail` runs. Returns how the
+/// stream ended.
+pub fn stream_across(
+    topo: &Topology,
+    vip: SocketAddr,
+    fail: impl FnOnce() -> Result<()>,
+) -> Result<client::StreamResult> {
+    std::thread::scope(|scope| -> Result<client::StreamResult> {
+        let stream = scope.spawn(|| {
+            topo.client().enter(move || {
+                client::http_stream(vip, 2_000_000, 20_000, 30, Duration::from_secs(40))
+            })
+        });
+        let stream_to = vip.to_string();
+        lb_testkit::try_wait_until(
+            &format!("the stream from {vip} flowing"),
+            Duration::from_secs(10),
+            || -> Result<bool> {
+                let out = topo
+                    .client()
+                    .run("ss", &["-Htin", "state", "established", "dst", &stream_to])?;
+                Ok(String::from_utf8_lossy(&out.stdout).contains("bytes_received:"))
+            },
+        )?;
+        fail()?;
+        stream
+            .join()
+            .map_err(|_| anyhow::anyhow!("stream thread panicked"))??
+    })
+}
+
 /// tshark, where installed (with `CI=true` it must be), decodes the adverts in `capture` as
 /// VRRP version 3 with good checksums, and its text holds each of `expect` (the IP header's
 /// fields of the family).

@@ -10,10 +10,10 @@ use anyhow::{Context, Result, ensure};
 use lb_testkit::{require_or_skip, tool_unavailable_reason, try_wait_until};
 use lbd_tests::{
     Family::V6,
-    Host, Topology, bin_path, client,
+    Host, Topology, bin_path,
     failover::{
         Keepalived, MASTER_WAIT, connections_recover, exactly_one_holds_vip, fail_node, holds_vip,
-        tshark_decodes_vrrp3,
+        stream_across, tshark_decodes_vrrp3,
     },
     lbd::{LbdNode, Mode},
     netns_tests_enabled, test_tag,
@@ -117,33 +117,14 @@ fn ipv6_node_failure_moves_the_vip_and_keeps_a_stream() -> Result<()> {
     connections_recover(&topo, topo.vip6_http())?;
 
     // A long stream through the IPv6 VIP across the failover: no reset, every byte.
-    let vip = topo.vip6_http();
-    let result = std::thread::scope(|scope| -> Result<client::StreamResult> {
-        let stream = scope.spawn(|| {
-            topo.client().enter(move || {
-                client::http_stream(vip, 2_000_000, 20_000, 30, Duration::from_secs(40))
-            })
-        });
-        let stream_to = format!("[{}]:80", lbd_tests::VIP6);
-        try_wait_until(
-            "the IPv6 stream flowing",
-            Duration::from_secs(10),
-            || -> Result<bool> {
-                let out = topo
-                    .client()
-                    .run("ss", &["-Htin", "state", "established", "dst", &stream_to])?;
-                Ok(String::from_utf8_lossy(&out.stdout).contains("bytes_received:"))
-            },
-        )?;
+    let result = stream_across(&topo, topo.vip6_http(), || {
         fail_node(&topo, n1, &mut a.process)?;
         wait_state6(&b, "MASTER")?;
         ensure!(
             holds_vip(&topo, n2, V6)?,
             "lbd2 is master without the IPv6 VIP"
         );
-        stream
-            .join()
-            .map_err(|_| anyhow::anyhow!("stream thread panicked"))??
+        Ok(())
     })?;
     ensure!(
         result.received == 2_000_000,

@@ -10,10 +10,10 @@ use lb_testkit::{require_or_skip, tool_unavailable_reason, try_wait_until};
 use lbd_tests::{
     Capture,
     Family::V4,
-    Host, Topology, bin_path, client,
+    Host, Topology, bin_path,
     failover::{
         Keepalived, MASTER_WAIT, connections_recover, exactly_one_holds_vip, fail_node, holds_vip,
-        tshark_decodes_vrrp3,
+        stream_across, tshark_decodes_vrrp3,
     },
     lbd::{self, LbdNode, Mode, Services},
     netns_tests_enabled, test_tag,
@@ -69,31 +69,12 @@ fn node_failure_moves_the_vip_and_keeps_a_stream() -> Result<()> {
     connections_recover(&topo, topo.vip_http())?;
 
     // A long stream through the VIP (direct routing) across the failover: no reset, every byte.
-    let vip = topo.vip_http();
-    let result = std::thread::scope(|scope| -> Result<client::StreamResult> {
-        let stream = scope.spawn(|| {
-            topo.client().enter(move || {
-                client::http_stream(vip, 2_000_000, 20_000, 30, Duration::from_secs(40))
-            })
-        });
-        // The stream is under way through lbd1 (the client has received bytes) before lbd1 fails.
-        let stream_to = format!("{}:80", lbd_tests::VIP);
-        try_wait_until(
-            "the stream flowing",
-            Duration::from_secs(10),
-            || -> Result<bool> {
-                let out = topo
-                    .client()
-                    .run("ss", &["-Htin", "state", "established", "dst", &stream_to])?;
-                Ok(String::from_utf8_lossy(&out.stdout).contains("bytes_received:"))
-            },
-        )?;
+    // The stream is under way through lbd1 (the client has received bytes) before lbd1 fails.
+    let result = stream_across(&topo, topo.vip_http(), || {
         fail_node(&topo, n1, &mut a.process)?;
         wait_state(&b, "MASTER")?;
         ensure!(holds_vip(&topo, n2, V4)?, "lbd2 is master without the VIP");
-        stream
-            .join()
-            .map_err(|_| anyhow::anyhow!("stream thread panicked"))??
+        Ok(())
     })?;
     ensure!(
         result.received == 2_000_000,

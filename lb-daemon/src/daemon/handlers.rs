@@ -7,6 +7,7 @@ use std::{
     net::IpAddr,
     time::{Duration, SystemTime},
 };
+use vrrp::wire::AddressFamily;
 
 use super::core::{
     AfterResolve, AfterScan, Core, CoreError, PendingAdd, RESOLVE_WAIT, Reply, VrrpHandles, respond,
@@ -654,25 +655,18 @@ impl Core {
                 ..FloodGuardStatus::default()
             },
             services,
-            vrrp: vrrp_status(&self.vrrp, Family::V4),
-            vrrp6: vrrp_status(&self.vrrp, Family::V6),
+            vrrp: vrrp_status(&self.vrrp, AddressFamily::Ipv4),
+            vrrp6: vrrp_status(&self.vrrp, AddressFamily::Ipv6),
         };
         StatusView::new(status, self.started, ids)
     }
 }
 
-/// An address family, to pick a VRRP speaker by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Family {
-    V4,
-    V6,
-}
-
 /// The status of the speaker of `family`, when there is one.
-pub(super) fn vrrp_status(speakers: &[VrrpHandles], family: Family) -> Option<VrrpStatus> {
+pub(super) fn vrrp_status(speakers: &[VrrpHandles], family: AddressFamily) -> Option<VrrpStatus> {
     speakers
         .iter()
-        .find(|v| (v.config.family() == vrrp::wire::AddressFamily::Ipv4) == (family == Family::V4))
+        .find(|v| v.config.family() == family)
         .map(VrrpHandles::status)
 }
 

@@ -182,8 +182,8 @@ impl StatusReader {
             &mut status,
             &self.rates.lock().unwrap_or_else(PoisonError::into_inner),
         );
-        status.vrrp = handlers::vrrp_status(&self.vrrp, handlers::Family::V4);
-        status.vrrp6 = handlers::vrrp_status(&self.vrrp, handlers::Family::V6);
+        status.vrrp = handlers::vrrp_status(&self.vrrp, vrrp::wire::AddressFamily::Ipv4);
+        status.vrrp6 = handlers::vrrp_status(&self.vrrp, vrrp::wire::AddressFamily::Ipv6);
         Ok(status)
     }
 }

@@ -107,14 +107,6 @@ pub fn vip_key(key: &ServiceKey) -> AnyVipKey {
     AnyVipKey::new(key.vip, key.proto.number())
 }
 
-/// An address as the BACKENDS map keeps it: IPv6 octets, IPv4 mapped.
-fn backend_addr(ip: std::net::IpAddr) -> [u8; 16] {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        std::net::IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
 impl Datapath for XdpDatapath {
     fn mode(&self) -> DatapathMode {
         self.mode
@@ -125,7 +117,7 @@ impl Datapath for XdpDatapath {
             mac: b.mac.unwrap_or([0; 6]),
             _pad: [0; 2],
             state: b.state.dataplane_code(),
-            addr: backend_addr(b.addr),
+            addr: lb_common::mapped_octets(b.addr),
             _pad2: 0,
         };
         Ok(self.maps.set_backend(id, &value)?)

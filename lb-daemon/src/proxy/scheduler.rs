@@ -26,7 +26,7 @@ use std::{
 use lb_common::{
     FlowKey, FlowKey6,
     hash::{flow_hash, flow_hash6},
-    ipv6_lanes,
+    ipv6_lanes, mapped_octets,
 };
 
 use crate::config::{Proto, Scheduler};
@@ -71,22 +71,15 @@ impl Flow {
                 proto,
             )),
             (c, v) => flow_hash6(&FlowKey6::new(
-                ipv6_lanes(v6_octets(c)),
-                ipv6_lanes(v6_octets(v)),
+                // The proxy keeps one family per service: a mixed pair (IPv4 mapped) is one
+                // no listener produces.
+                ipv6_lanes(mapped_octets(c)),
+                ipv6_lanes(mapped_octets(v)),
                 sport,
                 dport,
                 proto,
             )),
         }
-    }
-}
-
-/// An address's IPv6 octets (an IPv4 one mapped; the proxy keeps one family per service, so
-/// this only serves a mixed pair no listener produces).
-fn v6_octets(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
     }
 }
 
