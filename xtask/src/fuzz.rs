@@ -139,11 +139,14 @@ fn target_list() -> String {
         .join(", ")
 }
 
-/// `rustup run nightly cargo fuzz …` in a fuzz crate. The crate builds into its own `target/`
-/// (a CARGO_TARGET_DIR meant for the workspace would mix the sanitizer builds into it).
-fn cargo_fuzz(dir: &Path) -> Command {
+/// `rustup run nightly cargo fuzz SUB` in a fuzz crate. All fuzz crates build into one
+/// `target/fuzz` of the workspace, so the dependencies they share (lb-common, vrrp, tokio, serde)
+/// are built once, not once a crate; the sanitizer builds stay apart from the workspace's own.
+fn cargo_fuzz(dir: &Path, sub: &str) -> Command {
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "fuzz"])
+    cmd.args(["run", "nightly", "cargo", "fuzz", sub])
+        .arg("--target-dir")
+        .arg(super::root().join("target").join("fuzz"))
         .current_dir(dir)
         .env_remove("CARGO_TARGET_DIR");
     cmd
@@ -171,7 +174,7 @@ fn fuzz(plan: &[(&Target, Duration)]) -> anyhow::Result<()> {
             broken.push(t.krate);
             continue;
         }
-        match super::run(cargo_fuzz(&dir).arg("build")) {
+        match super::run(&mut cargo_fuzz(&dir, "build")) {
             Ok(()) => built.push(t.krate),
             Err(e) => {
                 eprintln!("fuzz: building {} failed: {e:#}", t.krate);
@@ -190,8 +193,8 @@ fn fuzz(plan: &[(&Target, Duration)]) -> anyhow::Result<()> {
         std::fs::create_dir_all(&abs).with_context(|| format!("creating {}", abs.display()))?;
         eprintln!("fuzz: {} ({}) for {} s", t.name, t.krate, time.as_secs());
         let result = super::run(
-            cargo_fuzz(&dir)
-                .args(["run", t.name])
+            cargo_fuzz(&dir, "run")
+                .arg(t.name)
                 .arg(&corpus)
                 .arg(t.seeds)
                 .arg("--")
