@@ -244,8 +244,39 @@ fn setup() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Disk the test job writes below the checkout at its peak (target/ with the fuzz crates' shared
+/// target dir), measured on a clean checkout: 4.1 GB, rounded up.
+const TEST_DISK_NEED_MB: u64 = 5 * 1024;
+
+/// Says how much disk is free where the build goes, and warns when it is less than the job
+/// needs, so that a "No space left on device" later is read for what it is.
+fn report_disk() {
+    let root = root();
+    let free_mb = output("df", &["-Pm", &root.to_string_lossy()]).and_then(|out| {
+        // POSIX format: a header, then "fs blocks used available capacity mount".
+        out.lines()
+            .nth(1)?
+            .split_whitespace()
+            .nth(3)?
+            .parse::<u64>()
+            .ok()
+    });
+    match free_mb {
+        Some(mb) if mb < TEST_DISK_NEED_MB => eprintln!(
+            "test: warning: {mb} MB free under {}, the tests need about {TEST_DISK_NEED_MB} MB",
+            root.display()
+        ),
+        Some(mb) => eprintln!("test: {mb} MB free under {}", root.display()),
+        None => eprintln!(
+            "test: free disk under {} unknown (df failed)",
+            root.display()
+        ),
+    }
+}
+
 fn test() -> anyhow::Result<()> {
     setup()?;
+    report_disk();
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
         "clippy",
