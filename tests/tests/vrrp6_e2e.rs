@@ -19,6 +19,34 @@ use lbd_tests::{
     netns_tests_enabled, test_tag,
 };
 
+/// The master's IPv6 VIP as the kernel holds it: `nodad` (usable at once, not tentative) and
+/// deprecated (preferred lifetime 0), so that the node's own connections, health checks and
+/// proxied ones, never take it as their source over the node's /64 (RFC 6724 rule 3).
+fn vip6_is_nodad_and_deprecated(topo: &Topology, node: Host) -> Result<()> {
+    let out = topo
+        .try_ns(node)?
+        .run("ip", &["-6", "-o", "addr", "show", "dev", "eth0"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let cidr = V6.vip_cidr();
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!(" {cidr} ")))
+        .with_context(|| format!("{node}: no {cidr} in: {text}"))?;
+    // e.g. "inet6 2001:db8::100/128 scope global nodad deprecated \ valid_lft forever preferred_lft 0sec"
+    let words = format!(
+        " {} ",
+        line.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
+    ensure!(
+        [" nodad ", " deprecated ", " preferred_lft 0sec "]
+            .iter()
+            .all(|w| words.contains(w))
+            && !words.contains(" tentative "),
+        "{node}: the IPv6 VIP should be nodad and deprecated: {line}"
+    );
+    Ok(())
+}
+
 /// A node's config: `web` on the IPv4 VIP and `web6` on the IPv6 one over the three backends,
 /// generic XDP, and `[vrrp]` for `vips` (both families: two virtual routers).
 fn config(topo: &Topology, node: Host, priority: u8, vips: &[&str]) -> String {
@@ -104,6 +132,7 @@ fn ipv6_node_failure_moves_the_vip_and_keeps_a_stream() -> Result<()> {
         exactly_one_holds_vip(&topo, &[n1, n2], V6)? == n1,
         "lbd1 should hold the IPv6 VIP"
     );
+    vip6_is_nodad_and_deprecated(&topo, n1)?;
     // The backup knows the master by its link-local address (the source of IPv6 adverts).
     let seen = b.wait_status(MASTER_WAIT, "lbd1 seen as the IPv6 master", |s| {
         s.vrrp6
@@ -124,7 +153,7 @@ fn ipv6_node_failure_moves_the_vip_and_keeps_a_stream() -> Result<()> {
             holds_vip(&topo, n2, V6)?,
             "lbd2 is master without the IPv6 VIP"
         );
-        Ok(())
+        vip6_is_nodad_and_deprecated(&topo, n2)
     })?;
     ensure!(
         result.received == 2_000_000,
