@@ -556,11 +556,11 @@ const CONTROL_LEN: usize = 128;
 
 /// Reads one message from the raw IPv6 socket into `buf`, with its ancillary data.
 fn recv_v6(socket: &Socket, buf: &mut [u8]) -> stdio::Result<RecvV6> {
-    let mut data = vec![MaybeUninit::new(0u8); buf.len()];
     let mut control = [MaybeUninit::new(0u8); CONTROL_LEN];
     let mut from = SockAddr::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0));
     let (len, control_len) = {
-        let mut bufs = [MaybeUninitSlice::new(&mut data)];
+        // Straight into the caller's buffer: no second buffer, no copy.
+        let mut bufs = [MaybeUninitSlice::new(as_uninit(buf))];
         let mut msg = MsgHdrMut::new()
             .with_addr(&mut from)
             .with_buffers(&mut bufs)
@@ -568,10 +568,8 @@ fn recv_v6(socket: &Socket, buf: &mut [u8]) -> stdio::Result<RecvV6> {
         let len = socket.recvmsg(&mut msg, 0)?;
         (len, msg.control_len())
     };
+    // A raw socket truncates to the buffer (no MSG_TRUNC asked), so this is already in bounds.
     let len = len.min(buf.len());
-    for (dst, src) in buf.iter_mut().zip(init_bytes(&data[..len])) {
-        *dst = *src;
-    }
     let src = from
         .as_socket_ipv6()
         .map(|a| *a.ip())
@@ -585,6 +583,17 @@ fn recv_v6(socket: &Socket, buf: &mut [u8]) -> stdio::Result<RecvV6> {
         dst,
         hop_limit,
     })
+}
+
+/// `buf` as socket2's `recvmsg` takes it.
+#[expect(
+    unsafe_code,
+    reason = "socket2's recvmsg takes MaybeUninit buffers; an initialised one is one of them"
+)]
+fn as_uninit(buf: &mut [u8]) -> &mut [MaybeUninit<u8>] {
+    // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and the only writer, the kernel's
+    // recvmsg, writes whole bytes: the slice stays initialised for the caller.
+    unsafe { &mut *(std::ptr::from_mut::<[u8]>(buf) as *mut [MaybeUninit<u8>]) }
 }
 
 /// The bytes of a buffer this module initialised itself (every element `MaybeUninit::new(0)`
