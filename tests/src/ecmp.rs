@@ -10,7 +10,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -170,10 +170,40 @@ impl Bed {
             .collect()
     }
 
-    /// The client ports of the web flows a node holds: open ones only, or closing ones too.
-    pub fn flow_ports(&self, node: &LbdNode, open_only: bool) -> Result<BTreeSet<u16>> {
+    /// The web service of `family`: `web` on `VIP:80`, or `web6` on `[VIP6]:80` (a dual-stack
+    /// bed), and the remote client's address of that family.
+    pub fn web_of(&self, family: Family) -> Result<(&'static str, SocketAddr, IpAddr)> {
+        Ok(match family {
+            Family::V4 => (
+                "web",
+                self.topo.vip_http(),
+                IpAddr::V4(crate::topology::REMOTE_CLIENT),
+            ),
+            Family::V6 => {
+                ensure!(
+                    self.dual_stack,
+                    "the bed serves no IPv6 VIP (build_dual_stack)"
+                );
+                (
+                    "web6",
+                    self.topo.vip6_http(),
+                    IpAddr::V6(crate::topology::REMOTE_CLIENT6),
+                )
+            }
+        })
+    }
+
+    /// The client ports of the flows a node holds for the web service of `family`: open ones
+    /// only, or closing ones too.
+    pub fn flow_ports(
+        &self,
+        node: &LbdNode,
+        family: Family,
+        open_only: bool,
+    ) -> Result<BTreeSet<u16>> {
+        let (service, _, _) = self.web_of(family)?;
         let (code, out, err) =
-            node.lbctl(&["flows", "--json", "--service", "web", "--limit", "1000"])?;
+            node.lbctl(&["flows", "--json", "--service", service, "--limit", "1000"])?;
         ensure!(code == 0, "lbctl flows: {err}");
         let v: serde_json::Value = serde_json::from_str(&out)?;
         Ok(v["flows"]
@@ -200,24 +230,7 @@ pub fn share_of(
     family: Family,
     n: usize,
 ) -> Result<(BTreeMap<Host, u64>, BTreeSet<String>)> {
-    let (service, vip, client_ip) = match family {
-        Family::V4 => (
-            "web",
-            bed.topo.vip_http(),
-            IpAddr::V4(crate::topology::REMOTE_CLIENT),
-        ),
-        Family::V6 => {
-            ensure!(
-                bed.dual_stack,
-                "the bed serves no IPv6 VIP (build_dual_stack)"
-            );
-            (
-                "web6",
-                bed.topo.vip6_http(),
-                IpAddr::V6(crate::topology::REMOTE_CLIENT6),
-            )
-        }
-    };
+    let (service, vip, client_ip) = bed.web_of(family)?;
     let before = bed.new_flows_of(service)?;
     let backends = bed
         .topo
@@ -261,9 +274,10 @@ pub struct FlowsOutcome {
 
 type FlowThreads = Vec<std::thread::JoinHandle<Result<u64>>>;
 
-/// Starts [`FLOWS`] slow kept-alive flows through the VIP, each checking its backend stays.
-fn start_flows(bed: &Bed, started: Instant) -> Result<FlowThreads> {
-    let vip = bed.topo.vip_http();
+/// Starts [`FLOWS`] slow kept-alive flows through the VIP of `family`, each checking its backend
+/// stays.
+fn start_flows(bed: &Bed, family: Family, started: Instant) -> Result<FlowThreads> {
+    let (_, vip, _) = bed.web_of(family)?;
     bed.topo.client().enter(move || {
         (0..FLOWS)
             .map(|i| {
@@ -303,15 +317,20 @@ fn finish_flows(threads: FlowThreads, outcome: &mut FlowsOutcome) -> Result<()> 
 
 /// The first node drained under the slow flows, then undrained while they go on.
 pub fn drain_and_rejoin(bed: &Bed) -> Result<FlowsOutcome> {
+    drain_and_rejoin_of(bed, Family::V4)
+}
+
+/// [`drain_and_rejoin`] with the flows through the VIP of `family` (IPv6: a dual-stack bed).
+pub fn drain_and_rejoin_of(bed: &Bed, family: Family) -> Result<FlowsOutcome> {
     let started = Instant::now();
-    let flows = start_flows(bed, started)?;
+    let flows = start_flows(bed, family, started)?;
     std::thread::sleep(Duration::from_secs(2));
     let (_, node) = &bed.nodes[0];
-    let moving = bed.flow_ports(node, true)?;
+    let moving = bed.flow_ports(node, family, true)?;
     let (code, _, err) = node.lbctl(&["node", "drain"])?;
     ensure!(code == 0, "lbctl node drain: {err}");
     let withdrawn = Instant::now();
-    bird::wait_next_hops(&bed.topo, &bed.node_ips()[1..], Duration::from_secs(10))?;
+    bed.wait_next_hops(family, &bed.nodes[1..], Duration::from_secs(10))?;
     let mut outcome = FlowsOutcome {
         on_node: moving.len(),
         reroute: withdrawn.elapsed(),
@@ -321,11 +340,11 @@ pub fn drain_and_rejoin(bed: &Bed) -> Result<FlowsOutcome> {
     std::thread::sleep(Duration::from_millis(1500));
     let (code, _, err) = node.lbctl(&["node", "undrain"])?;
     ensure!(code == 0, "lbctl node undrain: {err}");
-    bird::wait_next_hops(&bed.topo, &bed.node_ips(), Duration::from_secs(10))?;
+    bed.wait_next_hops(family, &bed.nodes, Duration::from_secs(10))?;
     finish_flows(flows, &mut outcome)?;
     let mut picked = BTreeSet::new();
     for (_, n) in &bed.nodes[1..] {
-        picked.extend(bed.flow_ports(n, false)?);
+        picked.extend(bed.flow_ports(n, family, false)?);
     }
     outcome.picked_up = moving.intersection(&picked).count();
     Ok(outcome)
@@ -335,16 +354,22 @@ pub fn drain_and_rejoin(bed: &Bed) -> Result<FlowsOutcome> {
 /// that no withdrawal and no FIN of the BGP session gets out (as when a host dies); BFD must
 /// notice.
 pub fn kill(bed: &mut Bed) -> Result<FlowsOutcome> {
+    kill_of(bed, Family::V4)
+}
+
+/// [`kill`] with the flows through the VIP of `family` (IPv6: a dual-stack bed); `reroute` is
+/// until the router dropped the node from that family's route.
+pub fn kill_of(bed: &mut Bed, family: Family) -> Result<FlowsOutcome> {
     let started = Instant::now();
-    let flows = start_flows(bed, started)?;
+    let flows = start_flows(bed, family, started)?;
     std::thread::sleep(Duration::from_secs(2));
     let dead = bed.nodes[0].0;
-    let on_node = bed.flow_ports(&bed.nodes[0].1, true)?.len();
+    let on_node = bed.flow_ports(&bed.nodes[0].1, family, true)?.len();
     let killed = Instant::now();
     bed.topo.ns(dead).ip(&["link", "set", "eth0", "down"])?;
     bed.birds[0].process.signal(libc::SIGKILL)?;
     bed.nodes[0].1.process.signal(libc::SIGKILL)?;
-    bird::wait_next_hops(&bed.topo, &bed.node_ips()[1..], Duration::from_secs(15))?;
+    bed.wait_next_hops(family, &bed.nodes[1..], Duration::from_secs(15))?;
     let mut outcome = FlowsOutcome {
         on_node,
         reroute: killed.elapsed(),

@@ -212,6 +212,57 @@ fn a_killed_node_is_routed_around_and_its_flows_go_on() -> Result<()> {
     Ok(())
 }
 
+/// The drain and the kill scenarios with the flows through the IPv6 VIP of a dual-stack bed: a
+/// drained node's IPv6 flows are picked up by the others and none breaks, on the way out or
+/// back; a killed node (no withdrawal, no FIN: BFD notices) leaves both routes and its IPv6
+/// flows go on through the others.
+#[test]
+fn a_dual_stack_node_drained_then_killed_keeps_its_ipv6_flows() -> Result<()> {
+    let name = "ecmp_ipv6_flows";
+    if !netns_tests_enabled(name) {
+        return Ok(());
+    }
+    let mut bed = Bed::build_dual_stack(name, 3)?;
+    let o = ecmp::drain_and_rejoin_of(&bed, Family::V6)?;
+    eprintln!(
+        "IPv6 drain: rerouted after {:?}; {} flows on the node, {} picked up; {} requests",
+        o.reroute, o.on_node, o.picked_up, o.requests
+    );
+    ensure!(
+        o.broken.is_empty(),
+        "{} of {FLOWS} IPv6 flows broke in the drain: {:#?}",
+        o.broken.len(),
+        o.broken
+    );
+    ensure!(
+        o.on_node > 0 && o.picked_up == o.on_node,
+        "{} of the drained node's {} IPv6 flows were picked up by the others",
+        o.picked_up,
+        o.on_node
+    );
+
+    let o = ecmp::kill_of(&mut bed, Family::V6)?;
+    eprintln!(
+        "IPv6 kill: rerouted after {:.0} ms; {} of {FLOWS} flows were on the node",
+        o.reroute.as_secs_f64() * 1e3,
+        o.on_node
+    );
+    ensure!(
+        o.broken.is_empty(),
+        "{} of {FLOWS} IPv6 flows broke in the kill: {:#?}",
+        o.broken.len(),
+        o.broken
+    );
+    ensure!(
+        o.reroute < Duration::from_secs(3),
+        "IPv6 reroute took {:?}",
+        o.reroute
+    );
+    // One BGP session carries both families: BFD's verdict takes the IPv4 route with it.
+    bed.wait_next_hops(Family::V4, &bed.nodes[1..], Duration::from_secs(5))
+        .context("the IPv4 route after the kill")
+}
+
 /// The shipped BIRD snippets (`packaging/bird/`) are valid BIRD 2 configs.
 #[test]
 fn the_shipped_bird_snippets_parse() -> Result<()> {
