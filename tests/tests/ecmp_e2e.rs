@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use lbd_tests::{
     Family, VIP, VIP6, bird,
-    ecmp::{self, Bed, FLOWS},
+    ecmp::{self, Bed, FLOWS, FlowsOutcome},
     netns_tests_enabled,
 };
 
@@ -97,24 +97,29 @@ fn a_drained_node_hands_its_flows_over_and_rejoins_without_a_reset() -> Result<(
         return Ok(());
     }
     let bed = Bed::build(name, 3)?;
-    let o = ecmp::drain_and_rejoin(&bed)?;
+    drained_well(&ecmp::drain_and_rejoin(&bed)?, Family::V4)
+}
+
+/// The drain scenario's verdict: no flow broke, on the way out or back, and every flow the
+/// drained node had (some did) was picked up by the others.
+fn drained_well(o: &FlowsOutcome, family: Family) -> Result<()> {
     eprintln!(
-        "drain: the router dropped the node after {:?}; {} flows were on it, {} picked up by the others; {} requests",
+        "{family} drain: the router dropped the node after {:?}; {} flows were on it, {} picked up by the others; {} requests",
         o.reroute, o.on_node, o.picked_up, o.requests
     );
     ensure!(
         o.broken.is_empty(),
-        "{} of {FLOWS} flows broke: {:#?}",
+        "{} of {FLOWS} {family} flows broke: {:#?}",
         o.broken.len(),
         o.broken
     );
     ensure!(
         o.on_node > 0,
-        "none of the {FLOWS} flows went through the drained node"
+        "none of the {FLOWS} {family} flows went through the drained node"
     );
     ensure!(
         o.picked_up == o.on_node,
-        "{} of the drained node's {} flows were not picked up by the others",
+        "{} of the drained node's {} {family} flows were not picked up by the others",
         o.on_node - o.picked_up,
         o.on_node
     );
@@ -190,15 +195,19 @@ fn a_killed_node_is_routed_around_and_its_flows_go_on() -> Result<()> {
         return Ok(());
     }
     let mut bed = Bed::build(name, 3)?;
-    let o = ecmp::kill(&mut bed)?;
+    killed_well(&ecmp::kill(&mut bed)?, Family::V4)
+}
+
+/// The kill scenario's verdict: no flow broke, and the router dropped the node in time.
+fn killed_well(o: &FlowsOutcome, family: Family) -> Result<()> {
     eprintln!(
-        "kill: the router dropped the node after {:.0} ms; {} of {FLOWS} flows were on it",
+        "{family} kill: the router dropped the node after {:.0} ms; {} of {FLOWS} flows were on it",
         o.reroute.as_secs_f64() * 1e3,
         o.on_node
     );
     ensure!(
         o.broken.is_empty(),
-        "{} of {FLOWS} flows broke: {:#?}",
+        "{} of {FLOWS} {family} flows broke: {:#?}",
         o.broken.len(),
         o.broken
     );
@@ -206,7 +215,7 @@ fn a_killed_node_is_routed_around_and_its_flows_go_on() -> Result<()> {
     // slack for a busy machine.
     ensure!(
         o.reroute < Duration::from_secs(3),
-        "reroute took {:?}",
+        "{family} reroute took {:?}",
         o.reroute
     );
     Ok(())
@@ -223,41 +232,8 @@ fn a_dual_stack_node_drained_then_killed_keeps_its_ipv6_flows() -> Result<()> {
         return Ok(());
     }
     let mut bed = Bed::build_dual_stack(name, 3)?;
-    let o = ecmp::drain_and_rejoin_of(&bed, Family::V6)?;
-    eprintln!(
-        "IPv6 drain: rerouted after {:?}; {} flows on the node, {} picked up; {} requests",
-        o.reroute, o.on_node, o.picked_up, o.requests
-    );
-    ensure!(
-        o.broken.is_empty(),
-        "{} of {FLOWS} IPv6 flows broke in the drain: {:#?}",
-        o.broken.len(),
-        o.broken
-    );
-    ensure!(
-        o.on_node > 0 && o.picked_up == o.on_node,
-        "{} of the drained node's {} IPv6 flows were picked up by the others",
-        o.picked_up,
-        o.on_node
-    );
-
-    let o = ecmp::kill_of(&mut bed, Family::V6)?;
-    eprintln!(
-        "IPv6 kill: rerouted after {:.0} ms; {} of {FLOWS} flows were on the node",
-        o.reroute.as_secs_f64() * 1e3,
-        o.on_node
-    );
-    ensure!(
-        o.broken.is_empty(),
-        "{} of {FLOWS} IPv6 flows broke in the kill: {:#?}",
-        o.broken.len(),
-        o.broken
-    );
-    ensure!(
-        o.reroute < Duration::from_secs(3),
-        "IPv6 reroute took {:?}",
-        o.reroute
-    );
+    drained_well(&ecmp::drain_and_rejoin_of(&bed, Family::V6)?, Family::V6)?;
+    killed_well(&ecmp::kill_of(&mut bed, Family::V6)?, Family::V6)?;
     // One BGP session carries both families: BFD's verdict takes the IPv4 route with it.
     bed.wait_next_hops(Family::V4, &bed.nodes[1..], Duration::from_secs(5))
         .context("the IPv4 route after the kill")
