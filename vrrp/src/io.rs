@@ -556,15 +556,15 @@ const CONTROL_LEN: usize = 128;
 
 /// Reads one message from the raw IPv6 socket into `buf`, with its ancillary data.
 fn recv_v6(socket: &Socket, buf: &mut [u8]) -> stdio::Result<RecvV6> {
-    let mut control = [MaybeUninit::new(0u8); CONTROL_LEN];
+    let mut control = [0u8; CONTROL_LEN];
     let mut from = SockAddr::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0));
     let (len, control_len) = {
-        // Straight into the caller's buffer: no second buffer, no copy.
+        // Straight into the caller's buffers: no second buffer, no copy.
         let mut bufs = [MaybeUninitSlice::new(as_uninit(buf))];
         let mut msg = MsgHdrMut::new()
             .with_addr(&mut from)
             .with_buffers(&mut bufs)
-            .with_control(&mut control);
+            .with_control(as_uninit(&mut control));
         let len = socket.recvmsg(&mut msg, 0)?;
         (len, msg.control_len())
     };
@@ -574,7 +574,7 @@ fn recv_v6(socket: &Socket, buf: &mut [u8]) -> stdio::Result<RecvV6> {
         .as_socket_ipv6()
         .map(|a| *a.ip())
         .ok_or_else(|| stdio::Error::other("recvmsg gave no ipv6 source address"))?;
-    let (hop_limit, dst) = parse_control(init_bytes(&control[..control_len.min(CONTROL_LEN)]));
+    let (hop_limit, dst) = parse_control(&control[..control_len.min(CONTROL_LEN)]);
     // Without IPV6_PKTINFO the checksum cannot be checked; the kernel always sends it once asked.
     let dst = dst.ok_or_else(|| stdio::Error::other("recvmsg gave no IPV6_PKTINFO"))?;
     Ok(RecvV6 {
@@ -585,7 +585,7 @@ fn recv_v6(socket: &Socket, buf: &mut [u8]) -> stdio::Result<RecvV6> {
     })
 }
 
-/// `buf` as socket2's `recvmsg` takes it.
+/// `buf` as socket2's `recvmsg` takes its data and control buffers.
 #[expect(
     unsafe_code,
     reason = "socket2's recvmsg takes MaybeUninit buffers; an initialised one is one of them"
@@ -594,19 +594,6 @@ fn as_uninit(buf: &mut [u8]) -> &mut [MaybeUninit<u8>] {
     // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and the only writer, the kernel's
     // recvmsg, writes whole bytes: the slice stays initialised for the caller.
     unsafe { &mut *(std::ptr::from_mut::<[u8]>(buf) as *mut [MaybeUninit<u8>]) }
-}
-
-/// The bytes of a buffer this module initialised itself (every element `MaybeUninit::new(0)`
-/// before `recvmsg` wrote into it).
-#[expect(
-    unsafe_code,
-    reason = "socket2's recvmsg takes MaybeUninit buffers; ours are initialised, and reading them \
-              back as bytes needs the cast"
-)]
-fn init_bytes(bytes: &[MaybeUninit<u8>]) -> &[u8] {
-    // SAFETY: every element was initialised with `MaybeUninit::new(0)` and the kernel only writes
-    // whole bytes; `MaybeUninit<u8>` has the layout of `u8`.
-    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<u8>(), bytes.len()) }
 }
 
 /// Walks the control messages of a `recvmsg` (`cmsghdr` after `cmsghdr`, each padded to the
